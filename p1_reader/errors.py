@@ -1,0 +1,62 @@
+"""Errors raised by the P1 engine.
+
+The tree::
+
+    P1Error                      anything the P1 engine refuses
+    ├── FrameError               bytes that are not a (complete) telegram or frame
+    │   └── TooLargeError        a telegram or frame over the size limit
+    ├── ChecksumError            CRC-16 missing where required, or not matching
+    ├── TimestampError           a timestamp that cannot be read (unset clock, bad date)
+    ├── ValueFormatError         a value that does not match its OBIS object's format
+    ├── DecryptionError          a DLMS general-glo-ciphering frame that cannot be opened
+    │   ├── AuthenticationError  GCM tag does not verify (wrong key, wrong AAD, tampering)
+    │   └── ReplayError          frame counter not above the last one seen
+    └── SerialPortError          the serial port cannot be opened or vanished
+
+Every message says what is wrong and where (line number, OBIS code, byte offset).
+"""
+
+from __future__ import annotations
+
+
+class P1Error(Exception):
+    """Base of every error the P1 engine raises on purpose."""
+
+    #: short, stable machine-readable reason (used in API rejections and metrics labels)
+    reason: str = "invalid-telegram"
+
+
+class FrameError(P1Error):
+    reason = "bad-frame"
+
+
+class TooLargeError(FrameError):
+    reason = "too-large"
+
+
+class ChecksumError(P1Error):
+    reason = "bad-crc"
+
+
+class TimestampError(P1Error):
+    reason = "bad-timestamp"
+
+
+class ValueFormatError(P1Error):
+    reason = "bad-value"
+
+
+class DecryptionError(P1Error):
+    reason = "decryption-failed"
+
+
+class AuthenticationError(DecryptionError):
+    reason = "authentication-failed"
+
+
+class ReplayError(DecryptionError):
+    reason = "replayed-frame"
+
+
+class SerialPortError(P1Error):
+    reason = "serial-port"

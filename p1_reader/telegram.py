@@ -1,0 +1,61 @@
+"""The parsed telegram: plain slotted dataclasses, built once per telegram on the hot path.
+
+Registers are exact integers in the smallest unit (Wh, dm³, kJ); times are aware UTC datetimes.
+Every OBIS object is also kept raw in ``objects`` (full ``A-B:C.D.E`` code → value strings), so
+nothing a meter sent is lost to a consumer that needs more than the named fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+#: M-Bus device types (EN 13757-3) seen behind a P1 port.
+DEVICE_TYPE_GAS = 3
+DEVICE_TYPE_HEAT = 4
+DEVICE_TYPE_WARM_WATER = 6
+DEVICE_TYPE_WATER = 7
+
+
+@dataclass(slots=True, frozen=True)
+class MbusDevice:
+    """One M-Bus channel (gas, heat, water) as reported in a telegram."""
+
+    channel: int
+    #: EN 13757-3 device type (3 gas, 4 heat, 7 water), None when the channel does not say
+    device_type: int | None
+    #: equipment id, hex-decoded when it is hex-encoded printable ASCII, else as sent
+    meter_id: str | None
+    #: capture time of the value (UTC); None when the meter sent an unset/invalid clock
+    measured_at: datetime | None
+    #: value as an exact integer in ``unit``; None when absent or unreadable
+    value: int | None
+    #: normalised smallest unit: ``dm3`` (m3, dm3), ``kJ`` = MJ·10⁻³ (GJ, MJ), ``Wh`` (kWh, MWh)
+    unit: str | None
+
+
+@dataclass(slots=True)
+class Telegram:
+    """A parsed DSMR telegram."""
+
+    header: str
+    #: ``1-3:0.2.8`` P1 version string (``40``, ``42``, ``50``...), None when not sent (DSMR 2.2/3)
+    version: str | None = None
+    #: telegram timestamp ``0-0:1.0.0`` in UTC (None when absent, e.g. DSMR 2.2/3)
+    timestamp: datetime | None = None
+    #: electricity meter equipment id ``0-0:96.1.1``, hex-decoded
+    meter_id: str | None = None
+    import_t1_wh: int | None = None
+    import_t2_wh: int | None = None
+    export_t1_wh: int | None = None
+    export_t2_wh: int | None = None
+    #: totals ``1-0:1.8.0`` / ``1-0:2.8.0`` where the meter sends them
+    import_total_wh: int | None = None
+    export_total_wh: int | None = None
+    #: ``0-0:96.14.0`` tariff indicator as an int (NL: 1 low, 2 normal; BE swapped), None if absent
+    tariff: int | None = None
+    mbus: tuple[MbusDevice, ...] = ()
+    #: every OBIS object: full code → the value strings between the parentheses, as sent
+    objects: dict[str, list[str]] = field(default_factory=dict)
+    #: True when a CRC was present and matched, None when the telegram carries no CRC
+    crc_valid: bool | None = None
