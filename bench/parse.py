@@ -1,0 +1,148 @@
+"""B1: telegram parse rate, p1_reader ÷ dsmr_parser, on the same fixture telegrams in one run.
+
+Usage: python bench/parse.py [--seconds 2.0] [--cold]
+
+Every fixture telegram that both parsers handle with their CRC checks on is parsed in turn by
+each parser for about ``--seconds``; the rates are telegrams per second over the whole mix.
+Fair comparison: dsmr_parser gets the matching telegram specification per fixture, gets the
+text already decoded (it wants ``str``; we take the bytes as they come off the wire), and
+checks the CRC where the telegram has one (its ISKRA_IE spec does not, so the bench calls its
+``validate_checksum`` explicitly for that one). ``--cold`` clears our parser's per-meter caches
+(timestamps, equipment ids) before every telegram, as when a gateway sees many meters in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dsmr_parser import telegram_specifications as specs
+from dsmr_parser.parsers import TelegramParser
+
+from p1_reader import parser as p1_parser
+from p1_reader import timestamps as p1_timestamps
+from p1_reader.parser import parse_telegram
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+TARGET = 25.0
+
+
+def dsmr_parser_spec(name: str) -> dict[str, Any]:
+    """The dsmr_parser telegram specification matching a fixture file name."""
+    table: list[tuple[str, dict[str, Any]]] = [
+        ("v2.2", specs.V2_2),
+        ("v3", specs.V3),
+        ("v4", specs.V4),
+        ("_be_", specs.BELGIUM_FLUVIUS),
+        ("easymeter_q3d", specs.Q3D),
+        ("_ie_", specs.ISKRA_IE),
+        ("_hu_", specs.EON_HUNGARY),
+        ("lu_smarty", specs.LUXEMBOURG_SMARTY),
+    ]
+    for marker, spec in table:
+        if marker in name:
+            return spec
+    v5: dict[str, Any] = specs.V5
+    return v5
+
+
+def load() -> list[tuple[str, bytes, str, TelegramParser, bool]]:
+    """(name, bytes, text, dsmr_parser parser, needs explicit CRC check) per usable fixture."""
+    out = []
+    for entry in json.loads((FIXTURES / "index.json").read_text()):
+        if entry["crc_valid"] is False:
+            continue  # both parsers reject these with CRC checks on
+        raw = (FIXTURES / "telegrams" / entry["file"]).read_bytes()
+        spec = dsmr_parser_spec(entry["file"])
+        extra_crc = bool(entry["has_crc"]) and not spec["checksum_support"]
+        out.append((entry["file"], raw, raw.decode("latin-1"), TelegramParser(spec), extra_crc))
+    return out
+
+
+def measure(
+    ours: Callable[[], None], theirs: Callable[[], None], count: int, seconds: float
+) -> tuple[float, float, float]:
+    """Interleave short timed rounds of both parsers (the machine is shared: load that comes
+    and goes hits both alike). Returns (our rate, their rate, median per-round ratio)."""
+    ours()  # warm up both
+    theirs()
+    our_time = their_time = 0.0
+    our_count = their_count = 0
+    ratios: list[float] = []
+    deadline = time.perf_counter() + 2 * seconds
+    while time.perf_counter() < deadline or not ratios:
+        t0 = time.perf_counter()
+        theirs()
+        t1 = time.perf_counter()
+        # run ours about as long as theirs took, so both see the same slice of machine load
+        reps = 0
+        while True:
+            ours()
+            reps += 1
+            t2 = time.perf_counter()
+            if t2 - t1 >= t1 - t0:
+                break
+        their_time += t1 - t0
+        our_time += t2 - t1
+        their_count += count
+        our_count += reps * count
+        ratios.append((reps * count / (t2 - t1)) / (count / (t1 - t0)))
+    return our_count / our_time, their_count / their_time, statistics.median(ratios)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--seconds", type=float, default=2.0, help="time per parser (default 2)")
+    args.add_argument("--cold", action="store_true", help="clear our caches before each parse")
+    opts = args.parse_args(argv)
+    logging.disable(logging.CRITICAL)  # dsmr_parser logs every line it cannot parse
+
+    telegrams = load()
+    # both parsers must accept every telegram in the mix
+    for _name, raw, text, theirs, extra_crc in telegrams:
+        parse_telegram(raw)
+        if extra_crc:
+            TelegramParser.validate_checksum(text)
+        theirs.parse(text)
+    ours_input = [raw for _, raw, _, _, _ in telegrams]
+    theirs_input = [(text, p, extra) for _, _, text, p, extra in telegrams]
+
+    def ours_once() -> None:
+        for raw in ours_input:
+            parse_telegram(raw)
+
+    def ours_cold_once() -> None:
+        for raw in ours_input:
+            p1_parser._ids.clear()
+            p1_timestamps._cache.clear()
+            parse_telegram(raw)
+
+    def theirs_once() -> None:
+        for text, p, extra in theirs_input:
+            if extra:
+                TelegramParser.validate_checksum(text)
+            p.parse(text)
+
+    n = len(telegrams)
+    ours, theirs, median = measure(
+        ours_cold_once if opts.cold else ours_once, theirs_once, n, opts.seconds
+    )
+    ratio = ours / theirs
+    label = "ours(cold caches)" if opts.cold else "ours"
+    print(f"{n} fixture telegrams: {', '.join(name for name, *_ in telegrams)}")
+    print(
+        f"{label} {ours:,.0f}/s  dsmr_parser {theirs:,.0f}/s  ratio {ratio:.1f}x"
+        f" (median of interleaved rounds {median:.1f}x; target >= {TARGET:g})"
+    )
+    return 0 if ratio >= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,889 @@
+"""``python -m p1_reader forward``: P1 port → spool → ``POST {gateway}/v1/telegrams``.
+
+Two tasks share one :class:`~p1_reader.spool.Spool`:
+
+reader → spool
+    telegrams from the serial port (or ``--input FILE|-``) are thinned (see below) and appended;
+    the spool fsyncs per appended batch or once a second (``--fsync``).
+spool → gateway
+    the oldest telegrams are posted in batches (``text/plain``, telegrams back to back, bearer
+    token) and acknowledged in the spool only after a ``200`` answer: at-least-once, in order
+    (the gateway is idempotent, so a batch resent after a lost response costs nothing).
+
+Thinning: minimising what leaves the house is a feature. By default only the first telegram of
+every 15-minute period (the gateway keeps the earliest reading of each period, so that one is all
+it stores), the first of every minute, and every telegram whose gas capture time enters a new hour
+are spooled and sent; ``--send-all`` sends everything.
+
+Answers (SPEC §5):
+
+========================== ===============================================================
+``200``                    ``{accepted, rejected:[{index, reason, detail}]}``: rejected
+                           telegrams are permanent failures, logged by reason (never their
+                           content); the whole batch is acknowledged
+``413``                    the batch is halved until it fits; a single telegram that is
+                           still too large is given up (logged and counted)
+``400``/``422``            the batch is halved to isolate the telegram the gateway refuses;
+                           a single refused telegram is given up (logged and counted)
+``401``/``403``            the token is refused: keep spooling, retry rarely (``--auth-retry``)
+other 4xx                  a configuration error (wrong URL…): keep spooling, retry rarely
+``408``/``429``/``503``    wait ``Retry-After`` (seconds or an HTTP date), else back off
+5xx, network, timeout      exponential backoff with full jitter, capped (``--backoff-max``)
+========================== ===============================================================
+
+SIGTERM/SIGINT: stop reading, write what was read to the spool and fsync it, let a request in
+flight finish (a few seconds at most) and exit; whatever was not acknowledged stays spooled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import email.utils
+import enum
+import io
+import logging
+import os
+import random
+import re
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from p1_reader import spool as spool_mod
+from p1_reader.errors import P1Error
+from p1_reader.framing import Framer
+from p1_reader.parser import parse_telegram
+from p1_reader.spool import Spool, SpoolRecord, TelegramMark, Thinner
+from p1_reader.telegram import Telegram
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "meterpoort-p1-reader/0.1"
+TOKEN_ENV = "P1_READER_TOKEN"
+GATEWAY_ENV = "P1_READER_GATEWAY"
+_MAX_DETAIL = 200
+
+
+# --------------------------------------------------------------------------------------------
+# Small parsers shared with the simulator
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_duration(text: str) -> float:
+    """``"5s"``, ``"250ms"``, ``"5m"``, ``"1h"``, ``"1d"`` or plain seconds → seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (use e.g. 500ms, 5s, 10m, 1h, 1d)"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def parse_size(text: str) -> int:
+    """``"256MiB"``, ``"64k"``, ``"1G"`` or plain bytes → bytes (binary units)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 64KiB, 256MiB, 1GiB)")
+    unit = (match.group(2) or "")[:1].lower()
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+# --------------------------------------------------------------------------------------------
+# Thinning marks
+
+
+def _epoch(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp())
+
+
+def mark_of(telegram: Telegram, *, arrived: float | None = None) -> TelegramMark:
+    """The thinning mark of a parsed telegram.
+
+    A telegram without a usable timestamp (DSMR 2.2/3, unset clock) is judged by ``arrived``
+    (Unix time it was read) when given, so such meters are thinned by arrival time.
+    """
+    timestamp = _epoch(telegram.timestamp)
+    if timestamp is None and arrived is not None:
+        timestamp = int(arrived)
+    gas: list[tuple[str, int]] = []
+    for device in telegram.mbus:
+        captured = _epoch(device.measured_at)
+        if captured is not None:
+            gas.append((device.meter_id or f"{telegram.meter_id or ''}/{device.channel}", captured))
+    return TelegramMark(telegram.meter_id, timestamp, tuple(gas))
+
+
+def mark_telegram(data: bytes, *, arrived: float | None = None) -> TelegramMark | None:
+    """Parse ``data`` (CRC not enforced) and return its mark; None when it does not parse."""
+    try:
+        telegram = parse_telegram(data, require_crc=False)
+    except P1Error as exc:
+        log.debug("thinning: telegram does not parse (%s)", exc.reason)
+        if arrived is None:
+            return None
+        return TelegramMark(None, int(arrived))
+    return mark_of(telegram, arrived=arrived)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and outcome types
+
+
+@dataclass(frozen=True, slots=True)
+class ForwarderConfig:
+    """Everything the sender needs; durations in seconds."""
+
+    gateway: str
+    token: str
+    batch_size: int = 100
+    batch_interval: float = 5.0
+    send_all: bool = False
+    request_timeout: float = 30.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    #: wait after 401/403 or a configuration error (other 4xx) before trying again
+    auth_retry: float = 600.0
+    #: longest Retry-After honoured (a gateway asking for more is asked again after this)
+    retry_after_max: float = 3600.0
+    ca_bundle: str | None = None
+    #: on stop, how long a request in flight may take to finish
+    stop_grace: float = 5.0
+    #: INFO summary every this many seconds (0 = never)
+    stats_interval: float = 900.0
+
+    @property
+    def endpoint(self) -> str:
+        return self.gateway.rstrip("/") + "/v1/telegrams"
+
+
+@dataclass(slots=True)
+class ForwarderStats:
+    """Counters since start (logged periodically; tests read them)."""
+
+    read: int = 0
+    thinned: int = 0
+    spooled: int = 0
+    requests: int = 0
+    delivered: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    #: telegrams given up because the gateway refused them as a whole request (413/400 alone)
+    refused: int = 0
+    failures: int = 0
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class _Kind(enum.Enum):
+    DELIVERED = "delivered"
+    TOO_LARGE = "too-large"
+    REFUSED = "refused"  # 400/422: split to isolate
+    AUTH = "auth"  # 401/403
+    CONFIG = "config"  # other 4xx
+    RETRY = "retry"  # 408/429/5xx/network
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    kind: _Kind
+    status: int = 0
+    detail: str = ""
+    retry_after: float | None = None
+    accepted: int = 0
+    rejected: tuple[tuple[int, str, str], ...] = ()
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def backoff_delay(attempt: int, *, initial: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform(0, min(cap, initial·2^attempt))."""
+    ceiling = min(cap, initial * (2 ** min(attempt, 32)))
+    return rng.uniform(0.0, ceiling)
+
+
+def _problem_detail(body: Any) -> str:
+    if isinstance(body, dict):
+        parts = [str(body.get(k)) for k in ("type", "detail") if body.get(k)]
+        return " — ".join(parts)[:_MAX_DETAIL]
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# The forwarder
+
+
+class Forwarder:
+    """Reads telegrams into a spool and delivers the spool to the gateway."""
+
+    def __init__(
+        self,
+        config: ForwarderConfig,
+        spool: Spool,
+        *,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if config.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, not {config.batch_size}")
+        self.config = config
+        self.spool = spool
+        self.stats = ForwarderStats()
+        self._rng = rng or random.Random()
+        self._wall_clock = wall_clock
+        self._thinner = Thinner(per_minute=True)
+        self._incoming: list[tuple[bytes, Telegram | None, float]] = []
+        self._incoming_event = asyncio.Event()
+        self._spooled_event = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._reader_done = False
+        self._batch_limit = config.batch_size
+        self._successes_since_shrink = 0
+        self._attempt = 0
+        self._outage: str | None = None
+        self._outage_since = 0.0
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Ask for a graceful stop (signal handlers call this)."""
+        if not self._stop_event.is_set():
+            log.info("stopping: spooling what was read, finishing the request in flight")
+        self._stop_event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_event.is_set()
+
+    async def run(
+        self,
+        source: AsyncIterator[tuple[bytes, Telegram | None]],
+        *,
+        exit_when_drained: bool = False,
+    ) -> None:
+        """Forward until stopped; with ``exit_when_drained``, also stop once the source has
+        ended and the spool is empty (``--input`` files)."""
+        ssl_context: ssl.SSLContext | bool = True
+        if self.config.ca_bundle:
+            ssl_context = ssl.create_default_context(cafile=self.config.ca_bundle)
+        if self.config.endpoint.startswith("http://"):
+            log.warning(
+                "gateway %s is plain HTTP: telegrams travel unencrypted", self.config.gateway
+            )
+        connector = aiohttp.TCPConnector(ssl=ssl_context, limit=1)
+        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout)
+        headers = {
+            "Authorization": f"Bearer {self.config.token}",
+            "Content-Type": "text/plain",
+            "User-Agent": USER_AGENT,
+        }
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=headers
+        ) as session:
+            reader = asyncio.create_task(self._read(source), name="p1-forward-read")
+            writer = asyncio.create_task(self._write(), name="p1-forward-spool")
+            sender = asyncio.create_task(
+                self._send_loop(session, exit_when_drained), name="p1-forward-send"
+            )
+            background = [asyncio.create_task(self._housekeeping(), name="p1-forward-stats")]
+            try:
+                stop_wait = asyncio.create_task(self._stop_event.wait())
+                watched = {stop_wait, sender, reader}
+                while True:
+                    done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                    if reader in done and reader.exception() is None and not (done - {reader}):
+                        # the input ended normally: keep delivering the spool
+                        watched.discard(reader)
+                        continue
+                    break
+                stop_wait.cancel()
+                self._stop_event.set()
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                # the writer drains what the reader handed over, then returns (stop is set)
+                self._incoming_event.set()
+                await writer
+                if not sender.done():
+                    try:
+                        await asyncio.wait_for(asyncio.shield(sender), self.config.stop_grace)
+                    except TimeoutError:
+                        log.warning(
+                            "request still in flight after %.1f s; leaving it spooled",
+                            self.config.stop_grace,
+                        )
+                        sender.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sender
+                sender.result()
+            finally:
+                for task in (reader, writer, sender, *background):
+                    task.cancel()
+                for task in (reader, writer, sender, *background):
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                self.spool.sync()
+        self._log_summary()
+
+    # ------------------------------------------------------------------ reader → spool
+
+    async def _read(self, source: AsyncIterator[tuple[bytes, Telegram | None]]) -> None:
+        try:
+            async for data, telegram in source:
+                self._incoming.append((data, telegram, self._wall_clock()))
+                self._incoming_event.set()
+        finally:
+            self._reader_done = True
+            self._incoming_event.set()
+            log.info("input closed after %d telegrams", self.stats.read + len(self._incoming))
+
+    async def _write(self) -> None:
+        """Move telegrams handed over by the reader into the spool, in batches."""
+        while True:
+            await self._incoming_event.wait()
+            self._incoming_event.clear()
+            if self._incoming:
+                batch, self._incoming = self._incoming, []
+                self._spool(batch)
+            if self._stop_event.is_set() or (self._reader_done and not self._incoming):
+                return
+
+    def _spool(self, batch: list[tuple[bytes, Telegram | None, float]]) -> None:
+        keep: list[bytes] = []
+        for data, telegram, arrived in batch:
+            self.stats.read += 1
+            if not self.config.send_all:
+                if telegram is not None:
+                    mark: TelegramMark | None = mark_of(telegram, arrived=arrived)
+                else:
+                    mark = mark_telegram(data, arrived=arrived)
+                if not self._thinner.keep(mark):
+                    self.stats.thinned += 1
+                    continue
+            keep.append(data)
+        if keep:
+            self.stats.spooled += self.spool.append_batch(keep)
+            self._spooled_event.set()
+
+    # ------------------------------------------------------------------ spool → gateway
+
+    async def _send_loop(self, session: aiohttp.ClientSession, exit_when_drained: bool) -> None:
+        loop = asyncio.get_running_loop()
+        last_send = -float("inf")
+        while not self._stop_event.is_set():
+            pending = self.spool.pending
+            if pending == 0:
+                if exit_when_drained and self._reader_done and not self._incoming:
+                    log.info("input ended and spool delivered: done")
+                    return
+                self._spooled_event.clear()
+                await self._wait(self._spooled_event, None)
+                continue
+            due = last_send + self.config.batch_interval - loop.time()
+            if pending < self._batch_limit and due > 0 and not self._reader_done:
+                self._spooled_event.clear()
+                await self._wait(self._spooled_event, due)
+                continue
+            records = self.spool.peek(self._batch_limit)
+            last_send = loop.time()
+            outcome = await self._post(session, records)
+            await self._handle(outcome, records)
+
+    async def _wait(self, event: asyncio.Event, limit: float | None) -> None:
+        """Wait for ``event`` or a stop, at most ``limit`` seconds."""
+        waiters = {
+            asyncio.ensure_future(event.wait()),
+            asyncio.ensure_future(self._stop_event.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds unless stopped first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
+
+    async def _post(self, session: aiohttp.ClientSession, records: list[SpoolRecord]) -> _Outcome:
+        body = b"".join(r.data for r in records)
+        self.stats.requests += 1
+        try:
+            async with session.post(self.config.endpoint, data=body) as response:
+                status = response.status
+                if status == 200:
+                    return await self._parse_ok(response, len(records))
+                try:
+                    problem = await response.json(content_type=None)
+                except (ValueError, aiohttp.ClientError):
+                    problem = None
+                detail = _problem_detail(problem) or (response.reason or "")
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), now=self._wall_clock()
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return _Outcome(_Kind.RETRY, detail=f"{type(exc).__name__}: {exc}"[:_MAX_DETAIL])
+        if status == 413:
+            return _Outcome(_Kind.TOO_LARGE, status, detail)
+        if status in (400, 422):
+            return _Outcome(_Kind.REFUSED, status, detail)
+        if status in (401, 403):
+            return _Outcome(_Kind.AUTH, status, detail)
+        if status in (408, 429) or status >= 500:
+            return _Outcome(_Kind.RETRY, status, detail, retry_after)
+        if 400 <= status < 500:
+            return _Outcome(_Kind.CONFIG, status, detail)
+        return _Outcome(_Kind.RETRY, status, f"unexpected status {status} {detail}".strip())
+
+    async def _parse_ok(self, response: aiohttp.ClientResponse, sent: int) -> _Outcome:
+        try:
+            body = await response.json(content_type=None)
+        except ValueError as exc:
+            # we cannot tell what was stored: resend (the gateway is idempotent)
+            return _Outcome(_Kind.RETRY, 200, f"200 with an unreadable body: {exc}"[:_MAX_DETAIL])
+        accepted = body.get("accepted") if isinstance(body, dict) else None
+        raw_rejected = body.get("rejected", []) if isinstance(body, dict) else None
+        if not isinstance(accepted, int) or not isinstance(raw_rejected, list):
+            return _Outcome(_Kind.RETRY, 200, "200 without {accepted, rejected}")
+        rejected: list[tuple[int, str, str]] = []
+        for item in raw_rejected:
+            if not isinstance(item, dict):
+                continue
+            index = item.get("index")
+            rejected.append(
+                (
+                    index if isinstance(index, int) else -1,
+                    str(item.get("reason", "unknown"))[:64],
+                    str(item.get("detail", ""))[:_MAX_DETAIL],
+                )
+            )
+        if accepted + len(rejected) != sent:
+            log.warning(
+                "gateway answered for %d telegrams, %d were sent",
+                accepted + len(rejected),
+                sent,
+            )
+        return _Outcome(_Kind.DELIVERED, 200, accepted=accepted, rejected=tuple(rejected))
+
+    async def _handle(self, outcome: _Outcome, records: list[SpoolRecord]) -> None:
+        config = self.config
+        if outcome.kind is _Kind.DELIVERED:
+            self._recovered()
+            for index, reason, detail in outcome.rejected:
+                seq = records[index].seq if 0 <= index < len(records) else -1
+                self.stats.rejected_reasons[reason] = self.stats.rejected_reasons.get(reason, 0) + 1
+                # the reason and the gateway's detail only: never the telegram itself
+                log.warning(
+                    "gateway rejected telegram %d (batch index %d): %s: %s",
+                    seq,
+                    index,
+                    reason,
+                    detail,
+                )
+            self.stats.accepted += outcome.accepted
+            self.stats.rejected += len(outcome.rejected)
+            self._acknowledge(records)
+            self._successes_since_shrink += 1
+            if self._batch_limit < config.batch_size and self._successes_since_shrink >= 20:
+                self._batch_limit = min(config.batch_size, self._batch_limit * 2)
+                self._successes_since_shrink = 0
+            return
+        if outcome.kind in (_Kind.TOO_LARGE, _Kind.REFUSED):
+            self._recovered()
+            if len(records) > 1:
+                self._batch_limit = max(1, len(records) // 2)
+                self._successes_since_shrink = 0
+                log.warning(
+                    "gateway answered %d (%s) to %d telegrams; retrying in batches of %d",
+                    outcome.status,
+                    outcome.detail,
+                    len(records),
+                    self._batch_limit,
+                )
+                return
+            self.stats.refused += 1
+            log.error(
+                "gateway answered %d (%s) to telegram %d alone; giving it up",
+                outcome.status,
+                outcome.detail,
+                records[0].seq,
+            )
+            self._acknowledge(records)
+            return
+        self.stats.failures += 1
+        if outcome.kind in (_Kind.AUTH, _Kind.CONFIG):
+            what = (
+                "refused the device token"
+                if outcome.kind is _Kind.AUTH
+                else "refused the request (check --gateway)"
+            )
+            self._outage_started(
+                f"{outcome.kind.value}-{outcome.status}",
+                f"gateway {what}: {outcome.status} {outcome.detail}; keeping telegrams in the "
+                f"spool ({self.spool.pending} pending) and retrying every {config.auth_retry:g} s",
+                logging.ERROR,
+            )
+            await self._sleep(config.auth_retry)
+            return
+        # transient: honour Retry-After, else back off with full jitter
+        if outcome.retry_after is not None:
+            delay = min(outcome.retry_after, config.retry_after_max)
+        else:
+            delay = backoff_delay(
+                self._attempt, initial=config.backoff_initial, cap=config.backoff_max, rng=self._rng
+            )
+            self._attempt += 1
+        what = f"{outcome.status} {outcome.detail}" if outcome.status else outcome.detail
+        self._outage_started(
+            "transient",
+            f"gateway unavailable ({what}); {self.spool.pending} telegrams spooled, retrying",
+            logging.WARNING,
+        )
+        log.debug("retrying in %.2f s (%s)", delay, what)
+        await self._sleep(delay)
+
+    def _acknowledge(self, records: list[SpoolRecord]) -> None:
+        self.spool.ack_through(records[-1].seq)
+        self.stats.delivered += len(records)
+
+    def _outage_started(self, key: str, message: str, level: int) -> None:
+        # one line per outage episode, not one per attempt
+        if self._outage != key:
+            log.log(level, "%s", message)
+            if self._outage is None:
+                self._outage_since = time.monotonic()
+            self._outage = key
+
+    def _recovered(self) -> None:
+        if self._outage is not None:
+            log.info(
+                "gateway reachable again after %.0f s; %d telegrams pending",
+                time.monotonic() - self._outage_since,
+                self.spool.pending,
+            )
+        self._outage = None
+        self._attempt = 0
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _housekeeping(self) -> None:
+        last_stats = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            if self.spool.fsync_policy == "every-second":
+                self.spool.sync_if_due()
+            interval = self.config.stats_interval
+            if interval and time.monotonic() - last_stats >= interval:
+                last_stats = time.monotonic()
+                self._log_summary()
+
+    def _log_summary(self) -> None:
+        s, spool_stats = self.stats, self.spool.stats
+        log.info(
+            "read %d, thinned %d, spooled %d, delivered %d (accepted %d, rejected %d, refused "
+            "%d) in %d requests, %d failed; spool: %d pending, %d bytes, %d dropped",
+            s.read,
+            s.thinned,
+            s.spooled,
+            s.delivered,
+            s.accepted,
+            s.rejected,
+            s.refused,
+            s.requests,
+            s.failures,
+            self.spool.pending,
+            self.spool.size_bytes,
+            spool_stats.dropped,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+async def file_source(
+    path: str, *, follow: bool = False, chunk_size: int = 65536
+) -> AsyncIterator[tuple[bytes, Telegram | None]]:
+    """Telegrams framed from a file, a FIFO or stdin (``-``).
+
+    A thread does the blocking reads (a FIFO's open blocks until a writer appears; regular files
+    cannot be polled); it is a daemon so that a read blocked on an idle FIFO never keeps the
+    process alive. ``follow``: at end of file keep polling for more (a growing file).
+    Telegrams whose CRC does not match are skipped and counted.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=64)
+
+    def hand_over(item: bytes | BaseException | None) -> bool:
+        try:
+            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+        except RuntimeError:
+            # the event loop is gone: nobody is left to read, the thread just ends
+            return False
+        return True
+
+    def pump() -> None:
+        try:
+            stream: io.BufferedReader = (
+                sys.stdin.buffer if path == "-" else open(path, "rb")  # type: ignore[assignment]
+            )
+        except OSError as exc:
+            hand_over(exc)
+            return
+        try:
+            while True:
+                chunk = stream.read1(chunk_size)
+                if not chunk:
+                    if follow:
+                        time.sleep(0.2)
+                        continue
+                    break
+                if not hand_over(chunk):
+                    return
+        except OSError as exc:
+            hand_over(exc)
+            return
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+        hand_over(None)
+
+    threading.Thread(target=pump, name=f"p1-input-{path}", daemon=True).start()
+    framer = Framer(plaintext=True, encrypted=False)
+    bad = 0
+    while True:
+        item = await queue.get()
+        if item is None:
+            break
+        if isinstance(item, BaseException):
+            raise P1Error(f"cannot read input {path}: {item}") from item
+        for frame in framer.feed(item):
+            if frame.crc_ok is False:
+                bad += 1
+                log.warning("input %s: telegram with a wrong CRC skipped (%d so far)", path, bad)
+                continue
+            yield frame.data, None
+    framer.flush()
+
+
+async def serial_source(
+    port: str, profile: str, *, key: bytes | None, auth_key: bytes | None
+) -> AsyncIterator[tuple[bytes, Telegram | None]]:
+    """Validated telegrams (with their parse) from a P1 serial port, reconnecting forever."""
+    from p1_reader.reader import P1Reader
+
+    reader = P1Reader(port, profile, key=key, auth_key=auth_key)
+    async with contextlib.aclosing(reader.telegrams()) as items:
+        async for data, telegram in items:
+            yield data, telegram
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``forward``: serial port (or file) → spool → gateway."""
+    from p1_reader.reader import add_key_arguments
+    from p1_reader.serial_port import PROFILES
+
+    parser = subparsers.add_parser(
+        "forward",
+        help="forward telegrams from a P1 port to the gateway, spooling them on disk",
+        description=(
+            "Read telegrams from a P1 port (or a file), keep them in an on-disk spool and post "
+            "them to the gateway in batches; nothing is lost while the gateway is unreachable. "
+            f"The token can also come from ${TOKEN_ENV}, the gateway URL from ${GATEWAY_ENV}."
+        ),
+    )
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--port", help="serial device, e.g. /dev/ttyUSB0")
+    src.add_argument(
+        "--input", metavar="FILE", help="read a telegram byte stream from FILE (or - for stdin)"
+    )
+    parser.add_argument(
+        "--follow", action="store_true", help="--input: keep reading a growing file at its end"
+    )
+    parser.add_argument(
+        "--profile", choices=("auto", *PROFILES), default="auto",
+        help="serial line settings: dsmr2 (9600 7E1), dsmr4 (115200 8N1) or auto (default)",
+    )
+    add_key_arguments(parser)
+    parser.add_argument(
+        "--gateway", default=os.environ.get(GATEWAY_ENV),
+        help=f"gateway base URL, e.g. https://gateway.example (default ${GATEWAY_ENV})",
+    )
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token", help=f"device token (prefer --token-file or ${TOKEN_ENV})")
+    token.add_argument("--token-file", metavar="FILE", help="file holding the device token")
+    parser.add_argument(
+        "--spool-dir", default="./p1-spool", metavar="DIR", help="spool directory (./p1-spool)"
+    )
+    parser.add_argument(
+        "--spool-max-bytes", type=parse_size, default=spool_mod.DEFAULT_MAX_BYTES, metavar="SIZE",
+        help="spool size limit (default 256MiB)",
+    )
+    parser.add_argument(
+        "--spool-full", choices=spool_mod.FULL_POLICIES, default="thin",
+        help="what to drop when the spool is full (default thin: keep the first telegram of "
+        "each 15-minute period)",
+    )
+    parser.add_argument(
+        "--fsync", choices=spool_mod.FSYNC_POLICIES, default="batch",
+        help="fsync the spool per appended batch (default) or at most once a second",
+    )
+    parser.add_argument("--batch-size", type=int, default=100, help="telegrams per request (100)")
+    parser.add_argument(
+        "--batch-interval", type=parse_duration, default=5.0, metavar="DURATION",
+        help="send at least this often when telegrams are pending (default 5s)",
+    )
+    parser.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for the gateway")
+    parser.add_argument(
+        "--send-all", action="store_true",
+        help="send every telegram (default: first of each 15 minutes and of each minute)",
+    )
+    parser.add_argument(
+        "--timeout", type=parse_duration, default=30.0, metavar="DURATION",
+        help="request timeout (default 30s)",
+    )
+    parser.add_argument(
+        "--backoff-initial", type=parse_duration, default=1.0, metavar="DURATION",
+        help="first backoff step after a failure (default 1s)",
+    )
+    parser.add_argument(
+        "--backoff-max", type=parse_duration, default=300.0, metavar="DURATION",
+        help="backoff cap (default 5m)",
+    )
+    parser.add_argument(
+        "--auth-retry", type=parse_duration, default=600.0, metavar="DURATION",
+        help="retry interval after the gateway refused the token (default 10m)",
+    )
+    parser.add_argument(
+        "--stats-interval", type=parse_duration, default=900.0, metavar="DURATION",
+        help="log a summary this often (default 15m; 0 = never)",
+    )
+    parser.add_argument(
+        "--exit-when-drained", action=argparse.BooleanOptionalAction, default=None,
+        help="exit once the input ended and the spool is delivered (default: on with --input)",
+    )
+    parser.set_defaults(func=run_forward)
+
+
+def _read_token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise P1Error(f"cannot read token file {args.token_file}: {exc}") from exc
+    else:
+        token = args.token or os.environ.get(TOKEN_ENV, "")
+    token = token.strip()
+    if not token:
+        raise P1Error(f"no device token: use --token-file, --token or ${TOKEN_ENV}")
+    return token
+
+
+def config_from_args(args: argparse.Namespace) -> ForwarderConfig:
+    """Build the sender configuration from parsed ``forward`` arguments."""
+    if not args.gateway:
+        raise P1Error(f"no gateway URL: use --gateway or ${GATEWAY_ENV}")
+    if not args.gateway.startswith(("http://", "https://")):
+        raise P1Error(f"gateway URL must start with https:// (or http://): {args.gateway!r}")
+    return ForwarderConfig(
+        gateway=args.gateway,
+        token=_read_token(args),
+        batch_size=args.batch_size,
+        batch_interval=args.batch_interval,
+        send_all=args.send_all,
+        request_timeout=args.timeout,
+        backoff_initial=args.backoff_initial,
+        backoff_max=args.backoff_max,
+        auth_retry=args.auth_retry,
+        ca_bundle=args.ca_bundle,
+        stats_interval=args.stats_interval,
+    )
+
+
+async def _forward_main(args: argparse.Namespace, config: ForwarderConfig) -> int:
+    spool = Spool(
+        args.spool_dir,
+        max_bytes=args.spool_max_bytes,
+        full_policy=args.spool_full,
+        fsync=args.fsync,
+        marker=mark_telegram,
+    )
+    try:
+        forwarder = Forwarder(config, spool)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, forwarder.stop)
+        if args.input is not None:
+            source = file_source(args.input, follow=args.follow)
+            drained = args.exit_when_drained if args.exit_when_drained is not None else True
+        else:
+            source = serial_source(args.port, args.profile, key=args.key, auth_key=args.auth_key)
+            drained = bool(args.exit_when_drained)
+        try:
+            await forwarder.run(source, exit_when_drained=drained)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    finally:
+        spool.close()
+    return 0
+
+
+def run_forward(args: argparse.Namespace) -> int:
+    """Entry point of ``forward``."""
+    try:
+        config = config_from_args(args)
+        return asyncio.run(_forward_main(args, config))
+    except P1Error as exc:
+        log.error("%s", exc)
+        return 2
+
+
+__all__: Sequence[str] = (
+    "Forwarder",
+    "ForwarderConfig",
+    "ForwarderStats",
+    "add_parser",
+    "backoff_delay",
+    "file_source",
+    "mark_of",
+    "mark_telegram",
+    "parse_duration",
+    "parse_retry_after",
+    "parse_size",
+    "serial_source",
+)

@@ -1,0 +1,539 @@
+"""DSMR P1 telegram parser — the hot path: one pass over the lines, dict lookups, integer maths.
+
+:func:`parse_telegram` accepts DSMR 2.2, 3, 4.x, 5.0.x, Belgian e-MUCS 1.7/2.x, Luxembourg
+Smarty plaintext and the AT/HU/IE/SE variants; non-DSMR OBIS telegrams such as the EasyMeter Q3D
+parse as generic OBIS telegrams (every line in ``objects``, named fields where codes match).
+
+Rules (each decided here, in one place):
+
+Framing
+    The telegram starts at the first ``/`` (bytes before it are ignored) and ends at the first
+    ``!``; the rest of that line is the CRC field and anything after it is ignored (gateways
+    append counters and 0xFF padding). Input over :data:`MAX_TELEGRAM_BYTES` raises
+    :class:`TooLargeError`; no ``/`` raises :class:`FrameError`. A missing ``!`` is accepted only
+    for a telegram that needs no CRC (see below) whose last line is complete (ends with a line
+    feed), as in DSMR 2.2 captures cut after the data; otherwise :class:`FrameError`.
+    Bytes are decoded as latin-1, so corrupted bytes (0xFF, NUL, 0xB3) never fail decoding; they
+    only matter where they land. Line ends are CRLF (LF-only input is accepted).
+
+CRC (``require_crc``)
+    A CRC present on the ``!`` line (1-4 hex digits, either case: ``!B9F`` = 0x0B9F) is always
+    computed over ``/``..``!`` inclusive (CRC-16/ARC).
+    ``None`` (default): a present CRC must match, else :class:`ChecksumError` with both values.
+    An absent CRC is accepted only when the telegram does not claim DSMR 4+: it has no
+    ``1-3:0.2.8`` of version 40 or higher (DSMR 4.0 introduced both the object and the CRC)
+    and no Belgian ``0-0:96.1.4``. The header's fifth character is NOT used: ``/XXX5`` is the
+    IEC 62056-21 baud-rate letter (9600 Bd) and DSMR 2.2/3 meters send it too (``/ISk5\\2MT382``).
+    ``True``: a matching CRC is required. ``False``: never raises for the CRC; ``crc_valid``
+    still reports the outcome (True/False, None when absent).
+
+Values
+    Every line is kept raw in ``objects[code]`` (values as sent, split at ``)(``). Codes are
+    normalised (:func:`p1_reader.obis.normalise_code`); typos are kept as sent. A line starting
+    with ``(`` continues the previous object (DSMR 2.2/3 gas value on the next line); a line
+    without a closing ``)`` is joined with following lines that hold no ``(`` (a text message
+    broken by CRLF). Lines with no ``(`` are ignored, unless they start with the code of an
+    energy register (then :class:`ValueFormatError`).
+    Registers we interpret must be exact or the telegram is rejected: an energy register or
+    M-Bus reading whose number or unit cannot be read raises :class:`ValueFormatError` naming
+    the line and code; an empty ``()`` register reads as absent (None). kWh with any number of
+    decimals becomes Wh by string arithmetic (``003808.351`` → 3808351); digits below the
+    smallest unit (EasyMeter's 7-decimal kWh) are truncated, as a register display does.
+    The same full code twice with different values, for a code we interpret, raises
+    :class:`ValueFormatError`; otherwise the first occurrence is kept.
+
+Timestamps
+    The parser never raises for a timestamp. An unset, placeholder or malformed telegram or
+    capture time becomes None (see :mod:`p1_reader.timestamps`) while the raw text stays in
+    ``objects``; callers that must have a time use :func:`telegram_timestamp_or_raise`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from itertools import repeat
+from typing import Final
+
+from . import obis
+from .crc import crc16_arc
+from .errors import ChecksumError, FrameError, TimestampError, TooLargeError, ValueFormatError
+from .telegram import MbusDevice, Telegram
+from .timestamps import parse_tst, parse_tst_or_raise
+
+__all__ = [
+    "MAX_TELEGRAM_BYTES",
+    "decode_equipment_id",
+    "mbus_device",
+    "parse_telegram",
+    "telegram_timestamp_or_raise",
+]
+
+#: largest telegram accepted (DSMR.md §1: no maximum is specified; real ones reach ~1.7 KB)
+MAX_TELEGRAM_BYTES: Final = 8192
+
+_HEX: Final = "0123456789abcdefABCDEF"
+_HEX_B: Final = _HEX.encode()
+_POW10: Final[tuple[int, ...]] = tuple(10**i for i in range(10))
+
+# Raw code as sent → normalised code. Codes repeat in every telegram, so normalisation costs one
+# dict lookup per line. Bounded: garbage codes from corrupted input cannot grow it without limit.
+_CODES_MAX: Final = 4096
+
+
+class _CodeCache(dict[str, str]):
+    def __missing__(self, raw: str) -> str:
+        if len(self) >= _CODES_MAX:
+            self.clear()
+        code = self[raw] = obis.normalise_code(raw)
+        return code
+
+
+_codes: Final = _CodeCache()
+
+# Equipment ids repeat in every telegram of a meter: cache the hex decoding (bounded).
+_IDS_MAX: Final = 4096
+_ids: dict[str, str] = {}
+
+_REGISTER_CODES: Final = tuple(code for code, _ in obis.ENERGY_REGISTERS)
+_MBUS: Final = tuple(
+    (ch, t, ids, readings, legacy, frozenset((t, *ids, *readings, legacy)))
+    for ch in obis.MBUS_CHANNELS
+    for t, ids, readings, legacy in [obis.mbus_codes(ch)]
+)
+_MBUS_CODES: Final = frozenset().union(*(m[-1] for m in _MBUS))
+
+
+def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Telegram:
+    """Parse one DSMR telegram (``/`` header .. ``!CRC``) into a :class:`Telegram`.
+
+    ``require_crc``: None = required for DSMR 4+ telegrams, True = always, False = never
+    (see the module docstring for the exact rule). Raises :class:`FrameError` (not a telegram),
+    :class:`TooLargeError`, :class:`ChecksumError` or :class:`ValueFormatError`.
+    """
+    if isinstance(data, str):
+        try:
+            raw = data.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise FrameError(
+                f"character {data[exc.start]!r} at offset {exc.start} cannot be a telegram byte;"
+                " pass telegrams as bytes"
+            ) from exc
+    elif isinstance(data, bytes):
+        raw = data
+    else:
+        raw = bytes(data)
+    if len(raw) > MAX_TELEGRAM_BYTES:
+        raise TooLargeError(f"telegram of {len(raw)} bytes exceeds {MAX_TELEGRAM_BYTES} bytes")
+    start = raw.find(b"/")
+    if start < 0:
+        raise FrameError("no '/' header: not a DSMR telegram")
+    end = raw.find(b"!", start)
+
+    crc_valid: bool | None = None
+    crc_present = False
+    if end >= 0:
+        nl = raw.find(b"\n", end)
+        field = (raw[end + 1 : nl] if nl >= 0 else raw[end + 1 :]).strip()
+        if field:
+            crc_present = True
+            if len(field) > 4 or field.strip(_HEX_B):
+                if require_crc is not False:
+                    raise ChecksumError(f"CRC field {field!r} after '!' is not 1-4 hex digits")
+                crc_valid = False
+            else:
+                expected = int(field, 16)
+                actual = crc16_arc(memoryview(raw)[start : end + 1])
+                crc_valid = expected == actual
+                if not crc_valid and require_crc is not False:
+                    raise ChecksumError(
+                        f"CRC mismatch: telegram says {expected:04X}, computed {actual:04X} over"
+                        f" {end + 1 - start} bytes from '/' to '!'"
+                    )
+        text = raw[start:end].decode("latin-1")
+    else:
+        text = raw[start:].decode("latin-1")
+
+    fast = _objects_fast(text)
+    bad: dict[str, int] | None = None
+    if fast is None:
+        header, objects, bad = _objects_robust(text)
+    else:
+        header, objects = fast
+
+    if not crc_present:
+        must = require_crc is True or (require_crc is None and _claims_dsmr4(objects))
+        if must:
+            if end < 0:
+                raise FrameError("no '!' end line: telegram truncated")
+            raise ChecksumError("CRC missing after '!' but required for DSMR 4+ telegrams")
+        if end < 0 and not (objects and text.endswith("\n")):
+            raise FrameError("no '!' end line and the last line is incomplete: truncated")
+
+    if bad:
+        for code, lineno in bad.items():
+            if code in obis.INTERPRETED_CODES:
+                raise ValueFormatError(f"line {lineno}: {code}: value has no closing ')'")
+
+    get = objects.get
+    values = get(obis.VERSION)
+    version = values[0] if values else None
+    values = get(obis.TIMESTAMP)
+    stamp = values[0] if values else None
+    values = get(obis.TARIFF)
+    tariff = _tariff(values[0]) if values else None
+    meter_id: str | None = None
+    for code in obis.METER_ID_CODES:
+        values = get(code)
+        if values and values[0]:
+            meter_id = decode_equipment_id(values[0])
+            break
+    regs: list[int | None] = []
+    for code in _REGISTER_CODES:
+        values = get(code)
+        if values is None:
+            regs.append(None)
+            continue
+        value = values[0]
+        # the common case '003808.351*kWh' inline: Wh = the digits without the dot
+        if len(values) == 1 and len(value) > 8 and value[-8] == "." and value.endswith("*kWh"):
+            digits = value[:-8] + value[-7:-4]
+            if digits.isdecimal():
+                regs.append(int(digits))
+                continue
+        regs.append(_energy_wh(values, code, text))
+
+    mbus: list[MbusDevice] = []
+    present = _MBUS_CODES.intersection(objects)  # one C-level pass; usually 0-3 codes
+    if present:
+        for ch, type_code, id_codes, reading_codes, legacy_code, channel_codes in _MBUS:
+            if channel_codes.isdisjoint(present):
+                continue
+            device = _mbus_device(
+                ch, objects, type_code, id_codes, reading_codes, legacy_code, text
+            )
+            if device is not None:
+                mbus.append(device)
+
+    return Telegram(
+        header=header.rstrip("\r"),
+        version=version or None,
+        timestamp=None if stamp is None else parse_tst(stamp),
+        meter_id=meter_id,
+        import_t1_wh=regs[0],
+        import_t2_wh=regs[1],
+        export_t1_wh=regs[2],
+        export_t2_wh=regs[3],
+        import_total_wh=regs[4],
+        export_total_wh=regs[5],
+        tariff=tariff,
+        mbus=tuple(mbus),
+        objects=objects,
+        crc_valid=crc_valid,
+    )
+
+
+def telegram_timestamp_or_raise(telegram: Telegram) -> datetime:
+    """The telegram's ``0-0:1.0.0`` time, or :class:`TimestampError` saying why there is none
+    (absent, meter clock not set, not a valid DSMR timestamp)."""
+    if telegram.timestamp is not None:
+        return telegram.timestamp
+    raw = _first(telegram.objects.get(obis.TIMESTAMP))
+    if raw is None:
+        raise TimestampError(f"telegram has no timestamp ({obis.TIMESTAMP})")
+    return parse_tst_or_raise(raw, what=f"telegram timestamp {obis.TIMESTAMP}")
+
+
+def mbus_device(telegram: Telegram, device_type: int) -> MbusDevice | None:
+    """The M-Bus device of ``device_type`` (3 gas, 4 heat, 7 water) that has a reading.
+
+    Matches by device type, not channel number (gas is not always on channel 1, and meters
+    report dead channels such as ``0-1:24.2.1(700101010000W)(00000000)``): the first channel
+    with a capture time wins, else the first channel of that type.
+    """
+    fallback: MbusDevice | None = None
+    for device in telegram.mbus:
+        if device.device_type == device_type:
+            if device.measured_at is not None and device.value is not None:
+                return device
+            if fallback is None:
+                fallback = device
+    return fallback
+
+
+def decode_equipment_id(raw: str) -> str:
+    """An equipment id hex-decoded when it is hex-encoded printable ASCII, else as sent.
+
+    ``4530303334…`` → ``E0034…``; ``ADC3100000158491`` (hex, but not of printable ASCII),
+    ``00000000000000`` (DSMR 2.2) and ``serienummer`` stay as they are.
+    """
+    hit = _ids.get(raw)
+    if hit is not None:
+        return hit
+    result = raw
+    if len(raw) % 2 == 0 and not raw.strip(_HEX):
+        decoded = bytes.fromhex(raw)
+        if decoded.isascii() and decoded.decode("ascii").isprintable():
+            result = decoded.decode("ascii")
+    if len(_ids) >= _IDS_MAX:
+        _ids.clear()
+    _ids[raw] = result
+    return result
+
+
+# --- helpers (cold or per-telegram, not per-line) --------------------------------------------
+
+
+def _first(values: list[str] | None) -> str | None:
+    return values[0] if values else None
+
+
+def _claims_dsmr4(objects: dict[str, list[str]]) -> bool:
+    """True when the telegram says it is DSMR 4+ (and so must carry a CRC)."""
+    if obis.BE_VERSION in objects:
+        return True
+    values = objects.get(obis.VERSION)
+    if values is None:
+        return False
+    version = values[0]
+    # an unreadable version is treated as "claims DSMR 4+": fail towards checking
+    return not version.isdecimal() or int(version) >= 40
+
+
+def _tariff(raw: str) -> int | None:
+    # S4 '0001'/'0002' (HU up to 0004). Non-DSMR encodings such as '5431' (hex "T1", ESR5
+    # meters) are not tariff numbers: None, the raw text stays in objects.
+    if not raw.isdecimal() or len(raw) > 4:
+        return None
+    value = int(raw)
+    return value if value <= 99 else None
+
+
+def _scaled(number: str, decimals: int) -> int | None:
+    """Decimal string → integer in units of 10**-decimals, exactly; None if not a number.
+
+    ``'003808.351'``, 3 → 3808351; ``'1'``, 3 → 1000; ``'52185.7825309'``, 3 → 52185782
+    (digits below the unit are truncated). Only plain digits and one inner dot are accepted.
+    """
+    dot = number.find(".")
+    if dot < 0:
+        if not number.isdecimal():
+            return None
+        return int(number) * _POW10[decimals]
+    digits = number[:dot] + number[dot + 1 :]
+    frac = len(number) - dot - 1
+    if dot == 0 or frac == 0 or not digits.isdecimal():
+        return None
+    if frac <= decimals:
+        return int(digits) * _POW10[decimals - frac]
+    return int(digits[: len(digits) - (frac - decimals)])
+
+
+def _energy_wh(values: list[str], code: str, text: str) -> int | None:
+    value = values[0]
+    if not value and len(values) == 1:
+        return None  # '()': the meter has no such register
+    star = value.find("*")
+    decimals = obis.ENERGY_UNIT_DECIMALS.get(value[star + 1 :].lower()) if star >= 0 else None
+    if len(values) != 1 or decimals is None:
+        raise ValueFormatError(
+            f"line {_line_number(text, code)}: {code}: {'(' + ')('.join(values) + ')'!r} is"
+            " not one energy value with a kWh/Wh unit"
+        )
+    wh = _scaled(value[:star], decimals)
+    if wh is None:
+        raise ValueFormatError(
+            f"line {_line_number(text, code)}: {code}: {value!r} is not a decimal number"
+        )
+    return wh
+
+
+def _mbus_device(
+    channel: int,
+    objects: dict[str, list[str]],
+    type_code: str,
+    id_codes: tuple[str, ...],
+    reading_codes: tuple[str, ...],
+    legacy_code: str,
+    text: str,
+) -> MbusDevice | None:
+    """The device on one channel; None when the channel says nothing (e.g. only ``96.1.1()``)."""
+    get = objects.get
+    type_raw = _first(get(type_code))
+    device_type = int(type_raw) if type_raw and type_raw.isdecimal() else None
+    meter_id: str | None = None
+    for code in id_codes:
+        raw_id = _first(get(code))
+        if raw_id:
+            meter_id = decode_equipment_id(raw_id)
+            break
+
+    stamp: str | None = None
+    number: str | None = None
+    unit: str | None = None
+    source = legacy_code
+    for code in reading_codes:
+        values = get(code)
+        if values is not None:
+            source = code
+            if len(values) == 2:  # (TST)(value*unit); other shapes such as '(0)' are no reading
+                stamp, value = values
+                star = value.find("*")
+                number, unit = (value, None) if star < 0 else (value[:star], value[star + 1 :])
+            break
+    else:
+        values = get(legacy_code)
+        # (TST12)(status)(period)(n)(obis)(unit) + next line (value)
+        if values is not None and len(values) >= 7:
+            stamp, unit, number = values[0], values[5], values[6]
+
+    measured_at = None if stamp is None else parse_tst(stamp)
+    if not number:
+        if device_type is None and meter_id is None and stamp is None:
+            return None
+        return MbusDevice(channel, device_type, meter_id, measured_at, None, None)
+    if unit:
+        spec = obis.MBUS_UNITS.get(unit.lower())
+        if spec is None:
+            raise ValueFormatError(
+                f"line {_line_number(text, source)}: {source}: unknown unit {unit!r}"
+            )
+    elif device_type is None or device_type in obis.VOLUME_DEVICE_TYPES:
+        spec = obis.MBUS_UNITS["m3"]  # unit-less value on a gas/water channel: m3
+    else:
+        return MbusDevice(channel, device_type, meter_id, measured_at, None, None)
+    amount = _scaled(number, spec[1])
+    if amount is None:
+        raise ValueFormatError(
+            f"line {_line_number(text, source)}: {source}: {number!r} is not a decimal number"
+        )
+    return MbusDevice(channel, device_type, meter_id, measured_at, amount, spec[0])
+
+
+def _line_number(text: str, needle: str) -> int:
+    """1-based line number (header = 1) of the first line starting with ``needle``; 0 when not
+    found. Error path only."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.lstrip().startswith(needle):
+            return number
+    return 0
+
+
+def _objects_fast(text: str) -> tuple[str, dict[str, list[str]]] | None:
+    """Split a well-formed telegram into (header, objects) with C-level bulk operations.
+
+    Well-formed: CRLF line ends, at most one blank line after the header, every data line
+    ``CODE(...)`` ending in ``)``, no continuation lines, no duplicate codes. Anything else
+    returns None and the caller takes :func:`_objects_robust`. Per-line Python bytecode costs
+    more than the whole rest of the parse, hence map/zip/dict instead of a for loop.
+    """
+    h = text.find("\r\n")
+    if h < 0:
+        return None
+    b = h + 4 if text.startswith("\r\n", h + 2) else h + 2
+    body = text[b:]
+    if "\n(" in body:
+        # DSMR 2.2/3 gas: '0-1:24.3.0(...)(m3)' CRLF '(00001.001)': the value line continues
+        # the object, so glue it on
+        body = body.replace(")\r\n(", ")(")
+    items = body.split(")\r\n")
+    # every LF belongs to a ')CRLF' line end, and no line starts with '('
+    if items.pop() or body.count("\n") != len(items) or "\n(" in body or body[:1] == "(":
+        return None
+    if not items:
+        return text[:h], {}
+    codes, seps, rests = zip(*map(str.partition, items, repeat("(")), strict=True)
+    if "" in seps:
+        return None  # a line without '(': the robust path decides what it means
+    values = map(str.split, rests, repeat(")("))
+    if "255(" in body or " (" in body or "\t" in body or "\n " in body or body[:1] == " ":
+        # a code written with a value group F or padded with blanks: normalise every code
+        objects = dict(zip(map(_codes.__getitem__, codes), values, strict=True))
+    else:
+        objects = dict(zip(codes, values, strict=True))
+    if len(objects) != len(items):
+        return None  # duplicate codes (possibly after normalisation)
+    return text[:h], objects
+
+
+def _objects_robust(text: str) -> tuple[str, dict[str, list[str]], dict[str, int] | None]:
+    """Line-by-line split tolerating every wire quirk (see the module docstring).
+
+    Returns (header, objects, code → line number of values without a closing ')').
+    """
+    lines = text.split("\r\n") if "\r\n" in text else text.split("\n")
+    objects: dict[str, list[str]] = {}
+    codes = _codes
+    prev: list[str] | None = None
+    skipped = 1  # lines that create no object: the header, blank lines, continuations
+    unclosed: str | None = None  # code of an object whose value has no ')' yet
+    bad: dict[str, int] | None = None
+    for number, line in enumerate(lines[1:], start=2):
+        stripped = line.strip()
+        if not stripped:
+            skipped += 1
+            continue
+        if unclosed is not None and "(" not in stripped:
+            # value broken over lines, e.g. a 96.13.0 text message with a CRLF inside
+            skipped += 1
+            joined = objects[unclosed][0] + stripped
+            if joined.endswith(")"):
+                objects[unclosed] = joined[:-1].split(")(")
+                if bad is not None:
+                    bad.pop(unclosed, None)
+                unclosed = None
+            else:
+                objects[unclosed] = [joined]
+            continue
+        if stripped[0] == "(":
+            # DSMR 2.2/3: 0-n:24.3.0(...)(m3) CRLF (00001.001): the value continues the object
+            skipped += 1
+            if prev is not None and stripped[-1] == ")":
+                prev.extend(stripped[1:-1].split(")("))
+                unclosed = None
+            continue
+        p = stripped.find("(")
+        if p < 0:
+            skipped += 1
+            if stripped.startswith(_REGISTER_CODES):
+                raise ValueFormatError(f"line {number}: register line {stripped!r} has no value")
+            continue  # not an object: ignored (documented)
+        key = codes[stripped[:p]]
+        if stripped[-1] == ")":
+            prev = objects[key] = stripped[p + 1 : -1].split(")(")
+            unclosed = None
+        else:
+            # no closing ')' at the end: keep the rest raw; it may continue on the next line
+            prev = objects[key] = [stripped[p + 1 :]]
+            unclosed = key
+            if bad is None:
+                bad = {}
+            bad[key] = number
+    if len(objects) != len(lines) - skipped:
+        _resolve_duplicates(lines, objects)
+    return lines[0].rstrip("\r"), objects, bad
+
+
+def _resolve_duplicates(lines: list[str], objects: dict[str, list[str]]) -> None:
+    """Some full code occurred more than once: keep the first occurrence, and reject the
+    telegram when an interpreted code occurs with different values. Cold path."""
+    entries: list[tuple[int, str, str]] = []  # (line number, code, '(values...)')
+    for number, line in enumerate(lines[1:], start=2):
+        stripped = line.strip()
+        p = stripped.find("(")
+        if p > 0:
+            entries.append((number, _codes[stripped[:p]], stripped[p:]))
+    counts = Counter(code for _, code, _ in entries)
+    first: dict[str, str] = {}
+    for number, code, rest in entries:
+        if counts[code] < 2:
+            continue
+        seen = first.get(code)
+        if seen is None:
+            first[code] = rest
+            if rest.endswith(")"):
+                objects[code] = rest[1:-1].split(")(")
+        elif seen != rest and code in obis.INTERPRETED_CODES:
+            raise ValueFormatError(
+                f"line {number}: {code} occurs twice with different values ({seen} and {rest})"
+            )

@@ -1,0 +1,370 @@
+"""Read telegrams from a P1 serial port: the supervised read loop and the ``read`` subcommand.
+
+The loop survives the port going away: when the device disappears (open fails, read raises,
+or no byte arrives for ``idle_timeout``) it logs ONE warning, retries with capped exponential
+backoff (debug-level lines only), and logs once more when bytes flow again.
+
+``--profile auto`` opens at 115200 8N1 (DSMR 4/5) and waits for a telegram that validates; after
+``detect_timeout`` (or early, when most bytes have bit 7 set, the signature of a 7E1 line read
+as 8N1) it tries 9600 7E1 (DSMR 2.2/3), alternating until a telegram validates, then keeps that
+profile for good (also across reconnects).
+
+With a key, the framer looks only for encrypted DLMS frames (0xDB …); without one, only for
+plaintext telegrams. Decrypted telegrams are parsed without a CRC requirement: the GCM tag
+already authenticated every byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+from p1_reader.decrypt import SMARTY_AUTH_KEY, FrameDecryptor
+from p1_reader.errors import ChecksumError, P1Error, SerialPortError
+from p1_reader.framing import Frame, FrameKind, Framer
+from p1_reader.jsonout import telegram_to_json
+from p1_reader.parser import parse_telegram
+from p1_reader.serial_port import DSMR2, DSMR4, PROFILES, SerialConnection, open_serial
+from p1_reader.telegram import Telegram
+
+log = logging.getLogger(__name__)
+
+#: early auto-detect switch: this many bytes with bit 7 set and no valid telegram yet
+_HIGH_BIT_SWITCH = 256
+
+
+@dataclass(slots=True, frozen=True)
+class Backoff:
+    """Delays between reconnect attempts: initial, ×factor per failure, capped at maximum."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+
+
+@dataclass(slots=True)
+class ReaderState:
+    """Live counters and connection state of a reader (for logs, metrics and tests)."""
+
+    #: set while the port is open
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    telegrams: int = 0
+    rejected: int = 0
+    #: rejection counts by ``P1Error.reason``
+    reasons: Counter[str] = field(default_factory=Counter)
+    disconnects: int = 0
+    #: the profile in use once detected or configured (``dsmr2`` / ``dsmr4``)
+    profile: str | None = None
+    framer: Framer | None = None
+
+
+class P1Reader:
+    """Supervised reader of one P1 port; :meth:`telegrams` yields validated telegrams."""
+
+    def __init__(
+        self,
+        port: str,
+        profile: str = "auto",
+        *,
+        key: bytes | None = None,
+        auth_key: bytes | None = SMARTY_AUTH_KEY,
+        backoff: Backoff | None = None,
+        detect_timeout: float = 25.0,
+        idle_timeout: float | None = 60.0,
+        state: ReaderState | None = None,
+    ) -> None:
+        if profile != "auto" and profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}: use auto, {', '.join(PROFILES)}")
+        self.port = port
+        self._locked = None if profile == "auto" else PROFILES[profile]
+        self._candidates = (DSMR4, DSMR2)
+        self._candidate = 0
+        self._switches = 0
+        self._decryptor = FrameDecryptor(key, auth_key=auth_key) if key is not None else None
+        self.backoff = backoff or Backoff()
+        self.detect_timeout = detect_timeout
+        self.idle_timeout = idle_timeout
+        self.state = state or ReaderState()
+        self.framer = Framer(plaintext=key is None, encrypted=key is not None)
+        self.state.framer = self.framer
+        if self._locked is not None:
+            self.state.profile = self._locked.name
+
+    def _validate(self, frame: Frame) -> tuple[bytes, Telegram] | None:
+        """Decrypt/parse one frame; log and count a rejection (never its content)."""
+        state = self.state
+        try:
+            if frame.kind is FrameKind.ENCRYPTED:
+                if self._decryptor is None:  # unreachable: the framer only frames what we ask
+                    raise P1Error("encrypted frame but no key configured")
+                plaintext = self._decryptor.decrypt(frame.data).plaintext
+                telegram = parse_telegram(plaintext, require_crc=False)
+                data = plaintext
+            else:
+                if frame.crc_ok is False:
+                    raise ChecksumError(f"CRC does not match ({len(frame.data)}-byte telegram)")
+                telegram = parse_telegram(frame.data)
+                data = frame.data
+        except P1Error as exc:
+            state.rejected += 1
+            state.reasons[exc.reason] += 1
+            log.warning("rejected %s from %s: %s: %s", frame.kind.value, self.port, exc.reason, exc)
+            return None
+        state.telegrams += 1
+        return data, telegram
+
+    async def telegrams(self) -> AsyncGenerator[tuple[bytes, Telegram], None]:
+        """Yield (telegram bytes, parsed telegram) forever, reconnecting as needed."""
+        backoff = self.backoff
+        delay = backoff.initial
+        outage_since: float | None = None
+        attempts = 0
+        wait_before_open = False
+        while True:
+            if wait_before_open:
+                await asyncio.sleep(delay)
+                delay = min(delay * backoff.factor, backoff.maximum)
+            wait_before_open = True
+            profile = self._locked or self._candidates[self._candidate]
+            try:
+                conn = await open_serial(self.port, profile)
+            except SerialPortError as exc:
+                attempts += 1
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning(
+                        "unavailable: %s; retrying with backoff up to %g s", exc, backoff.maximum
+                    )
+                else:
+                    log.debug("retry %d: %s", attempts, exc)
+                continue
+            self.state.connected.set()
+            # during an outage a reopen is one more attempt, not news (recovery = bytes flow)
+            log.log(
+                logging.INFO if outage_since is None else logging.DEBUG,
+                "opened %s at %s (%s)", self.port, profile.describe(), profile.name,
+            )
+            try:
+                async with contextlib.aclosing(self._read_connection(conn)) as items:
+                    async for item in items:
+                        if outage_since is not None:
+                            log.info(
+                                "%s recovered after %.1f s (%d failed attempts); reading resumed",
+                                self.port, time.monotonic() - outage_since, attempts,
+                            )
+                            outage_since, attempts, delay = None, 0, backoff.initial
+                        if item is not None:
+                            yield item
+                # the connection ended without an error: a profile switch; reopen at once
+                wait_before_open = False
+            except SerialPortError as exc:
+                self.state.disconnects += 1
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning(
+                        "disconnected: %s; reconnecting with backoff up to %g s",
+                        exc, backoff.maximum,
+                    )
+                else:
+                    log.debug("%s failed again: %s", self.port, exc)
+            finally:
+                self.state.connected.clear()
+                self.framer.flush()
+                await conn.close()
+
+    async def _read_connection(
+        self, conn: SerialConnection
+    ) -> AsyncGenerator[tuple[bytes, Telegram] | None, None]:
+        """Read one open connection. Yields None when bytes arrived but no telegram completed
+        (so the caller can see the port is alive), raises SerialPortError when the port fails or
+        stays silent for ``idle_timeout``, returns to switch the auto-detected profile."""
+        detecting = self._locked is None
+        deadline = time.monotonic() + self.detect_timeout
+        high_bit = 0
+        while True:
+            timeout = self.idle_timeout
+            if detecting:
+                left = max(0.0, deadline - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
+            try:
+                chunk = await asyncio.wait_for(conn.read(), timeout)
+            except TimeoutError:
+                if detecting and time.monotonic() >= deadline:
+                    self._switch_profile(conn, f"no valid telegram within {self.detect_timeout} s")
+                    return
+                raise SerialPortError(
+                    f"no data from {conn.path} for {self.idle_timeout} s"
+                ) from None
+            yielded = False
+            for frame in self.framer.feed(chunk):
+                item = self._validate(frame)
+                if item is None:
+                    continue
+                if detecting:
+                    self._locked = conn.profile
+                    self.state.profile = conn.profile.name
+                    detecting = False
+                    log.info("detected %s (%s)", conn.profile.name, conn.profile.describe())
+                yielded = True
+                yield item
+            if not yielded:
+                yield None
+            if detecting and not conn.profile.mask_7bit and self._decryptor is None:
+                high_bit += len(chunk) - len(chunk.translate(None, _HIGH_BYTES))
+                if high_bit >= _HIGH_BIT_SWITCH:
+                    self._switch_profile(conn, f"{high_bit} bytes with bit 7 set")
+                    return
+
+    def _switch_profile(self, conn: SerialConnection, why: str) -> None:
+        self._candidate = (self._candidate + 1) % len(self._candidates)
+        nxt = self._candidates[self._candidate]
+        self._switches += 1
+        # a silent meter makes detection alternate forever: say it once per profile, then quietly
+        level = logging.INFO if self._switches <= len(self._candidates) else logging.DEBUG
+        log.log(
+            level, "%s at %s: %s; trying %s (%s)",
+            conn.path, conn.profile.describe(), why, nxt.describe(), nxt.name,
+        )
+
+
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+
+
+async def read_telegrams(
+    port: str,
+    profile: str = "auto",
+    *,
+    key: bytes | None = None,
+    auth_key: bytes | None = SMARTY_AUTH_KEY,
+    backoff: Backoff | None = None,
+    detect_timeout: float = 25.0,
+    idle_timeout: float | None = 60.0,
+    state: ReaderState | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """Yield validated plaintext telegrams (``/`` … ``!CRC`` CR LF) from a P1 port, forever.
+
+    ``profile``: ``auto``, ``dsmr2`` (9600 7E1) or ``dsmr4`` (115200 8N1). ``key``: 16-byte
+    encryption key for DLMS-encrypted meters (frames are decrypted, authenticated and
+    replay-checked; the decrypted telegram is yielded); ``auth_key``: the authentication key
+    for the AAD (default: the Luxembourg Smarty key), None for frames sealed without AAD.
+    Rejected frames are logged (reason only) and counted in ``state``. The port is reopened
+    with ``backoff`` when it disappears. Close the generator (``aclose``) to release the port.
+    """
+    reader = P1Reader(
+        port,
+        profile,
+        key=key,
+        auth_key=auth_key,
+        backoff=backoff,
+        detect_timeout=detect_timeout,
+        idle_timeout=idle_timeout,
+        state=state,
+    )
+    async with contextlib.aclosing(reader.telegrams()) as items:
+        async for data, _telegram in items:
+            yield data
+
+
+# -- the ``read`` subcommand -------------------------------------------------------------------
+
+
+def _hex_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a hex string: {text[:8]}…") from None
+    if len(key) != 16:
+        raise argparse.ArgumentTypeError(f"a key is 32 hex digits (16 bytes), got {len(key)} bytes")
+    return key
+
+
+def add_key_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--key`` / ``--auth-key`` / ``--no-aad`` (shared with ``decode``)."""
+    parser.add_argument(
+        "--key", type=_hex_key, metavar="HEX",
+        help="AES-128 encryption key (32 hex digits) of a DLMS-encrypted meter",
+    )
+    aad = parser.add_mutually_exclusive_group()
+    aad.add_argument(
+        "--auth-key", type=_hex_key, metavar="HEX", default=SMARTY_AUTH_KEY,
+        help="authentication key for the GCM AAD (default: the Luxembourg Smarty key)",
+    )
+    aad.add_argument(
+        "--no-aad", action="store_const", dest="auth_key", const=None,
+        help="the meter seals frames without AAD",
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``read``: serial port → JSON lines on stdout."""
+    parser = subparsers.add_parser(
+        "read",
+        help="read telegrams from a P1 serial port and print them as JSON lines",
+        description=(
+            "Read DSMR telegrams from a P1 port and print one JSON object per telegram "
+            "(registers only, no power values). Rejected telegrams are logged to stderr."
+        ),
+    )
+    parser.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyUSB0")
+    parser.add_argument(
+        "--profile", choices=("auto", *PROFILES), default="auto",
+        help="dsmr2 = 9600 7E1 (DSMR 2.2/3), dsmr4 = 115200 8N1 (DSMR 4/5); default auto",
+    )
+    add_key_arguments(parser)
+    parser.add_argument(
+        "--count", type=int, default=None, metavar="N", help="exit after N telegrams",
+    )
+    parser.add_argument(
+        "--max-backoff", type=float, default=30.0, metavar="S",
+        help="longest wait between reconnect attempts (default 30 s)",
+    )
+    parser.add_argument(
+        "--initial-backoff", type=float, default=0.5, metavar="S",
+        help="first wait between reconnect attempts (default 0.5 s)",
+    )
+    parser.add_argument(
+        "--detect-timeout", type=float, default=25.0, metavar="S",
+        help="auto profile: seconds to wait for a valid telegram before switching (default 25)",
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, default=60.0, metavar="S",
+        help="reopen the port after this many seconds without a byte (default 60; 0 = never)",
+    )
+    parser.set_defaults(func=run_read)
+
+
+async def _read_main(args: argparse.Namespace) -> int:
+    reader = P1Reader(
+        args.port,
+        args.profile,
+        key=args.key,
+        auth_key=args.auth_key,
+        backoff=Backoff(initial=args.initial_backoff, maximum=args.max_backoff),
+        detect_timeout=args.detect_timeout,
+        idle_timeout=args.idle_timeout or None,
+    )
+    count = 0
+    out = sys.stdout
+    async with contextlib.aclosing(reader.telegrams()) as items:
+        async for _data, telegram in items:
+            out.write(telegram_to_json(telegram) + "\n")
+            out.flush()
+            count += 1
+            if args.count is not None and count >= args.count:
+                break
+    return 0
+
+
+def run_read(args: argparse.Namespace) -> int:
+    """Entry point of ``read``."""
+    try:
+        return asyncio.run(_read_main(args))
+    except KeyboardInterrupt:
+        return 130

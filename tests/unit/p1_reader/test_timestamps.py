@@ -1,0 +1,108 @@
+"""p1_reader.timestamps: DSMR TST → UTC, S/W flag, placeholders, DST edges."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from p1_reader import timestamps
+from p1_reader.errors import TimestampError
+from p1_reader.timestamps import format_tst, format_tst12, parse_tst, parse_tst_or_raise
+
+
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, sec, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("tst", "expected"),
+    [
+        ("101209113020W", utc(2010, 12, 9, 10, 30, 20)),
+        ("200512135409S", utc(2020, 5, 12, 11, 54, 9)),
+        ("150701190000s", utc(2015, 7, 1, 17, 0)),  # lower-case flag
+        ("150101190000w", utc(2015, 1, 1, 18, 0)),
+        # 2020-10-25: 02:00-02:59 local happens twice; the flag tells which
+        ("201025023000S", utc(2020, 10, 25, 0, 30)),
+        ("201025023000W", utc(2020, 10, 25, 1, 30)),
+        ("201025025959S", utc(2020, 10, 25, 0, 59, 59)),
+        ("201025030000W", utc(2020, 10, 25, 2, 0)),
+        # 2021-03-28: 01:59:59 W is followed by 03:00:00 S
+        ("210328015959W", utc(2021, 3, 28, 0, 59, 59)),
+        ("210328030000S", utc(2021, 3, 28, 1, 0)),
+        ("240229120000W", utc(2024, 2, 29, 11, 0)),  # leap day
+        ("691231235959W", utc(2069, 12, 31, 22, 59, 59)),
+        # 12-digit TST12 (DSMR 3): zoneinfo Europe/Amsterdam
+        ("090212160000", utc(2009, 2, 12, 15, 0)),
+        ("250423090000", utc(2025, 4, 23, 7, 0)),
+        ("201025023000", utc(2020, 10, 25, 0, 30)),  # ambiguous: first (summer) occurrence
+    ],
+)
+def test_parse(tst: str, expected: datetime) -> None:
+    result = parse_tst(tst)
+    assert result == expected
+    assert result is not None and result.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "tst",
+    [
+        "000101010000W",  # clock unset
+        "000101000001W",  # Kaifa power-failure placeholder
+        "000104180320W",  # clock started at 2000-01-01
+        "700101010000W",  # dead M-Bus channel (epoch)
+        "632525252525S",  # unset month in 98.1.0 / Smarty
+        "201325120000W",  # month 13
+        "200230120000W",  # 30 February
+        "230229120000W",  # 29 February in a non-leap year
+        "200101240000W",  # hour 24
+        "200101126000W",
+        "200101120060W",
+        "200101120000X",  # unknown flag
+        "2001011200000",
+        "20010112000",
+        "20010112000000W",
+        "07E8061C050A2B2B00FF8880",  # DLMS octet-string date
+        "",
+        "2001011200.0W",
+        "２００１０１１２００００W",  # non-ASCII digits
+    ],
+)
+def test_placeholders_and_garbage_are_none(tst: str) -> None:
+    assert parse_tst(tst) is None
+
+
+def test_or_raise() -> None:
+    with pytest.raises(TimestampError, match="clock not set"):
+        parse_tst_or_raise("000101010000W")
+    with pytest.raises(TimestampError, match="not a valid DSMR timestamp"):
+        parse_tst_or_raise("632525252525S", what="gas capture time")
+    assert parse_tst_or_raise("101209113020W") == utc(2010, 12, 9, 10, 30, 20)
+
+
+def test_cache_is_bounded_and_skips_junk() -> None:
+    timestamps._cache.clear()
+    parse_tst("x" * 500)
+    assert not timestamps._cache
+    for i in range(timestamps._CACHE_MAX + 10):
+        parse_tst(f"{i:012d}")
+    assert len(timestamps._cache) <= timestamps._CACHE_MAX
+    assert parse_tst("101209113020W") == utc(2010, 12, 9, 10, 30, 20)
+    assert parse_tst("101209113020W") == utc(2010, 12, 9, 10, 30, 20)  # cached
+
+
+def test_format_round_trip_across_both_dst_changes() -> None:
+    for start in (utc(2020, 10, 24, 23, 0), utc(2021, 3, 27, 23, 0)):
+        for minutes in range(0, 6 * 60, 7):
+            moment = start + timedelta(minutes=minutes)
+            assert parse_tst(format_tst(moment)) == moment
+
+
+def test_format_flags() -> None:
+    assert format_tst(utc(2020, 10, 25, 0, 30)) == "201025023000S"
+    assert format_tst(utc(2020, 10, 25, 1, 30)) == "201025023000W"
+    assert format_tst12(utc(2009, 2, 12, 15, 0)) == "090212160000"
+    with pytest.raises(ValueError, match="aware"):
+        format_tst(datetime(2020, 1, 1))
+    with pytest.raises(ValueError, match="2001-2069"):
+        format_tst(utc(2070, 6, 1))
