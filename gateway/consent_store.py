@@ -1,0 +1,263 @@
+"""Consents in PostgreSQL: grant and end, each in one transaction with its event and NOTIFY.
+
+Ending a consent (SPEC §3/§4), in ONE transaction:
+
+1. lock the connection row (serialises every consent change of the EAN, and registry contract
+   ends: two consents of one EAN ended concurrently would each see the other still active and
+   both keep readings that neither covers any more), then the consent row (``FOR UPDATE``: this
+   is the lock ingest's ``FOR SHARE`` waits for, see gateway.ingest ``INTERVAL_CONDITION``);
+2. set ``ended_at``/``end_reason`` (an end is final: a second end is a ConflictError);
+3. delete the EAN's interval readings measured at or after the end — or, for a purpose whose
+   data is deleted at revocation, from the grant on — unless another consent covers them (one
+   still in force, or an ended one whose purpose keeps its data);
+4. insert a ``consent_events`` row and NOTIFY ``meterpoort_consent`` with the EAN.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from consent.errors import ConsentError
+from consent.model import (
+    DEFAULT_PURPOSES,
+    Channel,
+    EndReason,
+    OnRevoke,
+    Purpose,
+    new_consent,
+    purpose_named,
+)
+from gateway.errors import ConflictError, FieldError, NotFoundError, ValidationError
+
+_CONSENT_COLUMNS = (
+    "ean, consent_id, customer_id, purpose, data_class, notice_version, channel, granted_at,"
+    " expires_at, ended_at, end_reason"
+)
+
+#: the interval table and its period length per commodity
+_INTERVAL_TABLE = {
+    "electricity": ("readings_e_pt15m", "15 minutes"),
+    "gas": ("readings_g_pt1h", "1 hour"),
+}
+
+
+def consent_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A consent row as API JSON (datetimes and UUIDs are serialised by the handler)."""
+    return {
+        "consent_id": row["consent_id"],
+        "ean": row["ean"],
+        "customer_id": row["customer_id"],
+        "purpose": row["purpose"],
+        "data_class": row["data_class"],
+        "notice_version": row["notice_version"],
+        "channel": row["channel"],
+        "granted_at": row["granted_at"],
+        "expires_at": row["expires_at"],
+        "ended_at": row["ended_at"],
+        "end_reason": row["end_reason"],
+    }
+
+
+def _domain_error(exc: ConsentError, field: str) -> ValidationError:
+    return ValidationError(str(exc), [FieldError(("body", field), str(exc))])
+
+
+async def create_consent(
+    conn: asyncpg.Connection,
+    *,
+    ean: str,
+    customer_id: str,
+    purpose: str,
+    notice_version: str,
+    expires_at: dt.datetime | None = None,
+    granted_at: dt.datetime | None = None,
+    channel: Channel = Channel.API,
+    purposes: dict[str, Purpose] | None = None,
+) -> dict[str, Any]:
+    """Record an interval consent granted by the connection's customer; returns its JSON."""
+    async with conn.transaction():
+        now: dt.datetime = await conn.fetchval("SELECT now()")
+        granted = now if granted_at is None else granted_at
+        try:
+            consent = new_consent(
+                ean=ean,
+                customer_id=customer_id,
+                purpose=purpose,
+                notice_version=notice_version,
+                granted_at=granted,
+                expires_at=expires_at,
+                channel=channel,
+                purposes=purposes,
+            )
+        except ConsentError as exc:
+            raise _domain_error(exc, "purpose" if "purpose" in str(exc) else "expires_at") from exc
+        row = await conn.fetchrow(
+            "SELECT customer_id, contract_end FROM connections WHERE ean = $1 FOR UPDATE", ean
+        )
+        if row is None:
+            raise NotFoundError(f"no connection {ean} is registered")
+        if row["customer_id"] != customer_id:
+            raise ConflictError(f"connection {ean} does not belong to customer {customer_id}")
+        if row["contract_end"] is not None and row["contract_end"] <= granted:
+            raise ConflictError(f"the contract of connection {ean} has ended; no consent")
+        created = await conn.fetchrow(
+            f"INSERT INTO consents ({_CONSENT_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL)"
+            f" RETURNING {_CONSENT_COLUMNS}",
+            consent.ean,
+            consent.consent_id,
+            consent.customer_id,
+            consent.purpose,
+            consent.data_class,
+            consent.notice_version,
+            consent.channel.value,
+            consent.granted_at,
+            consent.expires_at,
+        )
+        await conn.execute(
+            "INSERT INTO consent_events (ean, consent_id, kind, at, detail)"
+            " VALUES ($1, $2, 'granted', $3, $4)",
+            ean,
+            consent.consent_id,
+            consent.granted_at,
+            {"purpose": purpose, "notice_version": notice_version, "channel": channel.value},
+        )
+        await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)
+    assert created is not None
+    return consent_json(created)
+
+
+async def end_consent(
+    conn: asyncpg.Connection,
+    consent_id: uuid.UUID,
+    reason: EndReason,
+    at: dt.datetime | None = None,
+    purposes: dict[str, Purpose] | None = None,
+) -> dict[str, Any]:
+    """End consent ``consent_id`` at ``at`` (default: now); see the module docstring.
+
+    Returns the ended consent's JSON plus ``deleted_readings``.
+    """
+    table = DEFAULT_PURPOSES if purposes is None else purposes
+    async with conn.transaction():
+        now: dt.datetime = await conn.fetchval("SELECT now()")
+        end = now if at is None else at
+        if end > now:
+            raise ValidationError(
+                "a consent cannot be ended in the future",
+                [FieldError(("body", "at"), "after the current time")],
+            )
+        found = await conn.fetchrow("SELECT ean FROM consents WHERE consent_id = $1", consent_id)
+        if found is None:
+            raise NotFoundError(f"no consent {consent_id}")
+        ean: str = found["ean"]
+        conn_row = await conn.fetchrow(
+            "SELECT ean_num, commodity, contract_end FROM connections WHERE ean = $1 FOR UPDATE",
+            ean,
+        )
+        if conn_row is None:
+            raise NotFoundError(f"no connection {ean} is registered")
+        row = await conn.fetchrow(
+            f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE ean = $1 AND consent_id = $2"
+            " FOR UPDATE",
+            ean,
+            consent_id,
+        )
+        assert row is not None  # the connection lock keeps consents of the EAN from vanishing
+        if row["ended_at"] is not None:
+            raise ConflictError(
+                f"consent {consent_id} already ended ({row['end_reason']})"
+            )
+        if row["expires_at"] is not None and row["expires_at"] <= end:
+            raise ConflictError(f"consent {consent_id} has expired already")
+        end = max(end, row["granted_at"])  # an end before the grant: the consent never applied
+        deleted = await _delete_uncovered(
+            conn,
+            ean=ean,
+            ean_num=conn_row["ean_num"],
+            commodity=conn_row["commodity"],
+            consent_id=consent_id,
+            since=(
+                row["granted_at"]
+                if purpose_named_or_keep(row["purpose"], table).on_revoke is OnRevoke.DELETE
+                else end
+            ),
+            keep_purposes=[p.name for p in table.values() if p.on_revoke is OnRevoke.KEEP],
+            end=end,
+            reason=reason,
+        )
+        ended = await conn.fetchrow(
+            f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE ean = $1 AND consent_id = $2",
+            ean,
+            consent_id,
+        )
+        await conn.execute(
+            "INSERT INTO consent_events (ean, consent_id, kind, at, detail)"
+            " VALUES ($1, $2, 'ended', $3, $4)",
+            ean,
+            consent_id,
+            end,
+            {"reason": reason.value, "deleted_readings": deleted},
+        )
+        await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)
+    assert ended is not None
+    result = consent_json(ended)
+    result["deleted_readings"] = deleted
+    return result
+
+
+def purpose_named_or_keep(name: str, purposes: dict[str, Purpose]) -> Purpose:
+    """The configured purpose ``name``; a purpose no longer configured keeps its data (the
+    cautious choice for records a retention rule, not a revocation, will remove)."""
+    try:
+        return purpose_named(name, purposes)
+    except ConsentError:
+        return Purpose(name, OnRevoke.KEEP)
+
+
+async def _delete_uncovered(
+    conn: asyncpg.Connection,
+    *,
+    ean: str,
+    ean_num: int,
+    commodity: str,
+    consent_id: uuid.UUID,
+    since: dt.datetime,
+    keep_purposes: list[str],
+    end: dt.datetime,
+    reason: EndReason,
+) -> int:
+    # the UPDATE comes first: it takes the consent row lock ingest's FOR SHARE conflicts with
+    await conn.execute(
+        "UPDATE consents SET ended_at = $3, end_reason = $4 WHERE ean = $1 AND consent_id = $2",
+        ean,
+        consent_id,
+        end,
+        reason.value,
+    )
+    table, period = _INTERVAL_TABLE[commodity]
+    # period_start > since - one period lets the primary key (and partition pruning) find the
+    # rows: a reading measured at or after `since` is in a period starting after since - period
+    status = await conn.execute(
+        f"DELETE FROM {table} r WHERE r.ean = $1 AND r.measured_at >= $2"
+        f" AND r.period_start > $2 - interval '{period}'"
+        " AND NOT EXISTS ("
+        "   SELECT 1 FROM consents o JOIN connections k ON k.ean = o.ean"
+        "   WHERE o.ean = $3 AND o.consent_id <> $4 AND o.data_class = 'interval'"
+        "     AND o.granted_at <= r.measured_at"
+        "     AND r.measured_at <"
+        "         coalesce(least(o.ended_at, o.expires_at, k.contract_end), 'infinity')"
+        "     AND (coalesce(least(o.ended_at, o.expires_at, k.contract_end), 'infinity') > now()"
+        "          OR o.purpose = ANY($5::text[])))",
+        ean_num,
+        since,
+        ean,
+        consent_id,
+        keep_purposes,
+    )
+    return int(status.rsplit(" ", 1)[-1])

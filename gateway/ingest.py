@@ -1,0 +1,678 @@
+"""The ingest pipeline: telegrams → period readings → one group-committed write.
+
+Per telegram (``IngestPipeline.process``, pure apart from the in-memory caches it is given)::
+
+    parse → resolve meters → time checks → consent policy → period bucketing → "can it improve?"
+
+* **Resolve.** The electricity equipment id (``0-0:96.1.1``) and each gas M-Bus device's id
+  (``0-n:96.1.0``, device type 3) are looked up among the meter ids bound to the device, then in
+  the consent index (meter id → connection). A telegram none of whose meters is bound to the
+  device is rejected (``meter-not-bound``); bound but unregistered → ``unknown-meter``. Meters of
+  a telegram that are not bound are ignored (a gas meter supplied by someone else), so the
+  readings of one meter never land under another.
+* **Time.** Electricity uses the telegram time, gas the M-Bus capture time (never the telegram
+  time). No/unset clock → ``clock-unset``; more than ``future_tolerance_s`` ahead of the server
+  clock → ``future-timestamp``; older than the spool horizon → ``too-old``. A telegram is rejected
+  when none of its bound readings passes (with the first reading's reason); otherwise it is
+  accepted — also when the policy withholds every reading (level ``none``, nothing new).
+* **Policy.** ``consent.policy.CompiledPolicy.check(t, now)`` via the index (about 1 µs).
+* **Buckets.** ``gateway.periods.Bucketer``: ``P1M``/``P1D`` at Amsterdam midnight, ``PT15M``
+  (electricity) and ``PT1H`` (gas) on UTC quarter/hour boundaries.
+* **Improve?** The reading of a period is the one with the earliest measured time. ``BestCache``
+  remembers, per (EAN, table, period), a measured time already committed: the database holds that
+  one or an earlier one, so a reading measured at or after it cannot improve the period and is
+  skipped without a query (the common case: 90 telegrams per quarter hour, one improves).
+
+Totals-only electricity meters (``1.8.0``/``2.8.0`` without the T1/T2 split) store the total in
+``import_t1_wh``/``export_t1_wh`` and NULL in the T2 columns.
+
+Writes (``BatchWriter``): requests enqueue their candidate rows; one writer task merges them
+(earliest per period) and flushes every ``ingest_batch_max_delay_ms`` or ``ingest_batch_max_rows``
+rows in ONE transaction — one ``INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE … WHERE
+excluded.measured_at < t.measured_at`` per table — and each request awaits the commit of its rows
+before it answers (group commit): every acknowledged reading is durable.
+
+The database enforces the interval rule itself (``INTERVAL_CONDITION``), so a stale consent index
+in any process can never store an interval reading at or after a consent's end. Raw telegrams and
+actual-power values are never stored or logged; the parsed Telegram is dropped after bucketing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+import asyncpg
+from aiohttp import web
+
+from consent.levels import Granularity
+from gateway import db, metrics
+from gateway.consent_index import ConsentIndex, IndexMaintainer, MeterRoute, pick_route
+from gateway.errors import DatabaseUnavailableError
+from gateway.periods import AMSTERDAM, Bucketer
+from p1_reader.errors import P1Error
+from p1_reader.parser import parse_telegram
+from p1_reader.telegram import DEVICE_TYPE_GAS, Telegram
+
+log = logging.getLogger(__name__)
+
+# --- tables -------------------------------------------------------------------------------------
+
+E_PT15M: Final = 0
+E_P1D: Final = 1
+E_P1M: Final = 2
+G_PT1H: Final = 3
+G_P1D: Final = 4
+G_P1M: Final = 5
+N_TABLES: Final = 6
+
+TABLE_NAMES: Final = (
+    "readings_e_pt15m",
+    "readings_e_p1d",
+    "readings_e_p1m",
+    "readings_g_pt1h",
+    "readings_g_p1d",
+    "readings_g_p1m",
+)
+TABLE_GRANULARITY: Final = (
+    Granularity.PT15M,
+    Granularity.P1D,
+    Granularity.P1M,
+    Granularity.PT1H,
+    Granularity.P1D,
+    Granularity.P1M,
+)
+INTERVAL_TABLES: Final = frozenset((E_PT15M, G_PT1H))
+ELECTRICITY_TABLES: Final = frozenset((E_PT15M, E_P1D, E_P1M))
+
+#: an electricity row: (ean, period_start, measured_at, import_t1, import_t2, export_t1,
+#: export_t2); a gas row: (ean, period_start, measured_at, volume_dm3). Times are epoch seconds.
+Row = tuple[int | None, ...]
+#: (ean_num, period_start) → row, one dict per table
+Batch = list[dict[tuple[int, int], Row]]
+
+_E_COLUMNS = "import_t1_wh, import_t2_wh, export_t1_wh, export_t2_wh"
+_E_VALUES = "v.i1, v.i2, v.e1, v.e2"
+_E_UNNEST = (
+    "unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])"
+    " AS v(ean, ps, ma, i1, i2, e1, e2)"
+)
+_G_COLUMNS = "volume_dm3"
+_G_VALUES = "v.vol"
+_G_UNNEST = "unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS v(ean, ps, ma, vol)"
+
+# The database's half of the SPEC §3 invariant, evaluated per row IN THE INSERT STATEMENT:
+# an interval row is written only while a consent row says granted_at <= measured_at < end and
+# the consent is still in force now, end = least(ended_at, expires_at, contract_end).
+#
+# Why it cannot race with a revocation (which, in one READ COMMITTED transaction, UPDATEs the
+# consent row's ended_at, then DELETEs interval rows measured at/after the end, then commits):
+# ``FOR SHARE OF c`` takes a share lock on the consent row that justifies each row, and SHARE
+# conflicts with the row lock the revocation's UPDATE takes (FOR KEY SHARE would not: a
+# non-key UPDATE only takes FOR NO KEY UPDATE).
+# * Ingest locks first: the revocation's UPDATE waits until the ingest transaction commits; its
+#   DELETE then starts with a snapshot that sees the ingested rows and removes those at/after
+#   the end.
+# * Revocation locks first: the ingest's lock waits until the revocation commits, then READ
+#   COMMITTED re-evaluates the locked row's new version against the WHERE clause (EvalPlanQual):
+#   the new ended_at fails ``measured_at < end`` (and ``end > clock_timestamp()``), so the row
+#   is not inserted. The revocation's DELETE ran before, but there was nothing to delete.
+# tests/integration/test_ingest_consent_race.py holds both orders open on purpose.
+INTERVAL_CONDITION: Final = """
+WHERE EXISTS (
+    SELECT 1 FROM consents c JOIN connections k ON k.ean = c.ean
+    WHERE k.ean_num = v.ean AND k.level = 'daily' AND c.data_class = 'interval'
+      AND k.contract_start <= to_timestamp(v.ma)
+      AND c.granted_at <= to_timestamp(v.ma)
+      AND to_timestamp(v.ma) < coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity')
+      AND coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity') > clock_timestamp()
+    FOR SHARE OF c
+)"""
+
+
+def _insert_sql(table: int) -> str:
+    electricity = table in ELECTRICITY_TABLES
+    columns = _E_COLUMNS if electricity else _G_COLUMNS
+    values = _E_VALUES if electricity else _G_VALUES
+    source = _E_UNNEST if electricity else _G_UNNEST
+    updates = ", ".join(f"{c} = excluded.{c}" for c in ("measured_at", *columns.split(", ")))
+    where = INTERVAL_CONDITION if table in INTERVAL_TABLES else ""
+    return (
+        f"INSERT INTO {TABLE_NAMES[table]} AS t (ean, period_start, measured_at, {columns})"
+        f" SELECT v.ean, to_timestamp(v.ps), to_timestamp(v.ma), {values} FROM {source}"
+        f"{where}"
+        f" ON CONFLICT (ean, period_start) DO UPDATE SET {updates}"
+        " WHERE excluded.measured_at < t.measured_at"
+    )
+
+
+INSERT_SQL: Final = tuple(_insert_sql(t) for t in range(N_TABLES))
+
+
+def new_batch() -> Batch:
+    """An empty batch: one dict per reading table."""
+    return [{} for _ in range(N_TABLES)]
+
+
+def merge_into(target: Batch, source: Batch) -> int:
+    """Merge ``source`` into ``target`` keeping the earliest measured row per period; returns
+    how many rows ``target`` gained."""
+    added = 0
+    for table in range(N_TABLES):
+        dst = target[table]
+        for key, row in source[table].items():
+            old = dst.get(key)
+            if old is None:
+                dst[key] = row
+                added += 1
+            elif row[2] < old[2]:  # type: ignore[operator]
+                dst[key] = row
+    return added
+
+
+# --- body splitting -----------------------------------------------------------------------------
+
+_BLANK: Final = b"\r\n \t\x00"
+
+
+def split_body(body: bytes) -> list[bytes]:
+    """Cut a request body into telegrams: each ends at the line that starts with ``!``.
+
+    Deliberately simpler than ``p1_reader.framing.Framer``: the device sends whole telegrams and
+    counts them, so every piece (garbage included) keeps its index and gets its own outcome
+    instead of being skipped. Blank bytes between telegrams are dropped.
+    """
+    parts: list[bytes] = []
+    pos = 0
+    n = len(body)
+    while pos < n:
+        while pos < n and body[pos] in _BLANK:
+            pos += 1
+        if pos >= n:
+            break
+        bang = body.find(b"\n!", pos)
+        if bang < 0:
+            parts.append(body[pos:])
+            break
+        eol = body.find(b"\n", bang + 2)
+        end = n if eol < 0 else eol + 1
+        parts.append(body[pos:end])
+        pos = end
+    return parts
+
+
+# --- the best-measured cache --------------------------------------------------------------------
+
+
+class BestCache:
+    """(ean, table, period_start) → a committed measured time (epoch s) for that period.
+
+    Only ever holds times of rows a committed transaction offered to the database, which keeps
+    the earliest, so the stored reading is at or before the cached time. Bounded: two
+    generations of at most ``max_entries // 2`` entries; the older one is dropped whole.
+    """
+
+    __slots__ = ("_cur", "_half", "_old")
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self._half = max(1, max_entries // 2)
+        self._cur: dict[tuple[int, int, int], int] = {}
+        self._old: dict[tuple[int, int, int], int] = {}
+
+    def get(self, key: tuple[int, int, int]) -> int | None:
+        """The cached measured time for ``key``, or None."""
+        value = self._cur.get(key)
+        if value is None:
+            value = self._old.get(key)
+            if value is not None:
+                self._put(key, value)
+        return value
+
+    def lower(self, key: tuple[int, int, int], measured_at: int) -> None:
+        """Record that ``measured_at`` was committed for ``key`` (keeps the minimum)."""
+        value = self.get(key)
+        if value is None or measured_at < value:
+            self._put(key, measured_at)
+
+    def _put(self, key: tuple[int, int, int], value: int) -> None:
+        if len(self._cur) >= self._half:
+            self._old, self._cur = self._cur, {}
+        self._cur[key] = value
+
+    def clear(self) -> None:
+        self._cur.clear()
+        self._old.clear()
+
+    def __len__(self) -> int:
+        return len(self._cur) + len(self._old)
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+class RouteSource(Protocol):
+    """What the pipeline needs from the consent index."""
+
+    @property
+    def electricity(self) -> dict[str, tuple[MeterRoute, ...]]: ...
+
+    @property
+    def gas(self) -> dict[str, tuple[MeterRoute, ...]]: ...
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """The outcome of one request's telegrams, before the write."""
+
+    accepted: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    batch: Batch = field(default_factory=new_batch)
+    rows: int = 0
+    #: readings the policy withheld, by granularity (for metrics)
+    withheld: dict[Granularity, int] = field(default_factory=dict)
+
+
+class IngestPipeline:
+    """Parse, check and bucket telegrams into candidate rows (no I/O)."""
+
+    def __init__(
+        self,
+        index: RouteSource,
+        best: BestCache,
+        *,
+        bucketer: Bucketer | None = None,
+        future_tolerance_s: int = 300,
+        horizon_s: int = 40 * 86400,
+        parse: Callable[[bytes], Telegram] = parse_telegram,
+    ) -> None:
+        self.index = index
+        self.best = best
+        self.bucketer = bucketer or Bucketer(AMSTERDAM)
+        self.future_tolerance_s = future_tolerance_s
+        self.horizon_s = horizon_s
+        self.parse = parse
+
+    def _time_problem(self, t: datetime | None, now_s: int, what: str) -> tuple[str, str] | int:
+        """The epoch second of ``t``, or the (reason, detail) that rules it out."""
+        if t is None:
+            return "clock-unset", f"{what} carries no valid time (meter clock unset or absent)"
+        ts = int(t.timestamp())
+        if ts > now_s + self.future_tolerance_s:
+            return (
+                "future-timestamp",
+                f"{what} time {t.isoformat()} is more than {self.future_tolerance_s} s ahead"
+                " of the server clock",
+            )
+        if ts < now_s - self.horizon_s:
+            return (
+                "too-old",
+                f"{what} time {t.isoformat()} is older than the spool horizon"
+                f" ({self.horizon_s // 86400} days)",
+            )
+        return ts
+
+    def process(
+        self, parts: Sequence[bytes], meter_ids: frozenset[str], now_s: int
+    ) -> IngestResult:
+        """Turn the telegrams of one request into per-telegram outcomes and candidate rows."""
+        result = IngestResult()
+        electricity = self.index.electricity
+        gas = self.index.gas
+        for index, part in enumerate(parts):
+            try:
+                telegram = self.parse(part)
+            except P1Error as exc:
+                result.rejected.append({"index": index, "reason": exc.reason, "detail": str(exc)})
+                continue
+            bound = False
+            valid = 0
+            problem: tuple[str, str] | None = None
+
+            meter_id = telegram.meter_id
+            if meter_id is not None and meter_id in meter_ids:
+                bound = True
+                routes = electricity.get(meter_id)
+                if routes is None:
+                    problem = ("unknown-meter", f"meter {meter_id} is not registered")
+                else:
+                    checked = self._time_problem(telegram.timestamp, now_s, "telegram")
+                    if isinstance(checked, tuple):
+                        problem = checked
+                    elif (
+                        telegram.import_t1_wh is None
+                        and telegram.import_t2_wh is None
+                        and telegram.import_total_wh is None
+                    ):
+                        problem = ("bad-value", "telegram carries no import energy register")
+                    else:
+                        valid += 1
+                        route = routes[0] if len(routes) == 1 else pick_route(routes, checked)
+                        i1, i2 = telegram.import_t1_wh, telegram.import_t2_wh
+                        if i1 is None and i2 is None:
+                            i1 = telegram.import_total_wh
+                        e1, e2 = telegram.export_t1_wh, telegram.export_t2_wh
+                        if e1 is None and e2 is None:
+                            e1 = telegram.export_total_wh
+                        self._emit(
+                            result,
+                            route,
+                            route.policy.check_s(checked, now_s),
+                            checked,
+                            (route.ean_num, 0, checked, i1, i2, e1, e2),
+                            E_PT15M,
+                        )
+
+            for device in telegram.mbus:
+                dev_id = device.meter_id
+                if device.device_type != DEVICE_TYPE_GAS or dev_id is None:
+                    continue
+                if dev_id not in meter_ids:
+                    continue
+                bound = True
+                routes = gas.get(dev_id)
+                if routes is None:
+                    problem = problem or ("unknown-meter", f"gas meter {dev_id} is not registered")
+                    continue
+                checked = self._time_problem(device.measured_at, now_s, "gas capture")
+                if isinstance(checked, tuple):
+                    problem = problem or checked
+                    continue
+                if device.value is None or device.unit != "dm3":
+                    problem = problem or ("bad-value", f"gas meter {dev_id} sent no volume")
+                    continue
+                valid += 1
+                route = routes[0] if len(routes) == 1 else pick_route(routes, checked)
+                self._emit(
+                    result,
+                    route,
+                    route.policy.check_s(checked, now_s),
+                    checked,
+                    (route.ean_num, 0, checked, device.value),
+                    G_PT1H,
+                )
+
+            if valid:
+                result.accepted += 1
+            elif problem is not None:
+                result.rejected.append({"index": index, "reason": problem[0], "detail": problem[1]})
+            elif not bound:
+                ids = [meter_id] if meter_id else []
+                ids += [d.meter_id for d in telegram.mbus if d.meter_id]
+                detail = (
+                    f"meter {', '.join(ids)} is not bound to this device"
+                    if ids
+                    else "telegram carries no meter equipment id"
+                )
+                reason = "meter-not-bound" if ids else "unknown-meter"
+                result.rejected.append({"index": index, "reason": reason, "detail": detail})
+            else:  # bound gas device of another type only: nothing to read
+                result.rejected.append(
+                    {"index": index, "reason": "unknown-meter", "detail": "no readable meter"}
+                )
+        return result
+
+    def _emit(
+        self,
+        result: IngestResult,
+        route: MeterRoute,
+        allowed: frozenset[Granularity],
+        ts: int,
+        template: Row,
+        interval_table: int,
+    ) -> None:
+        # interval_table is E_PT15M or G_PT1H; the day and month tables follow it (+1, +2)
+        if not allowed:
+            withheld = result.withheld
+            for g in (TABLE_GRANULARITY[interval_table], Granularity.P1D, Granularity.P1M):
+                withheld[g] = withheld.get(g, 0) + 1
+            return
+        ean = route.ean_num
+        day, month = self.bucketer.day_month(ts)
+        if interval_table == E_PT15M:
+            interval_start = ts - ts % 900
+        else:
+            interval_start = ts - ts % 3600
+        best = self.best
+        batch = result.batch
+        for table, granularity, start in (
+            (interval_table, TABLE_GRANULARITY[interval_table], interval_start),
+            (interval_table + 1, Granularity.P1D, day),
+            (interval_table + 2, Granularity.P1M, month),
+        ):
+            if granularity not in allowed:
+                result.withheld[granularity] = result.withheld.get(granularity, 0) + 1
+                continue
+            cached = best.get((ean, table, start))
+            if cached is not None and cached <= ts:
+                continue
+            key = (ean, start)
+            rows = batch[table]
+            old = rows.get(key)
+            if old is None:
+                rows[key] = (template[0], start, *template[2:])
+                result.rows += 1
+            elif ts < old[2]:  # type: ignore[operator]
+                rows[key] = (template[0], start, *template[2:])
+
+
+# --- the writer ---------------------------------------------------------------------------------
+
+#: errors after which a batch is simply tried again (another process held conflicting locks)
+_RETRYABLE: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_MAX_ATTEMPTS: Final = 5
+
+
+class RowWriter(Protocol):
+    """Where the pipeline's rows go; returns once they are committed."""
+
+    async def write(self, batch: Batch) -> None: ...
+
+
+class BatchWriter:
+    """Group commit: merges concurrent requests' rows and writes them in one transaction.
+
+    ``write`` returns when the transaction holding the rows has committed (or raises what made
+    it fail: DatabaseUnavailableError when PostgreSQL cannot be reached).
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        best: BestCache,
+        *,
+        max_delay_s: float = 0.005,
+        max_rows: int = 5000,
+        acquire_timeout_s: float = 5.0,
+    ) -> None:
+        self.pool = pool
+        self.best = best
+        self.max_delay_s = max_delay_s
+        self.max_rows = max_rows
+        self.acquire_timeout_s = acquire_timeout_s
+        self._batch = new_batch()
+        self._rows = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._full: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.flushes = 0
+
+    def start(self) -> None:
+        """Start the flush task (in the running loop)."""
+        self._task = asyncio.create_task(self._run(), name="ingest-writer")
+
+    async def close(self) -> None:
+        """Flush what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._full is not None and not self._full.done():
+            self._full.set_result(None)
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def write(self, batch: Batch) -> None:
+        """Queue ``batch`` and wait until it is committed."""
+        if self._task is None or self._closing:
+            raise DatabaseUnavailableError("the gateway is shutting down; retry later")
+        self._rows += merge_into(self._batch, batch)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._wake.set()
+        if self._rows >= self.max_rows and self._full is not None and not self._full.done():
+            self._full.set_result(None)
+        await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._waiters:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                if not self._waiters:
+                    continue
+                if self._rows < self.max_rows and self.max_delay_s > 0 and not self._closing:
+                    # gather concurrent requests for a few ms (or until the batch is full)
+                    self._full = loop.create_future()
+                    await asyncio.wait((self._full,), timeout=self.max_delay_s)
+                    self._full = None
+            # rows queued while the previous flush ran are flushed at once: they have waited
+            batch, waiters = self._batch, self._waiters
+            self._batch, self._rows, self._waiters = new_batch(), 0, []
+            await self._flush(batch, waiters)
+
+    async def _flush(self, batch: Batch, waiters: list[asyncio.Future[None]]) -> None:
+        error: BaseException | None = None
+        try:
+            # shielded: a shutdown must not cut a transaction whose waiters expect an answer
+            await asyncio.shield(self._write_with_retries(batch))
+        except asyncio.CancelledError:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(DatabaseUnavailableError("write interrupted; retry"))
+            raise
+        except db.CONNECTION_ERRORS as exc:
+            log.warning("ingest write failed: database unavailable (%s)", type(exc).__name__)
+            error = DatabaseUnavailableError("the database is temporarily unavailable")
+        except (TimeoutError, DatabaseUnavailableError) as exc:
+            log.warning("ingest write failed: %s", type(exc).__name__)
+            error = DatabaseUnavailableError("the database did not accept the write in time")
+        except Exception as exc:
+            # not swallowed: every waiting request re-raises it (a 500 via the middleware)
+            log.exception("ingest write failed")
+            error = exc
+        self.flushes += 1
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    async def _write_with_retries(self, batch: Batch) -> None:
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                await self._write_once(batch)
+                break
+            except _RETRYABLE as exc:
+                if attempt == _MAX_ATTEMPTS:
+                    raise
+                log.info("ingest write retried after %s", type(exc).__name__)
+                await asyncio.sleep(0.001 * attempt)
+        best = self.best
+        for table in range(N_TABLES):
+            for (ean, start), row in batch[table].items():
+                best.lower((ean, table, start), row[2])  # type: ignore[arg-type]
+
+    async def _write_once(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        total = 0
+        async with db.acquire(self.pool, self.acquire_timeout_s) as conn, conn.transaction():
+            for table in range(N_TABLES):
+                rows = batch[table]
+                if not rows:
+                    continue
+                # a fixed order (table, ean, period) keeps concurrent writers from deadlocking
+                ordered = [rows[k] for k in sorted(rows)]
+                total += len(ordered)
+                columns = [list(col) for col in zip(*ordered, strict=True)]
+                status = await conn.execute(INSERT_SQL[table], *columns)
+                written = int(status.rsplit(" ", 1)[-1])
+                if written:
+                    metrics.READINGS_STORED.labels(TABLE_GRANULARITY[table].value).inc(written)
+        metrics.INGEST_BATCH_SIZE.observe(total)
+        metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
+
+
+# --- app wiring ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class IngestState:
+    """The ingest machinery of one gateway process."""
+
+    pipeline: IngestPipeline
+    writer: RowWriter
+    index: ConsentIndex
+    maintainer: IndexMaintainer | None
+    clock: Callable[[], float]
+
+
+INGEST_KEY: Final = web.AppKey("ingest", IngestState)
+#: set before start-up to run the app on another clock (tests replaying a past day)
+CLOCK_KEY: Final[web.AppKey[Callable[[], float]]] = web.AppKey("ingest_clock")
+#: set to False before start-up to run without LISTEN (tests making a cache stale on purpose)
+LISTEN_KEY: Final = web.AppKey("ingest_listen", bool)
+
+
+def setup_ingest(app: web.Application) -> None:
+    """Add ``POST /v1/telegrams``, the admin consent endpoints and the ingest cleanup context
+    (consent index + LISTEN, batch writer) to ``app``."""
+    from gateway.handlers import consents, telegrams
+
+    telegrams.setup_routes(app)
+    consents.setup_routes(app)
+    app.cleanup_ctx.append(_ingest_ctx)
+
+
+async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
+    from gateway.app import POOL_KEY, SETTINGS_KEY
+
+    settings = app[SETTINGS_KEY]
+    pool = app[POOL_KEY]
+    index = ConsentIndex()
+    maintainer = IndexMaintainer(pool, index, listen=app.get(LISTEN_KEY, True))
+    await maintainer.start()
+    best = BestCache()
+    writer = BatchWriter(
+        pool,
+        best,
+        max_delay_s=settings.ingest_batch_max_delay_ms / 1000,
+        max_rows=settings.ingest_batch_max_rows,
+        acquire_timeout_s=settings.pool_acquire_timeout_s,
+    )
+    writer.start()
+    pipeline = IngestPipeline(
+        index,
+        best,
+        future_tolerance_s=settings.future_tolerance_s,
+        horizon_s=settings.spool_horizon_days * 86400,
+    )
+    clock = app.get(CLOCK_KEY, time.time)
+    app[INGEST_KEY] = IngestState(pipeline, writer, index, maintainer, clock)
+    try:
+        yield
+    finally:
+        try:
+            await writer.close()
+        finally:
+            await maintainer.stop()

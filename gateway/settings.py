@@ -1,0 +1,65 @@
+"""Gateway settings: environment variables prefixed ``METERPOORT_`` (and ``DATABASE_URL``),
+optionally from a ``.env`` file in the working directory.
+
+Build one ``Settings`` in the entry point (``gateway.cli``) and pass it down; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="METERPOORT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    #: PostgreSQL ≥ 14 to use; unset → an embedded server with its data under ``data_dir``.
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "METERPOORT_DATABASE_URL", "database_url"),
+    )
+    #: where the embedded PostgreSQL (``<data_dir>/pg``) and local keys live
+    data_dir: Path = Path("./var")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    #: bearer token for ``/v1/admin/*``; unset → the admin API refuses every request
+    admin_token: SecretStr | None = None
+    #: trust the local dev key for customer tokens (never in production)
+    dev_mode: bool = False
+    #: request body limit (bytes); telegram batches are the largest legitimate bodies
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    log_level: str = "INFO"
+    #: database pool size per process
+    pool_min_size: int = Field(default=2, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+    #: seconds a request waits for a pooled connection before answering 503
+    pool_acquire_timeout_s: float = Field(default=5.0, gt=0)
+    #: Retry-After (seconds) sent with 503 answers
+    retry_after_s: int = Field(default=5, ge=1)
+    #: seconds to let in-flight requests and batches finish on SIGTERM
+    shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    ingest_batch_max_delay_ms: int = Field(default=5, ge=0)
+    ingest_batch_max_rows: int = Field(default=5000, ge=1)
+    #: readings measured more than this many seconds ahead of the server clock are rejected
+    future_tolerance_s: int = Field(default=300, ge=0)
+    #: readings older than this are rejected (matches the field device's spool horizon)
+    spool_horizon_days: int = Field(default=40, ge=1)
+    tz: str = "Europe/Amsterdam"
+    #: months of reading partitions created ahead of now
+    partitions_ahead_months: int = Field(default=2, ge=1)
+
+    def database_dsn(self) -> str | None:
+        """The configured PostgreSQL URL in clear, or None for the embedded server."""
+        return None if self.database_url is None else self.database_url.get_secret_value()

@@ -1,0 +1,71 @@
+"""The schema stays Citus-compatible (SPEC §7, deploy/citus.md): every table but the reference
+tables carries ``ean``, and every primary key, unique constraint and unique index of such a table
+includes it (Citus can only enforce uniqueness that includes the distribution column)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+#: small tables replicated to every Citus node (create_reference_table), or coordinator-local
+REFERENCE_TABLES = {"devices", "reading_tables", "schema_migrations"}
+
+
+async def test_every_table_is_distributable_on_ean(pool: asyncpg.Pool) -> None:
+    tables = await pool.fetch(
+        "SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
+    )
+    names = {t["relname"] for t in tables}
+    assert {"connections", "consents", "consent_events", "readings_e_pt15m"} <= names
+    problems: list[str] = []
+    for table in tables:
+        if table["relname"] in REFERENCE_TABLES:
+            continue
+        ean_attnum = await pool.fetchval(
+            "SELECT attnum FROM pg_attribute WHERE attrelid = $1 AND attname = 'ean'"
+            " AND NOT attisdropped",
+            table["oid"],
+        )
+        if ean_attnum is None:
+            problems.append(f"{table['relname']}: no ean column")
+            continue
+        uniques = await pool.fetch(
+            "SELECT i.indexrelid::regclass::text AS name, i.indkey::int2[] AS cols"
+            " FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique",
+            table["oid"],
+        )
+        for index in uniques:
+            if ean_attnum not in index["cols"]:
+                problems.append(f"{table['relname']}: unique index {index['name']} lacks ean")
+    assert problems == []
+
+
+async def test_reading_tables_are_range_partitioned_on_period_start(pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch(
+        "SELECT c.relname, pg_get_partkeydef(c.oid) AS key FROM pg_class c"
+        " JOIN reading_tables r ON r.table_name = c.relname"
+    )
+    assert len(rows) == 6
+    assert {r["key"] for r in rows} == {"RANGE (period_start)"}
+
+
+async def test_ensure_partitions_moves_rows_out_of_the_default_partition(
+    pool: asyncpg.Pool,
+) -> None:
+    # a reading far in the past lands in the DEFAULT partition...
+    await pool.execute(
+        "INSERT INTO readings_g_p1d (ean, period_start, measured_at, volume_dm3)"
+        " VALUES (871687140000000002, '2001-05-01T22:00:00Z', '2001-05-01T22:00:05Z', 42)"
+    )
+    where = "SELECT tableoid::regclass::text FROM readings_g_p1d"
+    assert await pool.fetchval(where) == "readings_g_p1d_default"
+    # ...and moves to its own partition once that is created; twice is a no-op
+    created = await pool.fetchval(
+        "SELECT meterpoort_ensure_partitions('2001-05-01Z', '2001-06-01Z')"
+    )
+    assert created == 6
+    assert await pool.fetchval(where) == "readings_g_p1d_y2001"
+    assert (
+        await pool.fetchval("SELECT meterpoort_ensure_partitions('2001-05-01Z', '2001-06-01Z')")
+        == 0
+    )

@@ -1,0 +1,435 @@
+"""POST /v1/telegrams over real HTTP into a real PostgreSQL.
+
+* a day of one-per-minute telegrams, on both DST change days, for connections at every level
+  (none, monthly, daily, interval electricity and gas) stores exactly the rows SPEC §3 says —
+  expected rows are computed here from local wall-clock arithmetic, not with gateway.periods;
+* shuffled arrival and duplicates store identical rows (hypothesis, few DB-backed examples);
+* bad tokens, unbound/unknown meters, garbage, oversized and empty bodies: 4xx problem+json,
+  nothing stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.app import SETTINGS_KEY
+from gateway.auth import clear_device_cache
+from gateway.ingest import CLOCK_KEY, INGEST_KEY
+from gateway.registry import ean_check_digit
+from tests.support.telegram_builder import build_telegram
+
+Client = TestClient[web.Request, web.Application]
+AMS = ZoneInfo("Europe/Amsterdam")
+UTC = dt.UTC
+PROBLEM = "application/problem+json"
+TEXT = {"Content-Type": "text/plain"}
+
+E_TABLES = ("readings_e_pt15m", "readings_e_p1d", "readings_e_p1m")
+G_TABLES = ("readings_g_pt1h", "readings_g_p1d", "readings_g_p1m")
+ALL_TABLES = E_TABLES + G_TABLES
+
+
+def make_ean(n: int) -> str:
+    body = f"8716{n:013d}"
+    return body + str(ean_check_digit(body))
+
+
+class Clock:
+    """The gateway's clock in these tests: set to just after the telegrams being sent."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class World:
+    client: Client
+    pool: asyncpg.Pool
+    clock: Clock
+    admin: dict[str, str]
+
+
+@pytest.fixture
+async def world(
+    gateway_app: web.Application, pool: asyncpg.Pool, admin_headers: dict[str, str]
+) -> AsyncIterator[World]:
+    clock = Clock()
+    gateway_app[CLOCK_KEY] = clock
+    clear_device_cache()
+    client: Client = TestClient(TestServer(gateway_app, host="127.0.0.1", port=0))
+    await client.start_server()
+    try:
+        yield World(client, pool, clock, admin_headers)
+    finally:
+        await client.close()
+
+
+async def add_meter(
+    w: World, n: int, commodity: str, meter_id: str, start: dt.datetime
+) -> str:
+    ean = make_ean(n)
+    resp = await w.client.post(
+        "/v1/admin/meters",
+        json={
+            "ean": ean,
+            "commodity": commodity,
+            "meter_id": meter_id,
+            "customer_id": f"cust-{n}",
+            "contract_start": start.isoformat(),
+        },
+        headers=w.admin,
+    )
+    assert resp.status == 201, await resp.text()
+    return ean
+
+
+async def add_device(w: World, *meter_ids: str) -> dict[str, str]:
+    resp = await w.client.post(
+        "/v1/admin/devices", json={"meter_ids": list(meter_ids)}, headers=w.admin
+    )
+    assert resp.status == 201, await resp.text()
+    token = (await resp.json())["token"]
+    return {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+
+
+async def add_consent(w: World, ean: str, n: int, granted: dt.datetime) -> str:
+    resp = await w.client.post(
+        "/v1/admin/consents",
+        json={
+            "ean": ean,
+            "customer_id": f"cust-{n}",
+            "purpose": "dynamic-tariff-billing",
+            "notice_version": "v1",
+            "granted_at": granted.isoformat(),
+        },
+        headers=w.admin,
+    )
+    assert resp.status == 201, await resp.text()
+    consent_id: str = (await resp.json())["consent_id"]
+    return consent_id
+
+
+async def wait_for(predicate: Any) -> None:
+    """Wait until ``predicate()`` holds (the consent index follows NOTIFYs asynchronously)."""
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the consent index did not catch up within 5 s")
+
+
+async def stored(pool: asyncpg.Pool, table: str) -> set[tuple[Any, ...]]:
+    rows = await pool.fetch(f"SELECT * FROM {table}")
+    return {tuple(r.values()) for r in rows}
+
+
+async def count_all(pool: asyncpg.Pool) -> int:
+    total = 0
+    for table in ALL_TABLES:
+        total += await pool.fetchval(f"SELECT count(*) FROM {table}")
+    return total
+
+
+# --- expected rows, computed from local wall-clock time ----------------------------------------
+
+
+def local_day_start(t: dt.datetime) -> dt.datetime:
+    local = t.astimezone(AMS)
+    return dt.datetime(local.year, local.month, local.day, tzinfo=AMS).astimezone(UTC)
+
+
+def local_month_start(t: dt.datetime) -> dt.datetime:
+    local = t.astimezone(AMS)
+    return dt.datetime(local.year, local.month, 1, tzinfo=AMS).astimezone(UTC)
+
+
+def local_sub_hour_start(t: dt.datetime, minutes: int) -> dt.datetime:
+    # wall-clock floor in local time, keeping the UTC offset (tells the repeated hour apart)
+    local = t.astimezone(AMS)
+    floored = local.replace(minute=local.minute - local.minute % minutes, second=0)
+    return floored.astimezone(UTC)
+
+
+def expected_rows(
+    readings: list[tuple[int, dt.datetime, tuple[int | None, ...]]],
+    granularity: str,
+) -> set[tuple[Any, ...]]:
+    """Earliest reading per period: (ean, period_start, measured_at, *values)."""
+    start_of = {
+        "P1M": local_month_start,
+        "P1D": local_day_start,
+        "PT15M": lambda t: local_sub_hour_start(t, 15),
+        "PT1H": lambda t: local_sub_hour_start(t, 60),
+    }[granularity]
+    best: dict[tuple[int, dt.datetime], tuple[dt.datetime, tuple[int | None, ...]]] = {}
+    for ean, t, values in readings:
+        key = (ean, start_of(t))
+        if key not in best or t < best[key][0]:
+            best[key] = (t, values)
+    return {(ean, start, t, *values) for (ean, start), (t, values) in best.items()}
+
+
+# --- a day at every level, on both DST change days ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "day",
+    [dt.date(2026, 3, 29), dt.date(2026, 10, 25)],
+    ids=["spring-23h", "autumn-25h"],
+)
+async def test_a_day_at_every_level(world: World, day: dt.date) -> None:
+    w = world
+    day_start = dt.datetime(day.year, day.month, day.day, tzinfo=AMS).astimezone(UTC)
+    contract = day_start - dt.timedelta(days=60)
+    e_none = await add_meter(w, 1, "electricity", "EN", contract)
+    e_month = await add_meter(w, 2, "electricity", "EM", contract)
+    e_daily = await add_meter(w, 3, "electricity", "ED", contract)
+    g_daily = await add_meter(w, 4, "gas", "GD", contract)
+    e_int = await add_meter(w, 5, "electricity", "EI", contract)
+    g_int = await add_meter(w, 6, "gas", "GI", contract)
+    await w.pool.execute("UPDATE connections SET level = 'none' WHERE ean = $1", e_none)
+    await w.pool.execute("UPDATE connections SET level = 'monthly' WHERE ean = $1", e_month)
+    await add_consent(w, e_int, 5, contract)
+    await add_consent(w, g_int, 6, contract)
+    devices = {
+        "EN": await add_device(w, "EN"),
+        "EM": await add_device(w, "EM"),
+        "ED": await add_device(w, "ED", "GD"),
+        "EI": await add_device(w, "EI", "GI"),
+    }
+    gas_of = {"ED": "GD", "EI": "GI"}
+    ean_of = {
+        "EN": e_none, "EM": e_month, "ED": e_daily, "GD": g_daily, "EI": e_int, "GI": g_int
+    }
+    # the index follows registry changes through NOTIFY; wait until it has all of them
+    state = w.client.app[INGEST_KEY]
+
+    def ready() -> bool:
+        routes = state.index.electricity
+        return (
+            len(state.index) == 6
+            and routes["EN"][0].policy.base == frozenset()
+            and len(routes["EM"][0].policy.base) == 1
+            and bool(routes["EI"][0].policy.windows)
+            and bool(state.index.gas["GI"][0].policy.windows)
+        )
+
+    await wait_for(ready)
+
+    # one telegram per minute from 30 min before the local day to 30 min after it
+    first = day_start - dt.timedelta(minutes=30)
+    next_day = day + dt.timedelta(days=1)
+    day_end = dt.datetime(next_day.year, next_day.month, next_day.day, tzinfo=AMS).astimezone(UTC)
+    last = day_end + dt.timedelta(minutes=29)
+    times = []
+    t = first
+    while t <= last:
+        times.append(t)
+        t += dt.timedelta(minutes=1)
+    readings: dict[str, list[tuple[int, dt.datetime, tuple[int | None, ...]]]] = {
+        m: [] for m in ean_of
+    }
+    bodies: dict[str, list[bytes]] = {m: [] for m in devices}
+    for i, t in enumerate(times):
+        for k, meter in enumerate(devices):
+            imp = (1_000_000 + 7 * i + k, 2_000_000 + 3 * i)
+            exp = (500 + i, 0)
+            gas = None
+            if meter in gas_of:
+                captured = t - dt.timedelta(seconds=t.minute % 5 * 60 + 30)  # 5-min capture
+                dm3 = 40_000 + int(captured.timestamp()) // 300
+                gas = (gas_of[meter], captured, dm3)
+                readings[gas_of[meter]].append((int(ean_of[gas_of[meter]]), captured, (dm3,)))
+            bodies[meter].append(build_telegram(meter, t, import_wh=imp, export_wh=exp, gas=gas))
+            readings[meter].append((int(ean_of[meter]), t, (*imp, *exp)))
+
+    for start in range(0, len(times), 60):
+        w.clock.now = times[min(start + 59, len(times) - 1)].timestamp() + 1
+        for meter, headers in devices.items():
+            body = b"".join(bodies[meter][start : start + 60])
+            resp = await w.client.post("/v1/telegrams", data=body, headers=headers)
+            assert resp.status == 200, await resp.text()
+            outcome = await resp.json()
+            assert outcome == {"accepted": len(bodies[meter][start : start + 60]), "rejected": []}
+
+    def exp(meters: list[str], granularity: str) -> set[tuple[Any, ...]]:
+        out: set[tuple[Any, ...]] = set()
+        for m in meters:
+            out |= expected_rows(readings[m], granularity)
+        return out
+
+    assert await stored(w.pool, "readings_e_p1m") == exp(["EM", "ED", "EI"], "P1M")
+    assert await stored(w.pool, "readings_e_p1d") == exp(["ED", "EI"], "P1D")
+    assert await stored(w.pool, "readings_e_pt15m") == exp(["EI"], "PT15M")
+    assert await stored(w.pool, "readings_g_p1m") == exp(["GD", "GI"], "P1M")
+    assert await stored(w.pool, "readings_g_p1d") == exp(["GD", "GI"], "P1D")
+    assert await stored(w.pool, "readings_g_pt1h") == exp(["GI"], "PT1H")
+    # sanity on the shape of the day: 23/25 hours of quarters plus the two half-hour margins
+    hours = 23 if day.month == 3 else 25
+    quarters = await w.pool.fetchval("SELECT count(*) FROM readings_e_pt15m")
+    assert quarters == hours * 4 + 4
+    days = await w.pool.fetchval(
+        "SELECT count(*) FROM readings_e_p1d WHERE ean = $1", int(e_daily)
+    )
+    assert days == 3
+
+
+# --- arrival order and duplicates --------------------------------------------------------------
+
+
+@pytest.fixture
+async def small_world(world: World) -> AsyncIterator[tuple[World, dict[str, str], str, str]]:
+    start = dt.datetime(2026, 10, 24, 22, tzinfo=UTC)
+    e = await add_meter(world, 11, "electricity", "E11", start - dt.timedelta(days=5))
+    g = await add_meter(world, 12, "gas", "G12", start - dt.timedelta(days=5))
+    await add_consent(world, e, 11, start - dt.timedelta(days=5))
+    await add_consent(world, g, 12, start - dt.timedelta(days=5))
+    headers = await add_device(world, "E11", "G12")
+    state = world.client.app[INGEST_KEY]
+    await wait_for(
+        lambda: len(state.index) == 2
+        and bool(state.index.electricity["E11"][0].policy.windows)
+        and bool(state.index.gas["G12"][0].policy.windows)
+    )
+    yield world, headers, e, g
+
+
+ORDER_BASE = dt.datetime(2026, 10, 25, 0, 40, tzinfo=UTC)  # around the repeated hour
+ORDER_TELEGRAMS = [
+    build_telegram(
+        "E11",
+        ORDER_BASE + dt.timedelta(minutes=4 * i),
+        import_wh=(10_000 + i, 20_000 + i),
+        # a capture time always comes with the same value (the meter's 5-minute register)
+        gas=("G12", ORDER_BASE + dt.timedelta(minutes=4 * i - 4 * i % 5), 300 + (4 * i) // 5),
+    )
+    for i in range(24)
+]
+
+
+@settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    order=st.permutations(list(range(len(ORDER_TELEGRAMS)))),
+    dups=st.lists(st.integers(0, len(ORDER_TELEGRAMS) - 1), max_size=10),
+    chunk=st.integers(1, 9),
+)
+async def test_order_and_duplicates_do_not_matter(
+    small_world: tuple[World, dict[str, str], str, str],
+    order: list[int],
+    dups: list[int],
+    chunk: int,
+) -> None:
+    w, headers, _e, _g = small_world
+    state = w.client.app[INGEST_KEY]
+    w.clock.now = (ORDER_BASE + dt.timedelta(hours=3)).timestamp()
+
+    async def run(sequence: list[int], size: int) -> dict[str, set[tuple[Any, ...]]]:
+        for table in ALL_TABLES:
+            await w.pool.execute(f"TRUNCATE {table}")
+        state.pipeline.best.clear()
+        for i in range(0, len(sequence), size):
+            body = b"".join(ORDER_TELEGRAMS[j] for j in sequence[i : i + size])
+            resp = await w.client.post("/v1/telegrams", data=body, headers=headers)
+            assert resp.status == 200, await resp.text()
+        return {table: await stored(w.pool, table) for table in ALL_TABLES}
+
+    reference = await run(list(range(len(ORDER_TELEGRAMS))), len(ORDER_TELEGRAMS))
+    shuffled = order + dups
+    random.Random(chunk).shuffle(dups)
+    assert await run(shuffled, chunk) == reference
+    assert all(reference[t] for t in ALL_TABLES)
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+async def expect_problem(resp: Any, status: int) -> dict[str, Any]:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == PROBLEM
+    data: dict[str, Any] = await resp.json(content_type=PROBLEM)
+    assert data["status"] == status and data["detail"]
+    return data
+
+
+async def test_refusals_store_nothing(world: World) -> None:
+    w = world
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    w.clock.now = now.timestamp()
+    await add_meter(w, 21, "electricity", "E21", now - dt.timedelta(days=10))
+    headers = await add_device(w, "E21", "E22")  # E22 is bound but not registered
+    good = build_telegram("E21", now - dt.timedelta(seconds=30))
+
+    # no token, unknown token, wrong scheme
+    for h in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic eDp5"}):
+        resp = await w.client.post("/v1/telegrams", data=good, headers={**TEXT, **h})
+        await expect_problem(resp, 401)
+    # an admin token is not a device token
+    resp = await w.client.post("/v1/telegrams", data=good, headers={**TEXT, **w.admin})
+    await expect_problem(resp, 401)
+
+    cases: list[tuple[bytes, str]] = [
+        (build_telegram("E99", now), "meter-not-bound"),
+        (build_telegram("E22", now), "unknown-meter"),
+        (b"\xff\x00garbage without a telegram\r\n", "bad-frame"),
+        (good[:-20], "bad-frame"),
+        (build_telegram("E21", now, bad_crc=True), "bad-crc"),
+        (build_telegram("E21", None), "clock-unset"),
+        (build_telegram("E21", now + dt.timedelta(minutes=10)), "future-timestamp"),
+        (build_telegram("E21", now - dt.timedelta(days=45)), "too-old"),
+    ]
+    for body, reason in cases:
+        data = await expect_problem(
+            await w.client.post("/v1/telegrams", data=body, headers=headers), 422
+        )
+        assert data["accepted"] == 0
+        assert [(r["index"], r["reason"]) for r in data["rejected"]] == [(0, reason)], data
+
+    resp = await w.client.post("/v1/telegrams", data=b"\r\n", headers=headers)
+    await expect_problem(resp, 400)
+    resp = await w.client.post(
+        "/v1/telegrams", data=good, headers={**headers, "Content-Type": "application/json"}
+    )
+    await expect_problem(resp, 415)
+    too_big = good * (w.client.app[SETTINGS_KEY].max_body_bytes // len(good) + 2)
+    resp = await w.client.post("/v1/telegrams", data=io.BytesIO(too_big), headers=headers)
+    await expect_problem(resp, 413)
+    assert await count_all(w.pool) == 0
+
+    # a mixed body: the good one is stored, the others are reported by index
+    mixed = build_telegram("E99", now) + good + b"junk\r\n!\r\n"
+    resp = await w.client.post("/v1/telegrams", data=mixed, headers=headers)
+    assert resp.status == 200
+    outcome = await resp.json()
+    assert outcome["accepted"] == 1
+    assert [(r["index"], r["reason"]) for r in outcome["rejected"]] == [
+        (0, "meter-not-bound"),
+        (2, "bad-frame"),
+    ]
+    assert await w.pool.fetchval("SELECT count(*) FROM readings_e_p1d") == 1
+    # idempotent: the same body again changes nothing
+    before = {t: await stored(w.pool, t) for t in ALL_TABLES}
+    resp = await w.client.post("/v1/telegrams", data=mixed, headers=headers)
+    assert resp.status == 200
+    assert {t: await stored(w.pool, t) for t in ALL_TABLES} == before
+

@@ -1,0 +1,221 @@
+"""``python -m gateway serve`` on a fresh machine (embedded PostgreSQL), operator endpoints,
+the OpenAPI document, and the 503 mapping of database outages."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.middleware import make_problem_middleware, metrics_middleware
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def serve_dir() -> Iterator[Path]:
+    """A data directory outside pytest's tmp tree (concurrent pytest sessions prune that tree,
+    which would pull the data directory from under a running server)."""
+    path = Path(tempfile.mkdtemp(prefix="meterpoort-serve-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def wait_ready(base: str, proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"serve exited early: {proc.communicate()}"
+        try:
+            if get(base + "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    raise AssertionError("serve did not become ready")
+
+
+def start_serve(serve_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["METERPOORT_ADMIN_TOKEN"] = "smoke-admin-token"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(serve_dir / "var"),
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def test_serve_from_scratch_with_embedded_postgres(serve_dir: Path) -> None:
+    proc, base = start_serve(serve_dir)
+    try:
+        wait_ready(base, proc)
+        status, _, body = get(base + "/healthz")
+        assert status == 200 and json.loads(body) == {"status": "ok"}
+
+        status, headers, body = get(base + "/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        text = body.decode()
+        assert "meterpoort_db_pool_size " in text
+        assert 'meterpoort_http_requests_total{method="GET",route="/readyz",status="200"}' in text
+
+        status, headers, body = get(base + "/openapi.json")
+        assert status == 200
+        doc = json.loads(body)
+        assert doc["openapi"].startswith("3.") and "/v1/admin/meters" in doc["paths"]
+
+        status, headers, body = get(base + "/docs")
+        assert status == 200 and headers["Content-Type"].startswith("text/html")
+        assert b"/v1/admin/meters/{ean}" in body and b"<script" not in body
+
+        status, headers, body = get(base + "/no/such/thing")
+        assert status == 404 and headers["Content-Type"].startswith(PROBLEM)
+        assert json.loads(body)["type"] == "https://meterpoort.nl/problems/not-found"
+
+        req = urllib.request.Request(
+            base + "/v1/admin/devices",
+            method="POST",
+            data=b'{"meter_ids": ["E1"]}',
+            headers={
+                "Authorization": "Bearer smoke-admin-token",
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 201 and "token" in json.loads(resp.read())
+    finally:
+        if proc.poll() is None:
+            started = time.monotonic()
+            out, err = stop(proc)
+            assert time.monotonic() - started < 20
+        else:
+            out, err = proc.communicate()
+            raise AssertionError(f"serve died: {err}")
+    for where in ("/docs", "/metrics", "/portal", "/v1/"):
+        assert f"{base}{where}" in out, out
+    assert "Traceback" not in err
+    # structured logs: every stderr line is one JSON object
+    for line in err.splitlines():
+        assert isinstance(json.loads(line), dict), line
+    # the embedded server was stopped with the gateway
+    assert not (serve_dir / "var" / "pg" / "postmaster.pid").exists()
+
+
+def test_serve_with_two_workers_on_one_port(serve_dir: Path) -> None:
+    proc, base = start_serve(serve_dir, "--workers", "2")
+    try:
+        wait_ready(base, proc)
+        pids = set()
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:
+            # a fresh connection per request lets the kernel pick a worker each time
+            _, _, body = get(base + "/metrics")
+            found = re.search(rb'meterpoort_worker_info\{pid="(\d+)"\}', body)
+            assert found is not None
+            pids.add(int(found.group(1)))
+        assert len(pids) == 2 and proc.pid not in pids
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert not (serve_dir / "var" / "pg" / "postmaster.pid").exists()
+
+
+async def test_openapi_lists_every_route(gateway_client: TestClient[Any, Any]) -> None:
+    resp = await gateway_client.get("/openapi.json")
+    doc = await resp.json()
+    app = gateway_client.app
+    assert app is not None
+    for route in app.router.routes():
+        if route.method == "HEAD":
+            continue
+        path = route.resource.canonical if route.resource is not None else ""
+        assert path in doc["paths"], path
+        assert route.method.lower() in doc["paths"][path], (route.method, path)
+
+
+async def test_readyz_and_database_outage_answer_503_with_retry_after(
+    postgres_server_url: str,
+) -> None:
+    # a pool on a port where nothing listens: every query fails to connect
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    pool = await asyncpg.create_pool(dead, min_size=0, max_size=1)
+
+    async def query(request: web.Request) -> web.Response:
+        await pool.fetchval("SELECT 1")
+        return web.Response(text="unreachable")
+
+    async def restarting(request: web.Request) -> web.Response:
+        raise asyncpg.CannotConnectNowError("the database system is starting up")
+
+    async def bug(request: web.Request) -> web.Response:
+        raise KeyError("secret-internal-detail")
+
+    app = web.Application(middlewares=[metrics_middleware, make_problem_middleware(7, 1024)])
+    app.router.add_get("/q", query)
+    app.router.add_get("/r", restarting)
+    app.router.add_get("/bug", bug)
+    async with TestClient(TestServer(app)) as client:
+        for path in ("/q", "/r"):
+            resp = await client.get(path)
+            assert resp.status == 503 and resp.headers["Retry-After"] == "7"
+            data = await resp.json(content_type=PROBLEM)
+            assert data["type"] == "https://meterpoort.nl/problems/database-unavailable"
+        resp = await client.get("/bug")
+        assert resp.status == 500
+        text = await resp.text()
+        assert "secret-internal-detail" not in text and "KeyError" not in text
+        assert (await resp.json(content_type=PROBLEM))["type"].endswith("/internal-error")
+    await pool.close()
