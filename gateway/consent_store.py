@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from consent.errors import ConsentError
+from consent.errors import ConsentError, UnknownPurposeError
 from consent.model import (
     DEFAULT_PURPOSES,
     Channel,
@@ -94,8 +94,10 @@ async def create_consent(
                 channel=channel,
                 purposes=purposes,
             )
-        except ConsentError as exc:
-            raise _domain_error(exc, "purpose" if "purpose" in str(exc) else "expires_at") from exc
+        except UnknownPurposeError as exc:
+            raise _domain_error(exc, "purpose") from exc
+        except ConsentError as exc:  # invalid times or empty fields
+            raise _domain_error(exc, "expires_at") from exc
         row = await conn.fetchrow(
             "SELECT customer_id, contract_end FROM connections WHERE ean = $1 FOR UPDATE", ean
         )
@@ -209,6 +211,62 @@ async def end_consent(
     result = consent_json(ended)
     result["deleted_readings"] = deleted
     return result
+
+
+async def end_consents_for_ean(
+    conn: asyncpg.Connection,
+    ean: str,
+    at: dt.datetime,
+    reason: EndReason,
+    purposes: dict[str, Purpose] | None = None,
+) -> list[uuid.UUID]:
+    """End every consent of ``ean`` still open at ``at`` (contract end, move-out, erasure), in
+    the caller's transaction: each as ``end_consent`` does (event, deletion by purpose), one
+    NOTIFY. The caller must hold the connection row lock (``SELECT … FOR UPDATE``). Returns the
+    ended consent ids."""
+    table = DEFAULT_PURPOSES if purposes is None else purposes
+    conn_row = await conn.fetchrow(
+        "SELECT ean_num, commodity FROM connections WHERE ean = $1", ean
+    )
+    if conn_row is None:
+        raise NotFoundError(f"no connection {ean} is registered")
+    rows = await conn.fetch(
+        "SELECT consent_id, purpose, granted_at FROM consents"
+        " WHERE ean = $1 AND ended_at IS NULL AND (expires_at IS NULL OR expires_at > $2)"
+        " ORDER BY consent_id FOR UPDATE",
+        ean,
+        at,
+    )
+    keep = [p.name for p in table.values() if p.on_revoke is OnRevoke.KEEP]
+    ended: list[uuid.UUID] = []
+    for row in rows:
+        end = max(at, row["granted_at"])
+        deleted = await _delete_uncovered(
+            conn,
+            ean=ean,
+            ean_num=conn_row["ean_num"],
+            commodity=conn_row["commodity"],
+            consent_id=row["consent_id"],
+            since=(
+                row["granted_at"]
+                if purpose_named_or_keep(row["purpose"], table).on_revoke is OnRevoke.DELETE
+                else end
+            ),
+            keep_purposes=keep,
+            end=end,
+            reason=reason,
+        )
+        await conn.execute(
+            "INSERT INTO consent_events (ean, consent_id, kind, at, detail)"
+            " VALUES ($1, $2, 'ended', $3, $4)",
+            ean,
+            row["consent_id"],
+            end,
+            {"reason": reason.value, "deleted_readings": deleted},
+        )
+        ended.append(row["consent_id"])
+    await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)
+    return ended
 
 
 def purpose_named_or_keep(name: str, purposes: dict[str, Purpose]) -> Purpose:

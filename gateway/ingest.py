@@ -215,6 +215,11 @@ class BestCache:
     Only ever holds times of rows a committed transaction offered to the database, which keeps
     the earliest, so the stored reading is at or before the cached time. Bounded: two
     generations of at most ``max_entries // 2`` entries; the older one is dropped whole.
+
+    Rows deleted later (consent end, erasure, retention) can leave an entry behind; it can then
+    only make the gateway store *less* for that period (a skipped reading), never more, which is
+    the safe direction; interval rows a database consent check refused are cached the same way
+    (a later reading of the same period would be refused too).
     """
 
     __slots__ = ("_cur", "_half", "_old")
@@ -273,8 +278,21 @@ class IngestResult:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     batch: Batch = field(default_factory=new_batch)
     rows: int = 0
-    #: readings the policy withheld, by granularity (for metrics)
-    withheld: dict[Granularity, int] = field(default_factory=dict)
+    #: readings per commodity (0 electricity, 1 gas) and policy depth (0 nothing .. 3 interval)
+    depths: list[list[int]] = field(default_factory=lambda: [[0, 0, 0, 0], [0, 0, 0, 0]])
+
+    @property
+    def withheld(self) -> dict[Granularity, int]:
+        """Readings the policy did not allow to store, by granularity (for metrics)."""
+        out: dict[Granularity, int] = {}
+        pairs = ((Granularity.PT15M, self.depths[0]), (Granularity.PT1H, self.depths[1]))
+        for interval, counts in pairs:
+            for depth, count in enumerate(counts):
+                if not count:
+                    continue
+                for granularity in (Granularity.P1M, Granularity.P1D, interval)[depth:]:
+                    out[granularity] = out.get(granularity, 0) + count
+        return out
 
 
 class IngestPipeline:
@@ -361,7 +379,7 @@ class IngestPipeline:
                         self._emit(
                             result,
                             route,
-                            route.policy.check_s(checked, now_s),
+                            route.policy.depth_s(checked, now_s),
                             checked,
                             (route.ean_num, 0, checked, i1, i2, e1, e2),
                             E_PT15M,
@@ -390,7 +408,7 @@ class IngestPipeline:
                 self._emit(
                     result,
                     route,
-                    route.policy.check_s(checked, now_s),
+                    route.policy.depth_s(checked, now_s),
                     checked,
                     (route.ean_num, 0, checked, device.value),
                     G_PT1H,
@@ -420,34 +438,33 @@ class IngestPipeline:
         self,
         result: IngestResult,
         route: MeterRoute,
-        allowed: frozenset[Granularity],
+        depth: int,
         ts: int,
         template: Row,
         interval_table: int,
     ) -> None:
-        # interval_table is E_PT15M or G_PT1H; the day and month tables follow it (+1, +2)
-        if not allowed:
-            withheld = result.withheld
-            for g in (TABLE_GRANULARITY[interval_table], Granularity.P1D, Granularity.P1M):
-                withheld[g] = withheld.get(g, 0) + 1
+        # depth (CompiledPolicy.depth_s): 0 nothing, 1 P1M, 2 +P1D, 3 +interval. interval_table
+        # is E_PT15M or G_PT1H; its day and month tables follow it (+1, +2).
+        result.depths[0 if interval_table == E_PT15M else 1][depth] += 1
+        if not depth:
             return
         ean = route.ean_num
         day, month = self.bucketer.day_month(ts)
-        if interval_table == E_PT15M:
-            interval_start = ts - ts % 900
+        if depth == 1:
+            targets: tuple[tuple[int, int], ...] = ((interval_table + 2, month),)
+        elif depth == 2:
+            targets = ((interval_table + 2, month), (interval_table + 1, day))
         else:
-            interval_start = ts - ts % 3600
-        best = self.best
+            size = 900 if interval_table == E_PT15M else 3600
+            targets = (
+                (interval_table + 2, month),
+                (interval_table + 1, day),
+                (interval_table, ts - ts % size),
+            )
+        best_get = self.best.get
         batch = result.batch
-        for table, granularity, start in (
-            (interval_table, TABLE_GRANULARITY[interval_table], interval_start),
-            (interval_table + 1, Granularity.P1D, day),
-            (interval_table + 2, Granularity.P1M, month),
-        ):
-            if granularity not in allowed:
-                result.withheld[granularity] = result.withheld.get(granularity, 0) + 1
-                continue
-            cached = best.get((ean, table, start))
+        for table, start in targets:
+            cached = best_get((ean, table, start))
             if cached is not None and cached <= ts:
                 continue
             key = (ean, start)

@@ -1,1 +1,53 @@
-"""p1_reader."""
+"""The field side of Meterpoort: DSMR P1 telegrams from serial bytes to typed readings.
+
+The pure core is importable without any I/O dependency: parsing, CRC, framing, decryption and
+the telegram encoder. The serial reader, spool, forwarder and simulator live in their own modules
+(``p1_reader.reader``, ``.spool``, ``.forwarder``, ``.simulate``) and are not imported here.
+"""
+
+from p1_reader.decrypt import DecryptedFrame, FrameCounterGuard, decrypt_frame
+from p1_reader.encode import GasReading, format_telegram, format_telegram_v22
+from p1_reader.errors import (
+    AuthenticationError,
+    ChecksumError,
+    DecryptionError,
+    FrameError,
+    P1Error,
+    ReplayError,
+    SerialPortError,
+    SpoolError,
+    TimestampError,
+    TooLargeError,
+    ValueFormatError,
+)
+from p1_reader.framing import Frame, FrameKind, Framer
+from p1_reader.parser import parse_telegram
+from p1_reader.telegram import MbusDevice, Telegram
+from p1_reader.timestamps import parse_tst
+
+__all__ = [
+    "AuthenticationError",
+    "ChecksumError",
+    "DecryptedFrame",
+    "DecryptionError",
+    "Frame",
+    "FrameCounterGuard",
+    "FrameError",
+    "FrameKind",
+    "Framer",
+    "GasReading",
+    "MbusDevice",
+    "P1Error",
+    "ReplayError",
+    "SerialPortError",
+    "SpoolError",
+    "Telegram",
+    "TimestampError",
+    "TooLargeError",
+    "ValueFormatError",
+    "decrypt_frame",
+    "format_telegram",
+    "format_telegram_v22",
+    "parse_telegram",
+    "parse_tst",
+]

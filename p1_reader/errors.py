@@ -11,7 +11,8 @@ The tree::
     ├── DecryptionError          a DLMS general-glo-ciphering frame that cannot be opened
     │   ├── AuthenticationError  GCM tag does not verify (wrong key, wrong AAD, tampering)
     │   └── ReplayError          frame counter not above the last one seen
-    └── SerialPortError          the serial port cannot be opened or vanished
+    ├── SerialPortError          the serial port cannot be opened or vanished
+    └── SpoolError               the spool directory cannot be used
 
 Every message says what is wrong and where (line number, OBIS code, byte offset).
 """
@@ -60,3 +61,9 @@ class ReplayError(DecryptionError):
 
 class SerialPortError(P1Error):
     reason = "serial-port"
+
+
+class SpoolError(P1Error):
+    """The spool directory cannot be used (unreadable, corrupt beyond the tail, misconfigured)."""
+
+    reason = "spool"

@@ -447,6 +447,15 @@ class Forwarder:
                     problem = await response.json(content_type=None)
                 except (ValueError, aiohttp.ClientError):
                     problem = None
+                if (
+                    status == 422
+                    and isinstance(problem, dict)
+                    and isinstance(problem.get("accepted"), int)
+                    and isinstance(problem.get("rejected"), list)
+                ):
+                    # every telegram of the batch was refused on its own merits: the problem
+                    # carries the per-telegram outcome, so the batch is answered, not retried
+                    return self._outcome_of(problem, len(records))
                 detail = _problem_detail(problem) or (response.reason or "")
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), now=self._wall_clock()
@@ -471,6 +480,10 @@ class Forwarder:
         except ValueError as exc:
             # we cannot tell what was stored: resend (the gateway is idempotent)
             return _Outcome(_Kind.RETRY, 200, f"200 with an unreadable body: {exc}"[:_MAX_DETAIL])
+        return self._outcome_of(body, sent)
+
+    def _outcome_of(self, body: Any, sent: int) -> _Outcome:
+        """The per-telegram outcome ``{accepted, rejected: [{index, reason, detail}]}``."""
         accepted = body.get("accepted") if isinstance(body, dict) else None
         raw_rejected = body.get("rejected", []) if isinstance(body, dict) else None
         if not isinstance(accepted, int) or not isinstance(raw_rejected, list):

@@ -51,6 +51,7 @@ Timestamps
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime
 from itertools import repeat
 from typing import Final
@@ -58,7 +59,7 @@ from typing import Final
 from . import obis
 from .crc import crc16_arc
 from .errors import ChecksumError, FrameError, TimestampError, TooLargeError, ValueFormatError
-from .telegram import MbusDevice, Telegram
+from .telegram import MbusDevice, RawObjects, Telegram
 from .timestamps import parse_tst, parse_tst_or_raise
 
 __all__ = [
@@ -154,20 +155,28 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
     else:
         text = raw[start:].decode("latin-1")
 
+    # ``values``: code → raw value text ('v1)(v2'), what the named fields are read from.
+    # ``objects`` (the public per-line map) is split from it lazily: most consumers never read it.
     fast = _objects_fast(text)
     bad: dict[str, int] | None = None
+    objects: Mapping[str, list[str]]
     if fast is None:
-        header, objects, bad = _objects_robust(text)
+        header, listed, bad = _objects_robust(text)
+        objects = listed
+        # exact inverse of the robust split for every code we interpret (unclosed values of
+        # interpreted codes are rejected below, before any field is read)
+        values = {code: ")(".join(parts) for code, parts in listed.items()}
     else:
-        header, objects = fast
+        header, values = fast
+        objects = RawObjects(values)
 
     if not crc_present:
-        must = require_crc is True or (require_crc is None and _claims_dsmr4(objects))
+        must = require_crc is True or (require_crc is None and _claims_dsmr4(values))
         if must:
             if end < 0:
                 raise FrameError("no '!' end line: telegram truncated")
             raise ChecksumError("CRC missing after '!' but required for DSMR 4+ telegrams")
-        if end < 0 and not (objects and text.endswith("\n")):
+        if end < 0 and not (values and text.endswith("\n")):
             raise FrameError("no '!' end line and the last line is incomplete: truncated")
 
     if bad:
@@ -175,61 +184,72 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
             if code in obis.INTERPRETED_CODES:
                 raise ValueFormatError(f"line {lineno}: {code}: value has no closing ')'")
 
-    get = objects.get
-    values = get(obis.VERSION)
-    version = values[0] if values else None
-    values = get(obis.TIMESTAMP)
-    stamp = values[0] if values else None
-    values = get(obis.TARIFF)
-    tariff = _tariff(values[0]) if values else None
+    get = values.get
+    # A second value '(a)(b)' on these lines is rare: one short ')(' scan, then _first if so.
+    version = get(obis.VERSION)
+    if version is not None and ")(" in version:
+        version = _first(version)
+    stamp = get(obis.TIMESTAMP)
+    if stamp is not None and ")(" in stamp:
+        stamp = _first(stamp)
+    tariff_raw = get(obis.TARIFF)
+    tariff = None if tariff_raw is None else _tariff(_first(tariff_raw))
     meter_id: str | None = None
     for code in obis.METER_ID_CODES:
-        values = get(code)
-        if values and values[0]:
-            meter_id = decode_equipment_id(values[0])
+        first = get(code)
+        if first:
+            if ")(" in first:
+                first = _first(first)
+                if not first:
+                    continue
+            meter_id = _ids.get(first) or decode_equipment_id(first)
             break
+
+    # The energy registers. The common case '003808.351*kWh': Wh = the digits without the dot;
+    # isdecimal() on everything but the dot and unit also rules out a second value ')('.
     regs: list[int | None] = []
     for code in _REGISTER_CODES:
-        values = get(code)
-        if values is None:
+        value = get(code)
+        if value is None:
             regs.append(None)
-            continue
-        value = values[0]
-        # the common case '003808.351*kWh' inline: Wh = the digits without the dot
-        if len(values) == 1 and len(value) > 8 and value[-8] == "." and value.endswith("*kWh"):
-            digits = value[:-8] + value[-7:-4]
-            if digits.isdecimal():
-                regs.append(int(digits))
-                continue
-        regs.append(_energy_wh(values, code, text))
+        elif (
+            len(value) > 8
+            and value[-8] == "."
+            and value.endswith("*kWh")
+            and (digits := value[:-8] + value[-7:-4]).isdecimal()
+        ):
+            regs.append(int(digits))
+        else:
+            regs.append(_energy_wh(value.split(")("), code, text))
 
-    mbus: list[MbusDevice] = []
-    present = _MBUS_CODES.intersection(objects)  # one C-level pass; usually 0-3 codes
+    mbus: tuple[MbusDevice, ...] = ()
+    present = _MBUS_CODES.intersection(values)  # one C-level pass; usually 0-3 codes
     if present:
+        devices = []
         for ch, type_code, id_codes, reading_codes, legacy_code, channel_codes in _MBUS:
             if channel_codes.isdisjoint(present):
                 continue
-            device = _mbus_device(
-                ch, objects, type_code, id_codes, reading_codes, legacy_code, text
-            )
+            device = _mbus_device(ch, values, type_code, id_codes, reading_codes, legacy_code, text)
             if device is not None:
-                mbus.append(device)
+                devices.append(device)
+        mbus = tuple(devices)
 
+    # positional: keyword passing of 14 fields costs measurably more on the hot path
     return Telegram(
-        header=header.rstrip("\r"),
-        version=version or None,
-        timestamp=None if stamp is None else parse_tst(stamp),
-        meter_id=meter_id,
-        import_t1_wh=regs[0],
-        import_t2_wh=regs[1],
-        export_t1_wh=regs[2],
-        export_t2_wh=regs[3],
-        import_total_wh=regs[4],
-        export_total_wh=regs[5],
-        tariff=tariff,
-        mbus=tuple(mbus),
-        objects=objects,
-        crc_valid=crc_valid,
+        header.rstrip("\r"),  # header
+        version or None,  # version
+        None if stamp is None else parse_tst(stamp),  # timestamp
+        meter_id,
+        regs[0],  # import_t1_wh
+        regs[1],  # import_t2_wh
+        regs[2],  # export_t1_wh
+        regs[3],  # export_t2_wh
+        regs[4],  # import_total_wh
+        regs[5],  # export_total_wh
+        tariff,
+        mbus,
+        objects,
+        crc_valid,
     )
 
 
@@ -238,7 +258,8 @@ def telegram_timestamp_or_raise(telegram: Telegram) -> datetime:
     (absent, meter clock not set, not a valid DSMR timestamp)."""
     if telegram.timestamp is not None:
         return telegram.timestamp
-    raw = _first(telegram.objects.get(obis.TIMESTAMP))
+    values = telegram.objects.get(obis.TIMESTAMP)
+    raw = values[0] if values else None
     if raw is None:
         raise TimestampError(f"telegram has no timestamp ({obis.TIMESTAMP})")
     return parse_tst_or_raise(raw, what=f"telegram timestamp {obis.TIMESTAMP}")
@@ -284,18 +305,20 @@ def decode_equipment_id(raw: str) -> str:
 # --- helpers (cold or per-telegram, not per-line) --------------------------------------------
 
 
-def _first(values: list[str] | None) -> str | None:
-    return values[0] if values else None
+def _first(rest: str) -> str:
+    """The first value of a raw value text ``'v1)(v2'``."""
+    sep = rest.find(")(")
+    return rest if sep < 0 else rest[:sep]
 
 
-def _claims_dsmr4(objects: dict[str, list[str]]) -> bool:
+def _claims_dsmr4(values: dict[str, str]) -> bool:
     """True when the telegram says it is DSMR 4+ (and so must carry a CRC)."""
-    if obis.BE_VERSION in objects:
+    if obis.BE_VERSION in values:
         return True
-    values = objects.get(obis.VERSION)
-    if values is None:
+    version = values.get(obis.VERSION)
+    if version is None:
         return False
-    version = values[0]
+    version = _first(version)
     # an unreadable version is treated as "claims DSMR 4+": fail towards checking
     return not version.isdecimal() or int(version) >= 40
 
@@ -350,7 +373,7 @@ def _energy_wh(values: list[str], code: str, text: str) -> int | None:
 
 def _mbus_device(
     channel: int,
-    objects: dict[str, list[str]],
+    values: dict[str, str],
     type_code: str,
     id_codes: tuple[str, ...],
     reading_codes: tuple[str, ...],
@@ -358,14 +381,17 @@ def _mbus_device(
     text: str,
 ) -> MbusDevice | None:
     """The device on one channel; None when the channel says nothing (e.g. only ``96.1.1()``)."""
-    get = objects.get
-    type_raw = _first(get(type_code))
-    device_type = int(type_raw) if type_raw and type_raw.isdecimal() else None
+    get = values.get
+    type_raw = get(type_code)
+    device_type: int | None = None
+    if type_raw:
+        type_raw = _first(type_raw)
+        device_type = int(type_raw) if type_raw.isdecimal() else None
     meter_id: str | None = None
     for code in id_codes:
-        raw_id = _first(get(code))
-        if raw_id:
-            meter_id = decode_equipment_id(raw_id)
+        raw_id = get(code)
+        if raw_id and (raw_id := _first(raw_id)):
+            meter_id = _ids.get(raw_id) or decode_equipment_id(raw_id)
             break
 
     stamp: str | None = None
@@ -373,19 +399,21 @@ def _mbus_device(
     unit: str | None = None
     source = legacy_code
     for code in reading_codes:
-        values = get(code)
-        if values is not None:
+        rest = get(code)
+        if rest is not None:
             source = code
-            if len(values) == 2:  # (TST)(value*unit); other shapes such as '(0)' are no reading
-                stamp, value = values
+            parts = rest.split(")(")
+            if len(parts) == 2:  # (TST)(value*unit); other shapes such as '(0)' are no reading
+                stamp, value = parts
                 star = value.find("*")
                 number, unit = (value, None) if star < 0 else (value[:star], value[star + 1 :])
             break
     else:
-        values = get(legacy_code)
+        rest = get(legacy_code)
         # (TST12)(status)(period)(n)(obis)(unit) + next line (value)
-        if values is not None and len(values) >= 7:
-            stamp, unit, number = values[0], values[5], values[6]
+        parts = [] if rest is None else rest.split(")(")
+        if len(parts) >= 7:
+            stamp, unit, number = parts[0], parts[5], parts[6]
 
     measured_at = None if stamp is None else parse_tst(stamp)
     if not number:
@@ -393,7 +421,7 @@ def _mbus_device(
             return None
         return MbusDevice(channel, device_type, meter_id, measured_at, None, None)
     if unit:
-        spec = obis.MBUS_UNITS.get(unit.lower())
+        spec = obis.MBUS_UNITS.get(unit) or obis.MBUS_UNITS.get(unit.lower())
         if spec is None:
             raise ValueFormatError(
                 f"line {_line_number(text, source)}: {source}: unknown unit {unit!r}"
@@ -402,6 +430,14 @@ def _mbus_device(
         spec = obis.MBUS_UNITS["m3"]  # unit-less value on a gas/water channel: m3
     else:
         return MbusDevice(channel, device_type, meter_id, measured_at, None, None)
+    # the common case: 'ddddd.ddd' m3 → dm3 is the digits without the dot
+    if (
+        spec[1] == 3
+        and len(number) > 4
+        and number[-4] == "."
+        and (digits := number[:-4] + number[-3:]).isdecimal()
+    ):
+        return MbusDevice(channel, device_type, meter_id, measured_at, int(digits), spec[0])
     amount = _scaled(number, spec[1])
     if amount is None:
         raise ValueFormatError(
@@ -419,41 +455,59 @@ def _line_number(text: str, needle: str) -> int:
     return 0
 
 
-def _objects_fast(text: str) -> tuple[str, dict[str, list[str]]] | None:
-    """Split a well-formed telegram into (header, objects) with C-level bulk operations.
+def _objects_fast(text: str) -> tuple[str, dict[str, str]] | None:
+    """Split a well-formed telegram into (header, code → raw value text) with C-level bulk
+    operations; the raw text is what sat between the line's outer parentheses (``'v1)(v2'``).
 
     Well-formed: CRLF line ends, at most one blank line after the header, every data line
     ``CODE(...)`` ending in ``)``, no continuation lines, no duplicate codes. Anything else
     returns None and the caller takes :func:`_objects_robust`. Per-line Python bytecode costs
-    more than the whole rest of the parse, hence map/zip/dict instead of a for loop.
+    more than the whole rest of the parse, hence map/dict instead of a for loop; values are not
+    split into lists here (that allocation per line was half the parse), see ``RawObjects``.
     """
     h = text.find("\r\n")
     if h < 0:
         return None
     b = h + 4 if text.startswith("\r\n", h + 2) else h + 2
     body = text[b:]
-    if "\n(" in body:
-        # DSMR 2.2/3 gas: '0-1:24.3.0(...)(m3)' CRLF '(00001.001)': the value line continues
-        # the object, so glue it on
-        body = body.replace(")\r\n(", ")(")
-    items = body.split(")\r\n")
-    # every LF belongs to a ')CRLF' line end, and no line starts with '('
-    if items.pop() or body.count("\n") != len(items) or "\n(" in body or body[:1] == "(":
+    values = _split_lines(body)
+    if values is None:
         return None
-    if not items:
-        return text[:h], {}
-    codes, seps, rests = zip(*map(str.partition, items, repeat("(")), strict=True)
-    if "" in seps:
-        return None  # a line without '(': the robust path decides what it means
-    values = map(str.split, rests, repeat(")("))
-    if "255(" in body or " (" in body or "\t" in body or "\n " in body or body[:1] == " ":
-        # a code written with a value group F or padded with blanks: normalise every code
-        objects = dict(zip(map(_codes.__getitem__, codes), values, strict=True))
-    else:
-        objects = dict(zip(codes, values, strict=True))
-    if len(objects) != len(items):
-        return None  # duplicate codes (possibly after normalisation)
-    return text[:h], objects
+    if "" in values:
+        # a line starting with '(': DSMR 2.2/3 gas '0-1:24.3.0(...)(m3)' CRLF '(00001.001)', the
+        # value line continues the object. Glue it on and split again (rare: old meters only).
+        if body[:1] == "(":
+            return None  # nothing to continue
+        values = _split_lines(body.replace(")\r\n(", ")("))
+        if values is None or "" in values:
+            return None
+    # Codes the robust path would normalise: blanks or control bytes around a code, a value
+    # group F '*255' / '.255'. One join of the ~40 keys, then C-level scans of a short string.
+    codes = "|".join(values) + "|"
+    if "255|" in codes or " " in codes or not codes.isprintable():
+        count = len(values)
+        values = {_codes[code]: rest for code, rest in values.items()}
+        if len(values) != count:
+            return None  # duplicates after normalisation
+    return text[:h], values
+
+
+def _split_lines(body: str) -> dict[str, str] | None:
+    """``'CODE(v1)(v2)' CRLF ...`` → {code: 'v1)(v2'}; None unless every line ends in ``)``
+    CRLF, has a ``(`` and a code of its own (a duplicate code → None: the robust path keeps the
+    first occurrence or rejects the telegram)."""
+    items = body.split(")\r\n")
+    # every LF belongs to a ')CRLF' line end (nothing after the last one)
+    if items.pop() or body.count("\n") != len(items):
+        return None
+    try:
+        # 'CODE(v1)(v2' → ['CODE', 'v1)(v2']: dict() takes each 2-list as a key/value pair
+        values = dict(map(str.split, items, repeat("("), repeat(1)))
+    except ValueError:
+        # dict() refuses a 1-list: a line without '('. Not an error here: the robust path
+        # decides what such a line means (ignored, or a register without value: rejected).
+        return None
+    return values if len(values) == len(items) else None
 
 
 def _objects_robust(text: str) -> tuple[str, dict[str, list[str]], dict[str, int] | None]:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from p1_reader.errors import P1Error
+from p1_reader.errors import SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,6 @@ _HEADER_SIZE = _HEADER.size
 _SEGMENT_SUFFIX = ".seg"
 _CURSOR_NAME = "cursor"
 _TMP_SUFFIX = ".tmp"
-
-
-class SpoolError(P1Error):
-    """The spool directory cannot be used (unreadable, corrupt beyond the tail, misconfigured)."""
-
-    reason = "spool"
 
 
 @dataclass(frozen=True, slots=True)

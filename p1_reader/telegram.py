@@ -7,6 +7,7 @@ nothing a meter sent is lost to a consumer that needs more than the named fields
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,6 +16,46 @@ DEVICE_TYPE_GAS = 3
 DEVICE_TYPE_HEAT = 4
 DEVICE_TYPE_WARM_WATER = 6
 DEVICE_TYPE_WATER = 7
+
+
+class RawObjects(Mapping[str, list[str]]):
+    """``Telegram.objects`` as the parser hands it out: code → value strings, built lazily.
+
+    The parser only needs ~15 of a telegram's ~40 objects; splitting every line's values into a
+    list cost about half of a parse, and most consumers never read ``objects``. This mapping
+    holds each code's raw value text (``'v1)(v2'``: what sat between the outer parentheses) and
+    splits all of them the first time any value is read, so repeated reads return the same list
+    objects. Keys, ``len`` and ``in`` need no split. Compares equal to a plain dict of the same
+    content (``Mapping.__eq__``).
+    """
+
+    __slots__ = ("_raw", "_split")
+
+    def __init__(self, raw: dict[str, str]) -> None:
+        #: code → raw value text; owned by this mapping (the parser builds one per telegram)
+        self._raw = raw
+        self._split: dict[str, list[str]] | None = None
+
+    def _values(self) -> dict[str, list[str]]:
+        split = self._split
+        if split is None:
+            split = self._split = {code: rest.split(")(") for code, rest in self._raw.items()}
+        return split
+
+    def __getitem__(self, code: str) -> list[str]:
+        return self._values()[code]
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"RawObjects({self._values()!r})"
 
 
 @dataclass(slots=True, frozen=True)
@@ -56,6 +97,7 @@ class Telegram:
     tariff: int | None = None
     mbus: tuple[MbusDevice, ...] = ()
     #: every OBIS object: full code → the value strings between the parentheses, as sent
-    objects: dict[str, list[str]] = field(default_factory=dict)
+    #: (read-only; the parser gives a lazily split :class:`RawObjects`)
+    objects: Mapping[str, list[str]] = field(default_factory=dict)
     #: True when a CRC was present and matched, None when the telegram carries no CRC
     crc_valid: bool | None = None

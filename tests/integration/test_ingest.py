@@ -433,3 +433,41 @@ async def test_refusals_store_nothing(world: World) -> None:
     assert resp.status == 200
     assert {t: await stored(w.pool, t) for t in ALL_TABLES} == before
 
+
+
+async def test_admin_consent_validation(world: World) -> None:
+    w = world
+    now = dt.datetime.now(UTC)
+    ean = await add_meter(w, 41, "electricity", "E41", now - dt.timedelta(days=3))
+    base = {"ean": ean, "customer_id": "cust-41", "purpose": "energy-insights",
+            "notice_version": "v1"}
+    cases: list[tuple[dict[str, Any], int]] = [
+        ({**base, "purpose": "marketing"}, 422),
+        ({**base, "customer_id": "someone-else"}, 409),
+        ({**base, "ean": make_ean(999)}, 404),
+        ({**base, "ean": "123"}, 422),
+        ({**base, "expires_at": (now - dt.timedelta(days=1)).isoformat(),
+          "granted_at": now.isoformat()}, 422),
+        ({**base, "extra": 1}, 422),
+    ]
+    for body, status in cases:
+        resp = await w.client.post("/v1/admin/consents", json=body, headers=w.admin)
+        await expect_problem(resp, status)
+    resp = await w.client.post("/v1/admin/consents", json=base)
+    await expect_problem(resp, 401)
+    resp = await w.client.post("/v1/admin/consents", json=base, headers=w.admin)
+    assert resp.status == 201
+    created = await resp.json()
+    assert created["ended_at"] is None and created["expires_at"]  # max lifetime applied
+    resp = await w.client.post(
+        "/v1/admin/consents/not-a-uuid/end", json={"reason": "revoked"}, headers=w.admin
+    )
+    await expect_problem(resp, 404)
+    resp = await w.client.post(
+        f"/v1/admin/consents/{created['consent_id']}/end",
+        json={"reason": "revoked", "at": (now + dt.timedelta(days=1)).isoformat()},
+        headers=w.admin,
+    )
+    await expect_problem(resp, 422)
+    kinds = await w.pool.fetch("SELECT kind FROM consent_events WHERE ean = $1", ean)
+    assert [k["kind"] for k in kinds] == ["granted"]

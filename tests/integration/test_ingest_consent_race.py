@@ -274,3 +274,91 @@ async def test_ingest_first_revocation_waits_and_deletes(
         ended = await task
     assert ended["deleted_readings"] == 2
     assert await interval_times(pool) == [times[0]]
+
+
+# --- what an end deletes, by purpose -------------------------------------------------------------
+
+
+async def test_end_deletes_by_purpose_and_keeps_what_another_consent_covers(
+    seeded: tuple[Client, str, dict[str, str], str], pool: asyncpg.Pool
+) -> None:
+    _a, ean, _headers, keep_id = seeded  # a dynamic-tariff-billing (keep) consent
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    async with pool.acquire() as conn:
+        insights = await consent_store.create_consent(
+            conn,
+            ean=ean,
+            customer_id="cust-31",
+            purpose="energy-insights",
+            notice_version="v2",
+            granted_at=now - dt.timedelta(hours=2),
+        )
+        times = [now - dt.timedelta(hours=3), now - dt.timedelta(hours=1), now]
+        await conn.execute(INSERT_SQL[E_PT15M], *interval_rows(ean, times))
+        assert len(await interval_times(pool)) == 3
+        # the delete-purpose consent ends: its readings since its grant go, but the keep
+        # consent still covers them, so nothing is deleted
+        ended = await consent_store.end_consent(
+            conn, insights["consent_id"], EndReason.REVOKED, now - dt.timedelta(minutes=30)
+        )
+        assert ended["deleted_readings"] == 0
+        # the keep consent ends too (contract end): readings at/after the end go, earlier stay
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM connections WHERE ean = $1 FOR UPDATE", ean)
+            ids = await consent_store.end_consents_for_ean(
+                conn, ean, now - dt.timedelta(minutes=90), EndReason.CONTRACT_ENDED
+            )
+        assert ids == [uuid.UUID(keep_id)]
+    assert await interval_times(pool) == [times[0]]
+    events = await pool.fetch(
+        "SELECT kind, detail FROM consent_events WHERE ean = $1 ORDER BY at", ean
+    )
+    assert [e["kind"] for e in events].count("ended") == 2
+
+
+async def test_delete_purpose_end_removes_its_readings(
+    seeded: tuple[Client, str, dict[str, str], str], pool: asyncpg.Pool
+) -> None:
+    _a, ean, _headers, keep_id = seeded
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    async with pool.acquire() as conn:
+        # end the keep consent first, well before the readings
+        await consent_store.end_consent(
+            conn, uuid.UUID(keep_id), EndReason.REVOKED, now - dt.timedelta(hours=5)
+        )
+        insights = await consent_store.create_consent(
+            conn,
+            ean=ean,
+            customer_id="cust-31",
+            purpose="energy-insights",
+            notice_version="v2",
+            granted_at=now - dt.timedelta(hours=4),
+        )
+        times = [now - dt.timedelta(hours=3), now - dt.timedelta(hours=1)]
+        await conn.execute(INSERT_SQL[E_PT15M], *interval_rows(ean, times))
+        ended = await consent_store.end_consent(conn, insights["consent_id"], EndReason.REVOKED)
+    assert ended["deleted_readings"] == 2
+    assert await interval_times(pool) == []
+
+
+async def test_bulk_change_triggers_full_reload(
+    seeded: tuple[Client, str, dict[str, str], str], pool: asyncpg.Pool
+) -> None:
+    a, _ean, _headers, _consent_id = seeded
+    state = a.app[INGEST_KEY]
+    assert state.maintainer is not None
+    before = state.maintainer.full_reloads
+    start = dt.datetime.now(UTC) - dt.timedelta(days=1)
+    rows = [(make_ean(1000 + i), "electricity", f"BULK{i}", f"c{i}", start) for i in range(150)]
+    await pool.copy_records_to_table(
+        "connections",
+        records=rows,
+        columns=["ean", "commodity", "meter_id", "customer_id", "contract_start"],
+    )
+    for _ in range(500):
+        if state.maintainer.full_reloads > before and "BULK149" in state.index.electricity:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("a 150-row import should have triggered one full reload")
+    assert len(state.index) == 151

@@ -1,0 +1,445 @@
+"""End-to-end ingest benchmarks B2 and B3 (SPEC §6), each beside a reference from the same run.
+
+B2  batched pushes: 100 telegrams per request, 10 000 meters (≈80 % with gas), 30 % with interval
+    consent, 10-s telegram cadence; every acknowledged reading durable (the gateway answers only
+    after its group commit). Figures: telegrams/s and request latency p50/p99.
+    Target ≥ 30 000 telegrams/s, p99 ≤ 100 ms.
+B3  one telegram per request, gateway requests/s ÷ a bare aiohttp POST handler (reads the body,
+    answers a small JSON) driven by the same client with the same bodies. Target ≥ 0.40.
+
+The bench starts PostgreSQL (embedded, in a temp dir; or DATABASE_URL), migrates, seeds the
+registry, devices and consents directly in SQL, runs the gateway (create_app) and the bare
+reference server in their own processes, and drives load from another process with aiohttp.
+Devices are concentrators of 25 meters: a 100-telegram body holds 40 s of 25 meters' telegrams.
+
+    python bench/ingest.py [--meters 10000] [--requests 1500] [--single 3000] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from pydantic import SecretStr
+
+from gateway import db
+from gateway.auth import hash_token
+from gateway.settings import Settings
+
+METERS_PER_DEVICE = 25
+TELEGRAMS_PER_METER_PER_BODY = 4  # 25 × 4 = 100 telegrams per request
+ADMIN = "bench-admin-token"
+
+
+def ean_of(index: int, gas: bool) -> str:
+    from gateway.registry import ean_check_digit
+
+    body = f"87{1 if gas else 0}6{index:013d}"
+    return body + str(ean_check_digit(body))
+
+
+def device_token(group: int) -> str:
+    return f"bench-device-token-{group:06d}-0123456789abcdef"
+
+
+# --- server processes ---------------------------------------------------------------------------
+
+
+def bare_app() -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response({"accepted": 1 if body else 0, "rejected": []})
+
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app.router.add_post("/v1/telegrams", handler)
+    return app
+
+
+async def serve(kind: str, dsn: str, port: int) -> None:
+    if kind == "gateway":
+        from gateway.app import create_app
+
+        settings = Settings(
+            database_url=SecretStr(dsn),
+            admin_token=SecretStr(ADMIN),
+            max_body_bytes=4 * 1024 * 1024,
+            pool_min_size=2,
+            pool_max_size=8,
+        )
+        app = create_app(settings)
+    else:
+        app = bare_app()
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    # several gateway processes share the port (what `serve --workers N` does)
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=True)
+    await site.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("READY", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def start_server(kind: str, dsn: str, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", kind, "--dsn", dsn, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "READY":
+        proc.kill()
+        raise RuntimeError(f"{kind} server did not start: {line!r}")
+    return proc
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- seeding ------------------------------------------------------------------------------------
+
+
+async def seed(dsn: str, meters: int, consent_fraction: float) -> None:
+    from p1_reader.simulate import make_meters
+
+    conn = await db.connect(dsn)
+    try:
+        sims = make_meters(meters, gas_fraction=0.8)
+        start = time.time() - 400 * 86400
+        from datetime import UTC, datetime
+
+        contract_start = datetime.fromtimestamp(start, UTC)
+        granted = datetime.fromtimestamp(start + 86400, UTC)
+        rng = random.Random(7)
+        connections: list[tuple[Any, ...]] = []
+        consents: list[tuple[Any, ...]] = []
+        for sim in sims:
+            e = ean_of(sim.index, False)
+            connections.append((e, "electricity", sim.meter_id, f"c{sim.index}", contract_start))
+            with_consent = rng.random() < consent_fraction
+            if with_consent:
+                consents.append(
+                    (e, uuid.uuid4(), f"c{sim.index}", "dynamic-tariff-billing", "v1", "api",
+                     granted)
+                )
+            if sim.gas_id:
+                g = ean_of(sim.index, True)
+                connections.append((g, "gas", sim.gas_id, f"c{sim.index}", contract_start))
+                if with_consent:
+                    consents.append(
+                        (g, uuid.uuid4(), f"c{sim.index}", "dynamic-tariff-billing", "v1", "api",
+                         granted)
+                    )
+        await conn.copy_records_to_table(
+            "connections",
+            records=connections,
+            columns=["ean", "commodity", "meter_id", "customer_id", "contract_start"],
+        )
+        await conn.copy_records_to_table(
+            "consents",
+            records=consents,
+            columns=["ean", "consent_id", "customer_id", "purpose", "notice_version", "channel",
+                     "granted_at"],
+        )
+        devices = []
+        for group in range((meters + METERS_PER_DEVICE - 1) // METERS_PER_DEVICE):
+            ids: list[str] = []
+            for sim in sims[group * METERS_PER_DEVICE : (group + 1) * METERS_PER_DEVICE]:
+                ids.append(sim.meter_id)
+                if sim.gas_id:
+                    ids.append(sim.gas_id)
+            devices.append((hash_token(device_token(group)), ids))
+        await conn.executemany(
+            "INSERT INTO devices (token_hash, meter_ids) VALUES ($1, $2)", devices
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+# --- load driver (its own process) --------------------------------------------------------------
+
+
+def make_bodies(
+    meters: int, requests: int, single: int, t0: int
+) -> tuple[list[tuple[int, int, bytes]], list[tuple[int, bytes]]]:
+    """B2 bodies (group, telegram count, body) and B3 single telegrams (group, telegram)."""
+    from p1_reader.simulate import make_meters
+
+    sims = make_meters(meters, gas_fraction=0.8)
+    groups = (meters + METERS_PER_DEVICE - 1) // METERS_PER_DEVICE
+    step = {s.index: 0 for s in sims}
+    batched: list[tuple[int, int, bytes]] = []
+    window = 0
+    while len(batched) < requests:
+        for group in range(groups):
+            if len(batched) >= requests:
+                break
+            parts = []
+            for sim in sims[group * METERS_PER_DEVICE : (group + 1) * METERS_PER_DEVICE]:
+                for _ in range(TELEGRAMS_PER_METER_PER_BODY):
+                    parts.append(sim.telegram_at(t0 + sim.phase + 10 * step[sim.index]))
+                    step[sim.index] += 1
+            batched.append((group, len(parts), b"".join(parts)))
+        window += 1
+    singles: list[tuple[int, bytes]] = []
+    while len(singles) < single:
+        for group in range(groups):
+            for sim in sims[group * METERS_PER_DEVICE : (group + 1) * METERS_PER_DEVICE]:
+                if len(singles) >= single:
+                    break
+                singles.append((group, sim.telegram_at(t0 + sim.phase + 10 * step[sim.index])))
+                step[sim.index] += 1
+    return batched, singles
+
+
+async def drive(
+    url: str, bodies: list[tuple[int, int, bytes]], concurrency: int
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    telegrams = 0
+    errors: dict[int, int] = {}
+    queue = list(reversed(bodies))
+    connector = TCPConnector(limit=concurrency)
+    async with ClientSession(connector=connector, timeout=ClientTimeout(total=60)) as session:
+
+        async def worker() -> None:
+            nonlocal telegrams
+            while queue:
+                group, count, body = queue.pop()
+                headers = {
+                    "Authorization": f"Bearer {device_token(group)}",
+                    "Content-Type": "text/plain",
+                }
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+                latencies.append(time.perf_counter() - started)
+                if status == 200:
+                    telegrams += count
+                else:
+                    errors[status] = errors.get(status, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    return {
+        "requests": len(latencies),
+        "telegrams": telegrams,
+        "elapsed_s": elapsed,
+        "telegrams_per_s": telegrams / elapsed,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "errors": errors,
+    }
+
+
+def driver_main(args: argparse.Namespace) -> None:
+    t0 = int(time.time()) - 3 * 3600
+    batched, singles = make_bodies(args.meters, args.requests, args.single, t0)
+    single_bodies = [(g, 1, b) for g, b in singles]
+    out: dict[str, Any] = {}
+    for target in args.targets.split(","):
+        kind, _, port = target.partition(":")
+        url = f"http://127.0.0.1:{port}/v1/telegrams"
+        if kind == "gateway":
+            out["b2_gateway"] = asyncio.run(drive(url, batched, args.concurrency))
+            out["b3_gateway"] = asyncio.run(drive(url, single_bodies, args.concurrency))
+        else:
+            out["b3_bare"] = asyncio.run(drive(url, single_bodies, args.concurrency))
+            out["b2_bare"] = asyncio.run(drive(url, batched[: len(batched) // 3], args.concurrency))
+    print(json.dumps(out), flush=True)
+
+
+# --- orchestration ------------------------------------------------------------------------------
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` instead."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="B2/B3 ingest benchmarks")
+    parser.add_argument("--meters", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=1500, help="B2 requests (100 telegrams)")
+    parser.add_argument("--single", type=int, default=3000, help="B3 single-telegram requests")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--consent-fraction", type=float, default=0.3)
+    parser.add_argument(
+        "--gateway-procs", type=int, default=1, help="gateway processes sharing the port"
+    )
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--targets", help=argparse.SUPPRESS)
+    parser.add_argument("--dsn", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        profile = os.environ.get("BENCH_PROFILE")  # a path: cProfile the server into it
+        if profile and args.serve == "gateway":
+            import cProfile
+
+            cProfile.runctx(
+                "asyncio.run(serve(args.serve, args.dsn or '', args.port))",
+                globals(),
+                {"args": args},
+                f"{profile}.{os.getpid()}",
+            )
+        else:
+            asyncio.run(serve(args.serve, args.dsn or "", args.port))
+        return
+    if args.drive:
+        driver_main(args)
+        return
+
+    external = os.environ.get("DATABASE_URL")
+    tmp = tempfile.mkdtemp(prefix="meterpoort-bench-")
+    os.chmod(tmp, 0o755)  # the embedded server may run as its own user
+    server: db.EmbeddedPostgres | None = None
+    if external:
+        base = external
+    else:
+        server = db.EmbeddedPostgres(Path(tmp))
+        base = server.start()
+    procs: list[subprocess.Popen[str]] = []
+    name = f"meterpoort_bench_{os.getpid()}"
+    try:
+        dsn = asyncio.run(_create_database(base, name, args))
+        gw_port, bare_port = free_port(), free_port()
+        for _ in range(args.gateway_procs):
+            procs.append(start_server("gateway", dsn, gw_port))
+        procs.append(start_server("bare", dsn, bare_port))
+        print(
+            f"seeded {args.meters} meters, {args.consent_fraction:.0%} interval consent;"
+            f" driving {args.requests} × 100-telegram and {args.single} × 1-telegram requests,"
+            f" concurrency {args.concurrency}, {args.gateway_procs} gateway process(es)"
+            f" (cores: {os.cpu_count()})",
+            flush=True,
+        )
+        result = subprocess.run(
+            [sys.executable, __file__, "--drive", "--targets",
+             f"gateway:{gw_port},bare:{bare_port}", "--meters", str(args.meters),
+             "--requests", str(args.requests), "--single", str(args.single),
+             "--concurrency", str(args.concurrency)],
+            capture_output=True, text=True, check=True,
+        )
+        out = json.loads(result.stdout.strip().splitlines()[-1])
+        rows = asyncio.run(_count_rows(dsn))
+        _report(out, rows)
+    finally:
+        for proc in procs:
+            stop_server(proc)
+        try:
+            asyncio.run(_drop_database(base, name))
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"note: could not drop the bench database {name}: {exc}", file=sys.stderr)
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _create_database(base: str, name: str, args: argparse.Namespace) -> str:
+    admin = await asyncpg.connect(base)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = with_database(base, name)
+    conn = await db.connect(dsn)
+    try:
+        settings = Settings(database_url=SecretStr(dsn))
+        await db.prepare_database(conn, settings)
+    finally:
+        await conn.close()
+    await seed(dsn, args.meters, args.consent_fraction)
+    return dsn
+
+
+async def _drop_database(base: str, name: str) -> None:
+    admin = await asyncpg.connect(base)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _count_rows(dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {
+            t: await conn.fetchval(f"SELECT count(*) FROM {t}")
+            for t in ("readings_e_pt15m", "readings_e_p1d", "readings_e_p1m",
+                      "readings_g_pt1h", "readings_g_p1d", "readings_g_p1m")
+        }
+    finally:
+        await conn.close()
+
+
+def _report(out: dict[str, Any], rows: dict[str, int]) -> None:
+    b2 = out["b2_gateway"]
+    print(
+        f"B2 gateway, 100 telegrams/request: {b2['telegrams_per_s']:,.0f} telegrams/s,"
+        f" p50 {b2['p50_ms']:.1f} ms, p99 {b2['p99_ms']:.1f} ms,"
+        f" {b2['requests']} requests, errors {b2['errors']}"
+        f"   [target ≥ 30 000/s, p99 ≤ 100 ms]"
+    )
+    ref = out["b2_bare"]
+    print(
+        f"   reference: bare aiohttp POST, same bodies: {ref['telegrams_per_s']:,.0f} telegrams/s,"
+        f" p99 {ref['p99_ms']:.1f} ms"
+    )
+    b3, bare = out["b3_gateway"], out["b3_bare"]
+    ratio = b3["requests_per_s"] / bare["requests_per_s"]
+    print(
+        f"B3 gateway, 1 telegram/request: {b3['requests_per_s']:,.0f} req/s (p99"
+        f" {b3['p99_ms']:.1f} ms); bare aiohttp POST handler: {bare['requests_per_s']:,.0f} req/s"
+        f" → ratio {ratio:.2f}   [target ≥ 0.40]"
+    )
+    print("rows stored:", ", ".join(f"{k}={v}" for k, v in rows.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The ingest pipeline without I/O: outcomes, rows, the best-measured cache, body splitting."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gateway.consent_index import ConsentIndex
+from gateway.ingest import (
+    E_P1D,
+    E_P1M,
+    E_PT15M,
+    G_P1D,
+    G_P1M,
+    G_PT1H,
+    BestCache,
+    IngestPipeline,
+    merge_into,
+    new_batch,
+    split_body,
+)
+from tests.support.telegram_builder import build_telegram
+
+NOW = datetime(2026, 10, 25, 12, 0, tzinfo=UTC)
+NOW_S = int(NOW.timestamp())
+EAN_E, EAN_G, EAN_N, EAN_I = (
+    "871234567890123456",
+    "871234567890123457",
+    "871234567890123458",
+    "871234567890123459",
+)
+START = NOW - timedelta(days=100)
+
+
+def conn_row(
+    ean: str, meter_id: str, commodity: str = "electricity", level: str = "daily"
+) -> dict[str, Any]:
+    return {
+        "ean": ean,
+        "ean_num": int(ean),
+        "commodity": commodity,
+        "meter_id": meter_id,
+        "contract_start": START,
+        "contract_end": None,
+        "level": level,
+    }
+
+
+def consent_row(ean: str) -> dict[str, Any]:
+    return {
+        "ean": ean,
+        "consent_id": uuid.uuid4(),
+        "customer_id": "c",
+        "purpose": "energy-insights",
+        "notice_version": "v1",
+        "granted_at": START,
+        "expires_at": None,
+        "ended_at": None,
+        "end_reason": None,
+        "channel": "api",
+        "data_class": "interval",
+    }
+
+
+@pytest.fixture
+def pipeline() -> IngestPipeline:
+    idx = ConsentIndex()
+    idx.replace_all(
+        [
+            conn_row(EAN_E, "E1"),
+            conn_row(EAN_G, "G1", "gas"),
+            conn_row(EAN_N, "N1", level="none"),
+            conn_row(EAN_I, "I1"),
+        ],
+        [consent_row(EAN_I), consent_row(EAN_G)],
+    )
+    return IngestPipeline(idx, BestCache())
+
+
+BOUND = frozenset({"E1", "G1", "N1", "I1"})
+
+
+def ts(t: datetime) -> int:
+    return int(t.timestamp())
+
+
+def test_daily_electricity_rows(pipeline: IngestPipeline) -> None:
+    t = NOW - timedelta(minutes=3)
+    telegram = build_telegram("E1", t, import_wh=(5, 6), export_wh=(7, 8))
+    r = pipeline.process([telegram], BOUND, NOW_S)
+    assert (r.accepted, r.rejected) == (1, [])
+    assert r.batch[E_PT15M] == {}
+    day = ts(datetime(2026, 10, 24, 22, tzinfo=UTC))  # the 25-hour local day
+    month = ts(datetime(2026, 9, 30, 22, tzinfo=UTC))
+    assert r.batch[E_P1D] == {(int(EAN_E), day): (int(EAN_E), day, ts(t), 5, 6, 7, 8)}
+    assert r.batch[E_P1M] == {(int(EAN_E), month): (int(EAN_E), month, ts(t), 5, 6, 7, 8)}
+    assert r.rows == 2
+
+
+def test_interval_consent_adds_quarter(pipeline: IngestPipeline) -> None:
+    t = NOW - timedelta(minutes=3)  # 11:57 UTC → quarter 11:45
+    r = pipeline.process([build_telegram("I1", t)], BOUND, NOW_S)
+    q = ts(datetime(2026, 10, 25, 11, 45, tzinfo=UTC))
+    assert list(r.batch[E_PT15M]) == [(int(EAN_I), q)]
+
+
+def test_gas_uses_capture_time_not_telegram_time(pipeline: IngestPipeline) -> None:
+    captured = NOW - timedelta(minutes=65)  # 10:55 → hour 10:00
+    t = NOW - timedelta(minutes=1)
+    r = pipeline.process([build_telegram("X9", t, gas=("G1", captured, 12345))], BOUND, NOW_S)
+    assert r.accepted == 1
+    h = ts(datetime(2026, 10, 25, 10, tzinfo=UTC))
+    assert r.batch[G_PT1H] == {(int(EAN_G), h): (int(EAN_G), h, ts(captured), 12345)}
+    assert len(r.batch[G_P1D]) == 1 and len(r.batch[G_P1M]) == 1
+    assert all(not r.batch[i] for i in (E_PT15M, E_P1D, E_P1M))  # X9 is not bound: ignored
+
+
+def test_totals_only_meter_stores_total_in_t1(pipeline: IngestPipeline) -> None:
+    t = NOW - timedelta(minutes=3)
+    r = pipeline.process(
+        [build_telegram("E1", t, import_wh=(1000, 234), export_wh=(5, 0), totals_only=True)],
+        BOUND,
+        NOW_S,
+    )
+    (row,) = r.batch[E_P1D].values()
+    assert row[3:] == (1234, None, 5, None)
+
+
+def test_level_none_is_accepted_and_stores_nothing(pipeline: IngestPipeline) -> None:
+    r = pipeline.process([build_telegram("N1", NOW)], BOUND, NOW_S)
+    assert (r.accepted, r.rejected, r.rows) == (1, [], 0)
+    assert sum(r.withheld.values()) == 3
+
+
+@pytest.mark.parametrize(
+    ("telegram", "reason"),
+    [
+        (build_telegram("E1", None), "clock-unset"),
+        (build_telegram("E1", NOW + timedelta(minutes=6)), "future-timestamp"),
+        (build_telegram("E1", NOW - timedelta(days=41)), "too-old"),
+        (build_telegram("ZZ", NOW), "meter-not-bound"),
+        (build_telegram("E1", NOW, bad_crc=True), "bad-crc"),
+        (b"garbage\r\n", "bad-frame"),
+        (build_telegram(None, NOW), "unknown-meter"),
+    ],
+)
+def test_rejections(pipeline: IngestPipeline, telegram: bytes, reason: str) -> None:
+    r = pipeline.process([telegram], BOUND, NOW_S)
+    assert r.accepted == 0 and r.rows == 0
+    assert [(x["index"], x["reason"]) for x in r.rejected] == [(0, reason)]
+    assert r.rejected[0]["detail"]
+
+
+def test_bound_but_unregistered_meter() -> None:
+    p = IngestPipeline(ConsentIndex(), BestCache())
+    r = p.process([build_telegram("E1", NOW)], frozenset({"E1"}), NOW_S)
+    assert [x["reason"] for x in r.rejected] == ["unknown-meter"]
+
+
+def test_future_tolerance_is_five_minutes(pipeline: IngestPipeline) -> None:
+    r = pipeline.process([build_telegram("E1", NOW + timedelta(minutes=5))], BOUND, NOW_S)
+    assert r.accepted == 1
+
+
+def test_outcomes_keep_indices_and_meters_apart(pipeline: IngestPipeline) -> None:
+    parts = [
+        build_telegram("E1", NOW - timedelta(minutes=1), import_wh=(1, 1)),
+        build_telegram("ZZ", NOW - timedelta(minutes=1), import_wh=(2, 2)),
+        build_telegram("I1", NOW - timedelta(minutes=1), import_wh=(3, 3)),
+    ]
+    r = pipeline.process(parts, BOUND, NOW_S)
+    assert r.accepted == 2
+    assert [(x["index"], x["reason"]) for x in r.rejected] == [(1, "meter-not-bound")]
+    by_ean = {key[0]: row[3] for key, row in r.batch[E_P1D].items()}
+    assert by_ean == {int(EAN_E): 1, int(EAN_I): 3}
+
+
+def test_earliest_in_request_wins(pipeline: IngestPipeline) -> None:
+    late = build_telegram("E1", NOW - timedelta(minutes=1), import_wh=(9, 9))
+    early = build_telegram("E1", NOW - timedelta(minutes=2), import_wh=(8, 8))
+    r = pipeline.process([late, early, late], BOUND, NOW_S)
+    (row,) = r.batch[E_P1D].values()
+    assert row[2:4] == (ts(NOW - timedelta(minutes=2)), 8)
+
+
+def test_best_cache_skips_what_cannot_improve(pipeline: IngestPipeline) -> None:
+    t = NOW - timedelta(minutes=2)
+    first = pipeline.process([build_telegram("E1", t)], BOUND, NOW_S)
+    for table, rows in enumerate(first.batch):
+        for (ean, start), row in rows.items():
+            pipeline.best.lower((ean, table, start), row[2])  # type: ignore[arg-type]
+    later = pipeline.process([build_telegram("E1", t + timedelta(seconds=10))], BOUND, NOW_S)
+    assert later.accepted == 1 and later.rows == 0
+    same = pipeline.process([build_telegram("E1", t)], BOUND, NOW_S)
+    assert same.rows == 0
+    earlier = pipeline.process([build_telegram("E1", t - timedelta(seconds=10))], BOUND, NOW_S)
+    assert earlier.rows == 2
+
+
+def test_best_cache_is_bounded() -> None:
+    cache = BestCache(max_entries=10)
+    for i in range(100):
+        cache.lower((i, 0, 0), i)
+    assert len(cache) <= 10
+    assert cache.get((99, 0, 0)) == 99
+    cache.lower((99, 0, 0), 200)
+    assert cache.get((99, 0, 0)) == 99  # keeps the minimum
+
+
+def test_merge_keeps_earliest() -> None:
+    a, b = new_batch(), new_batch()
+    a[E_P1D][(1, 0)] = (1, 0, 50, 1, 1, 1, 1)
+    b[E_P1D][(1, 0)] = (1, 0, 40, 2, 2, 2, 2)
+    b[E_P1D][(2, 0)] = (2, 0, 60, 3, 3, 3, 3)
+    assert merge_into(a, b) == 1
+    assert a[E_P1D][(1, 0)][2] == 40
+
+
+def test_split_body() -> None:
+    one = build_telegram("E1", NOW)
+    two = build_telegram("E1", NOW - timedelta(seconds=10))
+    assert split_body(one + two) == [one, two]
+    assert split_body(b"\r\n" + one + b"\r\n\r\n" + two + b"\r\n") == [one, two]
+    assert split_body(b"junk\r\n" + one) == [b"junk\r\n" + one]
+    assert split_body(one + b"trailing junk") == [one, b"trailing junk"]
+    assert split_body(b"") == [] and split_body(b"\r\n \x00") == []
+    lf_only = one.replace(b"\r\n", b"\n")
+    assert split_body(lf_only + lf_only) == [lf_only, lf_only]
