@@ -29,8 +29,10 @@ from pydantic import (
     model_validator,
 )
 
+from consent.model import EndReason as ConsentEndReason
 from gateway import metrics
 from gateway.auth import generate_token, hash_token
+from gateway.consent_store import end_consents_for_ean
 from gateway.errors import (
     ConflictError,
     CsvImportError,
@@ -282,35 +284,9 @@ async def end_contract(
             at,
             reason,
         )
-        ended = await conn.fetch(
-            "UPDATE consents SET ended_at = $2, end_reason = $3"
-            " WHERE ean = $1 AND ended_at IS NULL AND (expires_at IS NULL OR expires_at > $2)"
-            " RETURNING consent_id",
-            ean,
-            at,
-            reason,
-        )
-        if ended:
-            await conn.executemany(
-                "INSERT INTO consent_events (ean, consent_id, kind, at, detail)"
-                " VALUES ($1, $2, 'ended', $3, $4)",
-                [(ean, r["consent_id"], at, {"reason": reason}) for r in ended],
-            )
-        # measured_at >= period_start, so only periods starting after at - one period qualify;
-        # the period_start bound lets the primary key index (and partition pruning) find them
-        await conn.execute(
-            "DELETE FROM readings_e_pt15m WHERE ean = $1"
-            " AND period_start > $2::timestamptz - interval '15 minutes' AND measured_at >= $2",
-            row["ean_num"],
-            at,
-        )
-        await conn.execute(
-            "DELETE FROM readings_g_pt1h WHERE ean = $1"
-            " AND period_start > $2::timestamptz - interval '1 hour' AND measured_at >= $2",
-            row["ean_num"],
-            at,
-        )
-        await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)
+        # every consent still open ends with the contract, each as a revocation would (event,
+        # readings at or after the end deleted, delete-purpose data removed), one NOTIFY
+        await end_consents_for_ean(conn, ean, at, ConsentEndReason(reason))
     assert updated is not None
     return connection_json(updated)
 

@@ -75,6 +75,7 @@ MAX_TELEGRAM_BYTES: Final = 8192
 
 _HEX: Final = "0123456789abcdefABCDEF"
 _HEX_B: Final = _HEX.encode()
+_PRINTABLE_ASCII: Final = bytes(range(0x20, 0x7F))
 _POW10: Final[tuple[int, ...]] = tuple(10**i for i in range(10))
 
 # Raw code as sent → normalised code. Codes repeat in every telegram, so normalisation costs one
@@ -292,9 +293,10 @@ def decode_equipment_id(raw: str) -> str:
     if hit is not None:
         return hit
     result = raw
+    # strip(_HEX) first: bytes.fromhex would also accept blanks between the pairs
     if len(raw) % 2 == 0 and not raw.strip(_HEX):
         decoded = bytes.fromhex(raw)
-        if decoded.isascii() and decoded.decode("ascii").isprintable():
+        if not decoded.translate(None, _PRINTABLE_ASCII):  # nothing outside ' '..'~'
             result = decoded.decode("ascii")
     if len(_ids) >= _IDS_MAX:
         _ids.clear()

@@ -216,9 +216,10 @@ async def test_end_contract_ends_consents_and_later_interval_readings(
     ).status == 201
     consent_id = uuid.uuid4()
     granted = dt.datetime(2024, 2, 1, tzinfo=dt.UTC)
+    # a keep-purpose consent: readings before the end survive it, those at or after it do not
     await pool.execute(
         "INSERT INTO consents (ean, consent_id, customer_id, purpose, notice_version, channel,"
-        " granted_at) VALUES ($1, $2, 'cust-5', 'energy-insights', 'v1', 'portal', $3)",
+        " granted_at) VALUES ($1, $2, 'cust-5', 'dynamic-tariff-billing', 'v1', 'portal', $3)",
         ean,
         consent_id,
         granted,
