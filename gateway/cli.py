@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import errno
 import importlib
 import json
 import logging
@@ -70,6 +71,9 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
+
+# bind failures of the HTTP listener, which are not database trouble
+_LISTEN_ERRNOS = frozenset((errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES))
 
 def configure_logging(level: str) -> None:
     """Structured (JSON lines) logs on stderr."""
@@ -421,5 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(exc)
         return 1
     except db.CONNECTION_ERRORS as exc:
+        if isinstance(exc, OSError) and exc.errno in _LISTEN_ERRNOS:
+            print(f"error: cannot listen for HTTP: {exc.strerror} ({exc})", file=sys.stderr)
+            return 1
         print(f"error: cannot reach the database: {exc}", file=sys.stderr)
         return 1

@@ -219,3 +219,32 @@ async def test_readyz_and_database_outage_answer_503_with_retry_after(
         assert "secret-internal-detail" not in text and "KeyError" not in text
         assert (await resp.json(content_type=PROBLEM))["type"].endswith("/internal-error")
     await pool.close()
+
+
+def test_serve_on_a_busy_port_says_so(database_url: str, serve_dir: Path) -> None:
+    """A port already taken is reported as a listening problem, not as database trouble."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "DATABASE_URL": database_url}
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(serve_dir),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "cannot listen for HTTP" in result.stderr
+    assert "database" not in result.stderr.splitlines()[-1]
