@@ -28,7 +28,8 @@ CRC (``require_crc``)
     still reports the outcome (True/False, None when absent).
 
 Values
-    Every line is kept raw in ``objects[code]`` (values as sent, split at ``)(``). Codes are
+    Every line is kept raw in ``objects[code]`` (values as sent, split at ``)(``; the split is
+    done lazily on first read, see :class:`p1_reader.telegram.RawObjects`). Codes are
     normalised (:func:`p1_reader.obis.normalise_code`); typos are kept as sent. A line starting
     with ``(`` continues the previous object (DSMR 2.2/3 gas value on the next line); a line
     without a closing ``)`` is joined with following lines that hold no ``(`` (a text message
