@@ -32,6 +32,7 @@ from consent.model import (
     new_consent,
     purpose_named,
 )
+from gateway import audit
 from gateway.errors import ConflictError, FieldError, NotFoundError, ValidationError
 
 _CONSENT_COLUMNS = (
@@ -78,6 +79,7 @@ async def create_consent(
     granted_at: dt.datetime | None = None,
     channel: Channel = Channel.API,
     purposes: dict[str, Purpose] | None = None,
+    actor: str = "admin",
 ) -> dict[str, Any]:
     """Record an interval consent granted by the connection's customer; returns its JSON."""
     async with conn.transaction():
@@ -129,6 +131,14 @@ async def create_consent(
             consent.granted_at,
             {"purpose": purpose, "notice_version": notice_version, "channel": channel.value},
         )
+        await audit.append(
+            conn,
+            kind=audit.KIND_CONSENT_GRANT,
+            actor=actor,
+            subject=customer_id,
+            ean=ean,
+            detail={"consent_id": consent.consent_id, "purpose": purpose},
+        )
         await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)
     assert created is not None
     return consent_json(created)
@@ -140,6 +150,7 @@ async def end_consent(
     reason: EndReason,
     at: dt.datetime | None = None,
     purposes: dict[str, Purpose] | None = None,
+    actor: str = "admin",
 ) -> dict[str, Any]:
     """End consent ``consent_id`` at ``at`` (default: now); see the module docstring.
 
@@ -172,9 +183,7 @@ async def end_consent(
         )
         assert row is not None  # the connection lock keeps consents of the EAN from vanishing
         if row["ended_at"] is not None:
-            raise ConflictError(
-                f"consent {consent_id} already ended ({row['end_reason']})"
-            )
+            raise ConflictError(f"consent {consent_id} already ended ({row['end_reason']})")
         if row["expires_at"] is not None and row["expires_at"] <= end:
             raise ConflictError(f"consent {consent_id} has expired already")
         end = max(end, row["granted_at"])  # an end before the grant: the consent never applied
@@ -206,6 +215,16 @@ async def end_consent(
             end,
             {"reason": reason.value, "deleted_readings": deleted},
         )
+        await audit.append(
+            conn,
+            kind=audit.KIND_CONSENT_REVOKE
+            if reason is EndReason.REVOKED
+            else audit.KIND_CONSENT_END,
+            actor=actor,
+            subject=row["customer_id"],
+            ean=ean,
+            detail={"consent_id": consent_id, "reason": reason.value, "deleted_readings": deleted},
+        )
         await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)
     assert ended is not None
     result = consent_json(ended)
@@ -219,19 +238,18 @@ async def end_consents_for_ean(
     at: dt.datetime,
     reason: EndReason,
     purposes: dict[str, Purpose] | None = None,
+    actor: str = "admin",
 ) -> list[uuid.UUID]:
     """End every consent of ``ean`` still open at ``at`` (contract end, move-out, erasure), in
     the caller's transaction: each as ``end_consent`` does (event, deletion by purpose), one
     NOTIFY. The caller must hold the connection row lock (``SELECT … FOR UPDATE``). Returns the
     ended consent ids."""
     table = DEFAULT_PURPOSES if purposes is None else purposes
-    conn_row = await conn.fetchrow(
-        "SELECT ean_num, commodity FROM connections WHERE ean = $1", ean
-    )
+    conn_row = await conn.fetchrow("SELECT ean_num, commodity FROM connections WHERE ean = $1", ean)
     if conn_row is None:
         raise NotFoundError(f"no connection {ean} is registered")
     rows = await conn.fetch(
-        "SELECT consent_id, purpose, granted_at FROM consents"
+        "SELECT consent_id, customer_id, purpose, granted_at FROM consents"
         " WHERE ean = $1 AND ended_at IS NULL AND (expires_at IS NULL OR expires_at > $2)"
         " ORDER BY consent_id FOR UPDATE",
         ean,
@@ -263,6 +281,18 @@ async def end_consents_for_ean(
             row["consent_id"],
             end,
             {"reason": reason.value, "deleted_readings": deleted},
+        )
+        await audit.append(
+            conn,
+            kind=audit.KIND_CONSENT_END,
+            actor=actor,
+            subject=row["customer_id"],
+            ean=ean,
+            detail={
+                "consent_id": row["consent_id"],
+                "reason": reason.value,
+                "deleted_readings": deleted,
+            },
         )
         ended.append(row["consent_id"])
     await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from consent.model import EndReason as ConsentEndReason
-from gateway import metrics
+from gateway import audit, metrics
 from gateway.auth import generate_token, hash_token
 from gateway.consent_store import end_consents_for_ean
 from gateway.errors import (
@@ -206,7 +206,9 @@ async def _meter_in_use(
     return ean
 
 
-async def add_connection(conn: asyncpg.Connection, new: ConnectionIn) -> dict[str, Any]:
+async def add_connection(
+    conn: asyncpg.Connection, new: ConnectionIn, *, actor: str = "admin"
+) -> dict[str, Any]:
     """Register a connection; ConflictError if the EAN exists or the meter is in use."""
     async with conn.transaction():
         await _lock_registry(conn)
@@ -229,6 +231,14 @@ async def add_connection(conn: asyncpg.Connection, new: ConnectionIn) -> dict[st
             new.contract_start,
             new.contract_end,
         )
+        await audit.append(
+            conn,
+            kind=audit.KIND_REGISTRY_CHANGE,
+            actor=actor,
+            subject=new.customer_id,
+            ean=new.ean,
+            detail={"change": "connection-added", "commodity": new.commodity},
+        )
     metrics.CONNECTIONS_REGISTERED.inc()
     assert row is not None
     return connection_json(row)
@@ -243,7 +253,7 @@ async def get_connection(conn: asyncpg.Connection, ean: str) -> dict[str, Any]:
 
 
 async def end_contract(
-    conn: asyncpg.Connection, ean: str, at: dt.datetime, reason: str
+    conn: asyncpg.Connection, ean: str, at: dt.datetime, reason: str, *, actor: str = "admin"
 ) -> dict[str, Any]:
     """End the contract of connection ``ean`` at ``at`` (``contract-ended`` or ``move-out``).
 
@@ -286,12 +296,23 @@ async def end_contract(
         )
         # every consent still open ends with the contract, each as a revocation would (event,
         # readings at or after the end deleted, delete-purpose data removed), one NOTIFY
-        await end_consents_for_ean(conn, ean, at, ConsentEndReason(reason))
+        await end_consents_for_ean(conn, ean, at, ConsentEndReason(reason), actor=actor)
+        assert updated is not None
+        await audit.append(
+            conn,
+            kind=audit.KIND_REGISTRY_CHANGE,
+            actor=actor,
+            subject=updated["customer_id"],
+            ean=ean,
+            detail={"change": reason, "contract_end": at},
+        )
     assert updated is not None
     return connection_json(updated)
 
 
-async def add_device(conn: asyncpg.Connection, meter_ids: Iterable[str]) -> NewDevice:
+async def add_device(
+    conn: asyncpg.Connection, meter_ids: Iterable[str], *, actor: str = "admin"
+) -> NewDevice:
     """Register a device bound to ``meter_ids``; the returned token is shown once."""
     ids = tuple(dict.fromkeys(meter_ids))  # de-duplicated, order kept
     if not ids:
@@ -299,11 +320,21 @@ async def add_device(conn: asyncpg.Connection, meter_ids: Iterable[str]) -> NewD
             "a device needs at least one meter id", [FieldError(("meter_ids",), "empty")]
         )
     token = generate_token()
-    device_id: uuid.UUID = await conn.fetchval(
-        "INSERT INTO devices (token_hash, meter_ids) VALUES ($1, $2) RETURNING device_id",
-        hash_token(token),
-        list(ids),
-    )
+    async with conn.transaction():
+        device_id: uuid.UUID = await conn.fetchval(
+            "INSERT INTO devices (token_hash, meter_ids) VALUES ($1, $2) RETURNING device_id",
+            hash_token(token),
+            list(ids),
+        )
+        # the token itself is never recorded, only that one was issued and for what
+        await audit.append(
+            conn,
+            kind=audit.KIND_TOKEN_CREATE,
+            actor=actor,
+            subject=None,
+            ean=None,
+            detail={"token": "device", "device_id": device_id, "meter_ids": list(ids)},
+        )
     metrics.DEVICES_REGISTERED.inc()
     return NewDevice(device_id, token, ids)
 
@@ -459,7 +490,9 @@ def _meter_overlaps(rows: list[CsvRow]) -> list[FieldError]:
     return errors
 
 
-async def import_connections_csv(conn: asyncpg.Connection, text: str, tz: ZoneInfo) -> int:
+async def import_connections_csv(
+    conn: asyncpg.Connection, text: str, tz: ZoneInfo, *, actor: str = "admin"
+) -> int:
     """Import a registry CSV all-or-nothing; returns the number of connections added.
 
     Columns (header line required): ean, commodity, meter_id, customer_id, contract_start
@@ -514,6 +547,15 @@ async def import_connections_csv(conn: asyncpg.Connection, text: str, tz: ZoneIn
             "INSERT INTO connections (ean, commodity, meter_id, customer_id, contract_start,"
             " contract_end) SELECT ean, commodity, meter_id, customer_id, contract_start,"
             " contract_end FROM registry_import"
+        )
+        # one audit row per import (not per connection): what changed is in the registry itself
+        await audit.append(
+            conn,
+            kind=audit.KIND_REGISTRY_CHANGE,
+            actor=actor,
+            subject=None,
+            ean=None,
+            detail={"change": "csv-import", "connections": int(inserted.rsplit(" ", 1)[1])},
         )
     count = int(inserted.rsplit(" ", 1)[1])
     metrics.CONNECTIONS_REGISTERED.inc(count)
