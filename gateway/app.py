@@ -20,6 +20,7 @@ import asyncpg
 from aiohttp import web
 
 from gateway import db, metrics
+from gateway.customer_auth import setup_customer_auth
 from gateway.errors import ConfigurationError
 from gateway.middleware import make_problem_middleware, metrics_middleware
 from gateway.settings import Settings
@@ -61,10 +62,12 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_partition_maintenance_ctx)
 
     # handler modules import POOL_KEY from here, so they are imported once it exists
-    from gateway.handlers import admin, ops
+    from gateway.handlers import admin, keys, ops
 
     ops.setup_routes(app)
     admin.setup_routes(app)
+    keys.setup_routes(app, settings)
+    setup_customer_auth(app, settings)
     # the ingest pipeline (gateway/ingest.py) is built alongside; wire it once it is present
     if importlib.util.find_spec("gateway.ingest") is not None:
         ingest = importlib.import_module("gateway.ingest")

@@ -112,6 +112,30 @@ _TELEGRAM_RESULT = {
 }
 
 
+_JWKS = {
+    "type": "object",
+    "properties": {
+        "keys": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "kty": {"const": "OKP"},
+                    "crv": {"const": "Ed25519"},
+                    "x": {"type": "string", "description": "public key, base64url"},
+                    "kid": {"type": "string", "description": "RFC 7638 thumbprint"},
+                    "use": {"const": "sig"},
+                    "alg": {"const": "EdDSA"},
+                    "key_ops": {"type": "array", "items": {"const": "verify"}},
+                },
+                "required": ["kty", "crv", "x", "kid"],
+            },
+        }
+    },
+    "required": ["keys"],
+}
+
+
 def _model_schemas() -> dict[str, Any]:
     # imported here: the consent handlers import the app module, which is fully loaded by the
     # time a request asks for this document
@@ -235,6 +259,15 @@ def document() -> dict[str, Any]:
                         "200": {"description": "the ended consent", **_json({"type": "object"})},
                         **_problems(400, 401, 404, 409, 415, 422, 503),
                     },
+                }
+            },
+            "/v1/keys": {
+                "get": {
+                    "summary": "Public keys that verify consent receipts and webhooks",
+                    "description": "A JWK Set of Ed25519 (OKP) keys; a signature's `kid` names "
+                    "its key. Receipt signatures are over the receipt's canonical JSON (sorted "
+                    "keys, no whitespace, UTF-8).",
+                    "responses": {"200": {"description": "JWK Set", **_json(_JWKS)}},
                 }
             },
             "/healthz": {

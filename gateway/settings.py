@@ -59,6 +59,28 @@ class Settings(BaseSettings):
     tz: str = "Europe/Amsterdam"
     #: months of reading partitions created ahead of now
     partitions_ahead_months: int = Field(default=2, ge=1)
+    #: customer tokens: the identity provider's ``iss`` (required once its keys are configured)
+    customer_jwt_issuer: str | None = None
+    #: customer tokens: the ``aud`` they must carry
+    customer_jwt_audience: str = "meterpoort"
+    #: customer tokens: PEM public-key files, Ed25519 or EC P-256 (env: a JSON list)
+    customer_jwt_keys: list[Path] = Field(default_factory=list)
+    #: customer tokens: a JWKS file and/or URL (the URL is fetched over HTTP and cached)
+    customer_jwks_file: Path | None = None
+    customer_jwks_url: str | None = None
+    customer_jwks_cache_s: float = Field(default=300.0, gt=0)
+    #: receipt/webhook Ed25519 signing key (PKCS#8 PEM); unset → ``<data_dir>/signing-key.pem``
+    signing_key_file: Path | None = None
+    #: the PII controller named in consent receipts (Kantara ``piiControllers``)
+    controller_name: str = "Meterpoort energy supplier"
+    controller_contact: str = "Privacy officer"
+    controller_address: str = "Netherlands"
+    controller_email: str = "privacy@example.nl"
+    controller_phone: str | None = None
+    privacy_policy_url: str = "https://example.nl/privacy"
+    receipt_language: str = "nl"
+    #: the gateway's external base URL; receipts point at ``<base>/v1/keys#<kid>``
+    public_base_url: str | None = None
 
     def database_dsn(self) -> str | None:
         """The configured PostgreSQL URL in clear, or None for the embedded server."""

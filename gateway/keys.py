@@ -1,0 +1,195 @@
+"""Key material: the Ed25519 key that signs consent receipts and webhooks, and the dev key that
+signs customer tokens minted by ``python -m gateway token customer``.
+
+Each key is read from a configured PEM file, or else from the data directory, where it is
+generated on first use (``<data_dir>/signing-key.pem``, ``<data_dir>/dev-customer-key.pem``;
+PKCS#8, unencrypted, mode 0600). Generation is race-free across worker processes: the key is
+written to a private temporary file and hard-linked into place, so the first process wins and the
+others read its key. A generated key whose file has become readable by group or others is
+refused (like ssh does), because whoever reads it can forge receipts.
+
+The served JWKS (``GET /v1/keys``) holds the signing key's public half; key ids are RFC 7638
+thumbprints, so they stay the same across restarts for as long as the key file does.
+
+Settings read here (proposed fields of ``gateway.settings.Settings``; until it declares them the
+defaults below apply): ``signing_key_file``, ``controller_name``, ``controller_contact``,
+``controller_address``, ``controller_email``, ``controller_phone``, ``privacy_policy_url``,
+``receipt_language``, ``public_base_url``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from consent.model import Channel, Consent, EndReason
+from consent.receipts import Controller, build_receipt, key_id, public_jwk, sign_receipt
+from gateway.errors import ConfigurationError
+from gateway.settings import Settings
+
+#: receipt and webhook signing key, generated in the data directory unless configured
+SIGNING_KEY_FILE = "signing-key.pem"
+#: dev customer-token key, generated in the data directory by the token CLI (or dev-mode serve)
+DEV_CUSTOMER_KEY_FILE = "dev-customer-key.pem"
+
+def _check_private_mode(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"key file {path} is accessible to group or others (mode {mode:04o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+def _load_ed25519(path: Path) -> Ed25519PrivateKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read key file {path}: {exc.strerror}") from exc
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"key file {path} is not an unencrypted PEM private key: {exc}"
+        ) from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigurationError(f"key file {path} holds a {type(key).__name__}, not Ed25519")
+    return key
+
+
+def load_or_create_ed25519(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key in ``path``; generated there (mode 0600) when it does not exist.
+
+    ConfigurationError when the file is unreadable, not an Ed25519 PEM key, or readable by group
+    or others.
+    """
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        # O_EXCL + 0600 at creation: the key is never readable by others, not even briefly
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(pem)
+                out.flush()
+                os.fsync(out.fileno())
+            # link() fails when another process created the key meanwhile: theirs is kept
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
+    _check_private_mode(path)
+    return _load_ed25519(path)
+
+
+def signing_key(settings: Settings) -> Ed25519PrivateKey:
+    """The receipt/webhook signing key: ``signing_key_file`` if set, else the data directory's."""
+    configured: Path | str | None = settings.signing_key_file
+    if configured is not None:
+        # an operator-provided file (e.g. a mounted secret): its permissions are theirs to set
+        return _load_ed25519(Path(configured))
+    return load_or_create_ed25519(Path(settings.data_dir) / SIGNING_KEY_FILE)
+
+
+def dev_customer_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The dev customer-token key of ``data_dir`` (generated on first use)."""
+    return load_or_create_ed25519(Path(data_dir) / DEV_CUSTOMER_KEY_FILE)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRing:
+    """The gateway's signing key and what it serves about it."""
+
+    signing_key: Ed25519PrivateKey
+
+    @property
+    def signing_kid(self) -> str:
+        return key_id(self.signing_key.public_key())
+
+    @property
+    def public_keys(self) -> list[Ed25519PublicKey]:
+        return [self.signing_key.public_key()]
+
+    def jwks(self) -> dict[str, Any]:
+        """The JWK Set served at ``GET /v1/keys`` (public halves only)."""
+        return {"keys": [public_jwk(k) for k in self.public_keys]}
+
+    def sign(self, receipt: Mapping[str, Any]) -> dict[str, Any]:
+        """A signed receipt document for ``receipt``."""
+        return sign_receipt(receipt, self.signing_key, self.signing_kid)
+
+
+KEYRING_KEY = web.AppKey("keyring", KeyRing)
+
+
+def setup_keys(app: web.Application, settings: Settings) -> KeyRing:
+    """Load (or generate) the signing key into ``app[KEYRING_KEY]``; idempotent."""
+    ring = app.get(KEYRING_KEY)
+    if ring is None:
+        ring = KeyRing(signing_key(settings))
+        app[KEYRING_KEY] = ring
+    return ring
+
+
+def controller(settings: Settings) -> Controller:
+    """The PII controller named in receipts, from settings."""
+    return Controller(
+        name=settings.controller_name,
+        contact=settings.controller_contact,
+        address=settings.controller_address,
+        email=settings.controller_email,
+        phone=settings.controller_phone,
+    )
+
+
+def _consent_from_row(row: Mapping[str, Any]) -> Consent:
+    end_reason = row.get("end_reason")
+    return Consent(
+        consent_id=uuid.UUID(str(row["consent_id"])),
+        ean=row["ean"],
+        customer_id=row["customer_id"],
+        purpose=row["purpose"],
+        notice_version=row["notice_version"],
+        granted_at=row["granted_at"],
+        expires_at=row.get("expires_at"),
+        ended_at=row.get("ended_at"),
+        end_reason=None if end_reason is None else EndReason(end_reason),
+        channel=Channel(row.get("channel") or Channel.API),
+        data_class=row.get("data_class") or "interval",
+    )
+
+
+def issue_receipt(
+    ring: KeyRing, settings: Settings, consent_row: Mapping[str, Any], commodity: str
+) -> dict[str, Any]:
+    """The signed receipt of a consent as ``gateway.consent_store`` returns it (its grant, or its
+    end once ended); ``commodity`` is the connection's."""
+    base = settings.public_base_url
+    ref = f"{(base or '').rstrip('/')}/v1/keys#{ring.signing_kid}"
+    receipt = build_receipt(
+        _consent_from_row(consent_row),
+        commodity=commodity,
+        controller=controller(settings),
+        policy_url=settings.privacy_policy_url,
+        public_key_ref=ref,
+        language=settings.receipt_language,
+    )
+    return ring.sign(receipt)
