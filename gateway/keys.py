@@ -11,8 +11,7 @@ refused (like ssh does), because whoever reads it can forge receipts.
 The served JWKS (``GET /v1/keys``) holds the signing key's public half; key ids are RFC 7638
 thumbprints, so they stay the same across restarts for as long as the key file does.
 
-Settings read here (proposed fields of ``gateway.settings.Settings``; until it declares them the
-defaults below apply): ``signing_key_file``, ``controller_name``, ``controller_contact``,
+Settings read here: ``signing_key_file``, ``controller_name``, ``controller_contact``,
 ``controller_address``, ``controller_email``, ``controller_phone``, ``privacy_policy_url``,
 ``receipt_language``, ``public_base_url``.
 """
