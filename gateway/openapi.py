@@ -7,6 +7,7 @@ schemas come from the pydantic models the handlers validate with, so they cannot
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Any
 
 from pydantic import BaseModel
@@ -156,9 +157,28 @@ def _model_schemas() -> dict[str, Any]:
     return schemas
 
 
+#: handler modules that describe their own routes: each exposes ``OPENAPI_PATHS`` (path →
+#: operations, in this document's shape), merged into ``paths``
+PATH_MODULES: tuple[str, ...] = ()
+
+
+def _module_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for name in PATH_MODULES:
+        module_paths: dict[str, Any] = importlib.import_module(name).OPENAPI_PATHS
+        paths.update(module_paths)
+    return paths
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     """The OpenAPI document (built once per process)."""
+    doc = _base_document()
+    doc["paths"].update(_module_paths())
+    return doc
+
+
+def _base_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -312,6 +332,18 @@ def document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "token from POST /v1/admin/devices",
+                },
+                "clientToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "token from POST /v1/admin/clients (billing, other recipients)",
+                },
+                "customerToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "JWT from the supplier's identity provider (EdDSA or ES256); "
+                    "`sub` is the customer id",
                 },
             },
             "schemas": {
