@@ -12,7 +12,14 @@ registry, devices and consents directly in SQL, runs the gateway (create_app) an
 reference server in their own processes, and drives load from another process with aiohttp.
 Devices are concentrators of 25 meters: a 100-telegram body holds 40 s of 25 meters' telegrams.
 
-    python bench/ingest.py [--meters 10000] [--requests 1500] [--single 3000] [--concurrency 8]
+    python bench/ingest.py [--meters 10000] [--requests 1500] [--single 3000] [--concurrency 4]
+                           [--gateway-procs 2]
+
+Besides the rates, it prints the CPU time per telegram of the gateway processes, PostgreSQL and
+the load generator (from /proc), which hold on a machine shared with other work, and the rate
+those costs would allow on the whole machine. With few keep-alive connections the kernel's
+SO_REUSEPORT hash can give one gateway process more of them than the other: expect run-to-run
+spread with --gateway-procs 2.
 """
 
 from __future__ import annotations
@@ -179,6 +186,68 @@ async def seed(dsn: str, meters: int, consent_fraction: float) -> None:
         await conn.close()
 
 
+# --- CPU accounting (machine-load independent figures) ------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user+system CPU seconds) of a live process, from /proc; None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _children(parent: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _proc_stat(int(name))
+            if stat is not None and stat[0] == parent:
+                out.append(int(name))
+    return out
+
+
+class CpuMeter:
+    """CPU seconds spent by the gateway processes, PostgreSQL (postmaster and its children)
+    and this load generator between ``start`` and ``stop``: per-telegram costs that hold on a
+    machine shared with other work, where a rate alone does not."""
+
+    def __init__(self, gateway_pids: list[int], postmaster: int) -> None:
+        self.gateway_pids = gateway_pids
+        self.postmaster = postmaster
+
+    def _sample(self) -> dict[int, float]:
+        pids = list(self.gateway_pids)
+        if self.postmaster:
+            pids += [self.postmaster, *_children(self.postmaster)]
+        out = {}
+        for pid in pids:
+            stat = _proc_stat(pid)
+            if stat is not None:
+                out[pid] = stat[1]
+        return out
+
+    def start(self) -> None:
+        self._before = self._sample()
+        self._self_before = time.process_time()
+
+    def stop(self) -> dict[str, float]:
+        after = self._sample()
+        gateway = sum(after.get(p, 0.0) - self._before.get(p, 0.0) for p in self.gateway_pids)
+        postgres = sum(
+            v - self._before.get(p, 0.0) for p, v in after.items() if p not in self.gateway_pids
+        )
+        return {
+            "cpu_gateway_s": gateway,
+            "cpu_postgres_s": postgres if self.postmaster else float("nan"),
+            "cpu_driver_s": time.process_time() - self._self_before,
+        }
+
+
 # --- load driver (its own process) --------------------------------------------------------------
 
 
@@ -216,7 +285,10 @@ def make_bodies(
 
 
 async def drive(
-    url: str, bodies: list[tuple[int, int, bytes]], concurrency: int
+    url: str,
+    bodies: list[tuple[int, int, bytes]],
+    concurrency: int,
+    cpu: CpuMeter | None = None,
 ) -> dict[str, Any]:
     latencies: list[float] = []
     telegrams = 0
@@ -243,9 +315,12 @@ async def drive(
                 else:
                     errors[status] = errors.get(status, 0) + 1
 
+        if cpu is not None:
+            cpu.start()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        used = cpu.stop() if cpu is not None else {}
     latencies.sort()
 
     def pct(p: float) -> float:
@@ -260,6 +335,7 @@ async def drive(
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "errors": errors,
+        **{k: v / max(telegrams, 1) * 1e6 for k, v in used.items()},  # µs per telegram
     }
 
 
@@ -268,12 +344,14 @@ def driver_main(args: argparse.Namespace) -> None:
     batched, singles = make_bodies(args.meters, args.requests, args.single, t0)
     single_bodies = [(g, 1, b) for g, b in singles]
     out: dict[str, Any] = {}
+    gateway_pids = [int(p) for p in args.gateway_pids.split(",") if p]
     for target in args.targets.split(","):
         kind, _, port = target.partition(":")
         url = f"http://127.0.0.1:{port}/v1/telegrams"
         if kind == "gateway":
-            out["b2_gateway"] = asyncio.run(drive(url, batched, args.concurrency))
-            out["b3_gateway"] = asyncio.run(drive(url, single_bodies, args.concurrency))
+            cpu = CpuMeter(gateway_pids, args.postmaster)
+            out["b2_gateway"] = asyncio.run(drive(url, batched, args.concurrency, cpu))
+            out["b3_gateway"] = asyncio.run(drive(url, single_bodies, args.concurrency, cpu))
         else:
             out["b3_bare"] = asyncio.run(drive(url, single_bodies, args.concurrency))
             out["b2_bare"] = asyncio.run(drive(url, batched[: len(batched) // 3], args.concurrency))
@@ -305,16 +383,22 @@ def main() -> None:
     parser.add_argument("--meters", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=1500, help="B2 requests (100 telegrams)")
     parser.add_argument("--single", type=int, default=3000, help="B3 single-telegram requests")
-    parser.add_argument("--concurrency", type=int, default=8)
+    # 4 requests in flight: the same throughput as 8 here, with half the queueing latency
+    parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--consent-fraction", type=float, default=0.3)
     parser.add_argument(
-        "--gateway-procs", type=int, default=1, help="gateway processes sharing the port"
+        "--gateway-procs",
+        type=int,
+        default=2,
+        help="gateway processes sharing the port (SO_REUSEPORT; what `serve --workers N` runs)",
     )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--targets", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--gateway-pids", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--postmaster", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         profile = os.environ.get("BENCH_PROFILE")  # a path: cProfile the server into it
@@ -362,7 +446,9 @@ def main() -> None:
             [sys.executable, __file__, "--drive", "--targets",
              f"gateway:{gw_port},bare:{bare_port}", "--meters", str(args.meters),
              "--requests", str(args.requests), "--single", str(args.single),
-             "--concurrency", str(args.concurrency)],
+             "--concurrency", str(args.concurrency),
+             "--gateway-pids", ",".join(str(p.pid) for p in procs[:-1]),
+             "--postmaster", str(_postmaster_pid(Path(tmp)) if server is not None else 0)],
             capture_output=True, text=True, check=True,
         )
         out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -378,6 +464,14 @@ def main() -> None:
         if server is not None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _postmaster_pid(tmp: Path) -> int:
+    """The embedded server's postmaster pid (first line of postmaster.pid), 0 if unknown."""
+    try:
+        return int((tmp / "pg" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 async def _create_database(base: str, name: str, args: argparse.Namespace) -> str:
@@ -426,6 +520,14 @@ def _report(out: dict[str, Any], rows: dict[str, int]) -> None:
         f" {b2['requests']} requests, errors {b2['errors']}"
         f"   [target ≥ 30 000/s, p99 ≤ 100 ms]"
     )
+    cpu = [b2[k] for k in ("cpu_gateway_s", "cpu_postgres_s", "cpu_driver_s")]
+    known = sum(c for c in cpu if c == c)  # NaN: an external PostgreSQL, not measured
+    ceiling = (os.cpu_count() or 1) / known * 1e6 if known else float("nan")
+    print(
+        f"   CPU per telegram: gateway {cpu[0]:.1f} µs, PostgreSQL {cpu[1]:.1f} µs,"
+        f" load generator {cpu[2]:.1f} µs → ceiling if this run had the machine to itself:"
+        f" {ceiling:,.0f} telegrams/s"
+    )
     ref = out["b2_bare"]
     print(
         f"   reference: bare aiohttp POST, same bodies: {ref['telegrams_per_s']:,.0f} telegrams/s,"
@@ -438,6 +540,7 @@ def _report(out: dict[str, Any], rows: dict[str, int]) -> None:
         f" {b3['p99_ms']:.1f} ms); bare aiohttp POST handler: {bare['requests_per_s']:,.0f} req/s"
         f" → ratio {ratio:.2f}   [target ≥ 0.40]"
     )
+    print(f"   gateway CPU per single-telegram request: {b3['cpu_gateway_s']:.0f} µs")
     print("rows stored:", ", ".join(f"{k}={v}" for k, v in rows.items()))
 
 

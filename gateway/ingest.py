@@ -19,18 +19,20 @@ Per telegram (``IngestPipeline.process``, pure apart from the in-memory caches i
 * **Buckets.** ``gateway.periods.Bucketer``: ``P1M``/``P1D`` at Amsterdam midnight, ``PT15M``
   (electricity) and ``PT1H`` (gas) on UTC quarter/hour boundaries.
 * **Improve?** The reading of a period is the one with the earliest measured time. ``BestCache``
-  remembers, per (EAN, table, period), a measured time already committed: the database holds that
-  one or an earlier one, so a reading measured at or after it cannot improve the period and is
-  skipped without a query (the common case: 90 telegrams per quarter hour, one improves).
+  remembers, per EAN and table, the newest period with a measured time already committed (and
+  the period's end): the database holds that one or an earlier one, so a reading measured at or
+  after it and before the end cannot improve the period and is skipped without a query or any
+  period arithmetic (the common case: 90 telegrams per quarter hour, one improves).
 
 Totals-only electricity meters (``1.8.0``/``2.8.0`` without the T1/T2 split) store the total in
 ``import_t1_wh``/``export_t1_wh`` and NULL in the T2 columns.
 
 Writes (``BatchWriter``): requests enqueue their candidate rows; one writer task merges them
 (earliest per period) and flushes every ``ingest_batch_max_delay_ms`` or ``ingest_batch_max_rows``
-rows in ONE transaction — one ``INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE … WHERE
-excluded.measured_at < t.measured_at`` per table — and each request awaits the commit of its rows
-before it answers (group commit): every acknowledged reading is durable.
+rows in ONE statement, hence one implicit transaction and one round trip — a data-modifying CTE
+per table, each ``INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE … WHERE
+excluded.measured_at < t.measured_at`` — and each request awaits the commit of its rows before it
+answers (group commit): every acknowledged reading is durable.
 
 The database enforces the interval rule itself (``INTERVAL_CONDITION``), so a stale consent index
 in any process can never store an interval reading at or after a consent's end. Raw telegrams and
@@ -40,6 +42,7 @@ actual-power values are never stored or logged; the parsed Telegram is dropped a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -98,13 +101,15 @@ Batch = list[dict[tuple[int, int], Row]]
 
 _E_COLUMNS = "import_t1_wh, import_t2_wh, export_t1_wh, export_t2_wh"
 _E_VALUES = "v.i1, v.i2, v.e1, v.e2"
-_E_UNNEST = (
-    "unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])"
-    " AS v(ean, ps, ma, i1, i2, e1, e2)"
-)
+_E_ALIASES = "v(ean, ps, ma, i1, i2, e1, e2)"
 _G_COLUMNS = "volume_dm3"
 _G_VALUES = "v.vol"
-_G_UNNEST = "unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS v(ean, ps, ma, vol)"
+_G_ALIASES = "v(ean, ps, ma, vol)"
+
+
+def _unnest(first: int, count: int, aliases: str) -> str:
+    params = ", ".join(f"${i}::int8[]" for i in range(first, first + count))
+    return f"unnest({params}) AS {aliases}"
 
 # The database's half of the SPEC §3 invariant, evaluated per row IN THE INSERT STATEMENT:
 # an interval row is written only while a consent row says granted_at <= measured_at < end and
@@ -135,11 +140,12 @@ WHERE EXISTS (
 )"""
 
 
-def _insert_sql(table: int) -> str:
+def _insert_sql(table: int, first: int = 1) -> str:
+    """The upsert of one table's rows, its column arrays being parameters ``$first``…"""
     electricity = table in ELECTRICITY_TABLES
     columns = _E_COLUMNS if electricity else _G_COLUMNS
     values = _E_VALUES if electricity else _G_VALUES
-    source = _E_UNNEST if electricity else _G_UNNEST
+    source = _unnest(first, 7, _E_ALIASES) if electricity else _unnest(first, 4, _G_ALIASES)
     updates = ", ".join(f"{c} = excluded.{c}" for c in ("measured_at", *columns.split(", ")))
     where = INTERVAL_CONDITION if table in INTERVAL_TABLES else ""
     return (
@@ -152,6 +158,26 @@ def _insert_sql(table: int) -> str:
 
 
 INSERT_SQL: Final = tuple(_insert_sql(t) for t in range(N_TABLES))
+_N_COLUMNS: Final = tuple(7 if t in ELECTRICITY_TABLES else 4 for t in range(N_TABLES))
+
+
+@functools.cache
+def flush_sql(tables: tuple[int, ...]) -> str:
+    """One statement upserting the rows of ``tables`` (ascending), the column arrays of each
+    table being consecutive parameters; it returns how many rows each table took.
+
+    One statement is one implicit transaction, so a flush costs one round trip instead of
+    BEGIN, an INSERT per table and COMMIT, with the same atomicity. The data-modifying CTEs run
+    in the order written (a fixed table order, as deadlock avoidance wants); each keeps its own
+    INTERVAL_CONDITION with its row locks, exactly as the single-table INSERT_SQL does.
+    """
+    parts = []
+    first = 1
+    for table in tables:
+        parts.append(f"w{table} AS ({_insert_sql(table, first)} RETURNING 1)")
+        first += _N_COLUMNS[table]
+    counts = ", ".join(f"(SELECT count(*) FROM w{table})" for table in tables)
+    return f"WITH {', '.join(parts)} SELECT {counts}"
 
 
 def new_batch() -> Batch:
@@ -210,44 +236,83 @@ def split_body(body: bytes) -> list[bytes]:
 
 
 class BestCache:
-    """(ean, table, period_start) → a committed measured time (epoch s) for that period.
+    """Per EAN, the newest period of each of its three tables with a committed measured time.
 
-    Only ever holds times of rows a committed transaction offered to the database, which keeps
-    the earliest, so the stored reading is at or before the cached time. Bounded: two
-    generations of at most ``max_entries // 2`` entries; the older one is dropped whole.
+    An entry is a tuple ``(i_start, i_end, i_best, d_start, d_end, d_best, m_start, m_end,
+    m_best)`` for the interval (``PT15M``/``PT1H``), ``P1D`` and ``P1M`` tables of the EAN's
+    commodity (an EAN has one commodity, so three slots suffice); an empty slot is all zeros.
+    ``best`` is a measured time (epoch s) a committed transaction offered to the database,
+    which keeps the earliest, so the stored reading is at or before it: a reading with
+    ``best <= ts < end`` cannot improve that period and is skipped without a query — with one
+    dict look-up and no period arithmetic, the common case (90 telegrams per quarter hour, one
+    improves). Only the newest period per slot is kept: a late reading of an older period is a
+    miss, i.e. simply offered to the database again, which decides.
 
-    Rows deleted later (consent end, erasure, retention) can leave an entry behind; it can then
-    only make the gateway store *less* for that period (a skipped reading), never more, which is
-    the safe direction; interval rows a database consent check refused are cached the same way
-    (a later reading of the same period would be refused too).
+    Bounded: two generations of at most ``max_entries // 2`` EANs; the older one is dropped
+    whole. Rows deleted later (consent end, erasure, retention) can leave an entry behind; it
+    can then only make the gateway store *less* for that period (a skipped reading), never
+    more, which is the safe direction; interval rows a database consent check refused are
+    cached the same way (a later reading of the same period would be refused too).
     """
 
-    __slots__ = ("_cur", "_half", "_old")
+    __slots__ = ("_bucketer", "_cur", "_half", "_old")
 
-    def __init__(self, max_entries: int = 1_000_000) -> None:
+    def __init__(self, max_entries: int = 400_000, bucketer: Bucketer | None = None) -> None:
         self._half = max(1, max_entries // 2)
-        self._cur: dict[tuple[int, int, int], int] = {}
-        self._old: dict[tuple[int, int, int], int] = {}
+        self._bucketer = bucketer or Bucketer(AMSTERDAM)
+        self._cur: dict[int, tuple[int, ...]] = {}
+        self._old: dict[int, tuple[int, ...]] = {}
 
-    def get(self, key: tuple[int, int, int]) -> int | None:
-        """The cached measured time for ``key``, or None."""
-        value = self._cur.get(key)
+    def entry(self, ean: int) -> tuple[int, ...] | None:
+        """The EAN's slots (see the class docstring), or None."""
+        value = self._cur.get(ean)
         if value is None:
-            value = self._old.get(key)
+            value = self._old.get(ean)
             if value is not None:
-                self._put(key, value)
+                self._put(ean, value)
         return value
 
-    def lower(self, key: tuple[int, int, int], measured_at: int) -> None:
-        """Record that ``measured_at`` was committed for ``key`` (keeps the minimum)."""
-        value = self.get(key)
-        if value is None or measured_at < value:
-            self._put(key, measured_at)
+    def get(self, key: tuple[int, int, int]) -> int | None:
+        """The cached measured time for ``(ean, table, period_start)``, or None."""
+        ean, table, start = key
+        value = self.entry(ean)
+        if value is None:
+            return None
+        slot = 3 * (table % 3)
+        if value[slot] != start or value[slot + 1] == 0:
+            return None
+        return value[slot + 2]
 
-    def _put(self, key: tuple[int, int, int], value: int) -> None:
-        if len(self._cur) >= self._half:
+    def lower(self, key: tuple[int, int, int], measured_at: int) -> None:
+        """Record that ``measured_at`` was committed for ``(ean, table, period_start)`` (keeps
+        the minimum; a period older than the slot's is not recorded)."""
+        ean, table, start = key
+        value = self.entry(ean) or _EMPTY_SLOTS
+        slot = 3 * (table % 3)
+        if value[slot + 1] and value[slot] == start:
+            if measured_at >= value[slot + 2]:
+                return
+            end = value[slot + 1]
+        elif value[slot + 1] and start < value[slot]:
+            return
+        else:
+            end = self._end(table, start)
+        updated = list(value)
+        updated[slot : slot + 3] = (start, end, measured_at)
+        self._put(ean, tuple(updated))
+
+    def _end(self, table: int, start: int) -> int:
+        if table == E_PT15M:
+            return start + 900
+        if table == G_PT1H:
+            return start + 3600
+        bounds = self._bucketer.bounds(start)
+        return bounds[1] if table in _DAY_TABLES else bounds[3]
+
+    def _put(self, ean: int, value: tuple[int, ...]) -> None:
+        if len(self._cur) >= self._half and ean not in self._cur:
             self._old, self._cur = self._cur, {}
-        self._cur[key] = value
+        self._cur[ean] = value
 
     def clear(self) -> None:
         self._cur.clear()
@@ -255,6 +320,10 @@ class BestCache:
 
     def __len__(self) -> int:
         return len(self._cur) + len(self._old)
+
+
+_EMPTY_SLOTS: Final = (0,) * 9
+_DAY_TABLES: Final = frozenset((E_P1D, G_P1D))
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -315,37 +384,40 @@ class IngestPipeline:
         self.horizon_s = horizon_s
         self.parse = parse
 
-    def _time_problem(self, t: datetime | None, now_s: int, what: str) -> tuple[str, str] | int:
-        """The epoch second of ``t``, or the (reason, detail) that rules it out."""
+    def _time_problem(self, t: datetime | None, now_s: int, what: str) -> tuple[str, str]:
+        """The (reason, detail) that rules out ``t`` (called once the fast check failed)."""
         if t is None:
             return "clock-unset", f"{what} carries no valid time (meter clock unset or absent)"
-        ts = int(t.timestamp())
-        if ts > now_s + self.future_tolerance_s:
+        if int(t.timestamp()) > now_s + self.future_tolerance_s:
             return (
                 "future-timestamp",
                 f"{what} time {t.isoformat()} is more than {self.future_tolerance_s} s ahead"
                 " of the server clock",
             )
-        if ts < now_s - self.horizon_s:
-            return (
-                "too-old",
-                f"{what} time {t.isoformat()} is older than the spool horizon"
-                f" ({self.horizon_s // 86400} days)",
-            )
-        return ts
+        return (
+            "too-old",
+            f"{what} time {t.isoformat()} is older than the spool horizon"
+            f" ({self.horizon_s // 86400} days)",
+        )
 
     def process(
         self, parts: Sequence[bytes], meter_ids: frozenset[str], now_s: int
     ) -> IngestResult:
         """Turn the telegrams of one request into per-telegram outcomes and candidate rows."""
         result = IngestResult()
+        rejected = result.rejected
+        e_depths, g_depths = result.depths
         electricity = self.index.electricity
         gas = self.index.gas
+        parse = self.parse
+        entry_of = self.best.entry
+        latest = now_s + self.future_tolerance_s
+        earliest = now_s - self.horizon_s
         for index, part in enumerate(parts):
             try:
-                telegram = self.parse(part)
+                telegram = parse(part)
             except P1Error as exc:
-                result.rejected.append({"index": index, "reason": exc.reason, "detail": str(exc)})
+                rejected.append({"index": index, "reason": exc.reason, "detail": str(exc)})
                 continue
             bound = False
             valid = 0
@@ -355,35 +427,39 @@ class IngestPipeline:
             if meter_id is not None and meter_id in meter_ids:
                 bound = True
                 routes = electricity.get(meter_id)
+                t = telegram.timestamp
                 if routes is None:
                     problem = ("unknown-meter", f"meter {meter_id} is not registered")
+                elif t is None or not earliest <= (ts := int(t.timestamp())) <= latest:
+                    problem = self._time_problem(t, now_s, "telegram")
+                elif (
+                    telegram.import_t1_wh is None
+                    and telegram.import_t2_wh is None
+                    and telegram.import_total_wh is None
+                ):
+                    problem = ("bad-value", "telegram carries no import energy register")
                 else:
-                    checked = self._time_problem(telegram.timestamp, now_s, "telegram")
-                    if isinstance(checked, tuple):
-                        problem = checked
-                    elif (
-                        telegram.import_t1_wh is None
-                        and telegram.import_t2_wh is None
-                        and telegram.import_total_wh is None
-                    ):
-                        problem = ("bad-value", "telegram carries no import energy register")
-                    else:
-                        valid += 1
-                        route = routes[0] if len(routes) == 1 else pick_route(routes, checked)
-                        i1, i2 = telegram.import_t1_wh, telegram.import_t2_wh
-                        if i1 is None and i2 is None:
-                            i1 = telegram.import_total_wh
-                        e1, e2 = telegram.export_t1_wh, telegram.export_t2_wh
-                        if e1 is None and e2 is None:
-                            e1 = telegram.export_total_wh
-                        self._emit(
-                            result,
-                            route,
-                            route.policy.depth_s(checked, now_s),
-                            checked,
-                            (route.ean_num, 0, checked, i1, i2, e1, e2),
-                            E_PT15M,
-                        )
+                    valid = 1
+                    route = routes[0] if len(routes) == 1 else pick_route(routes, ts)
+                    depth = route.policy.depth_s(ts, now_s)
+                    e_depths[depth] += 1
+                    if depth:
+                        ean = route.ean_num
+                        e = entry_of(ean)
+                        # the common case: every period this reading could fill already holds
+                        # a committed reading measured at or before it (see BestCache)
+                        if e is None or not (
+                            e[8] <= ts < e[7]
+                            and (depth < 2 or e[5] <= ts < e[4])
+                            and (depth < 3 or e[2] <= ts < e[1])
+                        ):
+                            i1, i2 = telegram.import_t1_wh, telegram.import_t2_wh
+                            if i1 is None and i2 is None:
+                                i1 = telegram.import_total_wh
+                            ex1, ex2 = telegram.export_t1_wh, telegram.export_t2_wh
+                            if ex1 is None and ex2 is None:
+                                ex1 = telegram.export_total_wh
+                            self._emit(result, ean, depth, ts, (i1, i2, ex1, ex2), E_PT15M, e)
 
             for device in telegram.mbus:
                 dev_id = device.meter_id
@@ -396,28 +472,31 @@ class IngestPipeline:
                 if routes is None:
                     problem = problem or ("unknown-meter", f"gas meter {dev_id} is not registered")
                     continue
-                checked = self._time_problem(device.measured_at, now_s, "gas capture")
-                if isinstance(checked, tuple):
-                    problem = problem or checked
+                t = device.measured_at
+                if t is None or not earliest <= (ts := int(t.timestamp())) <= latest:
+                    problem = problem or self._time_problem(t, now_s, "gas capture")
                     continue
                 if device.value is None or device.unit != "dm3":
                     problem = problem or ("bad-value", f"gas meter {dev_id} sent no volume")
                     continue
                 valid += 1
-                route = routes[0] if len(routes) == 1 else pick_route(routes, checked)
-                self._emit(
-                    result,
-                    route,
-                    route.policy.depth_s(checked, now_s),
-                    checked,
-                    (route.ean_num, 0, checked, device.value),
-                    G_PT1H,
-                )
+                route = routes[0] if len(routes) == 1 else pick_route(routes, ts)
+                depth = route.policy.depth_s(ts, now_s)
+                g_depths[depth] += 1
+                if depth:
+                    ean = route.ean_num
+                    e = entry_of(ean)
+                    if e is None or not (
+                        e[8] <= ts < e[7]
+                        and (depth < 2 or e[5] <= ts < e[4])
+                        and (depth < 3 or e[2] <= ts < e[1])
+                    ):
+                        self._emit(result, ean, depth, ts, (device.value,), G_PT1H, e)
 
             if valid:
                 result.accepted += 1
             elif problem is not None:
-                result.rejected.append({"index": index, "reason": problem[0], "detail": problem[1]})
+                rejected.append({"index": index, "reason": problem[0], "detail": problem[1]})
             elif not bound:
                 ids = [meter_id] if meter_id else []
                 ids += [d.meter_id for d in telegram.mbus if d.meter_id]
@@ -427,9 +506,9 @@ class IngestPipeline:
                     else "telegram carries no meter equipment id"
                 )
                 reason = "meter-not-bound" if ids else "unknown-meter"
-                result.rejected.append({"index": index, "reason": reason, "detail": detail})
+                rejected.append({"index": index, "reason": reason, "detail": detail})
             else:  # bound gas device of another type only: nothing to read
-                result.rejected.append(
+                rejected.append(
                     {"index": index, "reason": "unknown-meter", "detail": "no readable meter"}
                 )
         return result
@@ -437,19 +516,16 @@ class IngestPipeline:
     def _emit(
         self,
         result: IngestResult,
-        route: MeterRoute,
+        ean: int,
         depth: int,
         ts: int,
-        template: Row,
+        values: tuple[int | None, ...],
         interval_table: int,
+        cached: tuple[int, ...] | None,
     ) -> None:
-        # depth (CompiledPolicy.depth_s): 0 nothing, 1 P1M, 2 +P1D, 3 +interval. interval_table
-        # is E_PT15M or G_PT1H; its day and month tables follow it (+1, +2).
-        result.depths[0 if interval_table == E_PT15M else 1][depth] += 1
-        if not depth:
-            return
-        ean = route.ean_num
-        day, month = self.bucketer.day_month(ts)
+        # depth (CompiledPolicy.depth_s): 1 P1M, 2 +P1D, 3 +interval. interval_table is E_PT15M
+        # or G_PT1H; its day and month tables follow it (+1, +2), as do the BestCache slots.
+        day, _, month, _ = self.bucketer.bounds(ts)
         if depth == 1:
             targets: tuple[tuple[int, int], ...] = ((interval_table + 2, month),)
         elif depth == 2:
@@ -461,20 +537,21 @@ class IngestPipeline:
                 (interval_table + 1, day),
                 (interval_table, ts - ts % size),
             )
-        best_get = self.best.get
         batch = result.batch
         for table, start in targets:
-            cached = best_get((ean, table, start))
-            if cached is not None and cached <= ts:
-                continue
+            if cached is not None:
+                slot = 3 * (table - interval_table)
+                # best <= ts < end: this period holds a committed reading at or before ts
+                if cached[slot + 2] <= ts < cached[slot + 1]:
+                    continue
             key = (ean, start)
             rows = batch[table]
             old = rows.get(key)
             if old is None:
-                rows[key] = (template[0], start, *template[2:])
+                rows[key] = (ean, start, ts, *values)
                 result.rows += 1
             elif ts < old[2]:  # type: ignore[operator]
-                rows[key] = (template[0], start, *template[2:])
+                rows[key] = (ean, start, ts, *values)
 
 
 # --- the writer ---------------------------------------------------------------------------------
@@ -518,6 +595,7 @@ class BatchWriter:
         self._full: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._conn: asyncpg.Connection | None = None
         self.flushes = 0
 
     def start(self) -> None:
@@ -531,8 +609,11 @@ class BatchWriter:
         if self._full is not None and not self._full.done():
             self._full.set_result(None)
         if self._task is not None:
-            await self._task
-            self._task = None
+            try:
+                await self._task
+            finally:
+                self._task = None
+                await self._release()
 
     async def write(self, batch: Batch) -> None:
         """Queue ``batch`` and wait until it is committed."""
@@ -610,22 +691,49 @@ class BatchWriter:
             for (ean, start), row in batch[table].items():
                 best.lower((ean, table, start), row[2])  # type: ignore[arg-type]
 
+    async def _connection(self) -> asyncpg.Connection:
+        # The writer keeps one pooled connection between flushes: releasing it after every
+        # flush costs a reset round trip; on any failure it goes back to the pool (which
+        # closes a broken one) and the next flush acquires afresh.
+        if self._conn is None:
+            try:
+                self._conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
+            except TimeoutError as exc:
+                raise DatabaseUnavailableError(
+                    "the database is busy: no connection came free in time"
+                ) from exc
+        return self._conn
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.pool.release(conn)
+
     async def _write_once(self, batch: Batch) -> None:
         started = time.perf_counter()
+        tables: list[int] = []
+        args: list[list[int | None]] = []
+        for table in range(N_TABLES):
+            rows = batch[table]
+            if not rows:
+                continue
+            # a fixed order (table, ean, period) keeps concurrent writers from deadlocking
+            ordered = [rows[k] for k in sorted(rows)]
+            tables.append(table)
+            args.extend(list(col) for col in zip(*ordered, strict=True))
+        if not tables:
+            return
+        conn = await self._connection()
+        try:
+            (written,) = await conn.fetch(flush_sql(tuple(tables)), *args)
+        except BaseException:
+            await self._release()
+            raise
         total = 0
-        async with db.acquire(self.pool, self.acquire_timeout_s) as conn, conn.transaction():
-            for table in range(N_TABLES):
-                rows = batch[table]
-                if not rows:
-                    continue
-                # a fixed order (table, ean, period) keeps concurrent writers from deadlocking
-                ordered = [rows[k] for k in sorted(rows)]
-                total += len(ordered)
-                columns = [list(col) for col in zip(*ordered, strict=True)]
-                status = await conn.execute(INSERT_SQL[table], *columns)
-                written = int(status.rsplit(" ", 1)[-1])
-                if written:
-                    metrics.READINGS_STORED.labels(TABLE_GRANULARITY[table].value).inc(written)
+        for table, count in zip(tables, written, strict=True):
+            total += len(batch[table])
+            if count:
+                metrics.READINGS_STORED.labels(TABLE_GRANULARITY[table].value).inc(count)
         metrics.INGEST_BATCH_SIZE.observe(total)
         metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
 

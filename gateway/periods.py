@@ -61,10 +61,12 @@ def period_end(granularity: Granularity, start: datetime, tz: ZoneInfo = AMSTERD
 
 
 class Bucketer:
-    """Fast period starts on integer epoch seconds, for the ingest hot path.
+    """Fast period bounds on integer epoch seconds, for the ingest hot path.
 
-    Day and month starts are cached per UTC hour; the cache is bounded (cleared when it holds
-    ``max_hours`` entries — 40 days of spool replay is under 1 000 hours).
+    Day and month starts and ends are computed with ``zoneinfo`` once per UTC hour and cached
+    (an hour never straddles a local day); the cache is bounded (cleared when it holds
+    ``max_hours`` entries — 40 days of spool replay is under 1 000 hours). The returned ints
+    are shared between all readings of the hour, which keeps caches holding them small.
     """
 
     __slots__ = ("_cache", "_max_hours", "_tz")
@@ -72,22 +74,38 @@ class Bucketer:
     def __init__(self, tz: ZoneInfo = AMSTERDAM, max_hours: int = 4096) -> None:
         self._tz = tz
         self._max_hours = max_hours
-        self._cache: dict[int, tuple[int, int]] = {}
+        self._cache: dict[int, tuple[int, int, int, int]] = {}
 
-    def day_month(self, ts: int) -> tuple[int, int]:
-        """``(P1D start, P1M start)`` as epoch seconds for the instant ``ts``."""
+    def bounds(self, ts: int) -> tuple[int, int, int, int]:
+        """``(P1D start, P1D end, P1M start, P1M end)`` as epoch seconds for the instant ``ts``
+        (ends exclusive)."""
         hour = ts // HOUR_S
         hit = self._cache.get(hour)
         if hit is not None:
             return hit
-        local = datetime.fromtimestamp(hour * HOUR_S, self._tz)
-        day = datetime(local.year, local.month, local.day, tzinfo=self._tz)
-        month = datetime(local.year, local.month, 1, tzinfo=self._tz)
-        value = (int(day.timestamp()), int(month.timestamp()))
+        tz = self._tz
+        local = datetime.fromtimestamp(hour * HOUR_S, tz)
+        # wall-clock arithmetic, then re-localised: a local day is 23, 24 or 25 hours; local
+        # midnight is never in a DST gap or fold for the zones we serve (changes at 02:00/03:00)
+        day = datetime(local.year, local.month, local.day, tzinfo=tz)
+        nxt = day + timedelta(days=1)
+        day_end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
+        year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+        value = (
+            int(day.timestamp()),
+            int(day_end.timestamp()),
+            int(datetime(local.year, local.month, 1, tzinfo=tz).timestamp()),
+            int(datetime(year, month, 1, tzinfo=tz).timestamp()),
+        )
         if len(self._cache) >= self._max_hours:
             self._cache.clear()
         self._cache[hour] = value
         return value
+
+    def day_month(self, ts: int) -> tuple[int, int]:
+        """``(P1D start, P1M start)`` as epoch seconds for the instant ``ts``."""
+        b = self.bounds(ts)
+        return b[0], b[2]
 
     @staticmethod
     def quarter(ts: int) -> int:

@@ -26,7 +26,15 @@ from consent.model import EndReason
 from gateway import consent_store
 from gateway.app import create_app
 from gateway.auth import clear_device_cache
-from gateway.ingest import E_PT15M, INGEST_KEY, INSERT_SQL, LISTEN_KEY, BatchWriter, BestCache
+from gateway.ingest import (
+    E_PT15M,
+    INGEST_KEY,
+    INSERT_SQL,
+    LISTEN_KEY,
+    BatchWriter,
+    BestCache,
+    flush_sql,
+)
 from gateway.registry import ean_check_digit
 from gateway.settings import Settings
 from tests.support.telegram_builder import build_telegram
@@ -253,8 +261,11 @@ async def test_revocation_first_ingest_waits_and_skips(
     assert await interval_times(pool) == []
 
 
+@pytest.mark.parametrize("one_statement_flush", [False, True])
 async def test_ingest_first_revocation_waits_and_deletes(
-    seeded: tuple[Client, str, dict[str, str], str], pool: asyncpg.Pool
+    seeded: tuple[Client, str, dict[str, str], str],
+    pool: asyncpg.Pool,
+    one_statement_flush: bool,
 ) -> None:
     _a, ean, _headers, consent_id = seeded
     now = dt.datetime.now(UTC).replace(microsecond=0)
@@ -263,8 +274,12 @@ async def test_ingest_first_revocation_waits_and_deletes(
     async with pool.acquire() as ingester, pool.acquire() as revoker:
         tx = ingester.transaction()
         await tx.start()
-        status = await ingester.execute(INSERT_SQL[E_PT15M], *interval_rows(ean, times))
-        assert status == "INSERT 0 3"
+        if one_statement_flush:  # what BatchWriter sends: the upsert as one CTE of a statement
+            (counts,) = await ingester.fetch(flush_sql((E_PT15M,)), *interval_rows(ean, times))
+            assert tuple(counts) == (3,)
+        else:
+            status = await ingester.execute(INSERT_SQL[E_PT15M], *interval_rows(ean, times))
+            assert status == "INSERT 0 3"
         task = asyncio.create_task(
             consent_store.end_consent(revoker, uuid.UUID(consent_id), EndReason.REVOKED, end)
         )

@@ -210,6 +210,37 @@ def test_best_cache_is_bounded() -> None:
     assert cache.get((99, 0, 0)) == 99  # keeps the minimum
 
 
+def test_best_cache_keeps_the_newest_period_per_table() -> None:
+    cache = BestCache()
+    day = ts(datetime(2026, 10, 24, 22, tzinfo=UTC))  # a 25-hour local day
+    nxt = ts(datetime(2026, 10, 25, 23, tzinfo=UTC))
+    cache.lower((1, E_P1D, day), day + 100)
+    cache.lower((1, E_PT15M, day), day + 100)
+    assert cache.get((1, E_P1D, day)) == day + 100
+    slots = cache.entry(1)
+    assert slots is not None and slots[3:6] == (day, nxt, day + 100)  # the day's end: 25 h on
+    assert slots[0:3] == (day, day + 900, day + 100)
+    cache.lower((1, E_P1D, nxt), nxt + 5)  # a newer day replaces the slot
+    assert cache.get((1, E_P1D, day)) is None
+    assert cache.get((1, E_P1D, nxt)) == nxt + 5
+    cache.lower((1, E_P1D, day), day + 1)  # an older day is not recorded: a miss, not a skip
+    assert cache.get((1, E_P1D, nxt)) == nxt + 5 and cache.get((1, E_P1D, day)) is None
+    assert cache.get((1, E_PT15M, day)) == day + 100  # other tables untouched
+    assert cache.get((2, E_P1D, nxt)) is None
+
+
+def test_best_cache_does_not_skip_the_next_period(pipeline: IngestPipeline) -> None:
+    t = datetime(2026, 10, 25, 11, 44, 50, tzinfo=UTC)  # quarter 11:30
+    first = pipeline.process([build_telegram("I1", t)], BOUND, NOW_S)
+    for table, rows in enumerate(first.batch):
+        for (ean, start), row in rows.items():
+            pipeline.best.lower((ean, table, start), row[2])  # type: ignore[arg-type]
+    later = pipeline.process([build_telegram("I1", t + timedelta(seconds=10))], BOUND, NOW_S)
+    q = ts(datetime(2026, 10, 25, 11, 45, tzinfo=UTC))
+    assert list(later.batch[E_PT15M]) == [(int(EAN_I), q)]  # the new quarter only
+    assert later.rows == 1
+
+
 def test_merge_keeps_earliest() -> None:
     a, b = new_batch(), new_batch()
     a[E_P1D][(1, 0)] = (1, 0, 50, 1, 1, 1, 1)

@@ -60,13 +60,20 @@ def test_naive_refused() -> None:
         period_start(P1D, datetime(2026, 1, 1))
 
 
-@pytest.mark.parametrize("day", [utc(2026, 3, 28, 12), utc(2026, 10, 24, 12)])
+@pytest.mark.parametrize(
+    "day", [utc(2026, 3, 28, 12), utc(2026, 10, 24, 12), utc(2026, 12, 30, 12)]
+)
 def test_bucketer_matches_period_start(day: datetime) -> None:
     b = Bucketer(max_hours=8)  # tiny cache: also exercises the clearing
     for minute in range(0, 48 * 60, 7):
         t = day + timedelta(minutes=minute, seconds=minute % 60)
         ts = int(t.timestamp())
         d, m = b.day_month(ts)
+        d0, d1, m0, m1 = b.bounds(ts)
+        assert (d0, m0) == (d, m)
+        assert datetime.fromtimestamp(d1, Z) == period_end(P1D, period_start(P1D, t))
+        assert datetime.fromtimestamp(m1, Z) == period_end(P1M, period_start(P1M, t))
+        assert d0 <= ts < d1 and m0 <= ts < m1
         assert datetime.fromtimestamp(d, Z) == period_start(P1D, t)
         assert datetime.fromtimestamp(m, Z) == period_start(P1M, t)
         assert datetime.fromtimestamp(b.quarter(ts), Z) == period_start(PT15M, t)
