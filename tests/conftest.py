@@ -40,6 +40,10 @@ from gateway.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
+# The hourly retention job would start in every gateway the tests build; its tests drive it
+# directly with a chosen clock instead (subprocesses inherit this too).
+os.environ.setdefault("METERPOORT_RETENTION_ENABLED", "false")
+
 
 def with_database(url: str, name: str) -> str:
     """``url`` pointing at database ``name`` instead (keeps user, host, socket query)."""
