@@ -23,6 +23,7 @@ from gateway import db, metrics
 from gateway.customer_auth import setup_customer_auth
 from gateway.errors import ConfigurationError
 from gateway.middleware import make_problem_middleware, metrics_middleware
+from gateway.portal import setup_portal
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,20 @@ def create_app(settings: Settings) -> web.Application:
     admin.setup_routes(app)
     keys.setup_routes(app, settings)
     setup_customer_auth(app, settings)
+    from gateway.handlers import me
+
+    me.setup_routes(app, settings)
+    setup_portal(app)
     # the ingest pipeline (gateway/ingest.py) is built alongside; wire it once it is present
     if importlib.util.find_spec("gateway.ingest") is not None:
         ingest = importlib.import_module("gateway.ingest")
         ingest.setup_ingest(app)
     else:
         log.warning("gateway.ingest is not installed: POST /v1/telegrams is not served")
+    # hourly retention + consent expiry (METERPOORT_RETENTION_*); one process works at a time
+    from gateway.retention import setup_retention
+
+    setup_retention(app)
     return app
 
 

@@ -38,7 +38,11 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway")
 
 #: top-level commands defined in other modules (each exposes ``add_parser(subparsers)``)
-COMMAND_MODULES: tuple[str, ...] = ("gateway.audit_cli", "gateway.token_cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "gateway.audit_cli",
+    "gateway.token_cli",
+    "gateway.retention_cli",
+)
 #: ``admin`` sub-commands defined in other modules (each exposes ``add_admin_parser(sub)``)
 ADMIN_COMMAND_MODULES: tuple[str, ...] = ()
 

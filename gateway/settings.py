@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     #: trust the local dev key for customer tokens (never in production)
     dev_mode: bool = False
+    #: CSP ``frame-ancestors`` of ``/portal``: the origins allowed to embed the customer portal
+    #: (the supplier's own portal), e.g. "'self' https://mijn.supplier.example"
+    portal_frame_ancestors: str = "'self'"
     #: request body limit (bytes); telegram batches are the largest legitimate bodies
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
@@ -81,6 +84,9 @@ class Settings(BaseSettings):
     receipt_language: str = "nl"
     #: the gateway's external base URL; receipts point at ``<base>/v1/keys#<kid>``
     public_base_url: str | None = None
+    #: longest a consent may run (SPEC §4: configurable, default 3 years); a consent given
+    #: without ``expires_at`` expires after this
+    consent_max_lifetime_days: int = Field(default=1096, ge=1)
 
     def database_dsn(self) -> str | None:
         """The configured PostgreSQL URL in clear, or None for the embedded server."""

@@ -1,0 +1,1053 @@
+// Meterpoort customer portal: plain DOM + fetch on top of /v1/me/* (no build step, no CDN).
+//
+// The customer token arrives in the URL fragment (#token=...) when the supplier's portal embeds
+// this page: browsers never send fragments to the server, so it stays out of access logs. It is
+// kept in sessionStorage (gone when the tab closes) and removed from the address bar at once.
+// Every value from the API is put in the page with textContent, never as HTML.
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "meterpoort.token";
+  const LANG_KEY = "meterpoort.lang";
+  const LANGS = ["nl", "en"];
+
+  // ---- texts -----------------------------------------------------------------------------------
+
+  const STRINGS = {
+    nl: {
+      pageTitle: "Meterpoort – mijn meetgegevens",
+      skip: "Naar de inhoud",
+      title: "Mijn meetgegevens",
+      language: "Taal",
+      signout: "Afmelden",
+      signinTitle: "Aanmelden",
+      signinHelp: "Open deze pagina vanuit het klantportaal van uw energieleverancier. Voor ontwikkeling: plak een klanttoken.",
+      tokenLabel: "Klanttoken",
+      tokenHint: "Bijvoorbeeld de uitvoer van: python -m gateway token customer KLANTNUMMER",
+      tokenUse: "Token gebruiken",
+      tokenEmpty: "Vul een token in.",
+      connectionsTitle: "Mijn aansluitingen",
+      connectionsIntro: "Per aansluiting kiest u welke meetgegevens wij op afstand uitlezen, en aan welke doelen u kwartier- of uurwaarden geeft.",
+      noConnections: "Er zijn geen aansluitingen op uw naam.",
+      electricity: "Elektriciteit",
+      gas: "Gas",
+      ean: "EAN",
+      contractStart: "Contract vanaf",
+      contractEnd: "Contract tot",
+      contractOpen: "lopend",
+      levelLegend: "Meetgegevens op afstand",
+      level_daily: "Dagstanden (standaard)",
+      level_monthly: "Alleen maandstanden",
+      level_none: "Niet op afstand uitlezen",
+      levelHelp_daily: "Eén meterstand per dag en per maand, voor uw rekening en verbruiksoverzicht. Hiervoor is geen toestemming nodig.",
+      levelHelp_monthly: "U maakt bezwaar tegen dagstanden: wij lezen alleen één stand per maand uit, het minimum voor de rekening.",
+      levelHelp_none: "Wij lezen uw meter niet op afstand uit. U geeft zelf meterstanden door.",
+      levelIntervalNote: "Kwartierwaarden (elektriciteit) en uurwaarden (gas) bewaren wij alleen met uw toestemming hieronder, en alleen als dagstanden aan staan.",
+      levelSave: "Keuze opslaan",
+      levelSaved: "Uw keuze is opgeslagen: {level}.",
+      levelUnchanged: "Deze keuze was al ingesteld.",
+      consentsTitle: "Toestemming voor kwartier- en uurwaarden",
+      noConsents: "U heeft voor deze aansluiting nog geen toestemming gegeven.",
+      colPurpose: "Doel",
+      colNotice: "Toestemmingstekst",
+      colGranted: "Gegeven op",
+      colExpires: "Geldig tot",
+      colStatus: "Status",
+      colAction: "Actie",
+      noExpiry: "geen einddatum",
+      statusActive: "Actief",
+      statusExpired: "Verlopen",
+      end_revoked: "Ingetrokken",
+      end_expired: "Verlopen",
+      "end_contract-ended": "Beëindigd: contract afgelopen",
+      "end_move-out": "Beëindigd: verhuisd",
+      end_erasure: "Beëindigd: gegevens gewist",
+      endedOn: "{reason} op {date}",
+      revoke: "Intrekken",
+      revokeLabel: "Toestemming voor {purpose} intrekken",
+      revokeTitle: "Toestemming intrekken?",
+      revokeBody: "U trekt uw toestemming voor \u201c{purpose}\u201d in voor aansluiting {ean}. Wij stoppen direct met het bewaren van kwartier- of uurwaarden voor dit doel.",
+      revokeConfirm: "Ja, intrekken",
+      revoked: "Uw toestemming voor \u201c{purpose}\u201d is ingetrokken.",
+      grantTitle: "Nieuwe toestemming geven",
+      grantPurpose: "Doel",
+      grantChoose: "Kies een doel",
+      grantExpires: "Einddatum (optioneel)",
+      grantExpiresHint: "Uiterlijk {date}. Zonder einddatum loopt de toestemming tot die datum.",
+      grantButton: "Toestemming geven\u2026",
+      grantDialogTitle: "Toestemming geven?",
+      grantDialogIntro: "U geeft toestemming om kwartier- of uurwaarden van aansluiting {ean} te gebruiken voor:",
+      grantConfirm: "Ja, ik geef toestemming",
+      granted: "Uw toestemming voor \u201c{purpose}\u201d is vastgelegd.",
+      grantNoPurpose: "Kies eerst een doel.",
+      grantAllActive: "U heeft voor alle doelen al toestemming gegeven.",
+      cancel: "Annuleren",
+      noticeVersion: "versie {version}",
+      noticeMissing: "De tekst van versie {version} is niet beschikbaar in deze pagina.",
+      onRevoke_keep: "Bij intrekken blijven al bewaarde waarden voor de afgelopen periode bewaard voor dit doel.",
+      onRevoke_delete: "Bij intrekken worden de voor dit doel bewaarde waarden direct gewist.",
+      receiptDownload: "Ontvangstbewijs downloaden",
+      permissionLogTitle: "Logboek toestemmingen",
+      permissionLogIntro: "Elke toestemming die u gaf, introk of die afliep.",
+      accessLogTitle: "Wie heeft mijn gegevens ingezien",
+      accessLogIntro: "Welke afnemer welke meetgegevens van u heeft opgevraagd, en wanneer.",
+      colWhen: "Wanneer",
+      colEvent: "Gebeurtenis",
+      colChannel: "Via",
+      colClient: "Afnemer",
+      colGranularity: "Soort gegevens",
+      colPeriod: "Periode",
+      colWhat: "Wat",
+      logEmpty: "Nog geen regels.",
+      event_granted: "Toestemming gegeven",
+      event_revoked: "Toestemming ingetrokken",
+      event_expired: "Toestemming verlopen",
+      event_ended: "Toestemming beëindigd",
+      "event_level-changed": "Keuze meetgegevens: {level}",
+      event_read: "Opgevraagd door {client}",
+      event_export: "U heeft uw gegevens gedownload",
+      channel_portal: "portaal",
+      channel_phone: "telefoon",
+      channel_api: "API",
+      grantNeedsDaily: "Toestemming voor kwartier- of uurwaarden kan alleen als dagstanden aan staan.",
+      gran_P1M: "maandstanden",
+      gran_P1D: "dagstanden",
+      gran_PT1H: "uurwaarden",
+      gran_PT15M: "kwartierwaarden",
+      exportTitle: "Mijn gegevens downloaden",
+      exportIntro: "Alles wat wij over u bewaren, in een machineleesbaar bestand (JSON).",
+      exportButton: "Download mijn gegevens",
+      exportDone: "Uw gegevens zijn gedownload als {file}.",
+      loading: "Bezig met laden\u2026",
+      loaded: "Uw gegevens zijn geladen.",
+      errorPrefix: "Dat lukte niet: {detail}",
+      errorNetwork: "De server is niet bereikbaar. Probeer het later opnieuw.",
+      errorSession: "Uw sessie is verlopen of ongeldig. Meld u opnieuw aan.",
+      footer: "Meetgegevens van een dag of langer gebruiken wij zonder toestemming voor uw rekening en verbruiksoverzicht (Elektriciteitswet art. 26ab). Kwartier- en uurwaarden alleen met uw toestemming, die u altijd kunt intrekken.",
+    },
+    en: {
+      pageTitle: "Meterpoort – my meter data",
+      skip: "Skip to content",
+      title: "My meter data",
+      language: "Language",
+      signout: "Sign out",
+      signinTitle: "Sign in",
+      signinHelp: "Open this page from your energy supplier's customer portal. For development: paste a customer token.",
+      tokenLabel: "Customer token",
+      tokenHint: "For example the output of: python -m gateway token customer CUSTOMER_ID",
+      tokenUse: "Use token",
+      tokenEmpty: "Enter a token.",
+      connectionsTitle: "My connections",
+      connectionsIntro: "For each connection, choose which meter readings we collect remotely, and for which purposes you allow 15-minute or hourly values.",
+      noConnections: "There are no connections in your name.",
+      electricity: "Electricity",
+      gas: "Gas",
+      ean: "EAN",
+      contractStart: "Contract from",
+      contractEnd: "Contract until",
+      contractOpen: "ongoing",
+      levelLegend: "Remote meter readings",
+      level_daily: "Daily readings (default)",
+      level_monthly: "Monthly readings only",
+      level_none: "No remote reading",
+      levelHelp_daily: "One meter reading per day and per month, for your bill and consumption overview. No consent is needed for this.",
+      levelHelp_monthly: "You object to daily readings: we collect only one reading a month, the minimum for billing.",
+      levelHelp_none: "We do not read your meter remotely. You submit meter readings yourself.",
+      levelIntervalNote: "We keep 15-minute values (electricity) and hourly values (gas) only with your consent below, and only while daily readings are on.",
+      levelSave: "Save choice",
+      levelSaved: "Your choice has been saved: {level}.",
+      levelUnchanged: "This choice was already set.",
+      consentsTitle: "Consent for 15-minute and hourly values",
+      noConsents: "You have not given any consent for this connection yet.",
+      colPurpose: "Purpose",
+      colNotice: "Consent text",
+      colGranted: "Given on",
+      colExpires: "Valid until",
+      colStatus: "Status",
+      colAction: "Action",
+      noExpiry: "no end date",
+      statusActive: "Active",
+      statusExpired: "Expired",
+      end_revoked: "Revoked",
+      end_expired: "Expired",
+      "end_contract-ended": "Ended: contract ended",
+      "end_move-out": "Ended: moved out",
+      end_erasure: "Ended: data erased",
+      endedOn: "{reason} on {date}",
+      revoke: "Revoke",
+      revokeLabel: "Revoke consent for {purpose}",
+      revokeTitle: "Revoke consent?",
+      revokeBody: "You revoke your consent for \u201c{purpose}\u201d on connection {ean}. We stop keeping 15-minute or hourly values for this purpose at once.",
+      revokeConfirm: "Yes, revoke",
+      revoked: "Your consent for \u201c{purpose}\u201d has been revoked.",
+      grantTitle: "Give a new consent",
+      grantPurpose: "Purpose",
+      grantChoose: "Choose a purpose",
+      grantExpires: "End date (optional)",
+      grantExpiresHint: "{date} at the latest. Without an end date, the consent runs until then.",
+      grantButton: "Give consent\u2026",
+      grantDialogTitle: "Give consent?",
+      grantDialogIntro: "You allow us to use the 15-minute or hourly values of connection {ean} for:",
+      grantConfirm: "Yes, I consent",
+      granted: "Your consent for \u201c{purpose}\u201d has been recorded.",
+      grantNoPurpose: "Choose a purpose first.",
+      grantAllActive: "You have already given consent for every purpose.",
+      cancel: "Cancel",
+      noticeVersion: "version {version}",
+      noticeMissing: "The text of version {version} is not available in this page.",
+      onRevoke_keep: "If you revoke, values already kept for the past period stay kept for this purpose.",
+      onRevoke_delete: "If you revoke, the values kept for this purpose are deleted at once.",
+      receiptDownload: "Download receipt",
+      permissionLogTitle: "Permission log",
+      permissionLogIntro: "Every consent you gave or revoked, and every consent that ended.",
+      accessLogTitle: "Who accessed my data",
+      accessLogIntro: "Which recipient requested which of your meter data, and when.",
+      colWhen: "When",
+      colEvent: "Event",
+      colChannel: "Via",
+      colClient: "Recipient",
+      colGranularity: "Kind of data",
+      colPeriod: "Period",
+      colWhat: "What",
+      logEmpty: "No entries yet.",
+      event_granted: "Consent given",
+      event_revoked: "Consent revoked",
+      event_expired: "Consent expired",
+      event_ended: "Consent ended",
+      "event_level-changed": "Meter reading choice: {level}",
+      event_read: "Requested by {client}",
+      event_export: "You downloaded your data",
+      channel_portal: "portal",
+      channel_phone: "phone",
+      channel_api: "API",
+      grantNeedsDaily: "Consent for 15-minute or hourly values is only possible while daily readings are on.",
+      gran_P1M: "monthly readings",
+      gran_P1D: "daily readings",
+      gran_PT1H: "hourly values",
+      gran_PT15M: "15-minute values",
+      exportTitle: "Download my data",
+      exportIntro: "Everything we hold about you, in a machine-readable file (JSON).",
+      exportButton: "Download my data",
+      exportDone: "Your data has been downloaded as {file}.",
+      loading: "Loading\u2026",
+      loaded: "Your data has been loaded.",
+      errorPrefix: "That did not work: {detail}",
+      errorNetwork: "The server cannot be reached. Please try again later.",
+      errorSession: "Your session has expired or is invalid. Please sign in again.",
+      footer: "We use meter data for periods of a day or longer without consent for your bill and consumption overview (Electricity Act art. 26ab). 15-minute and hourly values only with your consent, which you can revoke at any time.",
+    },
+  };
+
+  // Purposes the gateway is configured with (consent/model.py DEFAULT_PURPOSES), the notice
+  // version the portal shows now, and every notice text by version: a consent records the
+  // version the customer saw, so old versions stay here as long as consents refer to them.
+  const PURPOSES = {
+    "dynamic-tariff-billing": {
+      onRevoke: "keep",
+      current: "v1",
+      name: { nl: "Dynamisch tarief", en: "Dynamic tariff" },
+      notices: {
+        v1: {
+          nl: "Ik geef toestemming om de kwartierwaarden (elektriciteit) en uurwaarden (gas) van deze aansluiting te bewaren en te gebruiken voor de berekening van mijn rekening met een dynamisch tarief. Mijn leverancier ontvangt deze waarden alleen voor dit doel. Ik kan deze toestemming altijd intrekken; waarden over de periode waarvoor ik toestemming gaf, blijven dan bewaard zolang de rekening daarover dat vereist.",
+          en: "I consent to the 15-minute values (electricity) and hourly values (gas) of this connection being kept and used to calculate my bill on a dynamic tariff. My supplier receives these values for this purpose only. I can revoke this consent at any time; values for the period I consented to stay kept as long as the bill for it requires.",
+        },
+      },
+    },
+    "energy-insights": {
+      onRevoke: "delete",
+      current: "v1",
+      name: { nl: "Inzicht in mijn verbruik", en: "Energy insights" },
+      notices: {
+        v1: {
+          nl: "Ik geef toestemming om de kwartierwaarden (elektriciteit) en uurwaarden (gas) van deze aansluiting te bewaren en te gebruiken om mij inzicht te geven in mijn energieverbruik in het klantportaal. Ik kan deze toestemming altijd intrekken; de voor dit doel bewaarde waarden worden dan direct gewist.",
+          en: "I consent to the 15-minute values (electricity) and hourly values (gas) of this connection being kept and used to give me insight into my energy use in the customer portal. I can revoke this consent at any time; the values kept for this purpose are then deleted at once.",
+        },
+      },
+    },
+  };
+
+  const LEVELS = ["daily", "monthly", "none"];
+
+  // ---- state -----------------------------------------------------------------------------------
+
+  const state = {
+    lang: "nl",
+    token: null,
+    connections: null,
+    // purposes the gateway offers (from GET /v1/me/connections) and its longest consent
+    purposes: null,
+    maxLifetimeDays: 3 * 365,
+    permissionLog: null,
+    accessLog: null,
+    lastReceipt: null,
+  };
+
+  const $ = (sel) => document.querySelector(sel);
+
+  function t(key, vars) {
+    const table = STRINGS[state.lang];
+    let text = key in table ? table[key] : key in STRINGS.en ? STRINGS.en[key] : key;
+    if (vars) {
+      for (const [name, value] of Object.entries(vars)) {
+        text = text.split("{" + name + "}").join(String(value));
+      }
+    }
+    return text;
+  }
+
+  // element builder: attributes (on* are listeners) and children (strings become text nodes)
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else if (name === "text") node.textContent = value;
+      else node.setAttribute(name, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(typeof child === "string" ? document.createTextNode(child) : child);
+    }
+    return node;
+  }
+
+  function locale() {
+    return state.lang === "nl" ? "nl-NL" : "en-GB";
+  }
+
+  function fmtDateTime(value) {
+    if (!value) return "";
+    const date = new Date(value);
+    if (Number.isNaN(date.getTime())) return String(value);
+    return new Intl.DateTimeFormat(locale(), {
+      dateStyle: "medium",
+      timeStyle: "short",
+      timeZone: "Europe/Amsterdam",
+    }).format(date);
+  }
+
+  function fmtDate(value) {
+    if (!value) return "";
+    const date = new Date(value);
+    if (Number.isNaN(date.getTime())) return String(value);
+    return new Intl.DateTimeFormat(locale(), {
+      dateStyle: "medium",
+      timeZone: "Europe/Amsterdam",
+    }).format(date);
+  }
+
+  function purposeName(purpose) {
+    const known = PURPOSES[purpose];
+    return known ? known.name[state.lang] : purpose;
+  }
+
+  function noticeText(purpose, version) {
+    const known = PURPOSES[purpose];
+    const notice = known && known.notices[version];
+    return notice ? notice[state.lang] : t("noticeMissing", { version });
+  }
+
+  // ---- messages (aria-live regions) --------------------------------------------------------------
+
+  function announce(text, extra) {
+    const status = $("#status");
+    status.replaceChildren(...(text ? [el("p", {}, text)] : []), ...(extra ? [extra] : []));
+  }
+
+  function showError(text) {
+    const box = $("#error");
+    box.replaceChildren(el("p", {}, text));
+    box.hidden = false;
+  }
+
+  function clearError() {
+    const box = $("#error");
+    box.hidden = true;
+    box.replaceChildren();
+  }
+
+  // ---- API -------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(detail);
+      this.status = status;
+      this.detail = detail;
+    }
+  }
+
+  async function problemOf(resp) {
+    let detail = resp.statusText || "HTTP " + resp.status;
+    const type = resp.headers.get("Content-Type") || "";
+    if (type.includes("json")) {
+      try {
+        const body = await resp.json();
+        if (body && typeof body.detail === "string") detail = body.detail;
+        else if (body && typeof body.title === "string") detail = body.title;
+      } catch (err) {
+        // an unreadable error body: keep the status text
+        console.warn("unreadable error body", err);
+      }
+    }
+    return new ApiError(resp.status, detail);
+  }
+
+  // paths are relative to the page (/portal → /v1/me/...), so a reverse proxy may mount the
+  // gateway under a prefix
+  async function request(method, path, body) {
+    const headers = { Authorization: "Bearer " + state.token, Accept: "application/json" };
+    const init = { method, headers, cache: "no-store", credentials: "omit" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(path, init);
+    } catch (err) {
+      throw new ApiError(0, t("errorNetwork"));
+    }
+    if (!resp.ok) throw await problemOf(resp);
+    return resp;
+  }
+
+  async function api(method, path, body) {
+    const resp = await request(method, path, body);
+    if (resp.status === 204) return null;
+    return resp.json();
+  }
+
+  function list(data, key) {
+    // a list answer: {connections: [...]}, {entries: [...]} (or a bare array)
+    if (Array.isArray(data)) return data;
+    return data && Array.isArray(data[key]) ? data[key] : [];
+  }
+
+  function takeConnections(data) {
+    state.connections = list(data, "connections");
+    if (data && Array.isArray(data.purposes)) state.purposes = data.purposes.map((p) => p.name);
+    if (data && Number.isInteger(data.max_consent_lifetime_days)) {
+      state.maxLifetimeDays = data.max_consent_lifetime_days;
+    }
+  }
+
+  function handleError(err) {
+    if (err instanceof ApiError && err.status === 401) {
+      signOut();
+      showError(t("errorSession") + " (" + err.detail + ")");
+      return;
+    }
+    const detail = err instanceof ApiError ? err.detail : String(err);
+    showError(err instanceof ApiError && err.status === 0 ? detail : t("errorPrefix", { detail }));
+    // refusals by the API are shown above; anything else is a bug in this page
+    if (!(err instanceof ApiError)) console.error(err);
+  }
+
+  // ---- token -----------------------------------------------------------------------------------
+
+  function takeTokenFromFragment() {
+    const hash = window.location.hash;
+    if (!hash || hash.length < 2) return;
+    const params = new URLSearchParams(hash.slice(1));
+    const token = params.get("token");
+    if (!token) return;
+    sessionStorage.setItem(TOKEN_KEY, token.trim());
+    params.delete("token");
+    const rest = params.toString();
+    // out of the address bar, the history entry and any bookmark
+    history.replaceState(
+      history.state,
+      "",
+      window.location.pathname + window.location.search + (rest ? "#" + rest : "")
+    );
+  }
+
+  function signOut() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.token = null;
+    state.connections = state.permissionLog = state.accessLog = null;
+    $("#content").hidden = true;
+    $("#signout").hidden = true;
+    $("#signin").hidden = false;
+    $("#connection-list").replaceChildren();
+    $("#permission-log-table").replaceChildren();
+    $("#access-log-table").replaceChildren();
+  }
+
+  function signedIn() {
+    state.token = sessionStorage.getItem(TOKEN_KEY);
+    if (!state.token) {
+      signOut();
+      return false;
+    }
+    $("#signin").hidden = true;
+    $("#signout").hidden = false;
+    return true;
+  }
+
+  // ---- loading ---------------------------------------------------------------------------------
+
+  async function loadAll() {
+    if (!signedIn()) return;
+    announce(t("loading"));
+    try {
+      const [connections, permissionLog, accessLog] = await Promise.all([
+        api("GET", "v1/me/connections"),
+        api("GET", "v1/me/permission-log"),
+        api("GET", "v1/me/access-log"),
+      ]);
+      takeConnections(connections);
+      state.permissionLog = list(permissionLog, "entries");
+      state.accessLog = list(accessLog, "entries");
+      clearError();
+      $("#content").hidden = false;
+      render();
+      announce(t("loaded"));
+    } catch (err) {
+      announce("");
+      handleError(err);
+    }
+  }
+
+  async function reload(focusSelector) {
+    try {
+      const [connections, permissionLog] = await Promise.all([
+        api("GET", "v1/me/connections"),
+        api("GET", "v1/me/permission-log"),
+      ]);
+      takeConnections(connections);
+      state.permissionLog = list(permissionLog, "entries");
+      render();
+    } catch (err) {
+      handleError(err);
+    }
+    const target = focusSelector && document.querySelector(focusSelector);
+    if (target) target.focus();
+  }
+
+  // ---- rendering -------------------------------------------------------------------------------
+
+  function applyStaticTexts() {
+    document.documentElement.lang = state.lang;
+    document.title = t("pageTitle");
+    for (const node of document.querySelectorAll("[data-i18n]")) {
+      node.textContent = t(node.dataset.i18n);
+    }
+    $("#lang").value = state.lang;
+  }
+
+  function render() {
+    applyStaticTexts();
+    if (state.connections) renderConnections();
+    if (state.permissionLog) renderPermissionLog();
+    if (state.accessLog) renderAccessLog();
+  }
+
+  function consentStatus(consent) {
+    // the API's status (active, expired, contract-ended or the end reason) when it gives one
+    let status = consent.status;
+    if (!status) {
+      if (consent.end_reason) status = consent.end_reason;
+      else if (consent.expires_at && new Date(consent.expires_at) <= new Date()) status = "expired";
+      else status = "active";
+    }
+    if (status === "active") return { active: true, text: t("statusActive") };
+    const reason = known("end_", status);
+    if (consent.ended_at) {
+      return { active: false, text: t("endedOn", { reason, date: fmtDateTime(consent.ended_at) }) };
+    }
+    return { active: false, text: reason };
+  }
+
+  function renderConnections() {
+    const container = $("#connection-list");
+    if (state.connections.length === 0) {
+      container.replaceChildren(el("p", { text: t("noConnections") }));
+      return;
+    }
+    container.replaceChildren(...state.connections.map(renderConnection));
+  }
+
+  function renderConnection(conn) {
+    const id = "conn-" + conn.ean;
+    const headingText = (t(conn.commodity) || conn.commodity) + " \u2013 " + t("ean") + " " + conn.ean;
+    return el(
+      "article",
+      { class: "connection", "aria-labelledby": id + "-title", "data-ean": conn.ean },
+      el("h3", { id: id + "-title", tabindex: "-1", text: headingText }),
+      el(
+        "dl",
+        { class: "facts" },
+        el("dt", { text: t("contractStart") }),
+        el("dd", { text: fmtDate(conn.contract_start) }),
+        el("dt", { text: t("contractEnd") }),
+        el("dd", { text: conn.contract_end ? fmtDate(conn.contract_end) : t("contractOpen") })
+      ),
+      renderLevelForm(conn, id),
+      renderConsents(conn, id),
+      conn.contract_end && new Date(conn.contract_end) <= new Date() ? null : renderGrantForm(conn, id)
+    );
+  }
+
+  function renderLevelForm(conn, id) {
+    const current = conn.level || "daily";
+    const options = LEVELS.map((level) => {
+      const inputId = id + "-level-" + level;
+      return el(
+        "div",
+        { class: "choice" },
+        el("input", {
+          type: "radio",
+          name: id + "-level",
+          id: inputId,
+          value: level,
+          checked: level === current,
+          "aria-describedby": inputId + "-help",
+        }),
+        el("label", { for: inputId, text: t("level_" + level) }),
+        el("p", { id: inputId + "-help", class: "hint", text: t("levelHelp_" + level) })
+      );
+    });
+    const form = el(
+      "form",
+      { class: "level-form", novalidate: true },
+      el(
+        "fieldset",
+        {},
+        el("legend", { text: t("levelLegend") }),
+        ...options,
+        el("p", { class: "note", text: t("levelIntervalNote") })
+      ),
+      el("button", { type: "submit", class: "secondary", text: t("levelSave") })
+    );
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const chosen = form.querySelector("input[type=radio]:checked");
+      if (chosen) changeLevel(conn, chosen.value, id);
+    });
+    return form;
+  }
+
+  async function changeLevel(conn, level, id) {
+    clearError();
+    if (level === conn.level) {
+      announce(t("levelUnchanged"));
+      return;
+    }
+    try {
+      await api("PUT", "v1/me/connections/" + encodeURIComponent(conn.ean) + "/level", { level });
+      announce(t("levelSaved", { level: t("level_" + level) }));
+      await reload("#" + id + "-title");
+    } catch (err) {
+      handleError(err);
+    }
+  }
+
+  function renderConsents(conn, id) {
+    const consents = conn.consents || [];
+    const section = el("div", { class: "consents" }, el("h4", { id: id + "-consents", tabindex: "-1", text: t("consentsTitle") }));
+    if (consents.length === 0) {
+      section.append(el("p", { text: t("noConsents") }));
+      return section;
+    }
+    const rows = consents.map((consent) => {
+      const status = consentStatus(consent);
+      const name = purposeName(consent.purpose);
+      return el(
+        "tr",
+        { "data-consent-id": consent.consent_id, class: status.active ? "active" : "ended" },
+        el("th", { scope: "row", text: name }),
+        el(
+          "td",
+          {},
+          el(
+            "details",
+            {},
+            el("summary", { text: t("noticeVersion", { version: consent.notice_version }) }),
+            el("p", { text: noticeText(consent.purpose, consent.notice_version) })
+          )
+        ),
+        el("td", { text: fmtDateTime(consent.granted_at) }),
+        el("td", { text: consent.expires_at ? fmtDate(consent.expires_at) : t("noExpiry") }),
+        el("td", { class: "consent-status", text: status.text }),
+        el(
+          "td",
+          {},
+          status.active
+            ? el("button", {
+                type: "button",
+                class: "danger",
+                text: t("revoke"),
+                "aria-label": t("revokeLabel", { purpose: name }),
+                onclick: () => revokeConsent(conn, consent, id),
+              })
+            : null
+        )
+      );
+    });
+    section.append(
+      el(
+        "div",
+        { class: "table-wrap" },
+        el(
+          "table",
+          { "aria-labelledby": id + "-consents" },
+          el(
+            "thead",
+            {},
+            el(
+              "tr",
+              {},
+              ["colPurpose", "colNotice", "colGranted", "colExpires", "colStatus", "colAction"].map(
+                (key) => el("th", { scope: "col", text: t(key) })
+              )
+            )
+          ),
+          el("tbody", {}, rows)
+        )
+      )
+    );
+    return section;
+  }
+
+  function renderGrantForm(conn, id) {
+    const active = new Set(
+      (conn.consents || []).filter((c) => consentStatus(c).active).map((c) => c.purpose)
+    );
+    // purposes both the gateway offers and this page has a notice text for
+    const offered = state.purposes || Object.keys(PURPOSES);
+    const available = offered.filter((p) => PURPOSES[p] && !active.has(p));
+    const wrap = el("div", { class: "grant" }, el("h4", { id: id + "-grant", text: t("grantTitle") }));
+    if ((conn.level || "daily") !== "daily") {
+      wrap.append(el("p", { text: t("grantNeedsDaily") }));
+      return wrap;
+    }
+    if (available.length === 0) {
+      wrap.append(el("p", { text: t("grantAllActive") }));
+      return wrap;
+    }
+    const selectId = id + "-purpose";
+    const dateId = id + "-expires";
+    const noticeId = id + "-notice";
+    const notice = el("div", { id: noticeId, class: "notice", "aria-live": "polite" });
+    const select = el(
+      "select",
+      { id: selectId, "aria-describedby": noticeId, required: true },
+      el("option", { value: "", text: t("grantChoose") }),
+      available.map((p) => el("option", { value: p, text: purposeName(p) }))
+    );
+    const showNotice = () => {
+      const purpose = select.value;
+      if (!purpose) {
+        notice.replaceChildren();
+        return;
+      }
+      const spec = PURPOSES[purpose];
+      notice.replaceChildren(
+        el("p", { class: "notice-text", text: noticeText(purpose, spec.current) }),
+        el("p", { class: "hint", text: t("onRevoke_" + spec.onRevoke) })
+      );
+    };
+    select.addEventListener("change", showNotice);
+    const tomorrow = new Date(Date.now() + 86400000).toISOString().slice(0, 10);
+    const maxDate = new Date(Date.now() + (state.maxLifetimeDays - 1) * 86400000)
+      .toISOString()
+      .slice(0, 10);
+    const date = el("input", {
+      type: "date",
+      id: dateId,
+      min: tomorrow,
+      max: maxDate,
+      "aria-describedby": dateId + "-hint",
+    });
+    const form = el(
+      "form",
+      { class: "grant-form", novalidate: true, "aria-labelledby": id + "-grant" },
+      el("div", { class: "field" }, el("label", { for: selectId, text: t("grantPurpose") }), select),
+      notice,
+      el(
+        "div",
+        { class: "field" },
+        el("label", { for: dateId, text: t("grantExpires") }),
+        el("p", { id: dateId + "-hint", class: "hint", text: t("grantExpiresHint", { date: fmtDate(maxDate + "T12:00:00Z") }) }),
+        date
+      ),
+      el("button", { type: "submit", text: t("grantButton") })
+    );
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (!select.value) {
+        showError(t("grantNoPurpose"));
+        select.focus();
+        return;
+      }
+      grantConsent(conn, select.value, date.value, id);
+    });
+    wrap.append(form);
+    return wrap;
+  }
+
+  async function grantConsent(conn, purpose, dateValue, id) {
+    clearError();
+    const spec = PURPOSES[purpose];
+    const name = purposeName(purpose);
+    const ok = await confirmDialog(
+      t("grantDialogTitle"),
+      [
+        el("p", { text: t("grantDialogIntro", { ean: conn.ean }) }),
+        el("p", { class: "dialog-purpose", text: name }),
+        el("blockquote", { class: "notice-text", text: noticeText(purpose, spec.current) }),
+        el("p", { class: "hint", text: t("onRevoke_" + spec.onRevoke) }),
+      ],
+      t("grantConfirm"),
+      false
+    );
+    if (!ok) return;
+    const body = { ean: conn.ean, purpose, notice_version: spec.current };
+    if (dateValue) {
+      // the consent ends at the start of the chosen day in the browser's time zone
+      body.expires_at = new Date(dateValue + "T00:00:00").toISOString();
+    }
+    try {
+      const answer = await api("POST", "v1/me/consents", body);
+      announceWithReceipt(t("granted", { purpose: name }), answer);
+      await reload("#" + id + "-consents");
+    } catch (err) {
+      handleError(err);
+    }
+  }
+
+  async function revokeConsent(conn, consent, id) {
+    clearError();
+    const name = purposeName(consent.purpose);
+    const ok = await confirmDialog(
+      t("revokeTitle"),
+      [el("p", { text: t("revokeBody", { purpose: name, ean: conn.ean }) })],
+      t("revokeConfirm"),
+      true
+    );
+    if (!ok) return;
+    try {
+      const answer = await api(
+        "POST",
+        "v1/me/consents/" + encodeURIComponent(consent.consent_id) + "/revoke"
+      );
+      announceWithReceipt(t("revoked", { purpose: name }), answer);
+      await reload("#" + id + "-consents");
+    } catch (err) {
+      handleError(err);
+    }
+  }
+
+  function announceWithReceipt(text, answer) {
+    const receipt = answer && answer.receipt;
+    if (!receipt) {
+      announce(text);
+      return;
+    }
+    const id = (answer.consent && answer.consent.consent_id) || "consent";
+    const button = el("button", {
+      type: "button",
+      class: "secondary",
+      text: t("receiptDownload"),
+      onclick: () =>
+        saveBlob(
+          new Blob([JSON.stringify(receipt, null, 2)], { type: "application/json" }),
+          "consent-receipt-" + id + ".json"
+        ),
+    });
+    announce(text, button);
+  }
+
+  function renderLogTable(container, rows, columns, labelId) {
+    if (rows.length === 0) {
+      container.replaceChildren(el("p", { text: t("logEmpty") }));
+      return;
+    }
+    const table = el(
+      "table",
+      { "aria-labelledby": labelId },
+      el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col", text: t(c.label) })))),
+      el(
+        "tbody",
+        {},
+        rows.map((row) => el("tr", {}, columns.map((c) => el("td", { text: c.value(row) }))))
+      )
+    );
+    container.replaceChildren(table);
+  }
+
+  // a known code's text, or the code itself (a newer gateway may add events or reasons)
+  function known(prefix, code, vars) {
+    const key = prefix + code;
+    return key in STRINGS.en ? t(key, vars) : String(code);
+  }
+
+  function eventText(row) {
+    if (row.event === "level-changed") {
+      return t("event_level-changed", { level: known("level_", row.level) });
+    }
+    const base = known("event_", row.event);
+    if (row.reason && row.event !== "expired") return base + " (" + known("end_", row.reason) + ")";
+    return base;
+  }
+
+  function renderPermissionLog() {
+    renderLogTable(
+      $("#permission-log-table"),
+      state.permissionLog,
+      [
+        { label: "colWhen", value: (r) => fmtDateTime(r.at) },
+        { label: "colEvent", value: eventText },
+        { label: "ean", value: (r) => String(r.ean || "") },
+        { label: "colPurpose", value: (r) => (r.purpose ? purposeName(r.purpose) : "") },
+        { label: "colChannel", value: (r) => (r.channel ? known("channel_", r.channel) : "") },
+      ],
+      "permission-log-title"
+    );
+  }
+
+  function accessWhat(row) {
+    if (row.kind === "export") return t("event_export");
+    if (row.kind === "read") {
+      return t("event_read", { client: row.client_name || row.client_id || row.actor || "?" });
+    }
+    return String(row.kind || "");
+  }
+
+  function renderAccessLog() {
+    renderLogTable(
+      $("#access-log-table"),
+      state.accessLog,
+      [
+        { label: "colWhen", value: (r) => fmtDateTime(r.at) },
+        { label: "colWhat", value: accessWhat },
+        { label: "ean", value: (r) => (Array.isArray(r.eans) ? r.eans.join(", ") : "") },
+        { label: "colGranularity", value: (r) => (r.granularity ? known("gran_", r.granularity) : "") },
+        {
+          label: "colPeriod",
+          value: (r) => (r.from || r.to ? fmtDateTime(r.from) + " \u2013 " + fmtDateTime(r.to) : ""),
+        },
+      ],
+      "access-log-title"
+    );
+  }
+
+  // ---- confirmation dialog ---------------------------------------------------------------------
+
+  function confirmDialog(title, body, yesText, danger) {
+    const dialog = $("#confirm");
+    const yes = $("#confirm-yes");
+    const no = $("#confirm-no");
+    const opener = document.activeElement;
+    $("#confirm-title").textContent = title;
+    $("#confirm-body").replaceChildren(...body);
+    yes.textContent = yesText;
+    yes.className = danger ? "danger" : "";
+    no.textContent = t("cancel");
+    return new Promise((resolve) => {
+      const finish = (answer) => {
+        yes.onclick = no.onclick = dialog.oncancel = null;
+        dialog.close();
+        if (!answer && opener && document.contains(opener)) opener.focus();
+        resolve(answer);
+      };
+      yes.onclick = () => finish(true);
+      no.onclick = () => finish(false);
+      dialog.oncancel = (event) => {
+        event.preventDefault(); // Escape: answer "no" through the same path
+        finish(false);
+      };
+      dialog.showModal();
+      no.focus(); // the safe choice has the focus
+    });
+  }
+
+  // ---- export ----------------------------------------------------------------------------------
+
+  function saveBlob(blob, filename) {
+    const url = URL.createObjectURL(blob);
+    const link = el("a", { href: url, download: filename, class: "visually-hidden" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
+  function filenameFrom(resp) {
+    const disposition = resp.headers.get("Content-Disposition") || "";
+    const match = /filename="?([^";]+)"?/i.exec(disposition);
+    if (match) return match[1];
+    return "meterpoort-export-" + new Date().toISOString().slice(0, 10) + ".json";
+  }
+
+  async function downloadExport() {
+    clearError();
+    announce(t("loading"));
+    try {
+      const resp = await request("GET", "v1/me/export");
+      const blob = await resp.blob();
+      const file = filenameFrom(resp);
+      saveBlob(new Blob([blob], { type: "application/json" }), file);
+      announce(t("exportDone", { file }));
+      // the export is itself in the access log
+      state.accessLog = list(await api("GET", "v1/me/access-log"), "entries");
+      renderAccessLog();
+    } catch (err) {
+      announce("");
+      handleError(err);
+    }
+  }
+
+  // ---- start -----------------------------------------------------------------------------------
+
+  function initialLanguage() {
+    const stored = localStorage.getItem(LANG_KEY);
+    if (stored && LANGS.includes(stored)) return stored;
+    const preferred = (navigator.languages && navigator.languages[0]) || navigator.language || "";
+    return preferred.toLowerCase().startsWith("nl") ? "nl" : "en";
+  }
+
+  function start() {
+    state.lang = initialLanguage();
+    applyStaticTexts();
+    takeTokenFromFragment();
+
+    $("#lang").addEventListener("change", (event) => {
+      state.lang = LANGS.includes(event.target.value) ? event.target.value : "en";
+      localStorage.setItem(LANG_KEY, state.lang);
+      announce(""); // a message in the other language would be stale
+      render();
+    });
+    $("#token-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const value = $("#token").value.trim();
+      if (!value) {
+        showError(t("tokenEmpty"));
+        $("#token").focus();
+        return;
+      }
+      sessionStorage.setItem(TOKEN_KEY, value);
+      $("#token").value = "";
+      clearError();
+      loadAll();
+    });
+    $("#signout").addEventListener("click", () => {
+      signOut();
+      clearError();
+      announce("");
+      $("#token").focus();
+    });
+    $("#export-button").addEventListener("click", downloadExport);
+    window.addEventListener("hashchange", () => {
+      if (/[#&]token=/.test(window.location.hash)) {
+        takeTokenFromFragment();
+        loadAll();
+      }
+    });
+    loadAll();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

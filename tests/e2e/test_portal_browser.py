@@ -1,0 +1,454 @@
+"""The customer portal (``GET /portal``) in a real browser: Debian's chromium driven by
+Playwright against the gateway on a real TCP port and the test's own PostgreSQL database.
+
+The customer opens ``/portal#token=…`` (how the supplier's portal hands over the token), sees
+their connections, grants a consent through the confirmation dialog, cancels and then confirms a
+revocation, changes a level, reads the permission and access logs, downloads their data and
+switches language — and after each step the database must say the same as the page. A
+screenshot of the result is checked for real rendering and kept at /tmp/portal.png.
+
+The browser is the distribution's (``.ci/install-browser``); Playwright's browser download is
+never used. ``executable_path`` points at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from gateway import portal
+from gateway.app import create_app
+from gateway.customer_auth import CustomerAuthConfig
+from gateway.handlers import me
+from gateway.registry import ean_check_digit
+from gateway.settings import Settings
+from gateway.token_cli import mint_dev_token
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STEP_MS = 20_000  # generous per-step limit on a loaded 2-core machine
+SCREENSHOT = Path("/tmp/portal.png")
+AMS = ZoneInfo("Europe/Amsterdam")
+CUSTOMER = "klant-4711"
+OTHER_CUSTOMER = "klant-0815"
+BRAND_RGB = (11, 79, 138)  # --brand in portal.css: the banner
+
+Client = TestClient[web.Request, web.Application]
+
+
+def make_ean(n: int) -> str:
+    body = f"8716{n:013d}"
+    return body + str(ean_check_digit(body))
+
+
+E_EAN, G_EAN, OTHER_EAN = make_ean(471), make_ean(472), make_ean(815)
+
+
+def _routes(app: web.Application) -> set[str]:
+    return {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+
+
+@dataclass
+class Portal:
+    """The served gateway (dev mode: dev customer tokens are trusted) and how to reach it."""
+
+    client: Client
+    settings: Settings
+    base: str
+    requests: list[str] = field(default_factory=list)
+
+    def token(self, customer_id: str) -> str:
+        audience = CustomerAuthConfig.from_settings(self.settings).audience
+        return mint_dev_token(
+            Path(self.settings.data_dir), customer_id, audience, dt.timedelta(hours=1)
+        )
+
+
+@pytest.fixture
+async def served(
+    gateway_settings: Settings, admin_headers: dict[str, str]
+) -> AsyncIterator[Portal]:
+    settings = gateway_settings.model_copy(update={"dev_mode": True})
+    app = create_app(settings)
+    # until the lead wires gateway.portal and gateway.handlers.me into create_app
+    if "/portal" not in _routes(app):
+        portal.setup_portal(app)
+    if "/v1/me/connections" not in _routes(app):
+        me.setup_routes(app)
+    client: Client = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await client.start_server()
+    try:
+        for ean, commodity, meter, customer in (
+            (E_EAN, "electricity", "E0047114711", CUSTOMER),
+            (G_EAN, "gas", "G0047114711", CUSTOMER),
+            (OTHER_EAN, "gas", "G0008150815", OTHER_CUSTOMER),
+        ):
+            resp = await client.post(
+                "/v1/admin/meters",
+                headers=admin_headers,
+                json={
+                    "ean": ean,
+                    "commodity": commodity,
+                    "meter_id": meter,
+                    "customer_id": customer,
+                    "contract_start": "2024-03-01T00:00:00+01:00",
+                },
+            )
+            assert resp.status == 201, await resp.text()
+        yield Portal(client, settings, str(client.make_url("")).rstrip("/"))
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    present = await asyncio.to_thread(Path(CHROMIUM).exists)
+    assert present, f"{CHROMIUM} is missing: run .ci/install-browser"
+    expect.set_options(timeout=STEP_MS)
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def new_page(browser: Browser, served: Portal, locale: str, errors: list[str]) -> Page:
+    """A page in a fresh context (own storage) that records page errors, console errors and
+    every URL it requests."""
+    context = await browser.new_context(
+        locale=locale,
+        timezone_id="Europe/Amsterdam",
+        viewport={"width": 1100, "height": 900},
+        accept_downloads=True,
+    )
+    context.set_default_timeout(STEP_MS)
+    page = await context.new_page()
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(f"console {msg.type}: {msg.text}")
+            if msg.type in ("error", "warning")
+            else None
+        ),
+    )
+    page.on("request", lambda req: served.requests.append(req.url))
+    return page
+
+
+# --- plain HTTP ----------------------------------------------------------------------------------
+
+
+async def test_portal_is_served_with_strict_headers_and_documented(served: Portal) -> None:
+    client = served.client
+    resp = await client.get("/portal")
+    assert resp.status == 200
+    assert resp.content_type == "text/html"
+    page = await resp.text()
+    assert '<html lang="nl">' in page
+    csp = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp
+    assert "frame-ancestors 'self'" in csp
+    assert resp.headers["Referrer-Policy"] == "no-referrer"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+    # unchanged files revalidate with 304
+    again = await client.get("/portal", headers={"If-None-Match": resp.headers["ETag"]})
+    assert again.status == 304
+    assert await again.read() == b""
+
+    # the page's relative asset URLs resolve to served files
+    for ref, ctype in (("portal/portal.js", "text/javascript"), ("portal/portal.css", "text/css")):
+        assert f'"{ref}"' in page
+        asset = await client.get("/" + ref)
+        assert asset.status == 200, ref
+        assert asset.content_type == ctype
+        assert len(await asset.read()) > 1000
+
+    # every route setup_portal adds is in its OpenAPI paths (merged into /openapi.json)
+    app = web.Application()
+    portal.setup_portal(app)
+    for route in app.router.routes():
+        if route.method == "HEAD":
+            continue
+        assert route.resource is not None
+        path = route.resource.canonical
+        assert route.method.lower() in portal.OPENAPI_PATHS[path], path
+
+
+# --- the browser ---------------------------------------------------------------------------------
+
+
+async def test_sign_in_with_a_pasted_token_and_switch_language(
+    served: Portal, browser: Browser
+) -> None:
+    errors: list[str] = []
+    page = await new_page(browser, served, "nl-NL", errors)
+    await page.goto(served.base + "/portal")
+
+    # no token: the sign-in form, in Dutch (the browser's language)
+    await expect(page.locator("html")).to_have_attribute("lang", "nl")
+    await expect(page.get_by_role("heading", name="Aanmelden")).to_be_visible()
+    await expect(page.locator("#content")).to_be_hidden()
+
+    # the language switch changes every text and the lang attribute, and is remembered
+    await page.get_by_label("Taal").select_option("en")
+    await expect(page.locator("html")).to_have_attribute("lang", "en")
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert await page.title() == "Meterpoort – my meter data"
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    # a token that is no customer token: the API's problem detail in the alert region
+    await page.get_by_label("Customer token").fill("not-a-token")
+    await page.get_by_role("button", name="Use token").click()
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("not a customer token")
+    await expect(alert).to_contain_text("sign in again")
+    assert await page.evaluate("sessionStorage.getItem('meterpoort.token')") is None
+    assert any("401" in e for e in errors), errors  # the browser logs the refused request
+
+    # another customer's valid token: their connection only
+    errors.clear()
+    await page.get_by_label("Customer token").fill(served.token(OTHER_CUSTOMER))
+    await page.get_by_role("button", name="Use token").click()
+    await expect(page.locator(f'article[data-ean="{OTHER_EAN}"]')).to_be_visible()
+    await expect(page.locator("article.connection")).to_have_count(1)
+    await expect(page.get_by_role("alert")).to_be_hidden()
+    await expect(page.get_by_role("status")).to_have_text("Your data has been loaded.")
+
+    # signing out forgets the token
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert await page.evaluate("sessionStorage.getItem('meterpoort.token')") is None
+    assert errors == []
+    await page.context.close()
+
+
+async def test_customer_grants_revokes_and_downloads_in_the_portal(
+    served: Portal, browser: Browser, pool: asyncpg.Pool
+) -> None:
+    errors: list[str] = []
+    token = served.token(CUSTOMER)
+    page = await new_page(browser, served, "en-GB", errors)
+    await page.goto(f"{served.base}/portal#token={token}")
+
+    # the token moved from the fragment to sessionStorage and never went into a URL
+    elec = page.locator(f'article[data-ean="{E_EAN}"]')
+    gas = page.locator(f'article[data-ean="{G_EAN}"]')
+    await expect(elec.get_by_role("heading", level=3)).to_have_text(f"Electricity – EAN {E_EAN}")
+    await expect(gas.get_by_role("heading", level=3)).to_have_text(f"Gas – EAN {G_EAN}")
+    await expect(page.locator("article.connection")).to_have_count(2)  # not the other customer's
+    assert "token" not in page.url
+    assert await page.evaluate("sessionStorage.getItem('meterpoort.token')") == token
+    await expect(elec.get_by_label("Daily readings (default)")).to_be_checked()
+    await expect(elec).to_contain_text("You have not given any consent for this connection yet.")
+
+    # --- grant: choose a purpose, read the notice, confirm in the dialog
+    await elec.get_by_label("Purpose").select_option("dynamic-tariff-billing")
+    await expect(elec.locator(".notice")).to_contain_text("my bill on a dynamic tariff")
+    await elec.get_by_role("button", name="Give consent…").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_be_visible()
+    await expect(dialog.get_by_role("heading")).to_have_text("Give consent?")
+    await expect(dialog).to_contain_text(E_EAN)
+    await expect(dialog).to_contain_text("my bill on a dynamic tariff")
+    # the safe answer has the focus
+    await expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    await dialog.get_by_role("button", name="Yes, I consent").click()
+    await expect(dialog).to_be_hidden()
+
+    row = elec.locator("tr[data-consent-id]")
+    await expect(row).to_have_count(1)
+    await expect(row.locator(".consent-status")).to_have_text("Active")
+    await expect(page.get_by_role("status")).to_contain_text(
+        "Your consent for “Dynamic tariff” has been recorded."
+    )
+    await expect(page.get_by_role("button", name="Download receipt")).to_be_visible()
+    consent_id = await row.get_attribute("data-consent-id")
+    stored = await pool.fetchrow(
+        "SELECT consent_id::text AS id, customer_id, purpose, notice_version, channel, ended_at"
+        " FROM consents WHERE ean = $1",
+        E_EAN,
+    )
+    assert stored is not None
+    assert stored["id"] == consent_id
+    assert (stored["customer_id"], stored["purpose"], stored["notice_version"]) == (
+        CUSTOMER,
+        "dynamic-tariff-billing",
+        "v1",
+    )
+    assert stored["channel"] == "portal"
+    assert stored["ended_at"] is None
+
+    # --- revoke: Escape cancels (nothing changes), then confirm
+    revoke = elec.get_by_role("button", name="Revoke consent for Dynamic tariff")
+    await revoke.click()
+    await expect(dialog).to_be_visible()
+    await expect(dialog.get_by_role("heading")).to_have_text("Revoke consent?")
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(revoke).to_be_focused()
+    ended = await pool.fetchval(
+        "SELECT ended_at FROM consents WHERE consent_id = $1::uuid", consent_id
+    )
+    assert ended is None
+    await revoke.click()
+    await dialog.get_by_role("button", name="Yes, revoke").click()
+    await expect(row.locator(".consent-status")).to_contain_text("Revoked on")
+    await expect(revoke).to_have_count(0)
+    await expect(page.get_by_role("status")).to_contain_text("has been revoked")
+    stored = await pool.fetchrow(
+        "SELECT ended_at, end_reason FROM consents WHERE consent_id = $1::uuid", consent_id
+    )
+    assert stored is not None
+    assert stored["ended_at"] is not None
+    assert stored["end_reason"] == "revoked"
+
+    # --- the permission log shows both events, newest first, as the database has them
+    log_rows = page.locator("#permission-log-table tbody tr")
+    await expect(log_rows).to_have_count(2)
+    await expect(log_rows.nth(0)).to_contain_text("Consent revoked")
+    await expect(log_rows.nth(1)).to_contain_text("Consent given")
+    await expect(log_rows.nth(1)).to_contain_text("Dynamic tariff")
+    events = await pool.fetchval("SELECT count(*) FROM consent_events WHERE ean = $1", E_EAN)
+    assert events == 2
+
+    # --- an end date beyond the maximum lifetime: the API's problem detail, nothing stored
+    await elec.get_by_label("Purpose").select_option("energy-insights")
+    too_late = dt.datetime.now(AMS).date() + dt.timedelta(days=4 * 366)
+    await elec.get_by_label("End date (optional)").fill(too_late.isoformat())
+    await elec.get_by_role("button", name="Give consent…").click()
+    await dialog.get_by_role("button", name="Yes, I consent").click()
+    await expect(page.get_by_role("alert")).to_contain_text(
+        "That did not work: expires_at is beyond the maximum consent lifetime"
+    )
+    assert await pool.fetchval("SELECT count(*) FROM consents WHERE ean = $1", E_EAN) == 1
+    assert await page.evaluate("sessionStorage.getItem('meterpoort.token')") == token
+    errors.remove(  # the browser logs the refused request
+        "console error: Failed to load resource: the server responded with a status of 422 "
+        "(Unprocessable Entity)"
+    )
+
+    # --- a second consent, with an end date (midnight, Dutch time, of the chosen day)
+    until = dt.datetime.now(AMS).date() + dt.timedelta(days=30)
+    await elec.get_by_label("End date (optional)").fill(until.isoformat())
+    await elec.get_by_role("button", name="Give consent…").click()
+    await dialog.get_by_role("button", name="Yes, I consent").click()
+    await expect(elec.locator("tr.active .consent-status")).to_have_text("Active")
+    await expect(page.get_by_role("alert")).to_be_hidden()  # a success clears the old error
+    await expect(elec.get_by_role("heading", name="Consent for 15-minute")).to_be_focused()
+    expires = await pool.fetchval(
+        "SELECT expires_at FROM consents WHERE ean = $1 AND purpose = 'energy-insights'", E_EAN
+    )
+    assert expires == dt.datetime.combine(until, dt.time(0), AMS)
+
+    # --- level: gas to monthly; interval consent is then not offered there
+    await gas.get_by_label("Monthly readings only").check()
+    await gas.get_by_role("button", name="Save choice").click()
+    await expect(page.get_by_role("status")).to_contain_text(
+        "Your choice has been saved: Monthly readings only."
+    )
+    await expect(gas).to_contain_text("only possible while daily readings are on")
+    await expect(gas.get_by_label("Monthly readings only")).to_be_checked()
+    assert await pool.fetchval("SELECT level FROM connections WHERE ean = $1", G_EAN) == "monthly"
+    await expect(log_rows).to_have_count(4)
+    await expect(log_rows.nth(0)).to_contain_text("Meter reading choice: Monthly readings only")
+
+    # --- download my data: a JSON file with what the database holds; the access log shows it
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Download my data").click()
+    download = await download_info.value
+    assert download.suggested_filename.startswith("meterpoort-export-")
+    assert download.suggested_filename.endswith(".json")
+    saved = Path(await download.path())
+    exported = json.loads(await asyncio.to_thread(saved.read_text, encoding="utf-8"))
+    assert exported["customer_id"] == CUSTOMER
+    assert sorted(k["ean"] for k in exported["connections"]) == sorted([E_EAN, G_EAN])
+    reasons = {c["purpose"]: c["end_reason"] for c in exported["consents"]}
+    assert reasons == {"dynamic-tariff-billing": "revoked", "energy-insights": None}
+    access_rows = page.locator("#access-log-table tbody tr")
+    await expect(access_rows).to_have_count(1)
+    await expect(access_rows.nth(0)).to_contain_text("You downloaded your data")
+
+    # --- styles applied; the screenshot shows a rendered page
+    banner_bg = await page.locator(".banner").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert banner_bg == "rgb({}, {}, {})".format(*BRAND_RGB)
+    png = await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    await check_rendered(browser, png)
+
+    # --- Dutch on the same data, without reloading
+    await page.get_by_label("Language").select_option("nl")
+    await expect(page.locator("html")).to_have_attribute("lang", "nl")
+    await expect(page.get_by_role("heading", name="Mijn aansluitingen")).to_be_visible()
+    revoked_row = elec.locator(f'tr[data-consent-id="{consent_id}"]')
+    await expect(revoked_row.locator(".consent-status")).to_contain_text("Ingetrokken op")
+    await expect(log_rows.nth(0)).to_contain_text("Keuze meetgegevens: Alleen maandstanden")
+    await page.screenshot(path=str(SCREENSHOT.with_name("portal-nl.png")), full_page=True)
+
+    # the token travelled only in the Authorization header, never in a URL
+    assert served.requests and not any(token in url for url in served.requests)
+    assert errors == []
+    await page.context.close()
+
+
+async def check_rendered(browser: Browser, png: bytes) -> None:
+    """The screenshot is a real render: a PNG of the page's size with many colours, a good
+    share of non-white pixels, and the banner's brand colour."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width == 1100 and height >= 900, (width, height)
+    assert len(png) > 30_000, len(png)
+    page = await browser.new_page()
+    try:
+        stats: dict[str, Any] = await page.evaluate(
+            """async (src) => {
+                const img = new Image();
+                img.src = src;
+                await img.decode();
+                const canvas = document.createElement("canvas");
+                canvas.width = img.width;
+                canvas.height = img.height;
+                const ctx = canvas.getContext("2d");
+                ctx.drawImage(img, 0, 0);
+                const data = ctx.getImageData(0, 0, img.width, img.height).data;
+                const colours = new Set();
+                let nonWhite = 0;
+                let brand = 0;
+                for (let i = 0; i < data.length; i += 4) {
+                    const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+                    colours.add((r << 16) | (g << 8) | b);
+                    if (r < 240 || g < 240 || b < 240) nonWhite++;
+                    if (r === 11 && g === 79 && b === 138) brand++;
+                }
+                return {colours: colours.size, nonWhite, brand, pixels: data.length / 4};
+            }""",
+            "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+        )
+    finally:
+        await page.close()
+    assert stats["colours"] >= 50, stats  # text anti-aliasing alone gives hundreds
+    assert stats["nonWhite"] / stats["pixels"] > 0.05, stats
+    assert stats["brand"] > 1100 * 40, stats  # the banner: full width, tens of pixels high
