@@ -6,7 +6,8 @@ at t, processed now" with one dict look-up and a few datetime comparisons (bench
 Coherence across gateway processes:
 
 * every change of ``connections`` or ``consents`` NOTIFYs channel ``meterpoort_consent`` with the
-  EAN (triggers in ``NOTIFY_TRIGGERS_SQL``; consent changes made here also NOTIFY explicitly);
+  EAN (statement triggers from migration 0002_consent_notify.sql; consent changes made here
+  also NOTIFY explicitly);
   each process LISTENs and reloads the EANs it is told about, coalescing bursts (a bulk import
   becomes one full reload);
 * a periodic full reload is the safety net for anything missed (a LISTEN connection that dropped
@@ -38,54 +39,6 @@ CHANNEL = "meterpoort_consent"
 
 #: pending EANs above which a burst of notifications is served by one full reload
 FULL_RELOAD_THRESHOLD = 2000
-
-#: Statement triggers that NOTIFY the changed EANs after every change of a connection or a
-#: consent, so every process's index follows changes made by any process or tool. A statement
-#: touching more than NOTIFY_MAX_EANS EANs (a CSV import) sends one '*' instead: "reload all".
-NOTIFY_MAX_EANS = 100
-NOTIFY_TRIGGERS_SQL = f"""
-CREATE OR REPLACE FUNCTION meterpoort_notify_consent() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    eans text[];
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(DISTINCT ean) INTO eans FROM new_rows;
-    ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(DISTINCT ean) INTO eans FROM old_rows;
-    ELSE
-        SELECT array_agg(DISTINCT ean) INTO eans
-        FROM (SELECT ean FROM new_rows UNION SELECT ean FROM old_rows) AS u;
-    END IF;
-    IF eans IS NULL THEN
-        RETURN NULL;
-    ELSIF cardinality(eans) > {NOTIFY_MAX_EANS} THEN
-        PERFORM pg_notify('{CHANNEL}', '*');
-    ELSE
-        PERFORM pg_notify('{CHANNEL}', e) FROM unnest(eans) AS e;
-    END IF;
-    RETURN NULL;
-END $$;
-"""
-_TRIGGER_TABLES = ("connections", "consents")
-for _table in _TRIGGER_TABLES:
-    NOTIFY_TRIGGERS_SQL += f"""
-CREATE OR REPLACE TRIGGER meterpoort_notify_{_table}_ins AFTER INSERT ON {_table}
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION meterpoort_notify_consent();
-CREATE OR REPLACE TRIGGER meterpoort_notify_{_table}_upd AFTER UPDATE ON {_table}
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION meterpoort_notify_consent();
-CREATE OR REPLACE TRIGGER meterpoort_notify_{_table}_del AFTER DELETE ON {_table}
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION meterpoort_notify_consent();
-"""
-_TRIGGER_NAMES = [
-    f"meterpoort_notify_{t}_{op}" for t in _TRIGGER_TABLES for op in ("ins", "upd", "del")
-]
-
-#: advisory lock serialising NOTIFY_TRIGGERS_SQL between processes starting together
-_TRIGGER_LOCK_KEY = 0x6D747270_00000003
 
 _CONNECTION_COLUMNS = (
     "ean, ean_num, commodity, meter_id, contract_start, contract_end, level"
@@ -269,21 +222,6 @@ async def load_eans(conn: asyncpg.Connection, index: ConsentIndex, eans: Iterabl
         index.update_ean(ean, found.get(ean), by_ean.get(ean, ()))
 
 
-async def install_notify_triggers(conn: asyncpg.Connection) -> None:
-    """Create the NOTIFY triggers unless they exist; safe when several processes start at once.
-
-    (They belong in a migration; until one holds them the gateway installs them at start-up.)
-    """
-    present = await conn.fetchval(
-        "SELECT count(*) FROM pg_trigger WHERE tgname = ANY($1::text[])", _TRIGGER_NAMES
-    )
-    if present == len(_TRIGGER_NAMES):
-        return
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _TRIGGER_LOCK_KEY)
-        await conn.execute(NOTIFY_TRIGGERS_SQL)
-
-
 class IndexMaintainer:
     """Keeps a ConsentIndex coherent: LISTEN + coalesced EAN reloads + periodic full reloads.
 
@@ -317,8 +255,6 @@ class IndexMaintainer:
 
     async def start(self) -> None:
         """Load the index, then start listening and the periodic reload."""
-        async with self.pool.acquire() as conn:
-            await install_notify_triggers(conn)
         if self.listen:
             await self._connect_listener()
         await self.reload_all()
