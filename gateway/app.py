@@ -72,6 +72,16 @@ def create_app(settings: Settings) -> web.Application:
     from gateway.handlers import me
 
     me.setup_routes(app, settings)
+    # data clients: admin routes, GET /v1/readings and GET /v1/consents
+    from gateway.handlers import clients as client_handlers
+    from gateway.handlers import readings as readings_handlers
+
+    client_handlers.setup_routes(app)
+    readings_handlers.setup_routes(app, settings)
+    # consent-change notifications: needs the signing key and the pool set up above
+    from gateway.webhooks import setup_webhooks
+
+    setup_webhooks(app)
     setup_portal(app)
     # the ingest pipeline (gateway/ingest.py) is built alongside; wire it once it is present
     if importlib.util.find_spec("gateway.ingest") is not None:

@@ -44,7 +44,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.retention_cli",
 )
 #: ``admin`` sub-commands defined in other modules (each exposes ``add_admin_parser(sub)``)
-ADMIN_COMMAND_MODULES: tuple[str, ...] = ()
+ADMIN_COMMAND_MODULES: tuple[str, ...] = ("gateway.clients_cli",)
 
 Command = Callable[[argparse.Namespace, Settings], int]
 

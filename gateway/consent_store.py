@@ -10,7 +10,8 @@ Ending a consent (SPEC §3/§4), in ONE transaction:
 3. delete the EAN's interval readings measured at or after the end — or, for a purpose whose
    data is deleted at revocation, from the grant on — unless another consent covers them (one
    still in force, or an ended one whose purpose keeps its data);
-4. insert a ``consent_events`` row and NOTIFY ``meterpoort_consent`` with the EAN.
+4. insert a ``consent_events`` row and NOTIFY ``meterpoort_consent`` with the EAN;
+5. enqueue the webhook notification (``gateway.outbox``): it is sent if and only if this commits.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from consent.model import (
     new_consent,
     purpose_named,
 )
-from gateway import audit
+from gateway import audit, outbox
 from gateway.errors import ConflictError, FieldError, NotFoundError, ValidationError
 
 _CONSENT_COLUMNS = (
@@ -139,8 +140,15 @@ async def create_consent(
             ean=ean,
             detail={"consent_id": consent.consent_id, "purpose": purpose},
         )
+        assert created is not None
+        await outbox.enqueue(
+            conn,
+            ean=ean,
+            kind=outbox.KIND_CONSENT_GRANTED,
+            payload=outbox.consent_payload(created),
+            occurred_at=consent.granted_at,
+        )
         await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)
-    assert created is not None
     return consent_json(created)
 
 
@@ -225,8 +233,15 @@ async def end_consent(
             ean=ean,
             detail={"consent_id": consent_id, "reason": reason.value, "deleted_readings": deleted},
         )
+        assert ended is not None
+        await outbox.enqueue(
+            conn,
+            ean=ean,
+            kind=outbox.KIND_CONSENT_ENDED,
+            payload=outbox.consent_payload(ended),
+            occurred_at=end,
+        )
         await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)
-    assert ended is not None
     result = consent_json(ended)
     result["deleted_readings"] = deleted
     return result
@@ -241,15 +256,15 @@ async def end_consents_for_ean(
     actor: str = "admin",
 ) -> list[uuid.UUID]:
     """End every consent of ``ean`` still open at ``at`` (contract end, move-out, erasure), in
-    the caller's transaction: each as ``end_consent`` does (event, deletion by purpose), one
-    NOTIFY. The caller must hold the connection row lock (``SELECT … FOR UPDATE``). Returns the
-    ended consent ids."""
+    the caller's transaction: each as ``end_consent`` does (event, deletion by purpose, webhook
+    notification), one NOTIFY. The caller must hold the connection row lock (``SELECT … FOR
+    UPDATE``). Returns the ended consent ids."""
     table = DEFAULT_PURPOSES if purposes is None else purposes
     conn_row = await conn.fetchrow("SELECT ean_num, commodity FROM connections WHERE ean = $1", ean)
     if conn_row is None:
         raise NotFoundError(f"no connection {ean} is registered")
     rows = await conn.fetch(
-        "SELECT consent_id, customer_id, purpose, granted_at FROM consents"
+        f"SELECT {_CONSENT_COLUMNS} FROM consents"
         " WHERE ean = $1 AND ended_at IS NULL AND (expires_at IS NULL OR expires_at > $2)"
         " ORDER BY consent_id FOR UPDATE",
         ean,
@@ -293,6 +308,15 @@ async def end_consents_for_ean(
                 "reason": reason.value,
                 "deleted_readings": deleted,
             },
+        )
+        await outbox.enqueue(
+            conn,
+            ean=ean,
+            kind=outbox.KIND_CONSENT_ENDED,
+            payload=outbox.consent_payload(
+                {**dict(row), "ended_at": end, "end_reason": reason.value}
+            ),
+            occurred_at=end,
         )
         ended.append(row["consent_id"])
     await conn.execute("SELECT pg_notify('meterpoort_consent', $1)", ean)

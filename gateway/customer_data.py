@@ -38,7 +38,7 @@ from typing import Any, Final
 import asyncpg
 
 from consent.model import DEFAULT_PURPOSES, EndReason, Purpose
-from gateway import audit
+from gateway import audit, outbox
 from gateway.consent_store import consent_json, end_consents_for_ean
 from gateway.retention import RetentionPolicy
 
@@ -421,6 +421,14 @@ async def change_level(
         subject=connection["customer_id"],
         ean=ean,
         detail={"from": previous, "to": level, "channel": channel, "deleted_readings": deleted},
+    )
+    # recipients (billing) learn of the change from the outbox, committed with it
+    await outbox.enqueue(
+        conn,
+        ean=ean,
+        kind=outbox.KIND_LEVEL_CHANGED,
+        payload=outbox.level_payload(level, previous),
+        occurred_at=now,
     )
     return {
         "ean": ean,

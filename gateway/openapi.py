@@ -159,7 +159,12 @@ def _model_schemas() -> dict[str, Any]:
 
 #: handler modules that describe their own routes: each exposes ``OPENAPI_PATHS`` (path →
 #: operations, in this document's shape), merged into ``paths``
-PATH_MODULES: tuple[str, ...] = ("gateway.portal", "gateway.handlers.me")
+PATH_MODULES: tuple[str, ...] = (
+    "gateway.portal",
+    "gateway.handlers.me",
+    "gateway.handlers.clients",
+    "gateway.handlers.readings",
+)
 
 
 def _module_paths() -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 
 #: small tables replicated to every Citus node (create_reference_table), or coordinator-local
-REFERENCE_TABLES = {"devices", "reading_tables", "schema_migrations", "audit_log"}
+REFERENCE_TABLES = {"devices", "reading_tables", "schema_migrations", "audit_log", "clients"}
 
 
 async def test_every_table_is_distributable_on_ean(pool: asyncpg.Pool) -> None:

@@ -1,0 +1,156 @@
+"""Webhook signatures, bodies and backoff (pure: no network, no database)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import random
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from consent.receipts import key_id
+from gateway.keys import KeyRing
+from gateway.webhooks import (
+    HEADER_ATTEMPT,
+    HEADER_EVENT_ID,
+    HEADER_KEY_ID,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    WebhookConfig,
+    WebhookSignatureError,
+    backoff_s,
+    event_body,
+    sign,
+    signed_headers,
+    verify,
+)
+
+EVENT_ID = uuid.UUID("0b5b1c1e-4a44-4a3c-9a55-5d3b3c6f2a10")
+OCCURRED = dt.datetime(2025, 3, 30, 1, 15, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+NOW = 1_743_290_100
+
+
+def body() -> bytes:
+    return event_body(
+        event_id=EVENT_ID,
+        kind="consent.ended",
+        ean="871687140000000017",
+        occurred_at=OCCURRED,
+        data={"purpose": "dynamic-tariff-billing", "end_reason": "revoked", "note": "é"},
+    )
+
+
+def independent_check(
+    public_raw: bytes, timestamp: str, signature_header: str, data: bytes
+) -> bool:
+    """What a recipient without our code does, from the documented scheme."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    scheme, _, value = signature_header.partition("=")
+    assert scheme == "ed25519"
+    raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(raw, timestamp.encode() + b"." + data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_body_is_canonical_json_with_utc_times() -> None:
+    data = body()
+    assert data == body()  # identical on every attempt
+    parsed = json.loads(data)
+    assert parsed == {
+        "event_id": str(EVENT_ID),
+        "kind": "consent.ended",
+        "ean": "871687140000000017",
+        "occurred_at": "2025-03-29T23:15:00Z",
+        "data": {"purpose": "dynamic-tariff-billing", "end_reason": "revoked", "note": "é"},
+    }
+    # sorted keys, no whitespace, UTF-8 as is
+    assert data == json.dumps(
+        parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+
+
+def test_signature_verifies_and_binds_timestamp_and_body() -> None:
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key()
+    raw_public = public.public_bytes_raw()
+    header = sign(key, NOW, body())
+    assert header.startswith("ed25519=") and "=" not in header.removeprefix("ed25519=")
+    verify(public, timestamp=str(NOW), signature=header, body=body(), now=NOW + 10)
+    assert independent_check(raw_public, str(NOW), header, body())
+    # a changed byte of the body, or another timestamp, breaks it
+    tampered = body().replace(b"revoked", b"expired")
+    assert not independent_check(raw_public, str(NOW), header, tampered)
+    with pytest.raises(WebhookSignatureError, match="does not verify"):
+        verify(public, timestamp=str(NOW), signature=header, body=tampered, now=NOW)
+    with pytest.raises(WebhookSignatureError, match="does not verify"):
+        verify(public, timestamp=str(NOW + 1), signature=header, body=body(), now=NOW)
+
+
+def test_verify_refuses_other_keys_stale_timestamps_and_malformed_headers() -> None:
+    key = Ed25519PrivateKey.generate()
+    header = sign(key, NOW, body())
+    other = Ed25519PrivateKey.generate().public_key()
+    with pytest.raises(WebhookSignatureError, match="does not verify"):
+        verify(other, timestamp=str(NOW), signature=header, body=body(), now=NOW)
+    with pytest.raises(WebhookSignatureError, match="more than 300 s"):
+        verify(key.public_key(), timestamp=str(NOW), signature=header, body=body(), now=NOW + 301)
+    with pytest.raises(WebhookSignatureError, match="unix seconds"):
+        verify(key.public_key(), timestamp="-5", signature=header, body=body(), now=NOW)
+    with pytest.raises(WebhookSignatureError, match="must be 'ed25519="):
+        verify(
+            key.public_key(),
+            timestamp=str(NOW),
+            signature=header.replace("ed25519", "hmac-sha256"),
+            body=body(),
+            now=NOW,
+        )
+    with pytest.raises(WebhookSignatureError, match="not base64url"):
+        verify(key.public_key(), timestamp=str(NOW), signature="ed25519=@@@", body=body(), now=NOW)
+    with pytest.raises(WebhookSignatureError, match="not an Ed25519 signature"):
+        verify(key.public_key(), timestamp=str(NOW), signature="ed25519=AAAA", body=body(), now=NOW)
+
+
+def test_signed_headers_name_the_event_key_and_attempt() -> None:
+    ring = KeyRing(Ed25519PrivateKey.generate())
+    headers = signed_headers(ring, event_id=EVENT_ID, body=body(), attempt=3, at=NOW)
+    assert headers[HEADER_EVENT_ID] == str(EVENT_ID)
+    assert headers[HEADER_TIMESTAMP] == str(NOW)
+    assert headers[HEADER_KEY_ID] == key_id(ring.signing_key.public_key())
+    assert headers[HEADER_ATTEMPT] == "3"
+    assert headers["Content-Type"] == "application/json"
+    verify(
+        ring.signing_key.public_key(),
+        timestamp=headers[HEADER_TIMESTAMP],
+        signature=headers[HEADER_SIGNATURE],
+        body=body(),
+        now=NOW,
+    )
+
+
+def test_backoff_doubles_with_jitter_and_is_capped() -> None:
+    config = WebhookConfig(backoff_base_s=10.0, backoff_cap_s=3600.0)
+    rng = random.Random(7)
+    for attempt in range(1, 80):
+        full = min(3600.0, 10.0 * 2 ** (attempt - 1))
+        for _ in range(20):
+            delay = backoff_s(attempt, config, rng)
+            assert full / 2 <= delay <= full
+    # jitter actually varies
+    assert len({round(backoff_s(3, config, rng), 6) for _ in range(20)}) > 10
+    # the lowest possible delay still grows until the cap
+    lows = [backoff_s(n, config, _ZeroRandom()) for n in range(1, 12)]
+    assert lows[:6] == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0]
+    assert lows[-1] == 1800.0
+
+
+class _ZeroRandom(random.Random):
+    def random(self) -> float:
+        return 0.0
