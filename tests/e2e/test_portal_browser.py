@@ -33,10 +33,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from gateway import portal
 from gateway.app import create_app
 from gateway.customer_auth import CustomerAuthConfig
-from gateway.handlers import me
-from gateway.registry import ean_check_digit
 from gateway.settings import Settings
 from gateway.token_cli import mint_dev_token
+from tests.support import make_ean
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -57,16 +56,7 @@ BRAND_RGB = (11, 79, 138)  # --brand in portal.css: the banner
 Client = TestClient[web.Request, web.Application]
 
 
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
-
-
 E_EAN, G_EAN, OTHER_EAN = make_ean(471), make_ean(472), make_ean(815)
-
-
-def _routes(app: web.Application) -> set[str]:
-    return {r.resource.canonical for r in app.router.routes() if r.resource is not None}
 
 
 @dataclass
@@ -91,11 +81,6 @@ async def served(
 ) -> AsyncIterator[Portal]:
     settings = gateway_settings.model_copy(update={"dev_mode": True})
     app = create_app(settings)
-    # until the lead wires gateway.portal and gateway.handlers.me into create_app
-    if "/portal" not in _routes(app):
-        portal.setup_portal(app)
-    if "/v1/me/connections" not in _routes(app):
-        me.setup_routes(app)
     client: Client = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await client.start_server()
     try:

@@ -29,10 +29,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway.registry import ean_check_digit
 from p1_reader.crc import crc16_arc, format_crc
 from p1_reader.encode import GasReading, format_telegram
 from p1_reader.spool import read_all
+from tests.support import make_ean
 
 REPO = Path(__file__).resolve().parents[2]
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -42,11 +42,6 @@ STEP = 20.0  # generous per-step limit on a loaded 2-core machine; the test take
 
 E_ID, G_ID = "E0031415926", "G0027182818"
 STRANGER_ID, STRANGER_GAS_ID = "E0016180339", "G0014142135"  # not bound to the device
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
 
 
 E_EAN, G_EAN = make_ean(201), make_ean(202)

@@ -14,15 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.auth import clear_device_cache, device_for_token, hash_token
-from gateway.registry import ean_check_digit
+from tests.support import make_ean
 
 Client = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
 
 
 def meter_body(n: int, **changes: Any) -> dict[str, Any]:

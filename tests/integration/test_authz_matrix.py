@@ -29,28 +29,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.app import create_app
 from gateway.auth import clear_device_cache, generate_token
 from gateway.customer_auth import DEV_ISSUER
-from gateway.handlers import me
-from gateway.registry import ean_check_digit
 from gateway.settings import Settings
 from gateway.token_cli import mint_dev_token
+from tests.support import make_ean
 
 Client = TestClient[web.Request, web.Application]
 UTC = dt.UTC
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
-
-
-def wired_app(settings: Settings) -> web.Application:
-    app = create_app(settings)
-    if not any(
-        r.resource is not None and r.resource.canonical == "/v1/me/connections"
-        for r in app.router.routes()
-    ):
-        me.setup_routes(app, settings)
-    return app
 
 
 @dataclass
@@ -80,7 +64,7 @@ async def two(
     alice = customer_headers(settings, "alice")
     bob = customer_headers(settings, "bob")
     clear_device_cache()
-    client: Client = TestClient(TestServer(wired_app(settings), host="127.0.0.1", port=0))
+    client: Client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=0))
     await client.start_server()
     try:
         eans = {}

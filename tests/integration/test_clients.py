@@ -18,7 +18,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import clients_cli
-from gateway.app import SETTINGS_KEY
 from gateway.auth import hash_token
 from gateway.clients import KIND_TOKEN_REVOKE, clear_client_cache
 from gateway.settings import Settings
@@ -27,23 +26,10 @@ HttpClient = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
 
 
-def _wired(app: web.Application) -> web.Application:
-    """The app with the client routes (once gateway.app wires them itself, a no-op)."""
-    from gateway.handlers import clients as client_handlers
-    from gateway.handlers import readings as readings_handlers
-
-    paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
-    if "/v1/admin/clients" not in paths:
-        client_handlers.setup_routes(app)
-    if "/v1/readings" not in paths:
-        readings_handlers.setup_routes(app, app[SETTINGS_KEY])
-    return app
-
-
 @pytest.fixture
 async def http(gateway_app: web.Application) -> AsyncIterator[HttpClient]:
     clear_client_cache()
-    client: HttpClient = TestClient(TestServer(_wired(gateway_app), host="127.0.0.1", port=0))
+    client: HttpClient = TestClient(TestServer(gateway_app, host="127.0.0.1", port=0))
     await client.start_server()
     try:
         yield client

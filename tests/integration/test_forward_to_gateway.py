@@ -30,12 +30,12 @@ from aiohttp.test_utils import TestClient
 
 from gateway.auth import clear_device_cache
 from gateway.ingest import INGEST_KEY
-from gateway.registry import ean_check_digit
 from p1_reader.crc import crc16_arc, format_crc
 from p1_reader.encode import GasReading, format_telegram
 from p1_reader.forwarder import Forwarder, ForwarderConfig, file_source
 from p1_reader.spool import Spool
 from p1_reader.telegram import Telegram
+from tests.support import make_ean
 
 Client = TestClient[web.Request, web.Application]
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -54,11 +54,6 @@ ALL_TABLES = (
     "readings_g_p1d",
     "readings_g_p1m",
 )
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
 
 
 E_EAN, G_EAN, OTHER_EAN = make_ean(101), make_ean(102), make_ean(103)

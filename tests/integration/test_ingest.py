@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from gateway.app import SETTINGS_KEY
 from gateway.auth import clear_device_cache
 from gateway.ingest import CLOCK_KEY, INGEST_KEY
-from gateway.registry import ean_check_digit
+from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
 
 Client = TestClient[web.Request, web.Application]
@@ -41,11 +41,6 @@ TEXT = {"Content-Type": "text/plain"}
 E_TABLES = ("readings_e_pt15m", "readings_e_p1d", "readings_e_p1m")
 G_TABLES = ("readings_g_pt1h", "readings_g_p1d", "readings_g_p1m")
 ALL_TABLES = E_TABLES + G_TABLES
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
 
 
 class Clock:

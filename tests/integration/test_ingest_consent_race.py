@@ -35,18 +35,13 @@ from gateway.ingest import (
     BestCache,
     flush_sql,
 )
-from gateway.registry import ean_check_digit
 from gateway.settings import Settings
+from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
 
 Client = TestClient[web.Request, web.Application]
 UTC = dt.UTC
 REVOKE = {"reason": "revoked"}
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
 
 
 async def start(app: web.Application) -> Client:

@@ -36,21 +36,14 @@ from gateway.customer_auth import (
     CustomerAuthConfig,
     CustomerAuthenticator,
     customer_id_for,
-    setup_customer_auth,
 )
 from gateway.errors import AuthenticationError, ConfigurationError, ServiceUnavailableError
 from gateway.handlers import json_response
-from gateway.handlers import keys as keys_handlers
-from gateway.registry import ean_check_digit
 from gateway.settings import Settings
+from tests.support import make_ean
 
 Client = TestClient[web.Request, web.Application]
 ISSUER = "https://login.energie-zuid.example"
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
 
 
 def b64url_decode(text: str) -> bytes:
@@ -62,14 +55,8 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 def wired_app(settings: Settings) -> web.Application:
-    """create_app plus this issue's routes (when create_app does not add them yet)."""
+    """create_app plus a probe route that answers with the authenticated customer id."""
     app = create_app(settings)
-    if not any(
-        r.resource is not None and r.resource.canonical == "/v1/keys" for r in app.router.routes()
-    ):
-        keys_handlers.setup_routes(app, settings)
-    if CUSTOMER_AUTH_KEY not in app:
-        setup_customer_auth(app, settings)
     app.router.add_get("/test/whoami", whoami)
     return app
 

@@ -30,29 +30,13 @@ from gateway.app import create_app
 from gateway.auth import clear_device_cache
 from gateway.customer_data import add_years
 from gateway.handlers import me
-from gateway.registry import ean_check_digit
 from gateway.settings import Settings
 from gateway.token_cli import mint_dev_token
+from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
 
 Client = TestClient[web.Request, web.Application]
 UTC = dt.UTC
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
-
-
-def wired_app(settings: Settings) -> web.Application:
-    """create_app plus the /v1/me routes when create_app does not add them yet."""
-    app = create_app(settings)
-    if not any(
-        r.resource is not None and r.resource.canonical == "/v1/me/connections"
-        for r in app.router.routes()
-    ):
-        me.setup_routes(app, settings)
-    return app
 
 
 @dataclass
@@ -114,7 +98,7 @@ async def world(gateway_settings: Settings, admin_headers: dict[str, str]) -> As
     # the dev key exists before the app's authenticator looks for it
     mint_dev_token(settings.data_dir, "warm-up", "meterpoort", dt.timedelta(minutes=1))
     clear_device_cache()
-    client: Client = TestClient(TestServer(wired_app(settings), host="127.0.0.1", port=0))
+    client: Client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=0))
     await client.start_server()
     try:
         yield World(client, settings, admin_headers)

@@ -21,16 +21,11 @@ from consent.model import EndReason
 from gateway import clients, consent_store, registry
 from gateway.app import SETTINGS_KEY
 from gateway.clients import clear_client_cache
-from gateway.registry import ean_check_digit
+from tests.support import make_ean
 
 HttpClient = TestClient[web.Request, web.Application]
 NDJSON = "application/x-ndjson"
 PROBLEM = "application/problem+json"
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
 
 
 ELEC = [make_ean(n) for n in (11, 12, 13)]

@@ -14,15 +14,11 @@ import asyncpg
 import pytest
 
 from gateway.errors import CsvImportError
-from gateway.registry import ean_check_digit, import_connections_csv
+from gateway.registry import import_connections_csv
+from tests.support import make_ean
 
 TZ = ZoneInfo("Europe/Amsterdam")
 HEADER = "ean,commodity,meter_id,customer_id,contract_start,contract_end\n"
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
 
 
 def good_rows(count: int, first: int = 0) -> list[str]:

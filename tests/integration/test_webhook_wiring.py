@@ -19,17 +19,13 @@ from consent.model import EndReason
 from gateway import consent_store, customer_data, registry
 from gateway.auth import generate_token, hash_token
 from gateway.keys import KeyRing
-from gateway.registry import ConnectionIn, ean_check_digit
+from gateway.registry import ConnectionIn
 from gateway.webhooks import WebhookConfig, WebhookWorker
+from tests.support import make_ean
 
 BILLING = "dynamic-tariff-billing"
 INSIGHTS = "energy-insights"
 FAST = WebhookConfig(timeout_s=2.0, backoff_base_s=0.05, backoff_cap_s=0.2)
-
-
-def make_ean(n: int) -> str:
-    body = f"8716{n:013d}"
-    return body + str(ean_check_digit(body))
 
 
 @pytest.fixture
