@@ -7,9 +7,10 @@ nothing a meter sent is lost to a consumer that needs more than the named fields
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 #: M-Bus device types (EN 13757-3) seen behind a P1 port.
 DEVICE_TYPE_GAS = 3
@@ -27,40 +28,70 @@ class RawObjects(Mapping[str, list[str]]):
     splits all of them the first time any value is read, so repeated reads return the same list
     objects. Keys, ``len`` and ``in`` need no split. Compares equal to a plain dict of the same
     content (``Mapping.__eq__``).
+
+    :meth:`deferred` builds one whose raw texts are not even cut out of the telegram yet: the
+    parser's layout cache knows the codes and where their values sit (see
+    :mod:`p1_reader.parser`), and cuts them out on first read.
     """
 
-    __slots__ = ("_raw", "_split")
+    __slots__ = ("_keys", "_load", "_raw", "_source", "_split")
 
     def __init__(self, raw: dict[str, str]) -> None:
         #: code → raw value text; owned by this mapping (the parser builds one per telegram)
-        self._raw = raw
+        self._raw: dict[str, str] | None = raw
+        self._keys: Mapping[str, object] = raw
+        self._load: Callable[[str], dict[str, str]] | None = None
+        self._source = ""
         self._split: dict[str, list[str]] | None = None
+
+    @classmethod
+    def deferred(
+        cls, keys: Mapping[str, object], load: Callable[[str], dict[str, str]], source: str
+    ) -> RawObjects:
+        """A mapping over ``keys`` (in their order) whose raw texts ``load(source)`` returns
+        when a value is first read."""
+        self = cls.__new__(cls)
+        self._raw = None
+        self._keys = keys
+        self._load = load
+        self._source = source
+        self._split = None
+        return self
 
     def _values(self) -> dict[str, list[str]]:
         split = self._split
         if split is None:
-            split = self._split = {code: rest.split(")(") for code, rest in self._raw.items()}
+            raw = self._raw
+            if raw is None:
+                assert self._load is not None
+                raw = self._raw = self._load(self._source)
+                self._load = None
+                self._source = ""
+            split = self._split = {code: rest.split(")(") for code, rest in raw.items()}
         return split
 
     def __getitem__(self, code: str) -> list[str]:
         return self._values()[code]
 
     def __contains__(self, code: object) -> bool:
-        return code in self._raw
+        return code in self._keys
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._raw)
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(self._raw)
+        return len(self._keys)
 
     def __repr__(self) -> str:
         return f"RawObjects({self._values()!r})"
 
 
-@dataclass(slots=True, frozen=True)
-class MbusDevice:
-    """One M-Bus channel (gas, heat, water) as reported in a telegram."""
+class MbusDevice(NamedTuple):
+    """One M-Bus channel (gas, heat, water) as reported in a telegram.
+
+    Immutable. A named tuple rather than a frozen dataclass: a frozen dataclass sets each field
+    through ``object.__setattr__``, which made building the devices 6 % of a parse.
+    """
 
     channel: int
     #: EN 13757-3 device type (3 gas, 4 heat, 7 water), None when the channel does not say

@@ -27,12 +27,9 @@ from .errors import TimestampError
 #: local time zone of DSMR meters (NL; BE and LU share its offsets and DST rules)
 LOCAL_TZ: Final = ZoneInfo("Europe/Amsterdam")
 
-_OFFSET: Final = {
-    "S": timedelta(hours=2),
-    "s": timedelta(hours=2),
-    "W": timedelta(hours=1),
-    "w": timedelta(hours=1),
-}
+#: UTC offset in hours per DST flag
+_OFFSET: Final = {"S": 2, "s": 2, "W": 1, "w": 1}
+_HOURS: Final = (timedelta(0), timedelta(hours=1), timedelta(hours=2))
 _DAYS_IN_MONTH: Final = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 # Gas/M-Bus capture times repeat for 5 min .. 1 h, meter ids and timestamps of replayed spools
@@ -90,9 +87,35 @@ def _convert(s: str) -> datetime | None:
     if hour > 23 or minute > 59 or second > 59:
         return None
     if offset is None:
-        local = datetime(2000 + yy, month, day, hour, minute, second, tzinfo=LOCAL_TZ)
-        return local.astimezone(UTC)
-    return datetime(2000 + yy, month, day, hour, minute, second, tzinfo=UTC) - offset
+        offset = _local_offset(n // 10_000)
+    if hour >= offset:  # the UTC time is on the same day: one datetime, no subtraction
+        return datetime(2000 + yy, month, day, hour - offset, minute, second, tzinfo=UTC)
+    return datetime(2000 + yy, month, day, hour, minute, second, tzinfo=UTC) - _HOURS[offset]
+
+
+# UTC offset in hours of a local clock hour (YYMMDDhh) for TST12 values, from zoneinfo.
+# Europe/Amsterdam's offsets are whole hours and change only on whole hours, so one lookup
+# serves every meter's TST12 of that hour; zoneinfo's conversion cost more than the rest of a
+# parse. Bounded: cleared when full.
+_hour_offsets: dict[int, int] = {}
+
+
+def _local_offset(yymmddhh: int) -> int:
+    offset = _hour_offsets.get(yymmddhh)
+    if offset is None:
+        yy, rest = divmod(yymmddhh, 1_000_000)
+        month, rest = divmod(rest, 10_000)
+        day, hour = divmod(rest, 100)
+        # fold=0: the first (summer time) occurrence of the repeated October hour; a time in
+        # the skipped March hour gets the offset before the change (zoneinfo's rule)
+        utcoffset = datetime(2000 + yy, month, day, hour, tzinfo=LOCAL_TZ).utcoffset()
+        assert utcoffset is not None
+        hours, part = divmod(utcoffset, _HOURS[1])
+        assert not part and 0 <= hours <= 2, utcoffset
+        if len(_hour_offsets) >= _CACHE_MAX:
+            _hour_offsets.clear()
+        offset = _hour_offsets[yymmddhh] = hours
+    return offset
 
 
 def parse_tst_or_raise(s: str, *, what: str = "timestamp") -> datetime:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p1_reader import timestamps
 from p1_reader.errors import TimestampError
@@ -32,6 +34,11 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: in
         ("210328030000S", utc(2021, 3, 28, 1, 0)),
         ("240229120000W", utc(2024, 2, 29, 11, 0)),  # leap day
         ("691231235959W", utc(2069, 12, 31, 22, 59, 59)),
+        # local times before 01:00 (W) / 02:00 (S) are on the previous UTC day
+        ("200101003000W", utc(2019, 12, 31, 23, 30)),
+        ("200701013000S", utc(2020, 6, 30, 23, 30)),
+        ("200301015959S", utc(2020, 2, 29, 23, 59, 59)),
+        ("200701020000S", utc(2020, 7, 1, 0, 0)),
         # 12-digit TST12 (DSMR 3): zoneinfo Europe/Amsterdam
         ("090212160000", utc(2009, 2, 12, 15, 0)),
         ("250423090000", utc(2025, 4, 23, 7, 0)),
@@ -106,3 +113,32 @@ def test_format_flags() -> None:
         format_tst(datetime(2020, 1, 1))
     with pytest.raises(ValueError, match="2001-2069"):
         format_tst(utc(2070, 6, 1))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    local=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2069, 12, 31, 23, 59, 59))
+    | st.sampled_from(
+        # the hours around the changes: skipped (March) and repeated (October) local times
+        [
+            datetime(2021, 3, 28, 2, 30),
+            datetime(2021, 3, 28, 1, 59, 59),
+            datetime(2021, 3, 28, 3, 0),
+            datetime(2020, 10, 25, 2, 0),
+            datetime(2020, 10, 25, 2, 59, 59),
+            datetime(2020, 10, 25, 3, 0),
+            datetime(2069, 10, 27, 2, 15),
+        ]
+    )
+)
+def test_tst12_agrees_with_zoneinfo(local: datetime) -> None:
+    """TST12 offsets are cached per local hour; every second of every hour must still come out
+    as zoneinfo converts it (fold=0: the first of a repeated hour)."""
+    timestamps._hour_offsets.clear()
+    timestamps._cache.clear()
+    expected = local.replace(microsecond=0, tzinfo=timestamps.LOCAL_TZ).astimezone(UTC)
+    tst = local.strftime("%y%m%d%H%M%S")
+    assert parse_tst(tst) == expected
+    # the same hour again, from the offset cache
+    timestamps._cache.clear()
+    assert parse_tst(tst) == expected
