@@ -154,9 +154,10 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
                         f"CRC mismatch: telegram says {expected:04X}, computed {actual:04X} over"
                         f" {end + 1 - start} bytes from '/' to '!'"
                     )
-        text = raw[start:end].decode("latin-1")
+        frame = raw[start:end]
     else:
-        text = raw[start:].decode("latin-1")
+        frame = raw[start:]
+    text = frame.decode("latin-1")  # one character per byte: offsets are the same in both
 
     # ``values``: code → raw value text ('v1)(v2'), what the named fields are read from.
     # ``objects`` (the public per-line map) is split from it lazily: most consumers never read it.
@@ -165,7 +166,7 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
     # well-formed telegram, the line-by-line split that tolerates every quirk.
     bad: dict[str, int] | None = None
     objects: Mapping[str, list[str]]
-    known = _match_layout(text)
+    known = _match_layout(text, frame)
     if known is not None:
         header, values, objects = known
     elif (fast := _objects_fast(text)) is not None:
@@ -471,12 +472,14 @@ def _line_number(text: str, needle: str) -> int:
 # A meter sends the same lines in the same order with fixed-width values (registers, times and
 # ids are zero padded), so its telegrams differ only in the digits inside the parentheses. Once
 # a header + length has been seen twice, the offsets of its line seams (``)CRLF`` + code + ``(``)
-# are kept; a later telegram with the same header and length whose seams read the same and that
-# has no other line feed is split by cutting values at those offsets, one C-level itemgetter
-# call, with no per-line split or dict building. Every other telegram takes the bulk split, so
-# the result is identical by construction: the seams pin every line end and code, and counting
-# line feeds proves there is no other line. Meters of one model share layouts; a changed text
-# message or power-failure log length is a new key. Bounded: cleared when full.
+# are kept. A later telegram with the same header and length whose seams read the same and that
+# has no other line feed is split by cutting values at those offsets (one C-level itemgetter
+# call, no per-line split, no dict of every line). The seams are compared all at once: the
+# frame read as one big integer, masked to the seam bytes (three C calls, whatever the number
+# of lines). Every other telegram takes the bulk split, so the result is identical by
+# construction: the seams pin every line end and code, and counting line feeds proves there is
+# no other line (a CRLF inside a value would be one). Meters of one model share layouts; a
+# changed text message or power-failure log length is a new key. Bounded: cleared when full.
 
 _LAYOUTS_MAX: Final = 512
 #: header + length → layout; None marks a key seen once (a layout is built on the second sight)
@@ -489,7 +492,7 @@ _READ_CODES: Final = obis.INTERPRETED_CODES | {obis.BE_VERSION}
 class _Layout:
     """Where the seams and values of one telegram layout sit (see above). Immutable."""
 
-    __slots__ = ("codes", "expected", "glued", "glued_read", "newlines", "raw", "read", "seams")
+    __slots__ = ("codes", "expected", "glued", "glued_read", "mask", "newlines", "raw", "read")
 
     def __init__(self, text: str, h: int, b: int) -> None:
         # text passed _objects_fast: every line feed ends a ')' CRLF line, every line after the
@@ -514,9 +517,14 @@ class _Layout:
             pos = eol + 2
         seams.append(slice(n - 3, n))
         read = [i for i, code in enumerate(codes) if code in _READ_CODES]
+        mask = bytearray(n)
+        for seam in seams:
+            mask[seam] = b"\xff" * (seam.stop - seam.start)
+        #: the seam bytes as an integer mask over int.from_bytes(frame, "little"), and what
+        #: the frame & mask must equal
+        self.mask = int.from_bytes(mask, "little")
+        self.expected = int.from_bytes(text.encode("latin-1"), "little") & self.mask
         dummy = slice(0, 0)  # itemgetter of one item would return it bare, not in a tuple
-        self.seams = itemgetter(*seams, dummy)
-        self.expected = self.seams(text)
         self.newlines = text.count("\n")
         #: code → line index, in line order: the keys of Telegram.objects
         self.codes = {code: i for i, code in enumerate(codes)}
@@ -537,16 +545,16 @@ class _Layout:
         return values
 
 
-def _match_layout(text: str) -> tuple[str, dict[str, str], RawObjects] | None:
+def _match_layout(text: str, frame: bytes) -> tuple[str, dict[str, str], RawObjects] | None:
     """(header, code → raw value text of the codes the parser reads, objects) when ``text``
-    has a known layout, else None."""
+    (``frame`` decoded) has a known layout, else None."""
     h = text.find("\r\n")
     header = text[:h]
     layout = _layouts.get((header, len(text)))
     if (
         layout is None
         or h < 0
-        or layout.seams(text) != layout.expected
+        or int.from_bytes(frame, "little") & layout.mask != layout.expected
         or text.count("\n") != layout.newlines
     ):
         return None
