@@ -51,6 +51,7 @@ Timestamps
 
 from __future__ import annotations
 
+from binascii import unhexlify
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
@@ -303,9 +304,12 @@ def decode_equipment_id(raw: str) -> str:
     if hit is not None:
         return hit
     result = raw
-    # strip(_HEX) first: bytes.fromhex would also accept blanks between the pairs
-    if len(raw) % 2 == 0 and not raw.strip(_HEX):
-        decoded = bytes.fromhex(raw)
+    try:
+        # strict, unlike bytes.fromhex: no blanks, even length, ASCII hex digits only
+        decoded = unhexlify(raw)
+    except ValueError:  # binascii.Error is one
+        pass
+    else:
         if not decoded.translate(None, _PRINTABLE_ASCII):  # nothing outside ' '..'~'
             result = decoded.decode("ascii")
     if len(_ids) >= _IDS_MAX:
@@ -529,9 +533,11 @@ class _Layout:
         #: code → line index, in line order: the keys of Telegram.objects
         self.codes = {code: i for i, code in enumerate(codes)}
         self.raw = (tuple(codes), itemgetter(*(slice(*span) for span in spans), dummy))
+        read_codes = tuple(codes[i] for i in read)
         self.read = (
-            tuple(codes[i] for i in read),
+            read_codes,
             itemgetter(*(slice(*spans[i]) for i in read), dummy, dummy),
+            dict.fromkeys(read_codes, ""),
         )
         self.glued = frozenset(glued)
         self.glued_read = tuple(glued & _READ_CODES)
@@ -558,8 +564,10 @@ def _match_layout(text: str, frame: bytes) -> tuple[str, dict[str, str], RawObje
         or text.count("\n") != layout.newlines
     ):
         return None
-    codes, cut = layout.read
-    values = dict(zip(codes, cut(text), strict=False))
+    codes, cut, keys = layout.read
+    # copying a dict of the same keys and setting their values skips dict(zip())'s resizes
+    values = keys.copy()
+    values.update(zip(codes, cut(text), strict=False))
     for code in layout.glued_read:
         values[code] = values[code].replace(")\r\n(", ")(")
     return header, values, RawObjects.deferred(layout.codes, layout.raw_values, text)

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from p1_reader import parser as parser_mod
 from p1_reader.crc import crc16_arc
 from p1_reader.errors import (
     ChecksumError,
@@ -464,3 +467,16 @@ def test_decode_equipment_id() -> None:
     assert decode_equipment_id("4b38") == "K8"
     for raw in ["00000000000000", "0123456789ABCDEF", "ADC3100000158491", "serienummer", "453"]:
         assert decode_equipment_id(raw) == raw
+    # not strictly hex pairs: blanks between pairs, non-ASCII digits, a sign
+    for raw in ["45 30", "45\t30", "\uff14\uff15", "+453", "4530 "]:
+        assert decode_equipment_id(raw) == raw
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from("0123456789abcdefABCDEF 7e\t\xff\uff10g"), max_size=12))
+def test_decode_equipment_id_decodes_exactly_printable_ascii_hex(raw: str) -> None:
+    parser_mod._ids.clear()
+    pairs = len(raw) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in raw)
+    text = "".join(chr(int(raw[i : i + 2], 16)) for i in range(0, len(raw), 2)) if pairs else ""
+    printable = all(" " <= c <= "~" for c in text)
+    assert decode_equipment_id(raw) == (text if pairs and printable else raw)
