@@ -301,6 +301,8 @@ async def access_log(
                     "seq": row["seq"],
                     "at": row["at"],
                     "kind": "read",
+                    # what was read: "readings" (GET /v1/readings) or "consents"
+                    "data": detail.get("data", "readings"),
                     "actor": row["actor"],
                     "client_id": detail.get("client_id"),
                     "client_name": detail.get("client_name"),

@@ -439,6 +439,22 @@ async def get_consents(request: web.Request) -> web.Response:
                 rows.extend(
                     await conn.fetch(_SAME_TIME_SQL, last["changed_at"], purposes, last["event_id"])
                 )
+        # consents are personal data too: one access-log row per request, like a readings pull
+        await audit.append(
+            conn,
+            kind=audit.KIND_READ,
+            actor=client.actor,
+            subject=None,
+            ean=None,
+            detail={
+                "client_id": client.client_id,
+                "client_name": client.name,
+                "data": "consents",
+                "changed_since": since,
+                "eans": sorted({r["ean"] for r in rows}),
+                "changes": len(rows),
+            },
+        )
     horizon = now - COMMIT_LAG
     if full:
         upto = rows[-1]["changed_at"] + dt.timedelta(microseconds=1)

@@ -105,6 +105,7 @@
       event_ended: "Toestemming beëindigd",
       "event_level-changed": "Keuze meetgegevens: {level}",
       event_read: "Opgevraagd door {client}",
+      event_read_consents: "Toestemmingen opgevraagd door {client}",
       event_export: "U heeft uw gegevens gedownload",
       channel_portal: "portaal",
       channel_phone: "telefoon",
@@ -216,6 +217,7 @@
       event_ended: "Consent ended",
       "event_level-changed": "Meter reading choice: {level}",
       event_read: "Requested by {client}",
+      event_read_consents: "Consents requested by {client}",
       event_export: "You downloaded your data",
       channel_portal: "portal",
       channel_phone: "phone",
@@ -910,7 +912,8 @@
   function accessWhat(row) {
     if (row.kind === "export") return t("event_export");
     if (row.kind === "read") {
-      return t("event_read", { client: row.client_name || row.client_id || row.actor || "?" });
+      const key = row.data === "consents" ? "event_read_consents" : "event_read";
+      return t(key, { client: row.client_name || row.client_id || row.actor || "?" });
     }
     return String(row.kind || "");
   }

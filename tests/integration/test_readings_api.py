@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from consent.model import EndReason
-from gateway import clients, consent_store, registry
+from gateway import clients, consent_store, customer_data, registry
 from gateway.app import SETTINGS_KEY
 from gateway.clients import clear_client_cache
 from tests.support import make_ean
@@ -491,6 +491,22 @@ async def test_consent_changes_for_the_clients_purposes(world: World) -> None:
     assert ended["consent"]["state"] == "ended" and ended["consent"]["end_reason"] == "revoked"
     nxt = dt.datetime.fromisoformat(data["next_changed_since"])
     assert start - dt.timedelta(seconds=30) < nxt <= dt.datetime.now(dt.UTC)
+
+    # consents are personal data: the pull is in the access log, with the EANs it returned,
+    # and each customer sees it in their own access log
+    rows = await world.pool.fetch(
+        "SELECT actor, detail FROM audit_log WHERE kind = 'data.read' ORDER BY seq"
+    )
+    assert len(rows) == 1
+    detail = rows[0]["detail"]
+    assert rows[0]["actor"] == f"client:{world.client_id}"
+    assert detail["data"] == "consents" and detail["client_id"] == world.client_id
+    assert detail["eans"] == sorted({ELEC[0], ELEC[2]}) and detail["changes"] == len(kinds)
+    async with world.pool.acquire() as conn:
+        seen = await customer_data.access_log(conn, "cust-2", [ELEC[2]])
+        unseen = await customer_data.access_log(conn, "cust-1", [ELEC[1]])
+    assert [(e["kind"], e["data"], e["eans"]) for e in seen] == [("read", "consents", [ELEC[2]])]
+    assert unseen == []
 
     # a client without purposes sees no consents
     resp = await world.http.get(
