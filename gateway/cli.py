@@ -147,37 +147,94 @@ def _worker_main(settings: Settings, index: int) -> None:
     asyncio.run(_serve_async(settings, reuse_port=True, print_banner=False))
 
 
+#: a worker that dies within this many seconds of its start counts as failing to start
+WORKER_FAST_FAIL_S = 10.0
+#: that many fast failures in a row of one worker slot: the configuration or the machine is at
+#: fault, not a passing crash; serve stops (exit 1) instead of restarting forever
+WORKER_MAX_FAST_FAILS = 5
+#: restart delay after the n-th fast failure in a row: 0.5 s, 1 s, 2 s, ... at most this
+WORKER_BACKOFF_MAX_S = 30.0
+
+
 def _run_workers(settings: Settings) -> int:
-    """Run ``settings.workers`` processes on one port (SO_REUSEPORT); forward SIGTERM/SIGINT."""
+    """Run ``settings.workers`` processes on one port (SO_REUSEPORT) and supervise them.
+
+    A worker that dies (crash, OOM kill, SIGKILL) is logged and restarted; the other workers
+    keep serving meanwhile. Restarts back off when a worker keeps dying right after its start,
+    and serve gives up (exit 1) after :data:`WORKER_MAX_FAST_FAILS` such deaths in a row.
+    SIGTERM/SIGINT are forwarded; each worker then finishes its in-flight requests.
+    """
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker_main, args=(settings, i), name=f"gateway-worker-{i}")
-        for i in range(settings.workers)
-    ]
+    count = settings.workers
+    procs: list[multiprocessing.process.BaseProcess | None] = [None] * count
+    started = [0.0] * count
+    fast_fails = [0] * count
+    start_at = [0.0] * count  # monotonic time at which an empty slot (re)starts its worker
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
         for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
+            if proc is not None and proc.is_alive() and proc.pid is not None:
                 proc.terminate()  # SIGTERM: each worker shuts down gracefully
+
+    def spawn(slot: int) -> None:
+        name = f"gateway-worker-{slot}"
+        proc = ctx.Process(target=_worker_main, args=(settings, slot), name=name)
+        proc.start()
+        procs[slot] = proc
+        started[slot] = time.monotonic()
 
     old_term = signal.signal(signal.SIGTERM, forward)
     old_int = signal.signal(signal.SIGINT, forward)
     try:
-        for proc in procs:
-            proc.start()
+        for slot in range(count):
+            spawn(slot)
         print(_banner(settings, settings.port), flush=True)
         failed = False
-        while any(p.is_alive() for p in procs):
-            for proc in procs:
-                proc.join(timeout=0.2)
-                if not proc.is_alive() and proc.exitcode not in (0, None) and not stopping:
-                    log.error("worker %s exited with %s; stopping", proc.name, proc.exitcode)
+        while True:
+            for slot, proc in enumerate(procs):
+                if proc is None:
+                    if not stopping and time.monotonic() >= start_at[slot]:
+                        spawn(slot)
+                    continue
+                proc.join(timeout=0.2 / count)
+                if proc.is_alive():
+                    continue
+                procs[slot] = None
+                if stopping:
+                    continue
+                ran = time.monotonic() - started[slot]
+                fast_fails[slot] = fast_fails[slot] + 1 if ran < WORKER_FAST_FAIL_S else 0
+                if fast_fails[slot] >= WORKER_MAX_FAST_FAILS:
+                    log.error(
+                        "worker %s exited with %s %d times in a row within %g s of starting;"
+                        " stopping",
+                        proc.name,
+                        proc.exitcode,
+                        fast_fails[slot],
+                        WORKER_FAST_FAIL_S,
+                    )
                     failed = True
                     forward(signal.SIGTERM, None)
-        return 1 if failed else 0
+                    continue
+                # a worker that ran for a while restarts at once; one that keeps dying backs off
+                fails = fast_fails[slot]
+                delay = min(WORKER_BACKOFF_MAX_S, 0.25 * 2**fails) if fails else 0.0
+                log.error(
+                    "worker %s (pid %s) exited with %s after %.1f s; restarting in %g s",
+                    proc.name,
+                    proc.pid,
+                    proc.exitcode,
+                    ran,
+                    delay,
+                )
+                start_at[slot] = time.monotonic() + delay
+            if stopping and all(proc is None for proc in procs):
+                return 1 if failed else 0
+            if all(proc is None for proc in procs):
+                time.sleep(0.1)  # every slot waits for its restart time
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)

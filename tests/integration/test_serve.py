@@ -4,6 +4,7 @@ the OpenAPI document, and the 503 mapping of database outages."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -154,23 +156,77 @@ def test_serve_from_scratch_with_embedded_postgres(serve_dir: Path) -> None:
     assert not (serve_dir / "var" / "pg" / "postmaster.pid").exists()
 
 
-def test_serve_with_two_workers_on_one_port(serve_dir: Path) -> None:
+def worker_pids(base: str, want: int, timeout: float = 30) -> set[int]:
+    """The pids of the workers that answer on ``base``, once ``want`` of them have."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(pids) < want and time.monotonic() < deadline:
+        # a fresh connection per request lets the kernel pick a worker each time
+        status, _, body = get(base + "/metrics")
+        assert status == 200
+        found = re.search(rb'meterpoort_worker_info\{pid="(\d+)"\}', body)
+        assert found is not None
+        pids.add(int(found.group(1)))
+    return pids
+
+
+def get_retrying(url: str, timeout: float = 10) -> int:
+    """The status of GET ``url``, retrying refused/reset connections (a worker just died)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return get(url)[0]
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_serve_with_two_workers_on_one_port_restarts_a_dead_worker(serve_dir: Path) -> None:
     proc, base = start_serve(serve_dir, "--workers", "2")
     try:
         wait_ready(base, proc)
-        pids = set()
-        deadline = time.monotonic() + 30
-        while len(pids) < 2 and time.monotonic() < deadline:
-            # a fresh connection per request lets the kernel pick a worker each time
-            _, _, body = get(base + "/metrics")
-            found = re.search(rb'meterpoort_worker_info\{pid="(\d+)"\}', body)
-            assert found is not None
-            pids.add(int(found.group(1)))
+        pids = worker_pids(base, 2)
         assert len(pids) == 2 and proc.pid not in pids
+        assert {c.pid for c in psutil.Process(proc.pid).children()} >= pids
+
+        # a worker killed outright (OOM killer, crash): the other keeps serving and the
+        # supervisor starts a replacement
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        assert get_retrying(base + "/healthz") == 200
+        fresh = worker_pids(base, 2, timeout=60)
+        assert victim not in fresh and len(fresh) == 2, (pids, fresh)
+        assert proc.poll() is None
     finally:
         if proc.poll() is None:
-            stop(proc)
+            _, err = stop(proc)
+            assert f"(pid {victim}) exited with -9" in err and "restarting" in err
     assert not (serve_dir / "var" / "pg" / "postmaster.pid").exists()
+
+
+def _die_at_once(settings: Any, index: int) -> None:
+    """A worker that fails right after its start (stands in for a broken deployment)."""
+    raise SystemExit(3)
+
+
+def test_workers_that_keep_dying_at_start_stop_serve(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway import cli
+    from gateway.settings import Settings
+
+    monkeypatch.setattr(cli, "_worker_main", _die_at_once)
+    monkeypatch.setattr(cli, "WORKER_MAX_FAST_FAILS", 3)
+    settings = Settings(workers=2, port=free_port())
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        assert cli._run_workers(settings) == 1
+    # restarted with backoff (0.5 s, 1 s) before giving up
+    assert time.monotonic() - started >= 1.5
+    restarts = [r for r in caplog.records if "restarting in" in r.getMessage()]
+    assert len(restarts) == 2 * 2, [r.getMessage() for r in caplog.records]
+    assert any("3 times in a row" in r.getMessage() for r in caplog.records)
 
 
 async def test_openapi_lists_every_route(gateway_client: TestClient[Any, Any]) -> None:
