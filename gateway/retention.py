@@ -20,6 +20,10 @@ Rules per data class (defaults; ``RetentionSettings``, environment ``METERPOORT_
   of ``ended_at``, ``expires_at`` and the contract's end); the last of those readings is gone 4
   years after that end, so its records go when ``end < now - (4 + 1) years``. Consents with no
   end at all (no expiry, contract open) are kept.
+* **Consent-change notifications** (``outbox_events`` and their ``webhook_deliveries``): 30
+  days after they were recorded, once every delivery is delivered or given up; pending ones are
+  left to the webhook worker. They hold EANs and consent details, and after 30 days a recipient
+  that missed one re-syncs with ``GET /v1/consents?changed_since=`` anyway.
 * **The audit trail**: NOT deleted here. Deleting the oldest rows of the hash chain would make
   ``audit verify`` report them missing; that needs checkpoints first (see the report of
   ``gateway/audit.py``'s future work).
@@ -90,6 +94,10 @@ class RetentionSettings(BaseSettings):
     daily_years: int = Field(default=7, ge=1)
     #: consent records outlive the interval data they justify by this many years
     consent_extra_years: int = Field(default=1, ge=0)
+    #: consent-change notifications (outbox events and their webhook deliveries) are kept this
+    #: many days once every delivery is delivered or given up. At least 14: the webhook worker
+    #: looks back 7 days for expiries it has not announced yet, and finds that out from them.
+    outbox_days: int = Field(default=30, ge=14)
     #: rows per DELETE statement (each its own short transaction)
     batch_rows: int = Field(default=10_000, ge=1)
     #: how long dropping a partition may wait for its table lock before trying next run (ms)
@@ -105,6 +113,7 @@ class RetentionSettings(BaseSettings):
             interval_years=self.interval_years,
             daily_years=self.daily_years,
             consent_extra_years=self.consent_extra_years,
+            outbox_days=self.outbox_days,
             batch_rows=self.batch_rows,
             lock_timeout_ms=self.lock_timeout_ms,
         )
@@ -117,6 +126,7 @@ class RetentionPolicy:
     interval_years: int = 4
     daily_years: int = 7
     consent_extra_years: int = 1
+    outbox_days: int = 30
     batch_rows: int = 10_000
     lock_timeout_ms: int = 5_000
 
@@ -139,6 +149,8 @@ class Cutoffs:
     contract_end: dt.datetime
     #: consent records whose consent ended before this go
     consent_end: dt.datetime
+    #: finished notifications recorded before this go
+    outbox: dt.datetime
 
     @classmethod
     def at(cls, now: dt.datetime, policy: RetentionPolicy) -> Cutoffs:
@@ -149,6 +161,7 @@ class Cutoffs:
             interval=years_before(now, policy.interval_years),
             contract_end=years_before(now, policy.daily_years),
             consent_end=years_before(now, policy.interval_years + policy.consent_extra_years),
+            outbox=now - dt.timedelta(days=policy.outbox_days),
         )
 
 
@@ -185,6 +198,9 @@ class RetentionReport:
     consents_expired: int = 0
     consents_deleted: int = 0
     consent_events_deleted: int = 0
+    #: finished notifications deleted: outbox events and their webhook delivery rows
+    outbox_events_deleted: int = 0
+    webhook_deliveries_deleted: int = 0
     #: False when the run stopped on an error (the audit row then records the work done so far)
     completed: bool = False
 
@@ -199,6 +215,7 @@ class RetentionReport:
             or self.consents_expired
             or self.consents_deleted
             or self.consent_events_deleted
+            or self.outbox_events_deleted
             or any(t.rows_deleted or t.partitions_dropped for t in self.tables.values())
         )
 
@@ -212,12 +229,15 @@ class RetentionReport:
                 "interval_period_start": audit.format_timestamp(self.cutoffs.interval),
                 "daily_contract_end": audit.format_timestamp(self.cutoffs.contract_end),
                 "consent_end": audit.format_timestamp(self.cutoffs.consent_end),
+                "outbox_created": audit.format_timestamp(self.cutoffs.outbox),
             },
             "tables": {name: t.as_json() for name, t in sorted(self.tables.items())},
             "connections_purged": self.connections_purged,
             "consents_expired": self.consents_expired,
             "consents_deleted": self.consents_deleted,
             "consent_events_deleted": self.consent_events_deleted,
+            "outbox_events_deleted": self.outbox_events_deleted,
+            "webhook_deliveries_deleted": self.webhook_deliveries_deleted,
         }
 
 
@@ -526,6 +546,57 @@ async def purge_consent_records(
             return
 
 
+# finished: no delivery of the event is still pending (an event nobody was subscribed to has none)
+_OUTBOX_DONE: Final = (
+    "o.created_at < $1 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d"
+    " WHERE d.ean = o.ean AND d.event_id = o.event_id AND d.state = 'pending')"
+)
+
+
+async def purge_outbox(
+    conn: asyncpg.Connection,
+    cutoff: dt.datetime,
+    report: RetentionReport,
+    policy: RetentionPolicy,
+    *,
+    dry_run: bool = False,
+) -> None:
+    """Delete notifications recorded before ``cutoff`` whose deliveries have all ended
+    (delivered or given up), with their delivery rows, in batches. Pending ones stay, however
+    old: the webhook worker still owns them."""
+    if dry_run:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS events, coalesce(sum((SELECT count(*) FROM webhook_deliveries d"
+            "  WHERE d.ean = o.ean AND d.event_id = o.event_id)), 0)::bigint AS deliveries"
+            f" FROM outbox_events o WHERE {_OUTBOX_DONE}",
+            cutoff,
+        )
+        assert row is not None
+        report.outbox_events_deleted += row["events"]
+        report.webhook_deliveries_deleted += row["deliveries"]
+        return
+    while True:
+        async with conn.transaction():
+            gone = await conn.fetch(
+                "DELETE FROM outbox_events WHERE (ean, event_id) IN ("
+                f" SELECT o.ean, o.event_id FROM outbox_events o WHERE {_OUTBOX_DONE}"
+                " ORDER BY o.created_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ean, event_id",
+                cutoff,
+                policy.batch_rows,
+            )
+            if gone:
+                status = await conn.execute(
+                    "DELETE FROM webhook_deliveries WHERE (ean, event_id) IN ("
+                    " SELECT * FROM unnest($1::text[], $2::uuid[]))",
+                    [r["ean"] for r in gone],
+                    [r["event_id"] for r in gone],
+                )
+                report.webhook_deliveries_deleted += _count(status)
+        report.outbox_events_deleted += len(gone)
+        if len(gone) < policy.batch_rows:
+            return
+
+
 # ---------------------------------------------------------------------------------------------
 # a run
 
@@ -552,6 +623,7 @@ async def run_retention(
         await purge_consent_records(
             conn, cutoffs.consent_end, report, pol, now=now, dry_run=dry_run
         )
+        await purge_outbox(conn, cutoffs.outbox, report, pol, dry_run=dry_run)
         report.completed = True
     finally:
         # also after an error: what was deleted before it must be on record

@@ -443,6 +443,67 @@ async def test_consent_records_go_a_year_after_the_data_they_justified(
 
 
 # ---------------------------------------------------------------------------------------------
+# notifications
+
+
+async def add_notification(
+    conn: asyncpg.Connection, n: int, created: dt.datetime, states: list[str]
+) -> uuid.UUID:
+    """An outbox event of ``ean(n)`` recorded at ``created``, with one delivery per state."""
+    event_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO outbox_events (ean, kind, payload, occurred_at, created_at)"
+        " VALUES ($1, 'consent.granted', '{}'::jsonb, $2, $2) RETURNING event_id",
+        ean(n),
+        created,
+    )
+    for state in states:
+        await conn.execute(
+            "INSERT INTO webhook_deliveries (ean, event_id, client_id, seq, state, delivered_at)"
+            " SELECT $1, $2, $3, seq, $4, CASE WHEN $4 = 'delivered' THEN $5::timestamptz END"
+            " FROM outbox_events WHERE ean = $1 AND event_id = $2",
+            ean(n),
+            event_id,
+            uuid.uuid4(),
+            state,
+            created,
+        )
+    return event_id
+
+
+async def test_finished_notifications_go_after_30_days(conn: asyncpg.Connection) -> None:
+    old = NOW - 40 * D
+    done = await add_notification(conn, 1, old, ["delivered", "failed"])
+    pending = await add_notification(conn, 2, old, ["delivered", "pending"])
+    nobody = await add_notification(conn, 3, old, [])  # no subscriber at the time
+    recent = await add_notification(conn, 4, NOW - 10 * D, ["delivered"])
+    edge = await add_notification(conn, 5, NOW - 30 * D, ["delivered"])  # not before the cutoff
+
+    report = await retention.run_retention(conn, NOW, RetentionPolicy(batch_rows=1))
+
+    assert (report.outbox_events_deleted, report.webhook_deliveries_deleted) == (2, 2)
+    left = {r["event_id"] for r in await conn.fetch("SELECT event_id FROM outbox_events")}
+    assert left == {pending, recent, edge} and done not in left and nobody not in left
+    deliveries = await conn.fetch("SELECT event_id, state FROM webhook_deliveries")
+    assert sorted((r["event_id"] == pending, r["state"]) for r in deliveries) == [
+        (False, "delivered"),
+        (False, "delivered"),
+        (True, "delivered"),
+        (True, "pending"),
+    ]
+    (row,) = await audit_rows(conn, retention.KIND_RETENTION_RUN)
+    detail = json.loads(row["detail"])
+    assert (detail["outbox_events_deleted"], detail["webhook_deliveries_deleted"]) == (2, 2)
+    assert detail["cutoffs"]["outbox_created"] == "2019-01-16T06:00:00.000000Z"
+
+
+def test_notifications_are_kept_at_least_14_days() -> None:
+    # the webhook worker's expiry sweep looks back 7 days and relies on the events it sent
+    assert RetentionSettings(outbox_days=14).policy().outbox_days == 14
+    with pytest.raises(ValueError):
+        RetentionSettings(outbox_days=7)
+
+
+# ---------------------------------------------------------------------------------------------
 # dry run
 
 
@@ -456,6 +517,8 @@ async def snapshot(conn: asyncpg.Connection) -> dict[str, Any]:
         "readings_g_p1m",
         "consents",
         "consent_events",
+        "outbox_events",
+        "webhook_deliveries",
         "audit_log",
     ]
     state: dict[str, Any] = {t: await count_rows(conn, t) for t in tables}
@@ -473,6 +536,8 @@ async def test_dry_run_changes_nothing_and_predicts_the_real_run(
     await seed_daily(conn)
     await add_consent(conn, 3, granted="2011-01-01", ended="2013-06-01")
     await add_consent(conn, 3, granted="2016-01-01", expires="2019-01-01")
+    await add_notification(conn, 3, NOW - 60 * D, ["delivered", "failed", "delivered"])
+    await add_notification(conn, 3, NOW - 60 * D, ["pending"])
     policy = RetentionPolicy(batch_rows=5)
     before = await snapshot(conn)
 
@@ -481,6 +546,7 @@ async def test_dry_run_changes_nothing_and_predicts_the_real_run(
     assert await snapshot(conn) == before
     assert dry.changed() and dry.dry_run
     assert dry.consents_expired == 1 and dry.consents_deleted == 1
+    assert (dry.outbox_events_deleted, dry.webhook_deliveries_deleted) == (1, 3)
     real = await retention.run_retention(conn, NOW, policy)
     dry_json, real_json = dry.as_json(), real.as_json()
     assert dry_json.pop("dry_run") is True and real_json.pop("dry_run") is False
