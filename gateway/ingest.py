@@ -35,7 +35,9 @@ excluded.measured_at < t.measured_at`` — and each request awaits the commit of
 answers (group commit): every acknowledged reading is durable.
 
 The database enforces the interval rule itself (``INTERVAL_CONDITION``), so a stale consent index
-in any process can never store an interval reading at or after a consent's end. Raw telegrams and
+in any process can never store an interval reading at or after a consent's end; likewise the
+connection's level for daily and monthly rows (``_level_condition``), so a level change racing a
+write never leaves a reading the new level forbids. Raw telegrams and
 actual-power values are never stored or logged; the parsed Telegram is dropped after bucketing.
 """
 
@@ -53,7 +55,7 @@ from typing import Any, Final, Protocol
 import asyncpg
 from aiohttp import web
 
-from consent.levels import Granularity
+from consent.levels import LEVEL_GRANULARITIES, Granularity
 from gateway import db, metrics
 from gateway.consent_index import ConsentIndex, IndexMaintainer, MeterRoute, pick_route
 from gateway.errors import DatabaseUnavailableError
@@ -128,6 +130,14 @@ def _unnest(first: int, count: int, aliases: str) -> str:
 #   the new ended_at fails ``measured_at < end`` (and ``end > clock_timestamp()``), so the row
 #   is not inserted. The revocation's DELETE ran before, but there was nothing to delete.
 # tests/integration/test_ingest_consent_race.py holds both orders open on purpose.
+#
+# The connection's level is guarded the same way: a level change UPDATEs the connection row,
+# then DELETEs the readings of the lowered granularities measured at or after the change. Every
+# reading row therefore also takes ``FOR SHARE OF k`` on its connection and checks the level
+# there (LEVEL_CONDITION below for daily and monthly rows), tests/integration/
+# test_ingest_level_race.py holds both orders open. Lock order: the connection row before the
+# consent row (``OF k, c`` locks in that order), as consent_store and the expiry job take them,
+# so ingest and a revocation cannot deadlock.
 INTERVAL_CONDITION: Final = """
 WHERE EXISTS (
     SELECT 1 FROM consents c JOIN connections k ON k.ean = c.ean
@@ -136,8 +146,18 @@ WHERE EXISTS (
       AND c.granted_at <= to_timestamp(v.ma)
       AND to_timestamp(v.ma) < coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity')
       AND coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity') > clock_timestamp()
-    FOR SHARE OF c
+    FOR SHARE OF k, c
 )"""
+
+
+def _level_condition(granularity: Granularity) -> str:
+    """The WHERE clause of a daily or monthly row: its connection's level allows it."""
+    allowed = sorted(lv.value for lv, grans in LEVEL_GRANULARITIES.items() if granularity in grans)
+    levels = ", ".join(f"'{level}'" for level in allowed)
+    return (
+        " WHERE EXISTS (SELECT 1 FROM connections k"
+        f" WHERE k.ean_num = v.ean AND k.level IN ({levels}) FOR SHARE OF k)"
+    )
 
 
 def _insert_sql(table: int, first: int = 1) -> str:
@@ -147,7 +167,10 @@ def _insert_sql(table: int, first: int = 1) -> str:
     values = _E_VALUES if electricity else _G_VALUES
     source = _unnest(first, 7, _E_ALIASES) if electricity else _unnest(first, 4, _G_ALIASES)
     updates = ", ".join(f"{c} = excluded.{c}" for c in ("measured_at", *columns.split(", ")))
-    where = INTERVAL_CONDITION if table in INTERVAL_TABLES else ""
+    if table in INTERVAL_TABLES:
+        where = INTERVAL_CONDITION
+    else:
+        where = _level_condition(TABLE_GRANULARITY[table])
     return (
         f"INSERT INTO {TABLE_NAMES[table]} AS t (ean, period_start, measured_at, {columns})"
         f" SELECT v.ean, to_timestamp(v.ps), to_timestamp(v.ma), {values} FROM {source}"
