@@ -41,6 +41,8 @@ _MAINTENANCE_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: seconds to wait for pooled connections to be returned at shutdown before closing them hard
 POOL_CLOSE_TIMEOUT_S = 10.0
+#: seconds between samples of the pool gauges
+POOL_SAMPLE_INTERVAL_S = 5.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -100,13 +102,16 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     dsn = settings.database_dsn()
     assert dsn is not None  # checked in create_app
-    metrics.WORKER_INFO.info({"pid": str(os.getpid())})
+    metrics.WORKER_INFO.labels(str(os.getpid())).set(1)
     pool = await db.create_pool(dsn, settings)
     app[POOL_KEY] = pool
-    metrics.POOL_MAX_SIZE.set(settings.pool_max_size)
+    metrics.sample_pool(pool)
+    # every worker keeps its pool gauges fresh: a scrape reaches one worker but reports all
+    sampler = asyncio.create_task(_sample_pool(pool), name="pool-gauges")
     try:
         yield
     finally:
+        sampler.cancel()
         try:
             await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
         except TimeoutError:
@@ -114,6 +119,12 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
                 "pooled connections still busy after %ss; closing them", POOL_CLOSE_TIMEOUT_S
             )
             pool.terminate()
+
+
+async def _sample_pool(pool: asyncpg.Pool) -> None:
+    while True:
+        await asyncio.sleep(POOL_SAMPLE_INTERVAL_S)
+        metrics.sample_pool(pool)
 
 
 async def _maintain_partitions(app: web.Application) -> None:

@@ -20,8 +20,11 @@ import importlib
 import json
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -186,6 +189,11 @@ def _run_workers(settings: Settings) -> int:
         procs[slot] = proc
         started[slot] = time.monotonic()
 
+    from gateway import metrics
+
+    # one set of metrics over all workers (see gateway.metrics); a fresh directory per serve
+    metrics_dir = Path(tempfile.mkdtemp(prefix="meterpoort-metrics-"))
+    metrics.prepare_multiprocess(metrics_dir)
     old_term = signal.signal(signal.SIGTERM, forward)
     old_int = signal.signal(signal.SIGINT, forward)
     try:
@@ -203,6 +211,8 @@ def _run_workers(settings: Settings) -> int:
                 if proc.is_alive():
                     continue
                 procs[slot] = None
+                if proc.pid is not None:
+                    metrics.worker_gone(proc.pid)
                 if stopping:
                     continue
                 ran = time.monotonic() - started[slot]
@@ -238,6 +248,8 @@ def _run_workers(settings: Settings) -> int:
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
+        os.environ.pop(metrics.MULTIPROC_ENV, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,30 +4,47 @@ Metric objects are module-level (the prometheus-client idiom) but live in ``REGI
 global default registry, so tests and tools can read exactly the gateway's series. Label values
 are small closed sets (reasons, granularities): never EANs, meter ids or tokens.
 
-With ``serve --workers N`` every worker process has its own registry; a scrape reaches one worker
-(the kernel spreads connections over SO_REUSEPORT sockets), so counters are per process — each
-worker labels its series with ``worker`` via ``WORKER_INFO``.
+``serve --workers N`` runs prometheus-client's multiprocess mode: the supervisor points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before it starts the workers, every worker's
+values live in memory-mapped files there, and a scrape (whichever worker the kernel hands it to)
+adds up all of them: counters and histograms are totals over the workers, including workers that
+died and were replaced (a counter never goes back). Gauges say how they combine
+(``multiprocess_mode``): pool sizes are summed over the live workers, values sampled from the
+database take the most recent sample, ``meterpoort_worker_info`` has one series per live worker.
+With one process (``--workers 1``, tests) it is the plain in-process registry.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import asyncpg
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    Info,
     generate_latest,
 )
+from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+#: the environment variable prometheus-client's multiprocess mode reads (at import)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 #: media type of the text exposition format
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-WORKER_INFO = Info(
-    "meterpoort_worker", "Identity of the gateway process serving this scrape", registry=REGISTRY
+WORKER_INFO = Gauge(
+    "meterpoort_worker_info",
+    "1 per live gateway worker process, labelled with its process id",
+    # not "pid": multiprocess mode uses that label name itself
+    ["worker_pid"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
 )
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -88,15 +105,24 @@ DB_WRITE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
-# --- database pool (sampled at scrape time by gateway.handlers.ops) ---------------------------
+# --- database pool (sampled by each worker every few seconds and at scrape time) --------------
 POOL_SIZE = Gauge(
-    "meterpoort_db_pool_size", "Connections open in this process's pool", registry=REGISTRY
+    "meterpoort_db_pool_size",
+    "Connections open in the gateway's pools (summed over worker processes)",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
 )
 POOL_IN_USE = Gauge(
-    "meterpoort_db_pool_in_use", "Pooled connections currently checked out", registry=REGISTRY
+    "meterpoort_db_pool_in_use",
+    "Pooled connections currently checked out (summed over worker processes)",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
 )
 POOL_MAX_SIZE = Gauge(
-    "meterpoort_db_pool_max_size", "Configured maximum pool size", registry=REGISTRY
+    "meterpoort_db_pool_max_size",
+    "Configured maximum pool size (summed over worker processes)",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
 )
 DB_UNAVAILABLE = Counter(
     "meterpoort_db_unavailable_total",
@@ -115,6 +141,35 @@ DEVICES_REGISTERED = Counter(
 )
 
 
+def sample_pool(pool: asyncpg.Pool) -> None:
+    """Set the pool gauges from ``pool`` (this process's share in multiprocess mode)."""
+    size = pool.get_size()
+    POOL_SIZE.set(size)
+    POOL_IN_USE.set(size - pool.get_idle_size())
+    POOL_MAX_SIZE.set(pool.get_max_size())
+
+
 def render() -> bytes:
-    """The registry in the Prometheus text exposition format."""
+    """The metrics in the Prometheus text exposition format: this process's registry, or in
+    multiprocess mode the sum over every worker's files."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def prepare_multiprocess(directory: Path) -> None:
+    """Empty ``directory`` and point this process and the workers it starts from now on at it
+    (call before starting them: prometheus-client reads the variable when it is imported)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(directory)
+
+
+def worker_gone(pid: int) -> None:
+    """Drop the live-gauge files of a worker that exited (its counters stay in the totals)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        _multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

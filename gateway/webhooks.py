@@ -92,11 +92,13 @@ DELIVERIES = Counter(
 PENDING = Gauge(
     "meterpoort_webhook_pending",
     "Webhook deliveries not yet delivered or given up (all workers, sampled from the database)",
+    multiprocess_mode="livemostrecent",
     registry=metrics.REGISTRY,
 )
 OLDEST_PENDING_SECONDS = Gauge(
     "meterpoort_webhook_oldest_pending_seconds",
     "Age of the oldest pending webhook delivery (0 when none is pending)",
+    multiprocess_mode="livemostrecent",
     registry=metrics.REGISTRY,
 )
 DELIVERY_SECONDS = Histogram(

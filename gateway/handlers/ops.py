@@ -36,12 +36,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this process's metrics."""
-    pool = request.app[POOL_KEY]
-    size = pool.get_size()
-    metrics.POOL_SIZE.set(size)
-    metrics.POOL_IN_USE.set(size - pool.get_idle_size())
-    metrics.POOL_MAX_SIZE.set(pool.get_max_size())
+    """Prometheus text exposition of the gateway's metrics (all workers' with ``--workers``)."""
+    metrics.sample_pool(request.app[POOL_KEY])
     resp = web.Response(body=metrics.render())
     resp.headers["Content-Type"] = metrics.CONTENT_TYPE
     return resp

@@ -95,7 +95,11 @@ async def test_token_is_shown_once_and_stored_as_its_hash(
 
     assert await _can_read(http, token) == 200
     audit = await pool.fetch("SELECT kind, actor, detail FROM audit_log ORDER BY seq")
-    assert [(a["kind"], a["actor"]) for a in audit] == [("token.create", "admin")]
+    # the consent pull is a read of personal data: in the access log, under the client
+    assert [(a["kind"], a["actor"]) for a in audit] == [
+        ("token.create", "admin"),
+        ("data.read", f"client:{client_id}"),
+    ]
     assert audit[0]["detail"]["client_id"] == str(client_id)
     assert token not in json.dumps(audit[0]["detail"])
 
@@ -117,7 +121,8 @@ async def test_rotation_retires_the_old_token(
     assert await _can_read(http, old) == 401
     assert await _can_read(http, new) == 200
     kinds = [r["kind"] for r in await pool.fetch("SELECT kind FROM audit_log ORDER BY seq")]
-    assert kinds == ["token.create", "token.create"]
+    # one access-log row per read let in (old token, then new), none for the refused one
+    assert kinds == ["token.create", "data.read", "token.create", "data.read"]
 
 
 async def test_revocation_locks_the_client_out(
@@ -141,7 +146,7 @@ async def test_revocation_locks_the_client_out(
     await _problem(await http.post(f"/v1/admin/clients/{cid}/rotate", headers=admin_headers), 409)
     await _problem(await http.post(f"/v1/admin/clients/{cid}/revoke", headers=admin_headers), 409)
     kinds = [r["kind"] for r in await pool.fetch("SELECT kind FROM audit_log ORDER BY seq")]
-    assert kinds == ["token.create", KIND_TOKEN_REVOKE]
+    assert kinds == ["token.create", "data.read", KIND_TOKEN_REVOKE]
 
 
 @pytest.mark.parametrize(

@@ -156,18 +156,34 @@ def test_serve_from_scratch_with_embedded_postgres(serve_dir: Path) -> None:
     assert not (serve_dir / "var" / "pg" / "postmaster.pid").exists()
 
 
-def worker_pids(base: str, want: int, timeout: float = 30) -> set[int]:
-    """The pids of the workers that answer on ``base``, once ``want`` of them have."""
-    pids: set[int] = set()
+def worker_pids(
+    base: str, want: int, timeout: float = 30, gone: frozenset[int] = frozenset()
+) -> set[int]:
+    """The pids of the live workers one scrape reports, once there are ``want`` of them and
+    none of ``gone``."""
     deadline = time.monotonic() + timeout
-    while len(pids) < want and time.monotonic() < deadline:
-        # a fresh connection per request lets the kernel pick a worker each time
-        status, _, body = get(base + "/metrics")
+    while True:
+        try:
+            status, _, body = get(base + "/metrics")
+        except OSError:  # reset: queued on the listening socket of a worker that just died
+            time.sleep(0.1)
+            continue
         assert status == 200
-        found = re.search(rb'meterpoort_worker_info\{pid="(\d+)"\}', body)
-        assert found is not None
-        pids.add(int(found.group(1)))
-    return pids
+        found = re.findall(rb'meterpoort_worker_info\{worker_pid="(\d+)"\} 1\.0', body)
+        pids = {int(pid) for pid in found}
+        if (len(pids) == want and not pids & gone) or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.2)
+
+
+def scraped(base: str, series: str) -> float:
+    """The value of one series in a scrape (0 when absent)."""
+    assert get_retrying(base + "/metrics") == 200
+    _, _, body = get(base + "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def get_retrying(url: str, timeout: float = 10) -> int:
@@ -190,13 +206,23 @@ def test_serve_with_two_workers_on_one_port_restarts_a_dead_worker(serve_dir: Pa
         assert len(pids) == 2 and proc.pid not in pids
         assert {c.pid for c in psutil.Process(proc.pid).children()} >= pids
 
+        # one scrape counts the requests of every worker (fresh connections spread over both)
+        series = 'meterpoort_http_requests_total{method="GET",route="/openapi.json",status="200"}'
+        for _ in range(30):
+            assert get(base + "/openapi.json")[0] == 200
+        assert scraped(base, series) == 30
+        pool_max = scraped(base, "meterpoort_db_pool_max_size")
+        assert pool_max == 2 * 10 and scraped(base, "meterpoort_db_pool_size") > 0  # two pools
+
         # a worker killed outright (OOM killer, crash): the other keeps serving and the
         # supervisor starts a replacement
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)
         assert get_retrying(base + "/healthz") == 200
-        fresh = worker_pids(base, 2, timeout=60)
+        fresh = worker_pids(base, 2, timeout=60, gone=frozenset({victim}))
         assert victim not in fresh and len(fresh) == 2, (pids, fresh)
+        # the dead worker's requests still count: a counter never goes back
+        assert scraped(base, series) == 30
         assert proc.poll() is None
     finally:
         if proc.poll() is None:
