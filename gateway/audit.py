@@ -21,10 +21,15 @@ the chain stays linear across any number of gateway processes, and the audit row
 back with the change it records. The lock is held until that transaction ends: append last, just
 before commit, and log one row per request (a bulk read is ONE row), not one per reading.
 
+Retention (``prune``): the oldest rows may go once their retention has passed, but only after an
+``audit.prune`` row appended to the chain announces it (``through_seq`` and that row's hash);
+``verify`` then starts from the first remaining row, which must link to the announced hash (a
+removal cut short is checked at ``through_seq`` instead). Removing rows without the announcement
+is a missing row as before, and the announcement itself is a chained row like any other.
+
 Future work: record the head hash periodically outside the database (an operator's log, a
 transparency service, the customer's own receipts) so that a truncated tail is detected by
-``verify --expect-head`` without manual bookkeeping; checkpoint rows so that retention may drop
-the oldest rows while ``verify`` starts from the checkpoint.
+``verify --expect-head`` without manual bookkeeping.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ KIND_TOKEN_CREATE: Final = "token.create"
 KIND_EXPORT: Final = "data.export"
 KIND_ERASURE: Final = "data.erasure"
 KIND_READ: Final = "data.read"
+#: the announcement of a removal of the oldest rows (``prune``)
+KIND_PRUNE: Final = "audit.prune"
 
 _VERIFY_BATCH = 2000
 #: the same rule as the CHECK on audit_log.kind
@@ -257,11 +264,15 @@ class VerifyResult:
     broken_seq: int | None = None
     problem: Problem | None = None
     message: str = ""
+    #: rows 1..pruned_through were removed by ``prune`` (announced in the chain); 0 if none
+    pruned_through: int = 0
 
     def summary(self) -> str:
-        """``ok: N rows, head <hex>`` or ``broken: row S: <problem>: <message>``."""
+        """``ok: N rows, head <hex>`` (plus ``; rows 1..K pruned``) or
+        ``broken: row S: <problem>: <message>``."""
         if self.ok:
-            return f"ok: {self.rows} rows, head {self.head_hash.hex()}"
+            pruned = f"; rows 1..{self.pruned_through} pruned" if self.pruned_through else ""
+            return f"ok: {self.rows} rows, head {self.head_hash.hex()}{pruned}"
         return f"broken: row {self.broken_seq}: {self.problem}: {self.message}"
 
 
@@ -298,6 +309,9 @@ async def verify(
     prev_hash = GENESIS_HASH
     expected_seq = 1
     rows = 0
+    pruned_through = 0
+    #: (seq, hash) a row must have: the announced end of a removal that was cut short
+    checkpoint: tuple[int, bytes] | None = None
 
     def broken(seq: int, problem: Problem, message: str) -> VerifyResult:
         return VerifyResult(
@@ -308,6 +322,7 @@ async def verify(
             broken_seq=seq,
             problem=problem,
             message=message,
+            pruned_through=pruned_through,
         )
 
     async with contextlib.AsyncExitStack() as stack:
@@ -316,7 +331,31 @@ async def verify(
             await stack.enter_async_context(
                 conn.transaction(isolation="repeatable_read", readonly=True)
             )
-        last_seq = 0
+        first = await conn.fetchrow("SELECT seq, prev_hash FROM audit_log ORDER BY seq LIMIT 1")
+        if first is not None and first["seq"] > 1:
+            # the oldest rows are gone: only an announced removal explains that
+            start = await _prune_start(conn, first["seq"])
+            if start is None:
+                gone = first["seq"] - 1
+                return broken(
+                    1,
+                    Problem.ROW_MISSING,
+                    f"rows 1..{gone} are missing and no {KIND_PRUNE} row announces their"
+                    " removal",
+                )
+            through, through_hash = start
+            expected_seq = first["seq"]
+            pruned_through = expected_seq - 1
+            if through == expected_seq - 1:
+                prev_hash = through_hash  # the first row must link to the announced hash
+            else:
+                # a removal cut short: rows up to `through` remain, and row `through` must
+                # still carry the hash the announcement recorded
+                prev_hash = bytes(first["prev_hash"])
+                checkpoint = (through, through_hash)
+            if anchor == through_hash:
+                anchor_seen = True
+        last_seq = expected_seq - 1
         while True:
             batch = await conn.fetch(
                 "SELECT seq, at, kind, actor, subject, ean, detail::text AS detail,"
@@ -365,6 +404,13 @@ async def verify(
                         f"its prev_hash {stored_prev.hex()} is not the hash of row {seq - 1}"
                         f" ({prev_hash.hex()}): row {seq - 1} or this row was rewritten",
                     )
+                if checkpoint is not None and seq == checkpoint[0] and stored_hash != checkpoint[1]:
+                    return broken(
+                        seq,
+                        Problem.CONTENT_ALTERED,
+                        f"its hash {stored_hash.hex()} is not the one the {KIND_PRUNE} row"
+                        f" recorded for it ({checkpoint[1].hex()})",
+                    )
                 prev_hash = stored_hash
                 expected_seq = seq + 1
                 rows += 1
@@ -381,4 +427,102 @@ async def verify(
             f"no row has the expected head hash {anchor.hex()}: the tail was truncated or the"
             f" chain rewritten (the chain holds {rows} rows, head {prev_hash.hex()})",
         )
-    return VerifyResult(ok=True, rows=rows, head_seq=expected_seq - 1, head_hash=prev_hash)
+    return VerifyResult(
+        ok=True,
+        rows=rows,
+        head_seq=expected_seq - 1,
+        head_hash=prev_hash,
+        pruned_through=pruned_through,
+    )
+
+
+async def _prune_start(conn: asyncpg.Connection, first_seq: int) -> tuple[int, bytes] | None:
+    """(through_seq, through_hash) of the announcement that explains why rows before
+    ``first_seq`` are gone: the one reaching least far among those covering them (the
+    announcement row itself is verified with the rest of the chain)."""
+    row = await conn.fetchrow(
+        "SELECT detail::text AS detail FROM audit_log"
+        " WHERE kind = $1 AND (detail ->> 'through_seq')::bigint >= $2"
+        " AND seq > (detail ->> 'through_seq')::bigint"
+        " ORDER BY (detail ->> 'through_seq')::bigint LIMIT 1",
+        KIND_PRUNE,
+        first_seq - 1,
+    )
+    if row is None:
+        return None
+    detail = json.loads(row["detail"])
+    try:
+        return int(detail["through_seq"]), bytes.fromhex(detail["through_hash"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# prune
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What ``prune`` removed (or, dry, would remove): rows ``first_seq..through_seq``."""
+
+    rows: int
+    first_seq: int | None = None
+    through_seq: int | None = None
+    #: seq of the audit.prune row announcing it (None for a dry run or nothing to remove)
+    announced_seq: int | None = None
+
+
+async def prune(
+    conn: asyncpg.Connection,
+    before: dt.datetime,
+    *,
+    actor: str,
+    batch_rows: int = 10_000,
+    dry_run: bool = False,
+) -> PruneResult:
+    """Remove the audit rows recorded before ``before`` (the oldest rows; ``at`` follows
+    ``seq``), keeping the chain verifiable: first an ``audit.prune`` row announcing the removal
+    is appended (short transaction under the append lock), then the rows go oldest first in
+    batches of ``batch_rows``, each its own transaction. Call it outside a transaction.
+    """
+    if conn.is_in_transaction():
+        raise RuntimeError("audit.prune commits batch by batch: call it outside a transaction")
+    if before.tzinfo is None:
+        raise ValueError("audit.prune needs a timezone-aware `before`")
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK_KEY)
+        last = await conn.fetchrow(
+            "SELECT seq, hash FROM audit_log WHERE at < $1 ORDER BY seq DESC LIMIT 1", before
+        )
+        first_seq: int | None = await conn.fetchval("SELECT min(seq) FROM audit_log")
+        if last is None or first_seq is None:
+            return PruneResult(rows=0)
+        through: int = last["seq"]
+        rows = through - first_seq + 1
+        if dry_run:
+            return PruneResult(rows=rows, first_seq=first_seq, through_seq=through)
+        announced = await append(
+            conn,
+            kind=KIND_PRUNE,
+            actor=actor,
+            subject=None,
+            ean=None,
+            detail={
+                "through_seq": through,
+                "through_hash": bytes(last["hash"]).hex(),
+                "rows": rows,
+                "before": before,
+            },
+        )
+    while True:
+        status = await conn.execute(
+            "DELETE FROM audit_log WHERE seq IN ("
+            " SELECT seq FROM audit_log WHERE seq <= $1 ORDER BY seq LIMIT $2)",
+            through,
+            batch_rows,
+        )
+        if int(status.rsplit(" ", 1)[-1]) < batch_rows:
+            break
+    return PruneResult(
+        rows=rows, first_seq=first_seq, through_seq=through, announced_seq=announced
+    )

@@ -24,9 +24,9 @@ Rules per data class (defaults; ``RetentionSettings``, environment ``METERPOORT_
   days after they were recorded, once every delivery is delivered or given up; pending ones are
   left to the webhook worker. They hold EANs and consent details, and after 30 days a recipient
   that missed one re-syncs with ``GET /v1/consents?changed_since=`` anyway.
-* **The audit trail**: NOT deleted here. Deleting the oldest rows of the hash chain would make
-  ``audit verify`` report them missing; that needs checkpoints first (see the report of
-  ``gateway/audit.py``'s future work).
+* **The audit trail**: only with ``audit_years`` set (off by default: see RetentionSettings), rows
+  recorded more than that many years ago, through ``gateway.audit.prune`` (an ``audit.prune``
+  row announces the removal, so ``audit verify`` still checks the rest of the chain).
 
 Consent expiry: a consent whose ``expires_at`` has passed is already treated as ended by every
 reader (the policy compares ``expires_at``); this job makes the history say so: it records an
@@ -98,6 +98,12 @@ class RetentionSettings(BaseSettings):
     #: many days once every delivery is delivered or given up. At least 14: the webhook worker
     #: looks back 7 days for expiries it has not announced yet, and finds that out from them.
     outbox_days: int = Field(default=30, ge=14)
+    #: audit rows are removed this many years after they were recorded; unset (the default):
+    #: never by this job. SPEC §2 keeps the trail as long as the data it justifies plus 1 year,
+    #: and daily readings of an open contract are kept indefinitely, so no fixed age is right
+    #: for every installation: the operator decides (8 = 7 fiscal years + 1 is the usual pick),
+    #: or prunes by hand with `audit prune --before`.
+    audit_years: int | None = Field(default=None, ge=1)
     #: rows per DELETE statement (each its own short transaction)
     batch_rows: int = Field(default=10_000, ge=1)
     #: how long dropping a partition may wait for its table lock before trying next run (ms)
@@ -114,6 +120,7 @@ class RetentionSettings(BaseSettings):
             daily_years=self.daily_years,
             consent_extra_years=self.consent_extra_years,
             outbox_days=self.outbox_days,
+            audit_years=self.audit_years,
             batch_rows=self.batch_rows,
             lock_timeout_ms=self.lock_timeout_ms,
         )
@@ -127,6 +134,7 @@ class RetentionPolicy:
     daily_years: int = 7
     consent_extra_years: int = 1
     outbox_days: int = 30
+    audit_years: int | None = None
     batch_rows: int = 10_000
     lock_timeout_ms: int = 5_000
 
@@ -201,6 +209,8 @@ class RetentionReport:
     #: finished notifications deleted: outbox events and their webhook delivery rows
     outbox_events_deleted: int = 0
     webhook_deliveries_deleted: int = 0
+    #: audit rows removed (``audit_years``), announced by an audit.prune row
+    audit_rows_pruned: int = 0
     #: False when the run stopped on an error (the audit row then records the work done so far)
     completed: bool = False
 
@@ -216,6 +226,7 @@ class RetentionReport:
             or self.consents_deleted
             or self.consent_events_deleted
             or self.outbox_events_deleted
+            or self.audit_rows_pruned
             or any(t.rows_deleted or t.partitions_dropped for t in self.tables.values())
         )
 
@@ -238,6 +249,7 @@ class RetentionReport:
             "consent_events_deleted": self.consent_events_deleted,
             "outbox_events_deleted": self.outbox_events_deleted,
             "webhook_deliveries_deleted": self.webhook_deliveries_deleted,
+            "audit_rows_pruned": self.audit_rows_pruned,
         }
 
 
@@ -624,6 +636,15 @@ async def run_retention(
             conn, cutoffs.consent_end, report, pol, now=now, dry_run=dry_run
         )
         await purge_outbox(conn, cutoffs.outbox, report, pol, dry_run=dry_run)
+        if pol.audit_years is not None:
+            pruned = await audit.prune(
+                conn,
+                years_before(now, pol.audit_years),
+                actor=RETENTION_ACTOR,
+                batch_rows=pol.batch_rows,
+                dry_run=dry_run,
+            )
+            report.audit_rows_pruned = pruned.rows
         report.completed = True
     finally:
         # also after an error: what was deleted before it must be on record
