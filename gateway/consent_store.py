@@ -25,6 +25,7 @@ import asyncpg
 
 from consent.errors import ConsentError, UnknownPurposeError
 from consent.model import (
+    DEFAULT_MAX_LIFETIME,
     DEFAULT_PURPOSES,
     Channel,
     EndReason,
@@ -81,8 +82,13 @@ async def create_consent(
     channel: Channel = Channel.API,
     purposes: dict[str, Purpose] | None = None,
     actor: str = "admin",
+    max_lifetime: dt.timedelta = DEFAULT_MAX_LIFETIME,
 ) -> dict[str, Any]:
-    """Record an interval consent granted by the connection's customer; returns its JSON."""
+    """Record an interval consent granted by the connection's customer; returns its JSON.
+
+    ``max_lifetime``: the longest a consent may run (the installation's
+    ``consent_max_lifetime_days``); without ``expires_at`` it expires that long after its grant.
+    """
     async with conn.transaction():
         now: dt.datetime = await conn.fetchval("SELECT now()")
         granted = now if granted_at is None else granted_at
@@ -96,6 +102,7 @@ async def create_consent(
                 expires_at=expires_at,
                 channel=channel,
                 purposes=purposes,
+                max_lifetime=max_lifetime,
             )
         except UnknownPurposeError as exc:
             raise _domain_error(exc, "purpose") from exc

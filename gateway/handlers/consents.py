@@ -8,6 +8,7 @@ database refuses interval rows a stale index would allow).
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Annotated
 
@@ -72,6 +73,7 @@ async def add_consent(request: web.Request) -> web.Response:
             expires_at=body.expires_at,
             granted_at=body.granted_at,
             channel=body.channel,
+            max_lifetime=dt.timedelta(days=settings.consent_max_lifetime_days),
         )
     await _refresh(request, ean)
     return json_response(created, status=201)

@@ -51,10 +51,7 @@ _Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, ma
 
 
 def max_consent_lifetime(settings: Settings) -> dt.timedelta:
-    """The configured maximum consent lifetime (SPEC §4, default 3 years).
-
-    ``consent_store.create_consent`` also enforces the model's default (3 years + 1 day), so a
-    configured maximum above it is capped there."""
+    """The configured maximum consent lifetime (SPEC §4, default 3 years)."""
     return dt.timedelta(days=settings.consent_max_lifetime_days)
 
 
@@ -251,6 +248,7 @@ async def grant_consent(request: web.Request) -> web.Response:
                 expires_at=expires,
                 channel=Channel(body.channel),
                 actor=_actor(customer),
+                max_lifetime=max_life,
             )
     await _refresh(request, body.ean)
     receipt = _receipt(request, created, k["commodity"])

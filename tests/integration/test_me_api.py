@@ -147,6 +147,40 @@ async def sleep_past(t: dt.datetime) -> None:
 # connections and consents
 
 
+async def test_a_configured_lifetime_beyond_three_years_applies_to_both_apis(
+    world: World,
+) -> None:
+    settings = world.settings.model_copy(update={"consent_max_lifetime_days": 2000})
+    client: Client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=0))
+    await client.start_server()
+    try:
+        alice = world.customer("alice")
+        ean = await world.meter(1, "alice")
+        resp = await client.post(
+            "/v1/me/consents",
+            json={"ean": ean, "purpose": "dynamic-tariff-billing", "notice_version": "v3"},
+            headers=alice,
+        )
+        assert resp.status == 201, await resp.text()
+        consent = (await resp.json())["consent"]
+        lifetime = parse_time(consent["expires_at"]) - parse_time(consent["granted_at"])
+        assert lifetime == dt.timedelta(days=2000)
+        resp = await client.post(
+            "/v1/admin/consents",
+            json={
+                "ean": ean,
+                "customer_id": "alice",
+                "purpose": "energy-insights",
+                "notice_version": "v3",
+                "expires_at": (dt.datetime.now(UTC) + dt.timedelta(days=1990)).isoformat(),
+            },
+            headers=world.admin,
+        )
+        assert resp.status == 201, await resp.text()
+    finally:
+        await client.close()
+
+
 async def test_connections_list_only_own_eans_with_level_contract_and_consents(
     world: World,
 ) -> None:
