@@ -134,14 +134,24 @@ def _unnest(first: int, count: int, aliases: str) -> str:
 # The connection's level is guarded the same way: a level change UPDATEs the connection row,
 # then DELETEs the readings of the lowered granularities measured at or after the change. Every
 # reading row therefore also takes ``FOR SHARE OF k`` on its connection and checks the level
-# there (LEVEL_CONDITION below for daily and monthly rows), tests/integration/
+# there (_level_condition below for daily and monthly rows), tests/integration/
 # test_ingest_level_race.py holds both orders open. Lock order: the connection row before the
 # consent row (``OF k, c`` locks in that order), as consent_store and the expiry job take them,
 # so ingest and a revocation cannot deadlock.
-INTERVAL_CONDITION: Final = """
+#
+# Both the current level and the level in force when the reading was measured must allow it
+# (LEVEL_AT_MEASUREMENT: the latest level_events row at or before measured_at; a connection
+# starts at 'daily'): a reading measured while the customer objected, delivered late from a
+# field device's spool after the level went back up, is not stored.
+LEVEL_AT_MEASUREMENT: Final = (
+    "coalesce((SELECT l.level FROM level_events l WHERE l.ean = k.ean"
+    " AND l.at <= to_timestamp(v.ma) ORDER BY l.at DESC LIMIT 1), 'daily')"
+)
+INTERVAL_CONDITION: Final = f"""
 WHERE EXISTS (
     SELECT 1 FROM consents c JOIN connections k ON k.ean = c.ean
     WHERE k.ean_num = v.ean AND k.level = 'daily' AND c.data_class = 'interval'
+      AND {LEVEL_AT_MEASUREMENT} = 'daily'
       AND k.contract_start <= to_timestamp(v.ma)
       AND c.granted_at <= to_timestamp(v.ma)
       AND to_timestamp(v.ma) < coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity')
@@ -156,7 +166,8 @@ def _level_condition(granularity: Granularity) -> str:
     levels = ", ".join(f"'{level}'" for level in allowed)
     return (
         " WHERE EXISTS (SELECT 1 FROM connections k"
-        f" WHERE k.ean_num = v.ean AND k.level IN ({levels}) FOR SHARE OF k)"
+        f" WHERE k.ean_num = v.ean AND k.level IN ({levels})"
+        f" AND {LEVEL_AT_MEASUREMENT} IN ({levels}) FOR SHARE OF k)"
     )
 
 

@@ -163,3 +163,36 @@ async def test_ingest_and_revocation_lock_in_the_same_order(pool: asyncpg.Pool, 
         await tx.commit()
         assert await task == "INSERT 0 0"
     assert (await stored(pool))[E_PT15M] == []
+
+
+async def test_a_reading_measured_while_the_customer_objected_is_not_stored_later(
+    pool: asyncpg.Pool, ean: str
+) -> None:
+    """Level history: monthly from 3 h ago to 1 h ago, daily again since. A field device's
+    spool delivers readings from all three stretches now: the ones measured while the level
+    was monthly keep only their monthly row."""
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO level_events (ean, level, at, channel) VALUES ($1, $2, $3, 'portal')",
+            [
+                (ean, "monthly", now - dt.timedelta(hours=3)),
+                (ean, "daily", now - dt.timedelta(hours=1)),
+            ],
+        )
+    assert await pool.fetchval("SELECT level FROM connections") == "daily"
+    before = now - dt.timedelta(hours=4)
+    during = now - dt.timedelta(hours=2)
+    after = now - dt.timedelta(minutes=10)
+    for t in (before, during, after):
+        tables = (E_PT15M, E_P1D, E_P1M)
+        args = [col for table in tables for col in rows(ean, table, [t])]
+        async with pool.acquire() as conn:
+            await conn.fetch(flush_sql(tables), *args)
+            # each stretch in its own periods: clear them for the next
+            got = await stored(pool)
+            await conn.execute("DELETE FROM readings_e_pt15m")
+            await conn.execute("DELETE FROM readings_e_p1d")
+            await conn.execute("DELETE FROM readings_e_p1m")
+        counts = (len(got[E_PT15M]), len(got[E_P1D]), len(got[E_P1M]))
+        assert counts == ((0, 0, 1) if t == during else (1, 1, 1)), t
