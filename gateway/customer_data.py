@@ -399,7 +399,10 @@ async def change_level(
             "deleted_readings": deleted,
         }
     await conn.execute(
-        "UPDATE connections SET level = $2, updated_at = now() WHERE ean = $1", ean, level
+        "UPDATE connections SET level = $2, level_since = $3, updated_at = now() WHERE ean = $1",
+        ean,
+        level,
+        now,
     )
     await conn.execute(
         "INSERT INTO level_events (ean, level, at, channel) VALUES ($1, $2, $3, $4)",

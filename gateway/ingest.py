@@ -139,19 +139,29 @@ def _unnest(first: int, count: int, aliases: str) -> str:
 # consent row (``OF k, c`` locks in that order), as consent_store and the expiry job take them,
 # so ingest and a revocation cannot deadlock.
 #
-# Both the current level and the level in force when the reading was measured must allow it
-# (LEVEL_AT_MEASUREMENT: the latest level_events row at or before measured_at; a connection
-# starts at 'daily'): a reading measured while the customer objected, delivered late from a
-# field device's spool after the level went back up, is not stored.
-LEVEL_AT_MEASUREMENT: Final = (
-    "coalesce((SELECT l.level FROM level_events l WHERE l.ean = k.ean"
-    " AND l.at <= to_timestamp(v.ma) ORDER BY l.at DESC LIMIT 1), 'daily')"
-)
+# Both the current level and the level in force when the reading was measured must allow it: a
+# reading measured while the customer objected, delivered late from a field device's spool after
+# the level went back up, is not stored. The level at measurement is the current one from
+# ``level_since`` on (NULL: never changed); before that, the latest level_events row at or before
+# measured_at (a connection starts at 'daily'). Looked up only for such late readings: the
+# lookup per row would halve single-telegram ingest otherwise (bench/ingest.py B3).
+
+
+def _level_at_measurement_in(levels: str) -> str:
+    """SQL: the level in force at the reading's measured_at is one of ``levels``."""
+    return (
+        "(k.level_since IS NULL OR to_timestamp(v.ma) >= k.level_since"
+        " OR coalesce((SELECT l.level FROM level_events l WHERE l.ean = k.ean"
+        " AND l.at <= to_timestamp(v.ma) ORDER BY l.at DESC LIMIT 1), 'daily')"
+        f" IN ({levels}))"
+    )
+
+
 INTERVAL_CONDITION: Final = f"""
 WHERE EXISTS (
     SELECT 1 FROM consents c JOIN connections k ON k.ean = c.ean
     WHERE k.ean_num = v.ean AND k.level = 'daily' AND c.data_class = 'interval'
-      AND {LEVEL_AT_MEASUREMENT} = 'daily'
+      AND {_level_at_measurement_in("'daily'")}
       AND k.contract_start <= to_timestamp(v.ma)
       AND c.granted_at <= to_timestamp(v.ma)
       AND to_timestamp(v.ma) < coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity')
@@ -167,7 +177,7 @@ def _level_condition(granularity: Granularity) -> str:
     return (
         " WHERE EXISTS (SELECT 1 FROM connections k"
         f" WHERE k.ean_num = v.ean AND k.level IN ({levels})"
-        f" AND {LEVEL_AT_MEASUREMENT} IN ({levels}) FOR SHARE OF k)"
+        f" AND {_level_at_measurement_in(levels)} FOR SHARE OF k)"
     )
 
 

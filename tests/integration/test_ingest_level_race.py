@@ -140,6 +140,7 @@ async def test_ingest_first_level_change_waits_and_deletes(
         changed = await task
     # measured before the change: lawful then, kept; measured after it: deleted
     assert changed["deleted_readings"][TABLES[table]] == 1
+    assert await pool.fetchval("SELECT level_since FROM connections") == changed["at"]
     assert (await stored(pool))[table] == [before]
 
 
@@ -179,6 +180,12 @@ async def test_a_reading_measured_while_the_customer_objected_is_not_stored_late
                 (ean, "monthly", now - dt.timedelta(hours=3)),
                 (ean, "daily", now - dt.timedelta(hours=1)),
             ],
+        )
+        # as change_level leaves it: the current level holds since the last change
+        await conn.execute(
+            "UPDATE connections SET level_since = $2 WHERE ean = $1",
+            ean,
+            now - dt.timedelta(hours=1),
         )
     assert await pool.fetchval("SELECT level FROM connections") == "daily"
     before = now - dt.timedelta(hours=4)
