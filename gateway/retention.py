@@ -536,26 +536,46 @@ async def purge_consent_records(
         report.consents_deleted += row["consents"]
         report.consent_events_deleted += row["events"]
         return
+    parents, children = await _delete_with_children(
+        conn,
+        "DELETE FROM consents WHERE (ean, consent_id) IN ("
+        f" SELECT o.ean, o.consent_id FROM consents o WHERE {_CONSENT_END} < $1"
+        " LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ean, consent_id",
+        "consent_events",
+        "consent_id",
+        cutoff,
+        policy.batch_rows,
+    )
+    report.consents_deleted += parents
+    report.consent_events_deleted += children
+
+
+async def _delete_with_children(
+    conn: asyncpg.Connection,
+    parent_sql: str,
+    child_table: str,
+    key: str,
+    cutoff: dt.datetime,
+    batch_rows: int,
+) -> tuple[int, int]:
+    """Run ``parent_sql`` (a DELETE of at most ``$2`` rows due before ``$1``, RETURNING ean and
+    ``key``) batch after batch, each in its own transaction with the ``child_table`` rows of the
+    same (ean, key); returns how many parent and child rows went."""
+    parents = children = 0
     while True:
         async with conn.transaction():
-            gone = await conn.fetch(
-                "DELETE FROM consents WHERE (ean, consent_id) IN ("
-                f" SELECT o.ean, o.consent_id FROM consents o WHERE {_CONSENT_END} < $1"
-                " LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ean, consent_id",
-                cutoff,
-                policy.batch_rows,
-            )
+            gone = await conn.fetch(parent_sql, cutoff, batch_rows)
             if gone:
                 status = await conn.execute(
-                    "DELETE FROM consent_events WHERE (ean, consent_id) IN ("
+                    f"DELETE FROM {child_table} WHERE (ean, {key}) IN ("
                     " SELECT * FROM unnest($1::text[], $2::uuid[]))",
                     [r["ean"] for r in gone],
-                    [r["consent_id"] for r in gone],
+                    [r[key] for r in gone],
                 )
-                report.consent_events_deleted += _count(status)
-        report.consents_deleted += len(gone)
-        if len(gone) < policy.batch_rows:
-            return
+                children += _count(status)
+        parents += len(gone)
+        if len(gone) < batch_rows:
+            return parents, children
 
 
 # finished: no delivery of the event is still pending (an event nobody was subscribed to has none)
@@ -587,26 +607,18 @@ async def purge_outbox(
         report.outbox_events_deleted += row["events"]
         report.webhook_deliveries_deleted += row["deliveries"]
         return
-    while True:
-        async with conn.transaction():
-            gone = await conn.fetch(
-                "DELETE FROM outbox_events WHERE (ean, event_id) IN ("
-                f" SELECT o.ean, o.event_id FROM outbox_events o WHERE {_OUTBOX_DONE}"
-                " ORDER BY o.created_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ean, event_id",
-                cutoff,
-                policy.batch_rows,
-            )
-            if gone:
-                status = await conn.execute(
-                    "DELETE FROM webhook_deliveries WHERE (ean, event_id) IN ("
-                    " SELECT * FROM unnest($1::text[], $2::uuid[]))",
-                    [r["ean"] for r in gone],
-                    [r["event_id"] for r in gone],
-                )
-                report.webhook_deliveries_deleted += _count(status)
-        report.outbox_events_deleted += len(gone)
-        if len(gone) < policy.batch_rows:
-            return
+    parents, children = await _delete_with_children(
+        conn,
+        "DELETE FROM outbox_events WHERE (ean, event_id) IN ("
+        f" SELECT o.ean, o.event_id FROM outbox_events o WHERE {_OUTBOX_DONE}"
+        " ORDER BY o.created_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ean, event_id",
+        "webhook_deliveries",
+        "event_id",
+        cutoff,
+        policy.batch_rows,
+    )
+    report.outbox_events_deleted += parents
+    report.webhook_deliveries_deleted += children
 
 
 # ---------------------------------------------------------------------------------------------

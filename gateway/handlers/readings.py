@@ -335,15 +335,10 @@ async def _log_read(
 ) -> None:
     """The access-log row of one request (its own short transaction); ``readings`` is None
     for a stream that stopped early (its EANs are those of every chunk handed over)."""
-    await audit.append(
+    await _audit_read(
         conn,
-        kind=audit.KIND_READ,
-        actor=client.actor,
-        subject=None,
-        ean=None,
-        detail={
-            "client_id": client.client_id,
-            "client_name": client.name,
+        client,
+        {
             "granularity": query.granularity,
             "from": query.start,
             "to": query.end,
@@ -352,6 +347,19 @@ async def _log_read(
             "format": media,
             "complete": complete,
         },
+    )
+
+
+async def _audit_read(conn: asyncpg.Connection, client: Client, detail: dict[str, Any]) -> None:
+    """One ``data.read`` access-log row for a client request (its own short transaction when
+    ``conn`` is in none): who read, and ``detail`` (with ``eans``) what."""
+    await audit.append(
+        conn,
+        kind=audit.KIND_READ,
+        actor=client.actor,
+        subject=None,
+        ean=None,
+        detail={"client_id": client.client_id, "client_name": client.name, **detail},
     )
 
 
@@ -440,15 +448,10 @@ async def get_consents(request: web.Request) -> web.Response:
                     await conn.fetch(_SAME_TIME_SQL, last["changed_at"], purposes, last["event_id"])
                 )
         # consents are personal data too: one access-log row per request, like a readings pull
-        await audit.append(
+        await _audit_read(
             conn,
-            kind=audit.KIND_READ,
-            actor=client.actor,
-            subject=None,
-            ean=None,
-            detail={
-                "client_id": client.client_id,
-                "client_name": client.name,
+            client,
+            {
                 "data": "consents",
                 "changed_since": since,
                 "eans": sorted({r["ean"] for r in rows}),
