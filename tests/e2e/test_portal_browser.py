@@ -30,7 +30,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from gateway import portal
+from gateway import clients, portal
 from gateway.app import create_app
 from gateway.customer_auth import CustomerAuthConfig
 from gateway.settings import Settings
@@ -378,6 +378,25 @@ async def test_customer_grants_revokes_and_downloads_in_the_portal(
     await expect(access_rows).to_have_count(1)
     await expect(access_rows.nth(0)).to_contain_text("You downloaded your data")
 
+    # --- the billing system pulls consent changes: that read shows in the access log too
+    async with pool.acquire() as conn:
+        billing = await clients.add_client(
+            conn,
+            clients.ClientIn(
+                name="Billing", granularities=["P1D"], purposes=["dynamic-tariff-billing"]
+            ),
+        )
+    resp = await served.client.get(
+        "/v1/consents",
+        params={"changed_since": "2024-01-01T00:00:00Z"},
+        headers={"Authorization": f"Bearer {billing.token}"},
+    )
+    assert resp.status == 200, await resp.text()
+    await page.reload()  # the session keeps the token
+    await expect(access_rows).to_have_count(2)
+    await expect(access_rows.nth(0)).to_contain_text("Consents requested by Billing")
+    await expect(access_rows.nth(0)).to_contain_text(E_EAN)
+
     # --- styles applied; the screenshot shows a rendered page
     banner_bg = await page.locator(".banner").evaluate("e => getComputedStyle(e).backgroundColor")
     assert banner_bg == "rgb({}, {}, {})".format(*BRAND_RGB)
@@ -391,6 +410,7 @@ async def test_customer_grants_revokes_and_downloads_in_the_portal(
     revoked_row = elec.locator(f'tr[data-consent-id="{consent_id}"]')
     await expect(revoked_row.locator(".consent-status")).to_contain_text("Ingetrokken op")
     await expect(log_rows.nth(0)).to_contain_text("Keuze meetgegevens: Alleen maandstanden")
+    await expect(access_rows.nth(0)).to_contain_text("Toestemmingen opgevraagd door Billing")
     await page.screenshot(path=str(SCREENSHOT.with_name("portal-nl.png")), full_page=True)
 
     # the token travelled only in the Authorization header, never in a URL
