@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -79,12 +80,17 @@ def _consent_from_row(row: Mapping[str, Any]) -> Consent:
     )
 
 
+# enum members by value: a dict look-up instead of an Enum call per row (2 million at start-up)
+_COMMODITIES: dict[str, Commodity] = {c.value: c for c in Commodity}
+_LEVELS: dict[str, Level] = {level.value: level for level in Level}
+
+
 def _route(row: Mapping[str, Any], consents: Iterable[Consent]) -> MeterRoute:
-    commodity = Commodity(row["commodity"])
+    commodity = _COMMODITIES[row["commodity"]]
     state = ConnectionState(
         ean=row["ean"],
         commodity=commodity,
-        level=Level(row["level"]),
+        level=_LEVELS[row["level"]],
         contract_start=row["contract_start"],
         contract_end=row["contract_end"],
         consents=tuple(consents),
@@ -183,6 +189,8 @@ class ConsentIndex:
 
 
 def _add(routes: tuple[MeterRoute, ...], route: MeterRoute) -> tuple[MeterRoute, ...]:
+    if not routes:
+        return (route,)
     # newest contract first: the active connection is found first
     return tuple(sorted((*routes, route), key=lambda r: r.policy.lo, reverse=True))
 
@@ -203,7 +211,16 @@ async def load_all(conn: asyncpg.Connection, index: ConsentIndex) -> None:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         connections = await conn.fetch(f"SELECT {_CONNECTION_COLUMNS} FROM connections")
         consents = await conn.fetch(_CONSENT_QUERY)
-    index.replace_all(connections, consents)
+    # Building millions of small objects would run the cyclic garbage collector over all of them
+    # again and again (half the build time with 2 million connections); the index holds no
+    # reference cycles, so nothing is lost by pausing it for the build.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        index.replace_all(connections, consents)
+    finally:
+        if paused:
+            gc.enable()
 
 
 async def load_eans(conn: asyncpg.Connection, index: ConsentIndex, eans: Iterable[str]) -> None:
