@@ -1,0 +1,160 @@
+"""B5 (SPEC §6): a gateway process with 2 million registered connections — start-up time and RSS,
+beside the same gateway with a small registry (the reference) measured in the same run.
+
+Seeds two databases (embedded PostgreSQL in a temp dir, or DATABASE_URL): one with ``--small``
+connections, one with ``--connections`` (half electricity, half gas, no consents), generated in
+SQL. Each gateway is started in a fresh process (create_app + a listening site, as ``serve`` does;
+the consent index loads every connection before the site answers) and reports how long that took
+and its resident memory once up.
+
+Targets: start-up ≤ 15 s, RSS ≤ 1.5 GB. (B5's third part, B2 within 20 %, is bench/ingest.py run
+against a database seeded like this one.)
+
+    python bench/registry.py [--connections 2000000] [--small 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+
+from gateway import db
+from gateway.settings import Settings
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def seed(base: str, name: str, count: int) -> str:
+    admin = await db.connect(base)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = with_database(base, name)
+    conn = await db.connect(dsn)
+    try:
+        await db.prepare_database(conn, Settings(database_url=SecretStr(dsn)))
+        await conn.execute(
+            "INSERT INTO connections (ean, commodity, meter_id, customer_id, contract_start)"
+            " SELECT (871000000000000000 + i)::text,"
+            " CASE WHEN i % 2 = 0 THEN 'electricity' ELSE 'gas' END, 'M' || i, 'c' || (i / 2),"
+            " now() - interval '400 days' - i * interval '1 second'"
+            " FROM generate_series(1, $1::int) i",
+            count,
+        )
+        await conn.execute("ANALYZE connections")
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def measure(dsn: str) -> dict[str, float]:
+    """Start a gateway on ``dsn`` in this (fresh) process; its start-up time and RSS."""
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    before = rss_mib()
+    started = time.perf_counter()
+    runner = web.AppRunner(create_app(Settings(database_url=SecretStr(dsn))))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    elapsed = time.perf_counter() - started
+    up = rss_mib()
+    await runner.cleanup()
+    return {"startup_s": elapsed, "rss_mib": up, "rss_before_mib": before}
+
+
+def run_measure(dsn: str) -> dict[str, float]:
+    env = {**os.environ, "METERPOORT_RETENTION_ENABLED": "false"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", dsn],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=2_000_000)
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(asyncio.run(measure(args.measure))), flush=True)
+        return
+    external = os.environ.get("DATABASE_URL")
+    tmp = tempfile.mkdtemp(prefix="meterpoort-bench-")
+    os.chmod(tmp, 0o755)
+    server = None if external else db.EmbeddedPostgres(Path(tmp))
+    base = external if external else server.start()  # type: ignore[union-attr]
+    names = [f"meterpoort_b5_small_{os.getpid()}", f"meterpoort_b5_big_{os.getpid()}"]
+    try:
+        started = time.perf_counter()
+        small = asyncio.run(seed(base, names[0], args.small))
+        big = asyncio.run(seed(base, names[1], args.connections))
+        print(
+            f"seeded {args.small:,} and {args.connections:,} connections"
+            f" in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        ref = run_measure(small)
+        got = run_measure(big)
+        print(
+            f"B5 {args.connections:,} connections: start-up {got['startup_s']:.1f} s,"
+            f" RSS {got['rss_mib']:,.0f} MiB   [targets ≤ 15 s, ≤ 1 536 MiB]"
+        )
+        extra = args.connections - args.small
+        per_bytes = (got["rss_mib"] - ref["rss_mib"]) * 1024 * 1024 / extra
+        per_us = (got["startup_s"] - ref["startup_s"]) / extra * 1e6
+        print(
+            f"   reference, {args.small:,} connections: start-up {ref['startup_s']:.1f} s,"
+            f" RSS {ref['rss_mib']:,.0f} MiB → per extra connection {per_bytes:,.0f} bytes,"
+            f" {per_us:.1f} µs of start-up"
+        )
+    finally:
+
+        async def drop() -> None:
+            admin = await db.connect(base)
+            try:
+                for name in names:
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await admin.close()
+
+        asyncio.run(drop())
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
