@@ -164,6 +164,11 @@ class ConsentIndex:
         self._by_ean = eans
         self.generation += 1
 
+    def adopt(self, other: ConsentIndex) -> None:
+        """Take over ``other``'s entries (a freshly built index) in one step."""
+        self.electricity, self.gas, self._by_ean = other.electricity, other.gas, other._by_ean
+        self.generation += 1
+
     def update_ean(
         self,
         ean: str,
@@ -207,20 +212,36 @@ def pick_route(routes: tuple[MeterRoute, ...], ts: int) -> MeterRoute:
 
 
 async def load_all(conn: asyncpg.Connection, index: ConsentIndex) -> None:
-    """Fill ``index`` from the database in one REPEATABLE READ snapshot."""
+    """Fill ``index`` from the database in one REPEATABLE READ snapshot.
+
+    The new entries are built in a worker thread and swapped in at once: with millions of
+    connections the build takes seconds, and on the event loop it would stall every request
+    for that long at each periodic reload (the loop still gets the interpreter every few
+    milliseconds while the thread works). Readers see the old entries until the swap.
+    """
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         connections = await conn.fetch(f"SELECT {_CONNECTION_COLUMNS} FROM connections")
         consents = await conn.fetch(_CONSENT_QUERY)
+    fresh = await asyncio.to_thread(_build, connections, consents)
+    index.adopt(fresh)
+
+
+def _build(
+    connections: Iterable[Mapping[str, Any]], consents: Iterable[Mapping[str, Any]]
+) -> ConsentIndex:
+    """A new index of these rows (runs in a worker thread)."""
+    fresh = ConsentIndex()
     # Building millions of small objects would run the cyclic garbage collector over all of them
     # again and again (half the build time with 2 million connections); the index holds no
     # reference cycles, so nothing is lost by pausing it for the build.
     paused = gc.isenabled()
     gc.disable()
     try:
-        index.replace_all(connections, consents)
+        fresh.replace_all(connections, consents)
     finally:
         if paused:
             gc.enable()
+    return fresh
 
 
 async def load_eans(conn: asyncpg.Connection, index: ConsentIndex, eans: Iterable[str]) -> None:
