@@ -4,7 +4,8 @@ Usage: python bench/parse.py [--seconds 2.0] [--cold]
 
 Every fixture telegram that both parsers handle with their CRC checks on is parsed in turn by
 each parser for about ``--seconds``; the rates are telegrams per second over the whole mix.
-Fair comparison: dsmr_parser gets the matching telegram specification per fixture, gets the
+Fair comparison: dsmr_parser gets the matching telegram specification per fixture
+(``dsmr_parser_spec`` in tests/fixtures/index.json), gets the
 text already decoded (it wants ``str``; we take the bytes as they come off the wire), and
 checks the CRC where the telegram has one (its ISKRA_IE spec does not, so the bench calls its
 ``validate_checksum`` explicitly for that one).
@@ -43,25 +44,6 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 TARGET = 25.0
 
 
-def dsmr_parser_spec(name: str) -> dict[str, Any]:
-    """The dsmr_parser telegram specification matching a fixture file name."""
-    table: list[tuple[str, dict[str, Any]]] = [
-        ("v2.2", specs.V2_2),
-        ("v3", specs.V3),
-        ("v4", specs.V4),
-        ("_be_", specs.BELGIUM_FLUVIUS),
-        ("easymeter_q3d", specs.Q3D),
-        ("_ie_", specs.ISKRA_IE),
-        ("_hu_", specs.EON_HUNGARY),
-        ("lu_smarty", specs.LUXEMBOURG_SMARTY),
-    ]
-    for marker, spec in table:
-        if marker in name:
-            return spec
-    v5: dict[str, Any] = specs.V5
-    return v5
-
-
 def load() -> list[tuple[str, bytes, str, TelegramParser, bool]]:
     """(name, bytes, text, dsmr_parser parser, needs explicit CRC check) per usable fixture."""
     out = []
@@ -69,7 +51,7 @@ def load() -> list[tuple[str, bytes, str, TelegramParser, bool]]:
         if entry["crc_valid"] is False:
             continue  # both parsers reject these with CRC checks on
         raw = (FIXTURES / "telegrams" / entry["file"]).read_bytes()
-        spec = dsmr_parser_spec(entry["file"])
+        spec: dict[str, Any] = getattr(specs, entry["dsmr_parser_spec"])
         extra_crc = bool(entry["has_crc"]) and not spec["checksum_support"]
         out.append((entry["file"], raw, raw.decode("latin-1"), TelegramParser(spec), extra_crc))
     return out

@@ -28,23 +28,12 @@ from p1_reader.parser import parse_telegram
 from p1_reader.telegram import Telegram
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-SPECS: list[tuple[str, dict[str, Any]]] = [
-    ("v2.2", specs.V2_2),
-    ("v3", specs.V3),
-    ("v4", specs.V4),
-    ("_be_", specs.BELGIUM_FLUVIUS),
-    ("easymeter_q3d", specs.Q3D),
-    ("_ie_", specs.ISKRA_IE),
-    ("_hu_", specs.EON_HUNGARY),
-    ("lu_smarty", specs.LUXEMBOURG_SMARTY),
-    ("", specs.V5),
-]
 SCALE = {"kwh": 1000, "wh": 1, "m3": 1000, "gj": 1_000_000}
 
 
 def cases() -> Iterator[Any]:
     for entry in json.loads((FIXTURES / "index.json").read_text()):
-        spec = next(spec for marker, spec in SPECS if marker in entry["file"])
+        spec = getattr(specs, entry["dsmr_parser_spec"])
         yield pytest.param(entry, spec, id=entry["file"])
 
 
