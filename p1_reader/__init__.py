@@ -3,6 +3,19 @@
 The pure core is importable without any I/O dependency: parsing, CRC, framing, decryption and
 the telegram encoder. The serial reader, spool, forwarder and simulator live in their own modules
 (``p1_reader.reader``, ``.spool``, ``.forwarder``, ``.simulate``) and are not imported here.
+
+The layers, imports pointing from the later ones to the earlier ones only:
+
+pure
+    ``errors``, ``crc``, ``obis``, ``timestamps``, ``telegram``, ``parser``, ``framing``,
+    ``decrypt``, ``encode``, ``jsonout``, ``thinning``, ``profiles``, ``cliargs``
+I/O edges
+    ``serial_port`` (the only module that imports pyserial), ``spool_format`` and ``spool``
+    (files), ``gateway_client`` (HTTP)
+commands
+    ``decode`` (pure apart from reading its files), ``reader`` (``read``), ``forwarder``
+    (``forward``), ``simulate``; ``cli`` registers them all, so a command module imports the
+    serial port only where it opens one (``tests/unit/p1_reader/test_purity.py``)
 """
 
 from p1_reader.decrypt import DecryptedFrame, FrameCounterGuard, decrypt_frame

@@ -7,18 +7,14 @@ subcommand and sets ``func``) so the commands do not depend on each other.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
-# subcommand name → module implementing ``add_parser(subparsers)``
-_COMMANDS = {
-    "read": "p1_reader.reader",
-    "decode": "p1_reader.decode",
-    "forward": "p1_reader.forwarder",
-    "simulate": "p1_reader.simulate",
-}
+from p1_reader import decode, forwarder, reader, simulate
+
+#: the modules implementing a subcommand, each with ``add_parser(subparsers)``
+_COMMANDS = (reader, decode, forwarder, simulate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in _COMMANDS.values():
-        module = importlib.import_module(module_name)
+    for module in _COMMANDS:
         module.add_parser(sub)
     return parser
 

@@ -9,6 +9,9 @@ Exit status 0 when every telegram decoded; 1 when any file is unreadable, holds 
 telegram, a truncated or oversize telegram, or a telegram that fails (each problem is reported on
 stderr with the file name, the telegram's index in the file and the reason). Bytes outside
 telegrams (leading/trailing garbage) are reported but are not a failure.
+
+Pure apart from reading the named files: nothing here imports the serial port or HTTP modules
+(``tests/unit/p1_reader/test_purity.py`` holds it to that).
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from p1_reader.cliargs import add_key_arguments
 from p1_reader.decrypt import decrypt_frame
 from p1_reader.errors import P1Error
 from p1_reader.framing import Frame, FrameKind, Framer
 from p1_reader.jsonout import telegram_to_json
 from p1_reader.parser import parse_telegram
-from p1_reader.reader import add_key_arguments
 from p1_reader.telegram import Telegram
 
 

@@ -33,6 +33,10 @@ other 4xx                  a configuration error (wrong URL…): keep spooling, 
 
 SIGTERM/SIGINT: stop reading, write what was read to the spool and fsync it, let a request in
 flight finish (a few seconds at most) and exit; whatever was not acknowledged stays spooled.
+
+This module is the loop and its reactions to those answers, the telegram sources and the CLI.
+Sorting an HTTP answer into one of the rows above is :mod:`p1_reader.gateway_client`'s job, the
+thinning decision :mod:`p1_reader.thinning`'s and the on-disk queue :mod:`p1_reader.spool`'s.
 """
 
 from __future__ import annotations
@@ -40,109 +44,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import email.utils
-import enum
 import io
 import logging
 import os
 import random
-import re
 import signal
-import ssl
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import aiohttp
 
 from p1_reader import spool as spool_mod
+from p1_reader.cliargs import add_key_arguments, parse_duration, parse_size
 from p1_reader.errors import P1Error
 from p1_reader.framing import Framer
-from p1_reader.parser import parse_telegram
-from p1_reader.spool import Spool, SpoolRecord, TelegramMark, Thinner
+from p1_reader.gateway_client import GatewayClient, Outcome, OutcomeKind
+from p1_reader.profiles import PROFILES
+from p1_reader.reader import P1Reader
+from p1_reader.spool import Spool, SpoolRecord
 from p1_reader.telegram import Telegram
+from p1_reader.thinning import TelegramMark, Thinner, mark_of, mark_telegram
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "meterpoort-p1-reader/0.1"
 TOKEN_ENV = "P1_READER_TOKEN"
 GATEWAY_ENV = "P1_READER_GATEWAY"
-_MAX_DETAIL = 200
 
 
 # --------------------------------------------------------------------------------------------
-# Small parsers shared with the simulator
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_duration(text: str) -> float:
-    """``"5s"``, ``"250ms"``, ``"5m"``, ``"1h"``, ``"1d"`` or plain seconds → seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"not a duration: {text!r} (use e.g. 500ms, 5s, 10m, 1h, 1d)"
-        )
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
-
-
-def parse_size(text: str) -> int:
-    """``"256MiB"``, ``"64k"``, ``"1G"`` or plain bytes → bytes (binary units)."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 64KiB, 256MiB, 1GiB)")
-    unit = (match.group(2) or "")[:1].lower()
-    return int(match.group(1)) * _SIZE_UNITS[unit]
-
-
-# --------------------------------------------------------------------------------------------
-# Thinning marks
-
-
-def _epoch(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp())
-
-
-def mark_of(telegram: Telegram, *, arrived: float | None = None) -> TelegramMark:
-    """The thinning mark of a parsed telegram.
-
-    A telegram without a usable timestamp (DSMR 2.2/3, unset clock) is judged by ``arrived``
-    (Unix time it was read) when given, so such meters are thinned by arrival time.
-    """
-    timestamp = _epoch(telegram.timestamp)
-    if timestamp is None and arrived is not None:
-        timestamp = int(arrived)
-    gas: list[tuple[str, int]] = []
-    for device in telegram.mbus:
-        captured = _epoch(device.measured_at)
-        if captured is not None:
-            gas.append((device.meter_id or f"{telegram.meter_id or ''}/{device.channel}", captured))
-    return TelegramMark(telegram.meter_id, timestamp, tuple(gas))
-
-
-def mark_telegram(data: bytes, *, arrived: float | None = None) -> TelegramMark | None:
-    """Parse ``data`` (CRC not enforced) and return its mark; None when it does not parse."""
-    try:
-        telegram = parse_telegram(data, require_crc=False)
-    except P1Error as exc:
-        log.debug("thinning: telegram does not parse (%s)", exc.reason)
-        if arrived is None:
-            return None
-        return TelegramMark(None, int(arrived))
-    return mark_of(telegram, arrived=arrived)
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration and outcome types
+# Configuration and statistics
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,53 +121,14 @@ class ForwarderStats:
     rejected_reasons: dict[str, int] = field(default_factory=dict)
 
 
-class _Kind(enum.Enum):
-    DELIVERED = "delivered"
-    TOO_LARGE = "too-large"
-    REFUSED = "refused"  # 400/422: split to isolate
-    AUTH = "auth"  # 401/403
-    CONFIG = "config"  # other 4xx
-    RETRY = "retry"  # 408/429/5xx/network
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    kind: _Kind
-    status: int = 0
-    detail: str = ""
-    retry_after: float | None = None
-    accepted: int = 0
-    rejected: tuple[tuple[int, str, str], ...] = ()
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+# --------------------------------------------------------------------------------------------
+# Retry timing
 
 
 def backoff_delay(attempt: int, *, initial: float, cap: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff: uniform(0, min(cap, initial·2^attempt))."""
     ceiling = min(cap, initial * (2 ** min(attempt, 32)))
     return rng.uniform(0.0, ceiling)
-
-
-def _problem_detail(body: Any) -> str:
-    if isinstance(body, dict):
-        parts = [str(body.get(k)) for k in ("type", "detail") if body.get(k)]
-        return " — ".join(parts)[:_MAX_DETAIL]
-    return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,27 +185,22 @@ class Forwarder:
     ) -> None:
         """Forward until stopped; with ``exit_when_drained``, also stop once the source has
         ended and the spool is empty (``--input`` files)."""
-        ssl_context: ssl.SSLContext | bool = True
-        if self.config.ca_bundle:
-            ssl_context = ssl.create_default_context(cafile=self.config.ca_bundle)
+        client = GatewayClient(
+            self.config.endpoint,
+            self.config.token,
+            request_timeout=self.config.request_timeout,
+            ca_bundle=self.config.ca_bundle,
+            wall_clock=self._wall_clock,
+        )
         if self.config.endpoint.startswith("http://"):
             log.warning(
                 "gateway %s is plain HTTP: telegrams travel unencrypted", self.config.gateway
             )
-        connector = aiohttp.TCPConnector(ssl=ssl_context, limit=1)
-        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout)
-        headers = {
-            "Authorization": f"Bearer {self.config.token}",
-            "Content-Type": "text/plain",
-            "User-Agent": USER_AGENT,
-        }
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, headers=headers
-        ) as session:
+        async with client:
             reader = asyncio.create_task(self._read(source), name="p1-forward-read")
             writer = asyncio.create_task(self._write(), name="p1-forward-spool")
             sender = asyncio.create_task(
-                self._send_loop(session, exit_when_drained), name="p1-forward-send"
+                self._send_loop(client, exit_when_drained), name="p1-forward-send"
             )
             background = [asyncio.create_task(self._housekeeping(), name="p1-forward-stats")]
             try:
@@ -396,7 +284,7 @@ class Forwarder:
 
     # ------------------------------------------------------------------ spool → gateway
 
-    async def _send_loop(self, session: aiohttp.ClientSession, exit_when_drained: bool) -> None:
+    async def _send_loop(self, client: GatewayClient, exit_when_drained: bool) -> None:
         loop = asyncio.get_running_loop()
         last_send = -float("inf")
         while not self._stop_event.is_set():
@@ -415,7 +303,7 @@ class Forwarder:
                 continue
             records = self.spool.peek(self._batch_limit)
             last_send = loop.time()
-            outcome = await self._post(session, records)
+            outcome = await self._post(client, records)
             await self._handle(outcome, records)
 
     async def _wait(self, event: asyncio.Event, limit: float | None) -> None:
@@ -435,82 +323,20 @@ class Forwarder:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
 
-    async def _post(self, session: aiohttp.ClientSession, records: list[SpoolRecord]) -> _Outcome:
+    async def _post(self, client: GatewayClient, records: list[SpoolRecord]) -> Outcome:
         body = b"".join(r.data for r in records)
         self.stats.requests += 1
-        try:
-            async with session.post(self.config.endpoint, data=body) as response:
-                status = response.status
-                if status == 200:
-                    return await self._parse_ok(response, len(records))
-                try:
-                    problem = await response.json(content_type=None)
-                except (ValueError, aiohttp.ClientError):
-                    problem = None
-                if (
-                    status == 422
-                    and isinstance(problem, dict)
-                    and isinstance(problem.get("accepted"), int)
-                    and isinstance(problem.get("rejected"), list)
-                ):
-                    # every telegram of the batch was refused on its own merits: the problem
-                    # carries the per-telegram outcome, so the batch is answered, not retried
-                    return self._outcome_of(problem, len(records))
-                detail = _problem_detail(problem) or (response.reason or "")
-                retry_after = parse_retry_after(
-                    response.headers.get("Retry-After"), now=self._wall_clock()
-                )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return _Outcome(_Kind.RETRY, detail=f"{type(exc).__name__}: {exc}"[:_MAX_DETAIL])
-        if status == 413:
-            return _Outcome(_Kind.TOO_LARGE, status, detail)
-        if status in (400, 422):
-            return _Outcome(_Kind.REFUSED, status, detail)
-        if status in (401, 403):
-            return _Outcome(_Kind.AUTH, status, detail)
-        if status in (408, 429) or status >= 500:
-            return _Outcome(_Kind.RETRY, status, detail, retry_after)
-        if 400 <= status < 500:
-            return _Outcome(_Kind.CONFIG, status, detail)
-        return _Outcome(_Kind.RETRY, status, f"unexpected status {status} {detail}".strip())
+        return await client.post(body)
 
-    async def _parse_ok(self, response: aiohttp.ClientResponse, sent: int) -> _Outcome:
-        try:
-            body = await response.json(content_type=None)
-        except ValueError as exc:
-            # we cannot tell what was stored: resend (the gateway is idempotent)
-            return _Outcome(_Kind.RETRY, 200, f"200 with an unreadable body: {exc}"[:_MAX_DETAIL])
-        return self._outcome_of(body, sent)
-
-    def _outcome_of(self, body: Any, sent: int) -> _Outcome:
-        """The per-telegram outcome ``{accepted, rejected: [{index, reason, detail}]}``."""
-        accepted = body.get("accepted") if isinstance(body, dict) else None
-        raw_rejected = body.get("rejected", []) if isinstance(body, dict) else None
-        if not isinstance(accepted, int) or not isinstance(raw_rejected, list):
-            return _Outcome(_Kind.RETRY, 200, "200 without {accepted, rejected}")
-        rejected: list[tuple[int, str, str]] = []
-        for item in raw_rejected:
-            if not isinstance(item, dict):
-                continue
-            index = item.get("index")
-            rejected.append(
-                (
-                    index if isinstance(index, int) else -1,
-                    str(item.get("reason", "unknown"))[:64],
-                    str(item.get("detail", ""))[:_MAX_DETAIL],
-                )
-            )
-        if accepted + len(rejected) != sent:
-            log.warning(
-                "gateway answered for %d telegrams, %d were sent",
-                accepted + len(rejected),
-                sent,
-            )
-        return _Outcome(_Kind.DELIVERED, 200, accepted=accepted, rejected=tuple(rejected))
-
-    async def _handle(self, outcome: _Outcome, records: list[SpoolRecord]) -> None:
+    async def _handle(self, outcome: Outcome, records: list[SpoolRecord]) -> None:
         config = self.config
-        if outcome.kind is _Kind.DELIVERED:
+        if outcome.kind is OutcomeKind.DELIVERED:
+            # checked here, not in the client: only the loop knows how many telegrams it sent
+            answered = outcome.accepted + len(outcome.rejected)
+            if answered != len(records):
+                log.warning(
+                    "gateway answered for %d telegrams, %d were sent", answered, len(records)
+                )
             self._recovered()
             for index, reason, detail in outcome.rejected:
                 seq = records[index].seq if 0 <= index < len(records) else -1
@@ -531,7 +357,7 @@ class Forwarder:
                 self._batch_limit = min(config.batch_size, self._batch_limit * 2)
                 self._successes_since_shrink = 0
             return
-        if outcome.kind in (_Kind.TOO_LARGE, _Kind.REFUSED):
+        if outcome.kind in (OutcomeKind.TOO_LARGE, OutcomeKind.REFUSED):
             self._recovered()
             if len(records) > 1:
                 self._batch_limit = max(1, len(records) // 2)
@@ -554,10 +380,10 @@ class Forwarder:
             self._acknowledge(records)
             return
         self.stats.failures += 1
-        if outcome.kind in (_Kind.AUTH, _Kind.CONFIG):
+        if outcome.kind in (OutcomeKind.AUTH, OutcomeKind.CONFIG):
             what = (
                 "refused the device token"
-                if outcome.kind is _Kind.AUTH
+                if outcome.kind is OutcomeKind.AUTH
                 else "refused the request (check --gateway)"
             )
             self._outage_started(
@@ -713,8 +539,6 @@ async def serial_source(
     port: str, profile: str, *, key: bytes | None, auth_key: bytes | None
 ) -> AsyncIterator[tuple[bytes, Telegram | None]]:
     """Validated telegrams (with their parse) from a P1 serial port, reconnecting forever."""
-    from p1_reader.reader import P1Reader
-
     reader = P1Reader(port, profile, key=key, auth_key=auth_key)
     async with contextlib.aclosing(reader.telegrams()) as items:
         async for data, telegram in items:
@@ -727,9 +551,6 @@ async def serial_source(
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``forward``: serial port (or file) → spool → gateway."""
-    from p1_reader.reader import add_key_arguments
-    from p1_reader.serial_port import PROFILES
-
     parser = subparsers.add_parser(
         "forward",
         help="forward telegrams from a P1 port to the gateway, spooling them on disk",
@@ -893,10 +714,5 @@ __all__: Sequence[str] = (
     "add_parser",
     "backoff_delay",
     "file_source",
-    "mark_of",
-    "mark_telegram",
-    "parse_duration",
-    "parse_retry_after",
-    "parse_size",
     "serial_source",
 )

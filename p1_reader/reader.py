@@ -12,6 +12,9 @@ profile for good (also across reconnects).
 With a key, the framer looks only for encrypted DLMS frames (0xDB …); without one, only for
 plaintext telegrams. Decrypted telegrams are parsed without a CRC requirement: the GCM tag
 already authenticated every byte.
+
+Importing this module does not import pyserial: :mod:`p1_reader.serial_port` is loaded only when
+a reader first opens its port (see :meth:`P1Reader.telegrams`).
 """
 
 from __future__ import annotations
@@ -25,14 +28,19 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from p1_reader.cliargs import add_key_arguments
 from p1_reader.decrypt import SMARTY_AUTH_KEY, FrameDecryptor
 from p1_reader.errors import ChecksumError, P1Error, SerialPortError
 from p1_reader.framing import Frame, FrameKind, Framer
 from p1_reader.jsonout import telegram_to_json
 from p1_reader.parser import parse_telegram
-from p1_reader.serial_port import DSMR2, DSMR4, PROFILES, SerialConnection, open_serial
+from p1_reader.profiles import DSMR2, DSMR4, PROFILES
 from p1_reader.telegram import Telegram
+
+if TYPE_CHECKING:
+    from p1_reader.serial_port import SerialConnection
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +130,11 @@ class P1Reader:
 
     async def telegrams(self) -> AsyncGenerator[tuple[bytes, Telegram], None]:
         """Yield (telegram bytes, parsed telegram) forever, reconnecting as needed."""
+        # Imported here, where the port is opened, and nowhere above: the CLI registers every
+        # subcommand by importing its module, so a top-level import would load pyserial for the
+        # pure ``decode`` command too (and for ``forward --input``, which never opens a port).
+        from p1_reader.serial_port import open_serial
+
         backoff = self.backoff
         delay = backoff.initial
         outage_since: float | None = None
@@ -273,33 +286,6 @@ async def read_telegrams(
 
 
 # -- the ``read`` subcommand -------------------------------------------------------------------
-
-
-def _hex_key(text: str) -> bytes:
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a hex string: {text[:8]}…") from None
-    if len(key) != 16:
-        raise argparse.ArgumentTypeError(f"a key is 32 hex digits (16 bytes), got {len(key)} bytes")
-    return key
-
-
-def add_key_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--key`` / ``--auth-key`` / ``--no-aad`` (shared with ``decode``)."""
-    parser.add_argument(
-        "--key", type=_hex_key, metavar="HEX",
-        help="AES-128 encryption key (32 hex digits) of a DLMS-encrypted meter",
-    )
-    aad = parser.add_mutually_exclusive_group()
-    aad.add_argument(
-        "--auth-key", type=_hex_key, metavar="HEX", default=SMARTY_AUTH_KEY,
-        help="authentication key for the GCM AAD (default: the Luxembourg Smarty key)",
-    )
-    aad.add_argument(
-        "--no-aad", action="store_const", dest="auth_key", const=None,
-        help="the meter seals frames without AAD",
-    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

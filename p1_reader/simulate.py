@@ -40,8 +40,8 @@ from typing import IO, Any
 
 import aiohttp
 
+from p1_reader.cliargs import parse_duration
 from p1_reader.crc import crc16_arc
-from p1_reader.forwarder import parse_duration
 from p1_reader.timestamps import LOCAL_TZ
 
 log = logging.getLogger(__name__)

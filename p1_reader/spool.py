@@ -1,16 +1,9 @@
 """A durable, bounded, ordered on-disk queue of telegrams (the field device's spool).
 
-Layout of the spool directory::
-
-    00000000000000000000.seg   segment files, append-only, named after the sequence number
-    00000000000000004711.seg   the segment started with (the name orders them; nothing more)
-    cursor                     the next sequence number to deliver, replaced atomically
-
-A segment is a run of records; a record is a 16-byte header followed by the telegram bytes::
-
-    seq    u64 little-endian   strictly increasing over the whole spool, never reused
-    length u32 little-endian   payload length
-    crc    u32 little-endian   zlib.crc32 over seq + length + payload
+The queue logic lives here: appending at the tail, delivering and acknowledging at the head
+(the cursor), recovering after a crash, and the policy for a full spool. The bytes on disk
+(segment files of checksummed records, the cursor file) are :mod:`p1_reader.spool_format`'s;
+which telegrams are worth keeping is :mod:`p1_reader.thinning`'s.
 
 A write torn by a crash or power loss (SIGKILL mid-write, zero-filled blocks after a reboot) only
 ever damages the tail of the newest segment: opening the spool truncates the segment at the first
@@ -23,9 +16,10 @@ dropped telegram is counted in :class:`SpoolStats` and each episode is logged on
 
 ``thin`` (default)
     rewrite the sealed segments keeping the first telegram of every 15-minute period per meter and
-    every telegram whose gas capture time enters a new hour (see :class:`Thinner`); the active
-    segment, holding the newest telegrams, is left alone. If that frees too little, the oldest
-    segment is dropped as with ``drop-oldest`` (also logged and counted).
+    every telegram whose gas capture time enters a new hour (see
+    :class:`~p1_reader.thinning.Thinner`); the active segment, holding the newest telegrams, is
+    left alone. If that frees too little, the oldest segment is dropped as with ``drop-oldest``
+    (also logged and counted).
 ``drop-newest``
     refuse the telegram being appended.
 ``drop-oldest``
@@ -39,16 +33,35 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
-import zlib
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from p1_reader.errors import SpoolError
+from p1_reader.spool_format import (
+    CURSOR_NAME,
+    HEADER_SIZE,
+    MAX_RECORD_BYTES,
+    TMP_SUFFIX,
+    RecordSpan,
+    encode_record,
+    fsync_dir,
+    open_for_append,
+    read_cursor,
+    read_header,
+    read_record,
+    replace_segment,
+    scan,
+    segment_name,
+    segment_paths,
+    segment_start,
+    truncate_segment,
+    write_cursor,
+)
+from p1_reader.thinning import Marker, Thinner
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +71,6 @@ FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("batch", "every-second")
 FULL_POLICIES: tuple[FullPolicy, ...] = ("thin", "drop-newest", "drop-oldest")
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-#: a record larger than this is refused (DSMR.md recommends rejecting telegrams beyond 8 KiB; the
-#: margin keeps odd but real meters working), and a header claiming more is treated as torn
-MAX_RECORD_BYTES = 64 * 1024
-
-_HEADER = struct.Struct("<QII")
-_HEADER_SIZE = _HEADER.size
-_SEGMENT_SUFFIX = ".seg"
-_CURSOR_NAME = "cursor"
-_TMP_SUFFIX = ".tmp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,88 +104,13 @@ class SpoolStats:
 
 
 # --------------------------------------------------------------------------------------------
-# Thinning (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class TelegramMark:
-    """What thinning needs to know about a telegram: who measured what, when.
-
-    ``timestamp`` is the telegram's own time (``0-0:1.0.0``) and ``gas`` the M-Bus capture times,
-    all as Unix seconds (UTC). ``None``/empty when the telegram does not carry them.
-    """
-
-    meter_id: str | None
-    timestamp: int | None
-    gas: tuple[tuple[str, int], ...] = ()
-
-
-#: 15 minutes and 1 hour in seconds. Europe/Amsterdam has whole-hour UTC offsets (+01:00, +02:00),
-#: so its quarter-hour and hour boundaries coincide with UTC ones and flooring Unix time is exact;
-#: only days and months (which thinning does not use) need the zone.
-QUARTER = 900
-HOUR = 3600
-MINUTE = 60
-
-
-@dataclass(slots=True)
-class Thinner:
-    """Decides, telegram by telegram in arrival order, which telegrams are worth keeping.
-
-    The gateway stores, per period (P1M, P1D, PT1H, PT15M), the reading with the earliest measured
-    time, so the first telegram of every 15-minute period of a meter is all it needs for
-    electricity; gas readings change with the M-Bus capture time, so a telegram is also kept when
-    a gas capture time enters a new hour. ``per_minute`` additionally keeps the first telegram of
-    every minute (the forwarder's default, for a livelier picture at the gateway).
-
-    A telegram that cannot be judged (no mark, no timestamp, as in DSMR 2.2/3) is kept: deciding
-    what is redundant is not worth losing something the gateway could use.
-    """
-
-    per_minute: bool = False
-    _quarter: dict[str, int] = field(default_factory=dict)
-    _minute: dict[str, int] = field(default_factory=dict)
-    _gas_hour: dict[str, int] = field(default_factory=dict)
-
-    def keep(self, mark: TelegramMark | None) -> bool:
-        """Return True when the telegram described by ``mark`` must be kept."""
-        if mark is None or mark.timestamp is None:
-            keep = True
-        else:
-            meter = mark.meter_id or ""
-            ts = mark.timestamp
-            quarter = ts // QUARTER
-            # "!=" rather than ">": a meter clock set back starts new periods the gateway wants
-            keep = self._quarter.get(meter) != quarter
-            self._quarter[meter] = quarter
-            if self.per_minute:
-                minute = ts // MINUTE
-                keep = keep or self._minute.get(meter) != minute
-                self._minute[meter] = minute
-        if mark is not None:
-            for gas_id, captured in mark.gas:
-                hour = captured // HOUR
-                if self._gas_hour.get(gas_id) != hour:
-                    keep = True
-                    self._gas_hour[gas_id] = hour
-        return keep
-
-
-def select_kept(marks: Iterable[TelegramMark | None], *, per_minute: bool = False) -> list[bool]:
-    """Thin a sequence of telegrams (oldest first): for each, whether :class:`Thinner` keeps it."""
-    thinner = Thinner(per_minute=per_minute)
-    return [thinner.keep(mark) for mark in marks]
-
-
-Marker = Callable[[bytes], "TelegramMark | None"]
-
-
-# --------------------------------------------------------------------------------------------
 # Segments
 
 
 @dataclass(slots=True)
 class _Segment:
+    """What the queue knows about one segment file, so that counting never reads the disk."""
+
     path: Path
     #: sequence number of the first and last record (-1 when empty)
     first_seq: int
@@ -204,40 +133,7 @@ class _Segment:
         return self.count - bisect_left(self.seqs, seq)
 
 
-def _segment_name(seq: int) -> str:
-    return f"{seq:020d}{_SEGMENT_SUFFIX}"
-
-
-def _encode(seq: int, data: bytes) -> bytes:
-    head = struct.pack("<QI", seq, len(data))
-    crc = zlib.crc32(data, zlib.crc32(head))
-    return head + struct.pack("<I", crc) + data
-
-
-def _scan(buf: bytes) -> tuple[list[tuple[int, int, int]], int]:
-    """Walk the records of a segment image: ([(seq, payload offset, length)], valid length).
-
-    Stops at the first record that is incomplete, fails its CRC or does not continue the sequence;
-    everything from there on is a torn write.
-    """
-    records: list[tuple[int, int, int]] = []
-    pos = 0
-    end = len(buf)
-    last = -1
-    while pos + _HEADER_SIZE <= end:
-        seq, length, crc = _HEADER.unpack_from(buf, pos)
-        start = pos + _HEADER_SIZE
-        if length > MAX_RECORD_BYTES or start + length > end or seq <= last:
-            break
-        if zlib.crc32(buf[start : start + length], zlib.crc32(buf[pos : pos + 12])) != crc:
-            break
-        records.append((seq, start, length))
-        last = seq
-        pos = start + length
-    return records, pos
-
-
-def _segment_from(path: Path, records: list[tuple[int, int, int]], size: int) -> _Segment:
+def _segment_from(path: Path, records: list[RecordSpan], size: int) -> _Segment:
     if not records:
         return _Segment(path=path, first_seq=-1, last_seq=-1, count=0, size=size)
     first, last = records[0][0], records[-1][0]
@@ -250,14 +146,6 @@ def _segment_from(path: Path, records: list[tuple[int, int, int]], size: int) ->
         size=size,
         seqs=None if contiguous else [r[0] for r in records],
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -330,21 +218,19 @@ class Spool:
     # ---------------------------------------------------------------- opening
 
     def _recover(self) -> None:
-        for stray in self.directory.glob(f"*{_TMP_SUFFIX}"):
+        for stray in self.directory.glob(f"*{TMP_SUFFIX}"):
             # an interrupted cursor write or thinning rewrite; the original is still in place
             log.warning("spool %s: removing interrupted write %s", self.directory, stray.name)
             stray.unlink()
-        cursor = self._read_cursor()
-        paths = sorted(
-            p for p in self.directory.iterdir() if p.name.endswith(_SEGMENT_SUFFIX)
-        )
+        cursor = read_cursor(self.directory)
+        paths = segment_paths(self.directory)
         for index, path in enumerate(paths):
             try:
-                int(path.name[: -len(_SEGMENT_SUFFIX)])
+                segment_start(path.name)
             except ValueError as exc:
                 raise SpoolError(f"spool {self.directory}: unexpected file {path.name}") from exc
             buf = path.read_bytes()
-            records, valid = _scan(buf)
+            records, valid = scan(buf)
             if valid < len(buf):
                 self.stats.truncated_bytes += len(buf) - valid
                 # a torn write cuts one record (counted); corruption may hide more (logged)
@@ -360,9 +246,7 @@ class Spool:
                     "torn write at the tail" if index == len(paths) - 1 else "corruption",
                     len(buf) - valid,
                 )
-                with open(path, "r+b") as fh:
-                    fh.truncate(valid)
-                    os.fsync(fh.fileno())
+                truncate_segment(path, valid)
             prev_last = self._segments[-1].last_seq if self._segments else -1
             if records and records[0][0] <= prev_last:
                 raise SpoolError(
@@ -388,20 +272,6 @@ class Spool:
             self.size_bytes,
         )
 
-    def _read_cursor(self) -> int | None:
-        path = self.directory / _CURSOR_NAME
-        try:
-            text = path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            return None
-        try:
-            value = int(text)
-        except ValueError as exc:
-            raise SpoolError(f"spool cursor {path} is not a number: {text[:40]!r}") from exc
-        if value < 0:
-            raise SpoolError(f"spool cursor {path} is negative: {value}")
-        return value
-
     def _locate_head(self) -> None:
         """Point the head at the first record with seq >= cursor, from the first segment's start."""
         self._head_offset = 0
@@ -422,16 +292,16 @@ class Spool:
             pos = self._head_offset
             while pos < seg.size:
                 fh.seek(pos)
-                seq, length, _ = _HEADER.unpack(fh.read(_HEADER_SIZE))
+                seq, length = read_header(fh)
                 if seq >= self._cursor:
                     break
-                pos += _HEADER_SIZE + length
+                pos += HEADER_SIZE + length
             self._head_offset = pos
 
     def _open_tail(self, path: Path) -> None:
         if self._tail_fd is not None:
             os.close(self._tail_fd)
-        self._tail_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._tail_fd = open_for_append(path)
 
     # ---------------------------------------------------------------- properties
 
@@ -474,7 +344,7 @@ class Spool:
                     MAX_RECORD_BYTES,
                 )
                 continue
-            record_size = _HEADER_SIZE + len(data)
+            record_size = HEADER_SIZE + len(data)
             if self._would_overflow(record_size, chunks):
                 self._write(chunks)
                 chunks = []
@@ -494,7 +364,7 @@ class Spool:
                 self._rotate()
             seq = self._next_seq
             self._next_seq += 1
-            chunks.append(_encode(seq, data))
+            chunks.append(encode_record(seq, data))
             seg = self._segments[-1]
             if seg.count == 0:
                 seg.first_seq = seq
@@ -529,9 +399,9 @@ class Spool:
         if self._tail_fd is not None and self._dirty:
             os.fsync(self._tail_fd)
             self._dirty = False
-        path = self.directory / _segment_name(self._next_seq)
+        path = self.directory / segment_name(self._next_seq)
         self._open_tail(path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._segments.append(_Segment(path=path, first_seq=-1, last_seq=-1, count=0, size=0))
 
     def sync(self) -> None:
@@ -578,7 +448,7 @@ class Spool:
         self._write_cursor()
         self._segments.pop(0)
         seg.path.unlink()
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._locate_head()
 
     def _thin_sealed(self) -> None:
@@ -600,12 +470,12 @@ class Spool:
             seqs: list[int] = []
             first = last = -1
             count = 0
-            for seq, start, length in _scan(buf)[0]:
+            for seq, start, length in scan(buf)[0]:
                 if seq < self._cursor:
                     continue
                 data = buf[start : start + length]
                 if thinner.keep(self._marker(data)):
-                    kept.append(_encode(seq, data))
+                    kept.append(encode_record(seq, data))
                     seqs.append(seq)
                     first = seq if first < 0 else first
                     last = seq
@@ -613,12 +483,7 @@ class Spool:
                 else:
                     dropped += 1
             blob = b"".join(kept)
-            tmp = seg.path.with_name(seg.path.name + _TMP_SUFFIX)
-            with open(tmp, "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, seg.path)
+            replace_segment(seg.path, blob)
             self._pending -= seg.count_from(self._cursor) - count
             self._segments[index] = _Segment(
                 path=seg.path,
@@ -629,7 +494,7 @@ class Spool:
                 seqs=seqs,
                 thinned=True,
             )
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         # drop segments the thinning emptied (never the tail)
         keep_segments = [s for s in self._segments[:-1] if s.count] + self._segments[-1:]
         for seg in self._segments[:-1]:
@@ -637,7 +502,7 @@ class Spool:
                 seg.path.unlink()
         if len(keep_segments) != len(self._segments):
             self._segments = keep_segments
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self._locate_head()
         self.stats.dropped_thinned += dropped
         log.warning(
@@ -690,15 +555,14 @@ class Spool:
                 fh.seek(offset)
                 pos = offset
                 while pos < seg.size and len(out) < n:
-                    head = fh.read(_HEADER_SIZE)
-                    seq, length, crc = _HEADER.unpack(head)
-                    data = fh.read(length)
-                    if len(data) != length or zlib.crc32(data, zlib.crc32(head[:12])) != crc:
+                    record = read_record(fh)
+                    if record is None:
                         raise SpoolError(
                             f"spool segment {seg.path} damaged at byte {pos} since it was "
                             "opened (disk error?)"
                         )
-                    pos += _HEADER_SIZE + length
+                    seq, data = record
+                    pos += HEADER_SIZE + len(data)
                     if seq >= self._cursor:
                         out.append(SpoolRecord(seq, data))
             offset = 0
@@ -736,16 +600,7 @@ class Spool:
         self._advance_head()
 
     def _write_cursor(self) -> None:
-        path = self.directory / _CURSOR_NAME
-        tmp = path.with_name(_CURSOR_NAME + _TMP_SUFFIX)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, f"{self._cursor}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
+        write_cursor(self.directory, self._cursor)
 
     def _delete_acked_segments(self) -> bool:
         """Delete sealed segments whose records are all delivered (the tail stays open)."""
@@ -756,7 +611,7 @@ class Spool:
             self._segments.pop(0).path.unlink()
             deleted = True
         if deleted:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return deleted
 
     # ---------------------------------------------------------------- closing
@@ -791,12 +646,14 @@ def read_all(directory: str | os.PathLike[str]) -> list[SpoolRecord]:
     skipped in memory instead of being truncated).
     """
     root = Path(directory)
-    cursor_path = root / _CURSOR_NAME
+    # lenient on purpose, unlike read_cursor() which guards the owning Spool: inspecting a spool
+    # has never refused one for its cursor (missing = 0, no range check)
+    cursor_path = root / CURSOR_NAME
     cursor = int(cursor_path.read_text(encoding="ascii")) if cursor_path.exists() else 0
     out: list[SpoolRecord] = []
-    for path in sorted(p for p in root.iterdir() if p.name.endswith(_SEGMENT_SUFFIX)):
+    for path in segment_paths(root):
         buf = path.read_bytes()
-        for seq, start, length in _scan(buf)[0]:
+        for seq, start, length in scan(buf)[0]:
             if seq >= cursor:
                 out.append(SpoolRecord(seq, buf[start : start + length]))
     return out

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from p1_reader.forwarder import Forwarder, ForwarderConfig, mark_telegram, parse_retry_after
+from p1_reader.forwarder import Forwarder, ForwarderConfig
+from p1_reader.gateway_client import parse_retry_after
 from p1_reader.parser import parse_telegram
 from p1_reader.simulate import batches, generate, make_meters, push
 from p1_reader.spool import Spool
 from p1_reader.telegram import Telegram
+from p1_reader.thinning import mark_telegram
 from p1_reader.timestamps import LOCAL_TZ
 from tests.support.fake_gateway import FakeGateway
 

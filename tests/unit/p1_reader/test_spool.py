@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from p1_reader.spool import Spool, SpoolError, TelegramMark, read_all
+from p1_reader.spool import Spool, SpoolError, read_all
+from p1_reader.thinning import TelegramMark
 
 QUARTER = 900
 

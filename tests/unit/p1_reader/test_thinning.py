@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from p1_reader.forwarder import mark_of, mark_telegram
 from p1_reader.parser import parse_telegram
 from p1_reader.simulate import generate, make_meters
-from p1_reader.spool import TelegramMark, Thinner, select_kept
+from p1_reader.thinning import TelegramMark, Thinner, mark_of, mark_telegram, select_kept
 from p1_reader.timestamps import LOCAL_TZ
 
 T0 = int(datetime(2026, 1, 12, 10, 0, tzinfo=LOCAL_TZ).timestamp())

@@ -1,0 +1,185 @@
+"""The forwarder's HTTP client: one ``POST {gateway}/v1/telegrams`` in, one classified answer out.
+
+The gateway's answers (SPEC §5) come in a handful of kinds that call for different reactions
+(acknowledge, split the batch, wait long, back off). This module only sorts an answer into an
+:class:`Outcome` — it never sleeps, retries or touches the spool — so that the forwarding loop in
+:mod:`p1_reader.forwarder` decides what to do with pure values, and tests can drive that loop
+against any HTTP server. It is the only forwarder module that imports ``aiohttp``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+import aiohttp
+
+USER_AGENT = "meterpoort-p1-reader/0.1"
+#: longest gateway-supplied text kept in an outcome (it ends up in logs)
+_MAX_DETAIL = 200
+
+
+class OutcomeKind(enum.Enum):
+    """What the answer to a batch means for that batch."""
+
+    DELIVERED = "delivered"
+    TOO_LARGE = "too-large"
+    REFUSED = "refused"  # 400/422: split to isolate
+    AUTH = "auth"  # 401/403
+    CONFIG = "config"  # other 4xx
+    RETRY = "retry"  # 408/429/5xx/network
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The classified answer to one batch; ``rejected`` holds (index, reason, detail)."""
+
+    kind: OutcomeKind
+    status: int = 0
+    detail: str = ""
+    retry_after: float | None = None
+    accepted: int = 0
+    rejected: tuple[tuple[int, str, str], ...] = ()
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _problem_detail(body: Any) -> str:
+    if isinstance(body, dict):
+        parts = [str(body.get(k)) for k in ("type", "detail") if body.get(k)]
+        return " — ".join(parts)[:_MAX_DETAIL]
+    return ""
+
+
+def outcome_of(body: Any) -> Outcome:
+    """The per-telegram outcome ``{accepted, rejected: [{index, reason, detail}]}`` of a body."""
+    accepted = body.get("accepted") if isinstance(body, dict) else None
+    raw_rejected = body.get("rejected", []) if isinstance(body, dict) else None
+    if not isinstance(accepted, int) or not isinstance(raw_rejected, list):
+        return Outcome(OutcomeKind.RETRY, 200, "200 without {accepted, rejected}")
+    rejected: list[tuple[int, str, str]] = []
+    for item in raw_rejected:
+        if not isinstance(item, dict):
+            continue
+        index = item.get("index")
+        rejected.append(
+            (
+                index if isinstance(index, int) else -1,
+                str(item.get("reason", "unknown"))[:64],
+                str(item.get("detail", ""))[:_MAX_DETAIL],
+            )
+        )
+    return Outcome(OutcomeKind.DELIVERED, 200, accepted=accepted, rejected=tuple(rejected))
+
+
+class GatewayClient:
+    """An HTTP session to the gateway's telegram endpoint; use as ``async with``."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        token: str,
+        *,
+        request_timeout: float,
+        ca_bundle: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        # built before any connection so that an unreadable CA bundle fails the start, not the
+        # first request
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_bundle:
+            self._ssl = ssl.create_default_context(cafile=ca_bundle)
+        self.endpoint = endpoint
+        self._token = token
+        self._request_timeout = request_timeout
+        self._wall_clock = wall_clock
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> GatewayClient:
+        # limit=1: batches go strictly one after the other, so one kept-alive connection is all
+        # the forwarder ever needs
+        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=1)
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            "Content-Type": "text/plain",
+            "User-Agent": USER_AGENT,
+        }
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, body: bytes) -> Outcome:
+        """Send one batch (telegrams back to back) and classify the answer; never raises for
+        network trouble, which is an outcome like any other."""
+        if self._session is None:
+            raise RuntimeError("GatewayClient.post outside 'async with'")
+        try:
+            async with self._session.post(self.endpoint, data=body) as response:
+                status = response.status
+                if status == 200:
+                    return await _read_ok(response)
+                try:
+                    problem = await response.json(content_type=None)
+                except (ValueError, aiohttp.ClientError):
+                    problem = None
+                if (
+                    status == 422
+                    and isinstance(problem, dict)
+                    and isinstance(problem.get("accepted"), int)
+                    and isinstance(problem.get("rejected"), list)
+                ):
+                    # every telegram of the batch was refused on its own merits: the problem
+                    # carries the per-telegram outcome, so the batch is answered, not retried
+                    return outcome_of(problem)
+                detail = _problem_detail(problem) or (response.reason or "")
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), now=self._wall_clock()
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Outcome(OutcomeKind.RETRY, detail=f"{type(exc).__name__}: {exc}"[:_MAX_DETAIL])
+        if status == 413:
+            return Outcome(OutcomeKind.TOO_LARGE, status, detail)
+        if status in (400, 422):
+            return Outcome(OutcomeKind.REFUSED, status, detail)
+        if status in (401, 403):
+            return Outcome(OutcomeKind.AUTH, status, detail)
+        if status in (408, 429) or status >= 500:
+            return Outcome(OutcomeKind.RETRY, status, detail, retry_after)
+        if 400 <= status < 500:
+            return Outcome(OutcomeKind.CONFIG, status, detail)
+        return Outcome(OutcomeKind.RETRY, status, f"unexpected status {status} {detail}".strip())
+
+
+async def _read_ok(response: aiohttp.ClientResponse) -> Outcome:
+    try:
+        body = await response.json(content_type=None)
+    except ValueError as exc:
+        # we cannot tell what was stored: resend (the gateway is idempotent)
+        return Outcome(OutcomeKind.RETRY, 200, f"200 with an unreadable body: {exc}"[:_MAX_DETAIL])
+    return outcome_of(body)
