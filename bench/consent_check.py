@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consent.levels import Commodity
-from gateway.consent_index import ConsentIndex
+from gateway.ingest.consent_index import ConsentIndex
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -37,8 +37,9 @@ import psutil  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import audit, clients, db, readings_query  # noqa: E402
+from gateway.services import clients  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
+from gateway.storage import audit, db, readings_query  # noqa: E402
 
 FIRST_DAY = dt.datetime(2016, 12, 31, 23, tzinfo=dt.UTC)  # 2017-01-01 local
 
@@ -55,20 +56,16 @@ def _free_port() -> int:
 
 
 def serve(url: str, port: int, data_dir: str) -> None:
-    """The gateway (create_app + the readings routes if not wired yet), no access log."""
+    """The gateway (create_app), no access log."""
     from aiohttp import web
     from pydantic import SecretStr
 
-    from gateway.app import create_app
-    from gateway.handlers import readings as readings_handlers
+    from gateway.api.app import create_app
 
     settings = Settings(
         database_url=SecretStr(url), data_dir=Path(data_dir), pool_min_size=1, pool_max_size=4
     )
     app = create_app(settings)
-    paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
-    if "/v1/readings" not in paths:
-        readings_handlers.setup_routes(app, settings)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 

@@ -43,9 +43,9 @@ import asyncpg
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from pydantic import SecretStr
 
-from gateway import db
-from gateway.auth import hash_token
 from gateway.settings import Settings
+from gateway.storage import db
+from gateway.tokens import hash_token
 
 METERS_PER_DEVICE = 25
 TELEGRAMS_PER_METER_PER_BODY = 4  # 25 × 4 = 100 telegrams per request
@@ -53,7 +53,7 @@ ADMIN = "bench-admin-token"
 
 
 def ean_of(index: int, gas: bool) -> str:
-    from gateway.registry import ean_check_digit
+    from consent.ean import ean_check_digit
 
     body = f"87{1 if gas else 0}6{index:013d}"
     return body + str(ean_check_digit(body))
@@ -78,7 +78,7 @@ def bare_app() -> web.Application:
 
 async def serve(kind: str, dsn: str, port: int) -> None:
     if kind == "gateway":
-        from gateway.app import create_app
+        from gateway.api.app import create_app
 
         settings = Settings(
             database_url=SecretStr(dsn),

@@ -29,8 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
-from gateway import db
 from gateway.settings import Settings
+from gateway.storage import db
 
 
 def rss_mib() -> float:
@@ -75,7 +75,7 @@ async def measure(dsn: str) -> dict[str, float]:
     """Start a gateway on ``dsn`` in this (fresh) process; its start-up time and RSS."""
     from aiohttp import web
 
-    from gateway.app import create_app
+    from gateway.api.app import create_app
 
     before = rss_mib()
     started = time.perf_counter()

@@ -6,6 +6,7 @@ Public names are re-exported here; see ``consent.policy`` for the rule itself.
 from consent.errors import (
     ConsentEndedError,
     ConsentError,
+    ConsentLifetimeError,
     InvalidConsentError,
     UnknownLevelError,
     UnknownPurposeError,
@@ -55,6 +56,7 @@ __all__ = [
     "Consent",
     "ConsentEndedError",
     "ConsentError",
+    "ConsentLifetimeError",
     "EndReason",
     "Granularity",
     "InvalidConsentError",

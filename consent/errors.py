@@ -4,7 +4,8 @@ The tree::
 
     ConsentError                 anything the consent domain refuses
     ├── InvalidConsentError      a consent whose fields cannot hold together (expiry before grant,
-    │                            lifetime over the maximum, empty customer id, bad data class)
+    │   │                        empty customer id, bad data class)
+    │   └── ConsentLifetimeError a consent running longer than the configured maximum lifetime
     ├── UnknownPurposeError      a purpose that is not in the configured list
     ├── UnknownLevelError        a level other than none / monthly / daily
     └── ConsentEndedError        ending (or changing) a consent that has already ended
@@ -21,6 +22,10 @@ class ConsentError(Exception):
 
 class InvalidConsentError(ConsentError):
     """The consent's fields contradict each other or a configured limit."""
+
+
+class ConsentLifetimeError(InvalidConsentError):
+    """The consent would run longer than the configured maximum lifetime (SPEC §4)."""
 
 
 class UnknownPurposeError(ConsentError):

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from consent.errors import ConsentEndedError, InvalidConsentError, UnknownPurposeError
+from consent.errors import (
+    ConsentEndedError,
+    ConsentLifetimeError,
+    InvalidConsentError,
+    UnknownPurposeError,
+)
 
 
 class EndReason(StrEnum):
@@ -171,7 +176,7 @@ def new_consent(
     if expires_at is None:
         expires_at = limit
     elif expires_at > limit:
-        raise InvalidConsentError(
+        raise ConsentLifetimeError(
             f"expires_at {expires_at.isoformat()} is more than the maximum lifetime "
             f"({max_lifetime.days} days) after granted_at {granted_at.isoformat()}"
         )

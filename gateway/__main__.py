@@ -1,6 +1,6 @@
 import sys
 
-from gateway.cli import main
+from gateway.cli.main import main
 
 # guarded: worker processes are started with the "spawn" method, which imports this module
 if __name__ == "__main__":

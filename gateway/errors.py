@@ -17,7 +17,7 @@ The tree::
     │   └── DatabaseUnavailableError  PostgreSQL unreachable, restarting, or the pool exhausted
     └── ConfigurationError            settings that cannot work (raised at start-up, not over HTTP)
 
-``gateway.middleware`` maps every class here (and aiohttp's HTTP exceptions, and asyncpg's
+``gateway.api.middleware`` maps every class here (and aiohttp's HTTP exceptions, and asyncpg's
 connection errors) to an RFC 9457 problem+json response from one table; handlers raise, they never
 build error responses. ``detail`` is shown to the caller, so messages must say what is wrong in
 the caller's terms and carry no internals (no SQL, no stack, no personal data of someone else).
@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import pydantic
 
 
 class GatewayError(Exception):
@@ -107,11 +109,11 @@ class UnsupportedMediaTypeError(GatewayError):
 
 
 class ServiceUnavailableError(GatewayError):
-    """Temporarily unable to serve; the caller should retry after ``retry_after`` seconds."""
+    """Temporarily unable to serve; the caller should retry later.
 
-    def __init__(self, detail: str, retry_after: int = 5) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
+    Raise sites do not choose the delay: the problem middleware answers every 503 with the
+    configured ``Retry-After`` (``METERPOORT_RETRY_AFTER_S``), so one setting governs them all.
+    """
 
 
 class DatabaseUnavailableError(ServiceUnavailableError):
@@ -120,3 +122,11 @@ class DatabaseUnavailableError(ServiceUnavailableError):
 
 class ConfigurationError(GatewayError):
     """Settings that cannot work; raised at start-up and reported by the CLI."""
+
+
+def validation_error(exc: pydantic.ValidationError, where: str = "body") -> ValidationError:
+    """A ValidationError (422) listing every invalid field of a pydantic error, without echoing
+    the input (it may hold personal data or a secret)."""
+    fields = [FieldError((where, *e["loc"]), e["msg"]) for e in exc.errors(include_input=False)]
+    names = ", ".join(".".join(str(p) for p in f.loc[1:]) or where for f in fields)
+    return ValidationError(f"invalid {where}: {names}", fields)

@@ -11,9 +11,8 @@ refused (like ssh does), because whoever reads it can forge receipts.
 The served JWKS (``GET /v1/keys``) holds the signing key's public half; key ids are RFC 7638
 thumbprints, so they stay the same across restarts for as long as the key file does.
 
-Settings read here: ``signing_key_file``, ``controller_name``, ``controller_contact``,
-``controller_address``, ``controller_email``, ``controller_phone``, ``privacy_policy_url``,
-``receipt_language``, ``public_base_url``.
+Settings read here: ``signing_key_file``, ``data_dir``. Receipts themselves are issued by
+``gateway.services.receipts``.
 """
 
 from __future__ import annotations
@@ -22,13 +21,11 @@ import contextlib
 import os
 import secrets
 import stat
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -37,8 +34,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from consent.model import Channel, Consent, EndReason
-from consent.receipts import Controller, build_receipt, key_id, public_jwk, sign_receipt
+from consent.receipts import key_id, public_jwk, sign_receipt
 from gateway.errors import ConfigurationError
 from gateway.settings import Settings
 
@@ -135,60 +131,6 @@ class KeyRing:
         """A signed receipt document for ``receipt``."""
         return sign_receipt(receipt, self.signing_key, self.signing_kid)
 
-
-KEYRING_KEY = web.AppKey("keyring", KeyRing)
-
-
-def setup_keys(app: web.Application, settings: Settings) -> KeyRing:
-    """Load (or generate) the signing key into ``app[KEYRING_KEY]``; idempotent."""
-    ring = app.get(KEYRING_KEY)
-    if ring is None:
-        ring = KeyRing(signing_key(settings))
-        app[KEYRING_KEY] = ring
-    return ring
-
-
-def controller(settings: Settings) -> Controller:
-    """The PII controller named in receipts, from settings."""
-    return Controller(
-        name=settings.controller_name,
-        contact=settings.controller_contact,
-        address=settings.controller_address,
-        email=settings.controller_email,
-        phone=settings.controller_phone,
-    )
-
-
-def _consent_from_row(row: Mapping[str, Any]) -> Consent:
-    end_reason = row.get("end_reason")
-    return Consent(
-        consent_id=uuid.UUID(str(row["consent_id"])),
-        ean=row["ean"],
-        customer_id=row["customer_id"],
-        purpose=row["purpose"],
-        notice_version=row["notice_version"],
-        granted_at=row["granted_at"],
-        expires_at=row.get("expires_at"),
-        ended_at=row.get("ended_at"),
-        end_reason=None if end_reason is None else EndReason(end_reason),
-        channel=Channel(row.get("channel") or Channel.API),
-        data_class=row.get("data_class") or "interval",
-    )
-
-
-def issue_receipt(
-    ring: KeyRing, settings: Settings, consent_row: Mapping[str, Any], commodity: str
-) -> dict[str, Any]:
-    """The signed receipt of a consent as ``gateway.consent_store`` returns it (its grant, or its
-    end once ended); ``commodity`` is the connection's."""
-    base = settings.public_base_url
-    ref = f"{(base or '').rstrip('/')}/v1/keys#{ring.signing_kid}"
-    receipt = build_receipt(
-        _consent_from_row(consent_row),
-        commodity=commodity,
-        controller=controller(settings),
-        policy_url=settings.privacy_policy_url,
-        public_key_ref=ref,
-        language=settings.receipt_language,
-    )
-    return ring.sign(receipt)
+    def secret_material(self) -> bytes:
+        """The raw private key, for deriving keys of other uses (e.g. readings page cursors)."""
+        return self.signing_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())

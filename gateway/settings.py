@@ -1,16 +1,97 @@
 """Gateway settings: environment variables prefixed ``METERPOORT_`` (and ``DATABASE_URL``),
 optionally from a ``.env`` file in the working directory.
 
-Build one ``Settings`` in the entry point (``gateway.cli``) and pass it down; nothing reads the
-environment at import time.
+One ``Settings`` holds everything, with a nested model per background job: ``retention``
+(``METERPOORT_RETENTION_<NAME>``) and ``webhook`` (``METERPOORT_WEBHOOK_<NAME>``). The entry point
+(``gateway.cli``) builds it once and passes it down; ``create_app(settings)`` and everything
+below read no environment, so tests build their settings explicitly.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consent.retention import RetentionPolicy
+
+
+class RetentionSettings(BaseModel):
+    """The retention job (environment ``METERPOORT_RETENTION_<NAME>``; SPEC §2 defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: run the hourly job in the gateway processes
+    enabled: bool = True
+    #: interval readings are kept this many years after receipt
+    interval_years: int = Field(default=4, ge=1)
+    #: daily/monthly readings are kept this many years after the contract ends
+    daily_years: int = Field(default=7, ge=1)
+    #: consent records outlive the interval data they justify by this many years
+    consent_extra_years: int = Field(default=1, ge=0)
+    #: consent-change notifications (outbox events and their webhook deliveries) are kept this
+    #: many days once every delivery is delivered or given up. At least 14: the webhook worker
+    #: looks back 7 days for expiries it has not announced yet, and finds that out from them.
+    outbox_days: int = Field(default=30, ge=14)
+    #: audit rows are removed this many years after they were recorded; unset (the default):
+    #: never by this job. SPEC §2 keeps the trail as long as the data it justifies plus 1 year,
+    #: and daily readings of an open contract are kept indefinitely, so no fixed age is right
+    #: for every installation: the operator decides (8 = 7 fiscal years + 1 is the usual pick),
+    #: or prunes by hand with `audit prune --before`.
+    audit_years: int | None = Field(default=None, ge=1)
+    #: rows per DELETE statement (each its own short transaction)
+    batch_rows: int = Field(default=10_000, ge=1)
+    #: how long dropping a partition may wait for its table lock before trying next run (ms)
+    lock_timeout_ms: int = Field(default=5_000, ge=1)
+    #: seconds between runs of the in-process job
+    run_every_s: float = Field(default=3600.0, gt=0)
+    #: seconds after start-up before the first run
+    first_run_delay_s: float = Field(default=60.0, ge=0)
+
+    def policy(self) -> RetentionPolicy:
+        """The job parameters."""
+        return RetentionPolicy(
+            interval_years=self.interval_years,
+            daily_years=self.daily_years,
+            consent_extra_years=self.consent_extra_years,
+            outbox_days=self.outbox_days,
+            audit_years=self.audit_years,
+            batch_rows=self.batch_rows,
+            lock_timeout_ms=self.lock_timeout_ms,
+        )
+
+
+class WebhookSettings(BaseModel):
+    """Webhook delivery (environment ``METERPOORT_WEBHOOK_<NAME>``); tests pass small values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: run the delivery worker in this process
+    enabled: bool = True
+    #: seconds an attempt may take (connect to end of the answer's headers)
+    timeout_s: float = Field(default=10.0, gt=0)
+    #: first retry delay; doubles per attempt up to ``backoff_cap_s``; jitter takes up to half off
+    backoff_base_s: float = Field(default=10.0, gt=0)
+    backoff_cap_s: float = Field(default=3600.0, gt=0)
+    #: give a delivery up this long after the event was recorded
+    give_up_after_s: float = Field(default=7 * 86400.0, gt=0)
+    #: … or after this many attempts (unset: only the age limit)
+    max_attempts: int | None = Field(default=None, ge=1)
+    #: seconds between polls when nothing is due
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    #: deliveries claimed (and sent concurrently) per poll
+    batch_size: int = Field(default=20, ge=1, le=1000)
+    #: a claim's lease beyond ``timeout_s``: time to record the outcome before others may retry
+    lease_margin_s: float = Field(default=30.0, gt=0)
+    #: seconds between refreshes of the pending gauges
+    gauge_interval_s: float = Field(default=5.0, gt=0)
+    #: seconds between sweeps announcing consents that passed their expiry
+    expiry_sweep_interval_s: float = Field(default=60.0, gt=0)
+    #: expiries older than this are not announced any more (e.g. after a long outage)
+    expiry_lookback_s: float = Field(default=7 * 86400.0, gt=0)
+    #: pause after a database error before the worker tries again
+    error_pause_s: float = Field(default=5.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -22,6 +103,10 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        # METERPOORT_RETENTION_BATCH_ROWS -> retention.batch_rows: split once after the prefix,
+        # so top-level names with underscores (METERPOORT_POOL_MAX_SIZE) stay whole
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
     )
 
     #: PostgreSQL ≥ 14 to use; unset → an embedded server with its data under ``data_dir``.
@@ -87,6 +172,11 @@ class Settings(BaseSettings):
     #: longest a consent may run (SPEC §4: configurable, default 3 years); a consent given
     #: without ``expires_at`` expires after this
     consent_max_lifetime_days: int = Field(default=1096, ge=1)
+
+    #: the retention and consent-expiry job
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    #: webhook delivery of consent-change notifications
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
     def database_dsn(self) -> str | None:
         """The configured PostgreSQL URL in clear, or None for the embedded server."""

@@ -35,14 +35,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from gateway import db
-from gateway.settings import Settings
+from gateway.settings import RetentionSettings, Settings
+from gateway.storage import db
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
-
-# The hourly retention job would start in every gateway the tests build; its tests drive it
-# directly with a chosen clock instead (subprocesses inherit this too).
-os.environ.setdefault("METERPOORT_RETENTION_ENABLED", "false")
 
 
 def with_database(url: str, name: str) -> str:
@@ -112,13 +108,17 @@ async def database_url(postgres_server_url: str, migrated_template: str) -> Asyn
 
 @pytest.fixture
 def gateway_settings(database_url: str, tmp_path: Path) -> Settings:
-    """Settings for a gateway on this test's database, with ADMIN_TOKEN as admin token."""
+    """Settings for a gateway on this test's database, with ADMIN_TOKEN as admin token.
+
+    The hourly retention job is switched off: its tests drive it directly with a chosen clock.
+    """
     return Settings(
         database_url=SecretStr(database_url),
         data_dir=tmp_path / "var",
         admin_token=SecretStr(ADMIN_TOKEN),
         pool_min_size=1,
         pool_max_size=4,
+        retention=RetentionSettings(enabled=False),
     )
 
 
@@ -135,7 +135,7 @@ async def pool(database_url: str, gateway_settings: Settings) -> AsyncIterator[a
 @pytest.fixture
 def gateway_app(gateway_settings: Settings) -> web.Application:
     """The gateway app for this test's database, not yet started."""
-    from gateway.app import create_app
+    from gateway.api.app import create_app
 
     return create_app(gateway_settings)
 

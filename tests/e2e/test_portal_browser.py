@@ -30,11 +30,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from gateway import clients, portal
-from gateway.app import create_app
-from gateway.customer_auth import CustomerAuthConfig
+from gateway.api import portal
+from gateway.api.app import create_app
+from gateway.api.customer_auth import CustomerAuthConfig
+from gateway.api.openapi import portal as portal_doc
+from gateway.cli.token import mint_dev_token
+from gateway.services import clients
 from gateway.settings import Settings
-from gateway.token_cli import mint_dev_token
 from tests.support import make_ean
 
 CHROMIUM = "/usr/bin/chromium"
@@ -172,15 +174,17 @@ async def test_portal_is_served_with_strict_headers_and_documented(served: Porta
         assert asset.content_type == ctype
         assert len(await asset.read()) > 1000
 
-    # every route setup_portal adds is in its OpenAPI paths (merged into /openapi.json)
+    # every portal route is in the portal's OpenAPI paths (merged into /openapi.json)
     app = web.Application()
-    portal.setup_portal(app)
+    portal.install(app, served.settings)
+    for path in portal.ASSETS:
+        app.router.add_get(path, portal.serve_asset)
     for route in app.router.routes():
         if route.method == "HEAD":
             continue
         assert route.resource is not None
         path = route.resource.canonical
-        assert route.method.lower() in portal.OPENAPI_PATHS[path], path
+        assert route.method.lower() in portal_doc.OPENAPI_PATHS[path], path
 
 
 # --- the browser ---------------------------------------------------------------------------------

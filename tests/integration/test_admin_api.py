@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.auth import clear_device_cache, device_for_token, hash_token
+from gateway.storage.credentials import Credentials
+from gateway.tokens import hash_token
 from tests.support import make_ean
 
 Client = TestClient[web.Request, web.Application]
@@ -76,7 +77,7 @@ async def test_admin_api_disabled_without_configured_token(
 ) -> None:
     from aiohttp.test_utils import TestServer
 
-    from gateway.app import create_app
+    from gateway.api.app import create_app
 
     app = create_app(gateway_settings.model_copy(update={"admin_token": None}))
     async with TestClient(TestServer(app)) as client:
@@ -312,14 +313,15 @@ async def test_register_device_token_shown_once_stored_hashed(
     assert stored["token_hash"] == hash_token(token)
     assert token.encode() not in bytes(stored["token_hash"])
 
-    device = await device_for_token(pool, token)
+    creds = Credentials(pool)
+    device = await creds.device(token)
     assert device is not None and device.device_id == device_id
     assert device.meter_ids == frozenset({"E0001", "G0001"})
-    assert await device_for_token(pool, token + "x") is None
+    assert await creds.device(token + "x") is None
 
     await pool.execute("UPDATE devices SET revoked_at = now() WHERE device_id = $1", device_id)
-    clear_device_cache()
-    assert await device_for_token(pool, token) is None
+    creds.forget_devices()
+    assert await creds.device(token) is None
 
 
 @pytest.mark.parametrize("body", [{"meter_ids": []}, {"meter_ids": ["has space"]}, {}])

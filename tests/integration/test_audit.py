@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway import audit
+from gateway.storage import audit
 
 REPO = Path(__file__).resolve().parents[2]
 EAN = "871687140000000001"

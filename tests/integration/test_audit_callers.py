@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from gateway import audit
+from gateway.storage import audit
 from tests.integration.test_admin_api import make_ean, meter_body
 
 

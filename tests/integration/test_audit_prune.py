@@ -14,8 +14,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gateway import audit, retention
-from gateway.retention import RetentionPolicy
+from consent.retention import RetentionPolicy
+from gateway.jobs import retention
+from gateway.storage import audit
 from tests.integration.test_audit import append_n, run_verify, tamper
 
 REPO = Path(__file__).resolve().parents[2]

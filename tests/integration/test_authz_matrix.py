@@ -26,11 +26,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.app import create_app
-from gateway.auth import clear_device_cache, generate_token
-from gateway.customer_auth import DEV_ISSUER
+from gateway.api.app import create_app
+from gateway.api.customer_auth import DEV_ISSUER
+from gateway.cli.token import mint_dev_token
 from gateway.settings import Settings
-from gateway.token_cli import mint_dev_token
+from gateway.tokens import generate_token
 from tests.support import make_ean
 
 Client = TestClient[web.Request, web.Application]
@@ -63,7 +63,6 @@ async def two(
     settings = gateway_settings.model_copy(update={"dev_mode": True})
     alice = customer_headers(settings, "alice")
     bob = customer_headers(settings, "bob")
-    clear_device_cache()
     client: Client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=0))
     await client.start_server()
     try:

@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import clients_cli
-from gateway.auth import hash_token
-from gateway.clients import KIND_TOKEN_REVOKE, clear_client_cache
+from gateway.cli import clients as clients_cli
+from gateway.services.clients import KIND_TOKEN_REVOKE
 from gateway.settings import Settings
+from gateway.tokens import hash_token
 
 HttpClient = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
@@ -28,7 +28,6 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 async def http(gateway_app: web.Application) -> AsyncIterator[HttpClient]:
-    clear_client_cache()
     client: HttpClient = TestClient(TestServer(gateway_app, host="127.0.0.1", port=0))
     await client.start_server()
     try:

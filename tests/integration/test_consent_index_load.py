@@ -10,7 +10,9 @@ import asyncpg
 import pytest
 
 from consent.levels import Commodity, Granularity
-from gateway import consent_index, consent_store, registry
+from gateway.ingest import consent_index
+from gateway.services import consents as consent_store
+from gateway.services import registry
 from tests.support import make_ean
 
 UTC = dt.UTC

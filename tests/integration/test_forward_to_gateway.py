@@ -9,7 +9,7 @@ PostgreSQL: what the gateway stores, what it rejects and how the forwarder accou
   given up as "refused") and still delivers the batch after it;
 * ``file_source`` (``--input``): a telegram with a wrong CRC never leaves the house.
 
-Expected rows are computed here from local wall-clock arithmetic (not with gateway.periods).
+Expected rows are computed here from local wall-clock arithmetic (not with gateway.ingest.periods).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.auth import clear_device_cache
-from gateway.ingest import INGEST_KEY
+from gateway.api.appkeys import INGEST_KEY
 from p1_reader.crc import crc16_arc, format_crc
 from p1_reader.encode import GasReading, format_telegram
 from p1_reader.forwarder import Forwarder, ForwarderConfig, file_source
@@ -204,7 +203,6 @@ async def new_device(client: Client, admin: dict[str, str], *meter_ids: str) -> 
 async def world(
     gateway_client: Client, pool: asyncpg.Pool, admin_headers: dict[str, str]
 ) -> World:
-    clear_device_cache()
     await register(gateway_client, admin_headers, E_EAN, "electricity", E_ID)
     await register(gateway_client, admin_headers, G_EAN, "gas", G_ID)
     await register(gateway_client, admin_headers, OTHER_EAN, "electricity", OTHER_ID)

@@ -2,7 +2,7 @@
 
 * a day of one-per-minute telegrams, on both DST change days, for connections at every level
   (none, monthly, daily, interval electricity and gas) stores exactly the rows SPEC §3 says —
-  expected rows are computed here from local wall-clock arithmetic, not with gateway.periods;
+  expected rows are computed here from local wall-clock arithmetic, not with gateway.ingest.periods;
 * shuffled arrival and duplicates store identical rows (hypothesis, few DB-backed examples);
 * bad tokens, unbound/unknown meters, garbage, oversized and empty bodies: 4xx problem+json,
   nothing stored.
@@ -26,9 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import SETTINGS_KEY
-from gateway.auth import clear_device_cache
-from gateway.ingest import CLOCK_KEY, INGEST_KEY
+from gateway.api.appkeys import CLOCK_KEY, INGEST_KEY, SETTINGS_KEY
 from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
 
@@ -67,7 +65,6 @@ async def world(
 ) -> AsyncIterator[World]:
     clock = Clock()
     gateway_app[CLOCK_KEY] = clock
-    clear_device_cache()
     client: Client = TestClient(TestServer(gateway_app, host="127.0.0.1", port=0))
     await client.start_server()
     try:

@@ -23,18 +23,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from consent.levels import Commodity, Granularity
 from consent.model import EndReason
-from gateway import consent_store
-from gateway.app import create_app
-from gateway.auth import clear_device_cache
-from gateway.ingest import (
-    E_PT15M,
-    INGEST_KEY,
-    INSERT_SQL,
-    LISTEN_KEY,
-    BatchWriter,
-    BestCache,
-    flush_sql,
-)
+from gateway.api.app import create_app
+from gateway.api.appkeys import INGEST_KEY, LISTEN_KEY
+from gateway.ingest.best_cache import BestCache
+from gateway.ingest.sql import E_PT15M, INSERT_SQL, flush_sql
+from gateway.ingest.writer import BatchWriter
+from gateway.services import consents as consent_store
 from gateway.settings import Settings
 from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
@@ -55,7 +49,6 @@ async def seeded(
     gateway_settings: Settings, pool: asyncpg.Pool, admin_headers: dict[str, str]
 ) -> AsyncIterator[tuple[Client, str, dict[str, str], str]]:
     """App A (listening) with a meter, a device and an interval consent registered."""
-    clear_device_cache()
     a = await start(create_app(gateway_settings))
     try:
         now = dt.datetime.now(UTC)

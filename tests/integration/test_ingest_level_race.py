@@ -23,8 +23,10 @@ import asyncpg
 import pytest
 
 from consent.model import EndReason
-from gateway import consent_store, customer_data, registry
-from gateway.ingest import E_P1D, E_P1M, E_PT15M, INSERT_SQL, flush_sql
+from gateway.ingest.sql import E_P1D, E_P1M, E_PT15M, INSERT_SQL, flush_sql
+from gateway.services import consents as consent_store
+from gateway.services import customers as customer_data
+from gateway.services import registry
 from tests.support import make_ean
 
 UTC = dt.UTC

@@ -1,8 +1,5 @@
 """Signing keys, ``GET /v1/keys``, signed consent receipts, customer tokens over real HTTP, the
 JWKS-over-HTTP key source, and ``python -m gateway token customer`` as a subprocess.
-
-Until the lead wires these modules into ``create_app`` and ``gateway.cli.COMMAND_MODULES``, the
-tests add the routes / the command themselves (and stop doing so once they are wired).
 """
 
 from __future__ import annotations
@@ -29,16 +26,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from consent.model import EndReason
-from gateway import consent_store, keys
-from gateway.app import create_app
-from gateway.customer_auth import (
-    CUSTOMER_AUTH_KEY,
-    CustomerAuthConfig,
-    CustomerAuthenticator,
-    customer_id_for,
-)
+from gateway import keys
+from gateway.api.app import create_app
+from gateway.api.appkeys import CUSTOMER_AUTH_KEY, KEYRING_KEY
+from gateway.api.auth import customer_id_for
+from gateway.api.customer_auth import CustomerAuthConfig, CustomerAuthenticator
+from gateway.api.http import json_response
 from gateway.errors import AuthenticationError, ConfigurationError, ServiceUnavailableError
-from gateway.handlers import json_response
+from gateway.services import consents as consent_store
+from gateway.services.receipts import issue_receipt
 from gateway.settings import Settings
 from tests.support import make_ean
 
@@ -195,9 +191,9 @@ async def test_grant_and_revoke_receipts_verify_with_the_served_keys(
             notice_version="2025-01",
         )
         ended = await consent_store.end_consent(conn, granted["consent_id"], EndReason.REVOKED)
-    ring = client.app[keys.KEYRING_KEY]
-    grant_doc = keys.issue_receipt(ring, gateway_settings, granted, "electricity")
-    revoke_doc = keys.issue_receipt(ring, gateway_settings, ended, "electricity")
+    ring = client.app[KEYRING_KEY]
+    grant_doc = issue_receipt(ring, gateway_settings, granted, "electricity")
+    revoke_doc = issue_receipt(ring, gateway_settings, ended, "electricity")
 
     jwks_text = await (await client.get("/v1/keys")).text()
     grant = independent_verify(json.dumps(grant_doc), jwks_text)
@@ -236,7 +232,7 @@ async def test_customer_endpoint_answers_401_problems(
     pem = tmp_path / "idp.pem"
     pem.write_bytes(idp.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     app = wired_app(gateway_settings)
-    # configure the identity provider's key (as settings will once wired)
+    # trust the identity provider's key: replace the app's authenticator before start
     app[CUSTOMER_AUTH_KEY] = CustomerAuthenticator(
         CustomerAuthConfig(issuer=ISSUER, pem_files=(pem,), data_dir=gateway_settings.data_dir)
     )
@@ -377,16 +373,8 @@ async def test_unreachable_jwks_url_is_a_503_not_a_401(
 
 
 def token_cli(*args: str) -> list[str]:
-    """The command line of ``python -m gateway token …`` (adding the command until it is wired)."""
-    from gateway import cli
-
-    if "gateway.token_cli" in cli.COMMAND_MODULES:
-        return [sys.executable, "-m", "gateway", *args]
-    code = (
-        "import sys, gateway.cli as c; c.COMMAND_MODULES += ('gateway.token_cli',);"
-        " sys.exit(c.main())"
-    )
-    return [sys.executable, "-c", code, *args]
+    """The command line of ``python -m gateway token …``."""
+    return [sys.executable, "-m", "gateway", *args]
 
 
 async def run_cli(tmp_path: Path, *args: str, **env: str) -> tuple[int, str, str]:

@@ -1,5 +1,5 @@
 """The customer API (SPEC §5 ``/v1/me/...``) over real HTTP on a real PostgreSQL, with customer
-JWTs minted by the dev-token path (``gateway.token_cli.mint_dev_token``, trusted in dev mode).
+JWTs minted by the dev-token path (``gateway.cli.token.mint_dev_token``, trusted in dev mode).
 
 Readings arrive the real way where it matters (device → ``POST /v1/telegrams`` → ingest), so
 "revocation is effective before the answer" and "level none stores nothing" are checked against
@@ -25,14 +25,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from consent.receipts import b64url_decode, canonical_json
-from gateway import audit
-from gateway.app import create_app
-from gateway.auth import clear_device_cache
-from gateway.customer_data import add_years
-from gateway.handlers import me
+from consent.retention import add_years
+from gateway.api.app import create_app
+from gateway.api.handlers import me
+from gateway.api.openapi import customer as customer_doc
+from gateway.cli.token import mint_dev_token
 from gateway.settings import Settings
-from gateway.token_cli import mint_dev_token
-from tests.support import make_ean
+from gateway.storage import audit
+from tests.support import insert_consent, make_ean
 from tests.support.telegram_builder import build_telegram
 
 Client = TestClient[web.Request, web.Application]
@@ -97,7 +97,6 @@ async def world(gateway_settings: Settings, admin_headers: dict[str, str]) -> As
     settings = gateway_settings.model_copy(update={"dev_mode": True})
     # the dev key exists before the app's authenticator looks for it
     mint_dev_token(settings.data_dir, "warm-up", "meterpoort", dt.timedelta(minutes=1))
-    clear_device_cache()
     client: Client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=0))
     await client.start_server()
     try:
@@ -445,19 +444,19 @@ async def test_permission_log_lists_grants_revocations_expiries_and_levels(
     )
     assert resp.status == 200
     second = await grant(world, alice, ean)
-    # an expired consent (granted through the store with a past grant time)
-    from gateway import consent_store
-
+    # an expired consent, granted 10 days ago (written with SQL: the store refuses an
+    # expires_at that has passed already)
     async with pool.acquire() as conn:
-        old = await consent_store.create_consent(
-            conn,
-            ean=ean,
-            customer_id="alice",
-            purpose="energy-insights",
-            notice_version="v1",
-            granted_at=dt.datetime.now(UTC) - dt.timedelta(days=10),
-            expires_at=dt.datetime.now(UTC) - dt.timedelta(days=5),
-        )
+        old = {
+            "consent_id": await insert_consent(
+                conn,
+                ean=ean,
+                customer_id="alice",
+                purpose="energy-insights",
+                granted_at=dt.datetime.now(UTC) - dt.timedelta(days=10),
+                expires_at=dt.datetime.now(UTC) - dt.timedelta(days=5),
+            )
+        }
     resp = await world.client.put(
         f"/v1/me/connections/{ean}/level", json={"level": "monthly"}, headers=alice
     )
@@ -699,7 +698,7 @@ async def test_erasure_deletes_interval_data_ends_consents_and_explains_what_is_
     assert billing["until"] is None and "7 years" in billing["until_rule"]
     consent_keep = next(k for k in kept if "consent record" in k["what"])
     ended_at = await pool.fetchval("SELECT ended_at FROM consents WHERE ean = $1", ean)
-    # what gateway.retention does: 4 years (interval data) + 1 year after the consent's end
+    # what gateway.jobs.retention does: 4 years (interval data) + 1 year after the consent's end
     assert parse_time(consent_keep["until"]) == add_years(ended_at, 5)
     audit_keep = next(k for k in kept if "activity log" in k["what"])
     assert audit_keep["until"] is None and "hash chain" in audit_keep["why"]
@@ -769,6 +768,6 @@ async def test_openapi_lists_the_customer_routes(world: World) -> None:
         path = route.resource.canonical if route.resource is not None else ""
         if not path.startswith("/v1/me") or route.method == "HEAD":
             continue
-        assert path in me.OPENAPI_PATHS, path
-        operation = me.OPENAPI_PATHS[path][route.method.lower()]
+        assert path in customer_doc.OPENAPI_PATHS, path
+        operation = customer_doc.OPENAPI_PATHS[path][route.method.lower()]
         assert operation["security"] == [{"customerToken": []}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway import db
+from gateway.storage import db
 from tests.conftest import with_database
 
 

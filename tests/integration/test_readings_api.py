@@ -18,10 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from consent.model import EndReason
-from gateway import clients, consent_store, customer_data, registry
-from gateway.app import SETTINGS_KEY
-from gateway.clients import clear_client_cache
-from tests.support import make_ean
+from gateway.services import clients, registry
+from gateway.services import consents as consent_store
+from gateway.services import customers as customer_data
+from tests.support import insert_consent, make_ean
 
 HttpClient = TestClient[web.Request, web.Application]
 NDJSON = "application/x-ndjson"
@@ -80,12 +80,6 @@ async def _seed(pool: asyncpg.Pool) -> None:
 
 @pytest.fixture
 async def world(gateway_app: web.Application, pool: asyncpg.Pool) -> AsyncIterator[World]:
-    from gateway.handlers import readings as readings_handlers
-
-    paths = {r.resource.canonical for r in gateway_app.router.routes() if r.resource is not None}
-    if "/v1/readings" not in paths:
-        readings_handlers.setup_routes(gateway_app, gateway_app[SETTINGS_KEY])
-    clear_client_cache()
     await _seed(pool)
     async with pool.acquire() as conn:
         billing = await clients.add_client(
@@ -459,15 +453,17 @@ async def test_consent_changes_for_the_clients_purposes(world: World) -> None:
         await consent_store.create_consent(
             conn, ean=ELEC[1], customer_id="cust-1", purpose="energy-insights", notice_version="v1"
         )
-        expired = await consent_store.create_consent(
-            conn,
-            ean=ELEC[2],
-            customer_id="cust-2",
-            purpose="dynamic-tariff-billing",
-            notice_version="v1",
-            granted_at=now - dt.timedelta(days=3),
-            expires_at=now - dt.timedelta(days=2) + dt.timedelta(seconds=5),
-        )
+        # expired already: written with SQL (the store refuses an expires_at that has passed)
+        expired = {
+            "consent_id": await insert_consent(
+                conn,
+                ean=ELEC[2],
+                customer_id="cust-2",
+                purpose="dynamic-tariff-billing",
+                granted_at=now - dt.timedelta(days=3),
+                expires_at=now - dt.timedelta(days=2) + dt.timedelta(seconds=5),
+            )
+        }
         # ended with a back-dated end: found by when it was recorded, not by its `at`
         await consent_store.end_consent(
             conn, keep["consent_id"], EndReason.REVOKED, at=now - dt.timedelta(seconds=0)

@@ -21,10 +21,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from consent.model import EndReason
-from gateway import clients, consent_store, registry
-from gateway.app import SETTINGS_KEY
-from gateway.clients import clear_client_cache
-from tests.support import make_ean
+from gateway.services import clients, registry
+from gateway.services import consents as consent_store
+from tests.support import insert_consent, make_ean
 
 HttpClient = TestClient[web.Request, web.Application]
 NDJSON = "application/x-ndjson"
@@ -158,6 +157,18 @@ async def _build(pool: asyncpg.Pool) -> tuple[dict[str, str], dict[str, str]]:
                 await _insert_interval(pool, c)
                 continue
             purpose, over = c.consent
+            if over == "expired":
+                # expired already: written with SQL (the store refuses a passed expires_at)
+                await insert_consent(
+                    conn,
+                    ean=c.ean,
+                    customer_id=f"cust-{c.n}",
+                    purpose=purpose,
+                    granted_at=GRANT,
+                    expires_at=END,
+                )
+                await _insert_interval(pool, c)
+                continue
             created = await consent_store.create_consent(
                 conn,
                 ean=c.ean,
@@ -165,7 +176,6 @@ async def _build(pool: asyncpg.Pool) -> tuple[dict[str, str], dict[str, str]]:
                 purpose=purpose,
                 notice_version="v1",
                 granted_at=GRANT,
-                expires_at=END if over == "expired" else None,
             )
             if over == "revoked":
                 await consent_store.end_consent(
@@ -190,12 +200,6 @@ async def _build(pool: asyncpg.Pool) -> tuple[dict[str, str], dict[str, str]]:
 
 @pytest.fixture
 async def world(gateway_app: web.Application, pool: asyncpg.Pool) -> AsyncIterator[World]:
-    from gateway.handlers import readings as readings_handlers
-
-    paths = {r.resource.canonical for r in gateway_app.router.routes() if r.resource is not None}
-    if "/v1/readings" not in paths:
-        readings_handlers.setup_routes(gateway_app, gateway_app[SETTINGS_KEY])
-    clear_client_cache()
     tokens, ids = await _build(pool)
     http: HttpClient = TestClient(TestServer(gateway_app, host="127.0.0.1", port=0))
     await http.start_server()

@@ -25,9 +25,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import audit, db, retention
-from gateway.retention import RetentionPolicy, RetentionSettings
-from gateway.settings import Settings
+from consent.retention import RetentionPolicy
+from gateway.jobs import retention
+from gateway.settings import RetentionSettings, Settings
+from gateway.storage import audit, db
 
 REPO = Path(__file__).resolve().parents[2]
 UTC = dt.UTC
@@ -625,23 +626,13 @@ async def test_two_concurrent_runs_one_works_the_other_reports_the_lock(
 # ---------------------------------------------------------------------------------------------
 # the CLI, as a subprocess
 
-# `retention` joins gateway.cli's COMMAND_MODULES when the lead wires it; until then (and
-# harmlessly after) the test adds it to the hook itself
-_CLI = (
-    "import sys; from gateway import cli\n"
-    "if 'gateway.retention_cli' not in cli.COMMAND_MODULES:\n"
-    "    cli.COMMAND_MODULES += ('gateway.retention_cli',)\n"
-    "sys.exit(cli.main(sys.argv[1:]))\n"
-)
-
-
 async def run_cli(database_url: str, *args: str) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERPOORT_")}
     env["DATABASE_URL"] = database_url
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-c",
-        _CLI,
+        "-m",
+        "gateway",
         *args,
         cwd=REPO,
         env=env,
@@ -713,7 +704,7 @@ async def test_cli_now_in_the_future_only_as_a_preview(
 async def test_the_hourly_job_runs_in_one_of_several_processes(
     conn: asyncpg.Connection, gateway_settings: Settings
 ) -> None:
-    from gateway.app import create_app
+    from gateway.api.app import create_app
 
     old = five_years_ago()
     await add_readings(conn, "readings_e_pt15m", 79, old, 6, Q)  # default partition
@@ -724,8 +715,7 @@ async def test_the_hourly_job_runs_in_one_of_several_processes(
     clients: list[TestClient[web.Request, web.Application]] = []
     try:
         for _ in range(2):  # two gateway processes on one database
-            app = create_app(gateway_settings)
-            retention.setup_retention(app, job)
+            app = create_app(gateway_settings.model_copy(update={"retention": job}))
             client: TestClient[web.Request, web.Application] = TestClient(
                 TestServer(app, host="127.0.0.1", port=0)
             )
@@ -750,11 +740,11 @@ async def test_the_hourly_job_runs_in_one_of_several_processes(
 async def test_the_job_can_be_switched_off(
     conn: asyncpg.Connection, gateway_settings: Settings
 ) -> None:
-    from gateway.app import create_app
+    from gateway.api.app import create_app
 
     await add_readings(conn, "readings_e_pt15m", 80, five_years_ago(), 2, Q)
-    app = create_app(gateway_settings)
-    retention.setup_retention(app, RetentionSettings(enabled=False, first_run_delay_s=0))
+    off = RetentionSettings(enabled=False, first_run_delay_s=0)
+    app = create_app(gateway_settings.model_copy(update={"retention": off}))
     client: TestClient[web.Request, web.Application] = TestClient(
         TestServer(app, host="127.0.0.1", port=0)
     )

@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.middleware import make_problem_middleware, metrics_middleware
+from gateway.api.middleware import make_problem_middleware, metrics_middleware
 
 PROBLEM = "application/problem+json"
 
@@ -74,6 +74,7 @@ def start_serve(serve_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], st
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["METERPOORT_ADMIN_TOKEN"] = "smoke-admin-token"
+    env["METERPOORT_RETENTION_ENABLED"] = "false"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -239,15 +240,15 @@ def _die_at_once(settings: Any, index: int) -> None:
 def test_workers_that_keep_dying_at_start_stop_serve(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from gateway import cli
+    from gateway.cli import serve
     from gateway.settings import Settings
 
-    monkeypatch.setattr(cli, "_worker_main", _die_at_once)
-    monkeypatch.setattr(cli, "WORKER_MAX_FAST_FAILS", 3)
+    monkeypatch.setattr(serve, "_worker_main", _die_at_once)
+    monkeypatch.setattr(serve, "WORKER_MAX_FAST_FAILS", 3)
     settings = Settings(workers=2, port=free_port())
     started = time.monotonic()
     with caplog.at_level(logging.ERROR, logger="gateway"):
-        assert cli._run_workers(settings) == 1
+        assert serve._run_workers(settings) == 1
     # restarted with backoff (0.5 s, 1 s) before giving up
     assert time.monotonic() - started >= 1.5
     restarts = [r for r in caplog.records if "restarting in" in r.getMessage()]
@@ -309,7 +310,7 @@ def test_serve_on_a_busy_port_says_so(database_url: str, serve_dir: Path) -> Non
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "DATABASE_URL": database_url}
+        env = {**os.environ, "DATABASE_URL": database_url, "METERPOORT_RETENTION_ENABLED": "false"}
         result = subprocess.run(
             [
                 sys.executable,

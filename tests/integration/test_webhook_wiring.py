@@ -1,6 +1,6 @@
 """Every consent grant, end and level change is announced through the outbox (the wiring of
-gateway.outbox into consent_store, registry and customer_data), delivered in order per EAN to a
-real HTTP receiver."""
+gateway.storage.outbox into the consents, registry and customers services), delivered in order
+per EAN to a real HTTP receiver."""
 
 from __future__ import annotations
 
@@ -16,16 +16,19 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from consent.model import EndReason
-from gateway import consent_store, customer_data, registry
-from gateway.auth import generate_token, hash_token
+from gateway.jobs.webhooks import WebhookWorker
 from gateway.keys import KeyRing
-from gateway.registry import ConnectionIn
-from gateway.webhooks import WebhookConfig, WebhookWorker
+from gateway.services import consents as consent_store
+from gateway.services import customers as customer_data
+from gateway.services import registry
+from gateway.services.registry import ConnectionIn
+from gateway.settings import WebhookSettings
+from gateway.tokens import generate_token, hash_token
 from tests.support import make_ean
 
 BILLING = "dynamic-tariff-billing"
 INSIGHTS = "energy-insights"
-FAST = WebhookConfig(timeout_s=2.0, backoff_base_s=0.05, backoff_cap_s=0.2)
+FAST = WebhookSettings(timeout_s=2.0, backoff_base_s=0.05, backoff_cap_s=0.2)
 
 
 @pytest.fixture

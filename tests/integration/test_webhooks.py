@@ -1,7 +1,7 @@
 """Consent-change notifications end to end: the outbox in PostgreSQL, the delivery worker, and a
 real HTTP receiver on 127.0.0.1 that fails, hangs past the timeout and recovers.
 
-Timings are shrunk through ``WebhookConfig`` (timeouts of tenths of a second, backoff of tens of
+Timings are shrunk through ``WebhookSettings`` (timeouts of tenths of a second, backoff of tens of
 milliseconds), never by patching the worker.
 """
 
@@ -25,23 +25,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway import db, metrics, outbox
-from gateway.auth import generate_token, hash_token
-from gateway.handlers import rfc3339
+from gateway import metrics
+from gateway.api.appkeys import WEBHOOK_WORKER_KEY
+from gateway.jobs.webhooks import WebhookWorker, verify
+from gateway.jsonenc import rfc3339
 from gateway.keys import KeyRing
-from gateway.settings import Settings
-from gateway.webhooks import (
-    WEBHOOK_WORKER_KEY,
-    WebhookConfig,
-    WebhookWorker,
-    setup_webhooks,
-    verify,
-)
+from gateway.settings import Settings, WebhookSettings
+from gateway.storage import db, outbox
+from gateway.tokens import generate_token, hash_token
 
 PURPOSE = "dynamic-tariff-billing"
 OTHER_PURPOSE = "energy-insights"
 
-FAST = WebhookConfig(
+FAST = WebhookSettings(
     timeout_s=0.4,
     backoff_base_s=0.05,
     backoff_cap_s=0.2,
@@ -303,10 +299,9 @@ async def test_enqueue_addresses_subscribed_clients_in_the_changing_transaction(
 async def test_delivered_event_verifies_with_the_served_key_and_shows_in_metrics(
     gateway_settings: Settings, pool: asyncpg.Pool, receiver: Receiver
 ) -> None:
-    from gateway.app import create_app
+    from gateway.api.app import create_app
 
-    app = create_app(gateway_settings)
-    setup_webhooks(app, FAST)
+    app = create_app(gateway_settings.model_copy(update={"webhook": FAST}))
     client_id = await add_client(pool, receiver.url, [PURPOSE])
     delivered_before = counter("delivered")
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as gateway:

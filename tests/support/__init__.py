@@ -1,9 +1,55 @@
 """Test support code shared by integration and e2e tests (fakes of our own interfaces)."""
 
-from gateway.registry import ean_check_digit
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import asyncpg
+
+from consent.ean import ean_check_digit
 
 
 def make_ean(n: int) -> str:
     """A valid 18-digit EAN (GS1 check digit) numbered ``n``."""
     body = f"8716{n:013d}"
     return body + str(ean_check_digit(body))
+
+
+async def insert_consent(
+    conn: asyncpg.Connection,
+    *,
+    ean: str,
+    customer_id: str,
+    purpose: str,
+    granted_at: dt.datetime,
+    expires_at: dt.datetime | None = None,
+    notice_version: str = "v1",
+    channel: str = "api",
+) -> uuid.UUID:
+    """Write a consent and its ``granted`` event with SQL, bypassing the grant rules of
+    ``gateway.services.consents.create_consent`` (e.g. a consent that has expired already);
+    its id."""
+    consent_id = uuid.uuid4()
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO consents (ean, consent_id, customer_id, purpose, notice_version,"
+            " channel, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            ean,
+            consent_id,
+            customer_id,
+            purpose,
+            notice_version,
+            channel,
+            granted_at,
+            expires_at,
+        )
+        await conn.execute(
+            "INSERT INTO consent_events (ean, consent_id, kind, at, detail)"
+            " VALUES ($1, $2, 'granted', $3, $4)",
+            ean,
+            consent_id,
+            granted_at,
+            {"purpose": purpose, "notice_version": notice_version, "channel": channel},
+        )
+    return consent_id

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway import audit
+from gateway.storage import audit
 
 AT = dt.datetime(2026, 3, 29, 1, 2, 3, 4, tzinfo=dt.UTC)
 

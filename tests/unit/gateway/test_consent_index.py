@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consent.levels import Commodity, Granularity
-from gateway.consent_index import ConsentIndex
+from gateway.ingest.consent_index import ConsentIndex
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 EAN_E = "871234567890123456"

@@ -25,14 +25,14 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from gateway.auth import generate_token
-from gateway.customer_auth import (
+from gateway.api.customer_auth import (
     DEV_ISSUER,
     CustomerAuthConfig,
     CustomerAuthenticator,
 )
+from gateway.cli.token import mint_dev_token, parse_ttl
 from gateway.errors import AuthenticationError, ConfigurationError, ValidationError
-from gateway.token_cli import mint_dev_token, parse_ttl
+from gateway.tokens import generate_token
 
 ISSUER = "https://login.energie-zuid.example"
 AUDIENCE = "meterpoort"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from consent.ean import ean_check_digit, ean_problem, is_valid_ean
 from gateway.errors import InvalidEANError
-from gateway.registry import ean_check_digit, ean_problem, is_valid_ean, validate_ean
+from gateway.services.registry import validate_ean
 
 # check digits worked out by hand (weights 3,1,3,… from the left over 17 data digits)
 VALID = [

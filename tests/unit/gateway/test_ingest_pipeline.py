@@ -8,20 +8,10 @@ from typing import Any
 
 import pytest
 
-from gateway.consent_index import ConsentIndex
-from gateway.ingest import (
-    E_P1D,
-    E_P1M,
-    E_PT15M,
-    G_P1D,
-    G_P1M,
-    G_PT1H,
-    BestCache,
-    IngestPipeline,
-    merge_into,
-    new_batch,
-    split_body,
-)
+from gateway.ingest.best_cache import BestCache
+from gateway.ingest.consent_index import ConsentIndex
+from gateway.ingest.pipeline import IngestPipeline, split_body
+from gateway.ingest.sql import E_P1D, E_P1M, E_PT15M, G_P1D, G_P1M, G_PT1H, merge_into, new_batch
 from tests.support.telegram_builder import build_telegram
 
 NOW = datetime(2026, 10, 25, 12, 0, tzinfo=UTC)

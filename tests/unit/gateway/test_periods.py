@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from consent.levels import Granularity
-from gateway.periods import Bucketer, period_end, period_start
+from gateway.ingest.periods import Bucketer, period_end, period_start
 
 Z = UTC
 P1M, P1D, PT15M, PT1H = Granularity.P1M, Granularity.P1D, Granularity.PT15M, Granularity.PT1H

@@ -12,14 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from consent.receipts import key_id
-from gateway.keys import KeyRing
-from gateway.webhooks import (
+from gateway.jobs.webhooks import (
     HEADER_ATTEMPT,
     HEADER_EVENT_ID,
     HEADER_KEY_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
-    WebhookConfig,
     WebhookSignatureError,
     backoff_s,
     event_body,
@@ -27,6 +25,8 @@ from gateway.webhooks import (
     signed_headers,
     verify,
 )
+from gateway.keys import KeyRing
+from gateway.settings import WebhookSettings
 
 EVENT_ID = uuid.UUID("0b5b1c1e-4a44-4a3c-9a55-5d3b3c6f2a10")
 OCCURRED = dt.datetime(2025, 3, 30, 1, 15, tzinfo=dt.timezone(dt.timedelta(hours=2)))
@@ -136,7 +136,7 @@ def test_signed_headers_name_the_event_key_and_attempt() -> None:
 
 
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:
-    config = WebhookConfig(backoff_base_s=10.0, backoff_cap_s=3600.0)
+    config = WebhookSettings(backoff_base_s=10.0, backoff_cap_s=3600.0)
     rng = random.Random(7)
     for attempt in range(1, 80):
         full = min(3600.0, 10.0 * 2 ** (attempt - 1))

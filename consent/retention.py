@@ -1,0 +1,49 @@
+"""How long each data class is kept (SPEC §2), as calendar arithmetic with no I/O.
+
+The retention job (``gateway.jobs.retention``) deletes by these rules; the erasure answer tells
+a customer until when kept data stays by the same rules, so both read them from here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long each data class is kept, and how the deletes are cut up."""
+
+    #: interval readings are kept this many years after receipt
+    interval_years: int = 4
+    #: daily/monthly readings are kept this many years after the contract ends (fiscal)
+    daily_years: int = 7
+    #: consent records outlive the interval data they justify by this many years
+    consent_extra_years: int = 1
+    #: finished consent-change notifications are kept this many days
+    outbox_days: int = 30
+    #: audit rows go this many years after they were recorded; None: never automatically
+    audit_years: int | None = None
+    #: rows per DELETE statement
+    batch_rows: int = 10_000
+    #: how long dropping a partition may wait for its table lock (ms)
+    lock_timeout_ms: int = 5_000
+
+    @property
+    def consent_proof_years(self) -> int:
+        """Years a consent record is kept after the consent ended: as long as the interval
+        data it justified could be held, plus ``consent_extra_years``."""
+        return self.interval_years + self.consent_extra_years
+
+
+def add_years(at: dt.datetime, years: int) -> dt.datetime:
+    """``at`` moved by ``years`` calendar years (negative: back); 29 February → 28 February."""
+    try:
+        return at.replace(year=at.year + years)
+    except ValueError:  # 29 February in a year that has none
+        return at.replace(year=at.year + years, day=28)
+
+
+def years_before(at: dt.datetime, years: int) -> dt.datetime:
+    """``at`` moved back ``years`` calendar years (29 February → 28 February)."""
+    return add_years(at, -years)

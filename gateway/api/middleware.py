@@ -1,0 +1,226 @@
+"""The two middlewares: request metrics/logging, and errors → RFC 9457 problem+json.
+
+``PROBLEMS`` is the one table mapping the gateway's error hierarchy (gateway/errors.py) to
+problem types; aiohttp's HTTP exceptions map by status code (``HTTP_PROBLEMS``) and PostgreSQL
+connection failures to a 503 with ``Retry-After``. Anything else is a bug: logged with its stack,
+answered as a 500 problem that says nothing about it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway import errors, metrics
+from gateway.storage.db import CONNECTION_ERRORS
+
+log = logging.getLogger(__name__)
+
+PROBLEM_BASE = "https://meterpoort.nl/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    """One stable problem type: HTTP status, URI slug and short human title."""
+
+    status: int
+    slug: str
+    title: str
+
+    @property
+    def uri(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+
+INTERNAL = ProblemType(500, "internal-error", "Internal server error")
+DATABASE_UNAVAILABLE = ProblemType(503, "database-unavailable", "Database unavailable")
+
+#: The gateway's errors → problem types; the most specific class in an error's MRO wins.
+PROBLEMS: dict[type[errors.GatewayError], ProblemType] = {
+    errors.GatewayError: INTERNAL,
+    errors.ConfigurationError: INTERNAL,
+    errors.BadRequestError: ProblemType(400, "bad-request", "Bad request"),
+    errors.ValidationError: ProblemType(422, "validation-error", "Invalid input"),
+    errors.InvalidEANError: ProblemType(422, "invalid-ean", "Invalid EAN"),
+    errors.CsvImportError: ProblemType(422, "invalid-csv", "Invalid CSV import"),
+    errors.AuthenticationError: ProblemType(401, "unauthorized", "Authentication required"),
+    errors.ForbiddenError: ProblemType(403, "forbidden", "Forbidden"),
+    errors.NotFoundError: ProblemType(404, "not-found", "Not found"),
+    errors.ConflictError: ProblemType(409, "conflict", "Conflict"),
+    errors.PayloadTooLargeError: ProblemType(413, "payload-too-large", "Payload too large"),
+    errors.UnsupportedMediaTypeError: ProblemType(
+        415, "unsupported-media-type", "Unsupported media type"
+    ),
+    errors.ServiceUnavailableError: ProblemType(503, "service-unavailable", "Service unavailable"),
+    errors.DatabaseUnavailableError: DATABASE_UNAVAILABLE,
+}
+
+#: aiohttp's HTTP exceptions (raised by routing and body reading) by status code.
+HTTP_PROBLEMS: dict[int, ProblemType] = {
+    p.status: p
+    for p in (
+        ProblemType(400, "bad-request", "Bad request"),
+        ProblemType(401, "unauthorized", "Authentication required"),
+        ProblemType(403, "forbidden", "Forbidden"),
+        ProblemType(404, "not-found", "Not found"),
+        ProblemType(405, "method-not-allowed", "Method not allowed"),
+        ProblemType(406, "not-acceptable", "Not acceptable"),
+        ProblemType(413, "payload-too-large", "Payload too large"),
+        ProblemType(415, "unsupported-media-type", "Unsupported media type"),
+        ProblemType(429, "too-many-requests", "Too many requests"),
+        ProblemType(503, "service-unavailable", "Service unavailable"),
+    )
+}
+
+# headers of an aiohttp HTTP exception worth keeping on the problem response
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+
+
+def problem_type_for(exc: errors.GatewayError) -> ProblemType:
+    """The problem type of a gateway error: the nearest class in its MRO listed in PROBLEMS."""
+    for cls in type(exc).__mro__:
+        found = PROBLEMS.get(cls)
+        if found is not None:
+            return found
+    return INTERNAL
+
+
+def problem_response(
+    request: web.Request,
+    problem: ProblemType,
+    detail: str,
+    extensions: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """A problem+json response; ``instance`` is the request path (no query: it may hold data)."""
+    body: dict[str, Any] = {
+        "type": problem.uri,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": detail,
+        "instance": request.path,
+    }
+    if extensions:
+        body.update(extensions)
+    metrics.PROBLEMS.labels(problem.slug).inc()
+    return web.Response(
+        status=problem.status,
+        body=json.dumps(body).encode("utf-8"),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def _http_detail(exc: web.HTTPException, request: web.Request, max_body: int) -> str:
+    if exc.status == 404:
+        return f"there is no resource at {request.path}"
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return f"{request.method} is not allowed here; allowed: {allowed}"
+    if exc.status == 413:
+        return f"the request body is larger than the limit of {max_body} bytes"
+    return exc.reason
+
+
+def make_problem_middleware(retry_after_s: int, max_body_bytes: int) -> web.middleware:  # type: ignore[valid-type]
+    """The middleware turning every error into problem+json."""
+
+    @web.middleware
+    async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except errors.GatewayError as exc:
+            problem = problem_type_for(exc)
+            headers: dict[str, str] = {}
+            if isinstance(exc, errors.ServiceUnavailableError):
+                headers["Retry-After"] = str(retry_after_s)
+                if isinstance(exc, errors.DatabaseUnavailableError):
+                    metrics.DB_UNAVAILABLE.inc()
+            elif isinstance(exc, errors.AuthenticationError):
+                headers["WWW-Authenticate"] = "Bearer"
+            if problem.status >= 500:
+                log.error("request failed: %s %s", type(exc).__name__, exc.detail)
+            return problem_response(request, problem, exc.detail, exc.extensions(), headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # redirects and the like are not errors
+            problem = HTTP_PROBLEMS.get(exc.status) or ProblemType(
+                exc.status, f"http-{exc.status}", exc.reason
+            )
+            kept = {h: exc.headers[h] for h in _KEPT_HEADERS if h in exc.headers}
+            return problem_response(
+                request, problem, _http_detail(exc, request, max_body_bytes), headers=kept
+            )
+        except CONNECTION_ERRORS as exc:
+            metrics.DB_UNAVAILABLE.inc()
+            log.warning("database unavailable: %s", type(exc).__name__)
+            return problem_response(
+                request,
+                DATABASE_UNAVAILABLE,
+                "the database is temporarily unavailable; retry later",
+                headers={"Retry-After": str(retry_after_s)},
+            )
+        except TimeoutError:
+            # asyncpg pool acquisition and command timeouts surface as TimeoutError
+            metrics.DB_UNAVAILABLE.inc()
+            log.warning("request timed out waiting for the database")
+            return problem_response(
+                request,
+                DATABASE_UNAVAILABLE,
+                "the database did not answer in time; retry later",
+                headers={"Retry-After": str(retry_after_s)},
+            )
+        except Exception:
+            log.exception("unexpected error answering %s %s", request.method, _route(request))
+            return problem_response(
+                request, INTERNAL, "an unexpected error occurred; it has been logged"
+            )
+
+    return problem_middleware
+
+
+def _route(request: web.Request) -> str:
+    """The route template (``/v1/admin/meters/{ean}``), never the concrete path (it holds EANs)."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by route template; debug-log it without personal data."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        route = _route(request)
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        metrics.HTTP_REQUEST_SECONDS.labels(route).observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request",
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 2),
+                },
+            )

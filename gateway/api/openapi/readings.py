@@ -1,0 +1,145 @@
+"""The data clients' paths (``GET /v1/readings``, ``GET /v1/consents``) in /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.api.handlers.readings import CONSENT_PAGE_DEFAULT, CONSENT_PAGE_MAX, CSV, JSON, NDJSON
+from gateway.storage import readings_query
+
+_PROBLEM = {
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+}
+
+
+def _problems(*codes: int) -> dict[str, Any]:
+    return {str(c): {"description": "problem", **_PROBLEM} for c in codes}
+
+
+_READING = {
+    "type": "object",
+    "properties": {
+        "ean": {"type": "string", "pattern": "^[0-9]{18}$"},
+        "commodity": {"enum": ["electricity", "gas"]},
+        "granularity": {"enum": ["P1M", "P1D", "PT1H", "PT15M"]},
+        "period_start": {"type": "string", "format": "date-time"},
+        "measured_at": {"type": "string", "format": "date-time"},
+        "registers": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        k: {"type": ["integer", "null"]}
+                        for k in ("import_t1_wh", "import_t2_wh", "export_t1_wh", "export_t2_wh")
+                    },
+                },
+                {"type": "object", "properties": {"volume_dm3": {"type": "integer"}}},
+            ]
+        },
+    },
+    "required": ["ean", "commodity", "granularity", "period_start", "measured_at", "registers"],
+}
+
+
+def _q(name: str, description: str, *, required: bool = False, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/readings": {
+        "get": {
+            "summary": "Readings this client may see (billing pull)",
+            "description": (
+                "Daily and monthly readings of every connection; interval readings only where an "
+                "interval consent for one of the client's purposes covered the measurement (after "
+                "the consent ended: only for purposes that keep their data). Half-open range "
+                "[from, to) on period_start; a bare date is local midnight (Europe/Amsterdam). "
+                "`Accept: application/x-ndjson` or `text/csv` streams everything; JSON (default) "
+                "answers in pages with `next_cursor`. Every request is in the customers' access "
+                "logs."
+            ),
+            "security": [{"clientToken": []}],
+            "parameters": [
+                _q(
+                    "granularity",
+                    "P1M, P1D, PT1H or PT15M",
+                    required=True,
+                    enum=["P1M", "P1D", "PT1H", "PT15M"],
+                ),
+                _q("from", "RFC 3339 time or YYYY-MM-DD (inclusive)", required=True),
+                _q("to", "RFC 3339 time or YYYY-MM-DD (exclusive)", required=True),
+                {
+                    "name": "ean",
+                    "in": "query",
+                    "required": False,
+                    "description": "only these connections (repeatable)",
+                    "schema": {"type": "array", "items": {"type": "string"}},
+                    "style": "form",
+                    "explode": True,
+                },
+                _q("cursor", "JSON pages: next_cursor of the previous page, same parameters"),
+                _q(
+                    "limit",
+                    "JSON pages: page size",
+                    type="integer",
+                    minimum=1,
+                    maximum=readings_query.MAX_LIMIT,
+                    default=readings_query.DEFAULT_LIMIT,
+                ),
+            ],
+            "responses": {
+                "200": {
+                    "description": "readings ordered by (ean, period_start)",
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "readings": {"type": "array", "items": _READING},
+                                    "next_cursor": {"type": ["string", "null"]},
+                                },
+                            }
+                        },
+                        NDJSON: {"schema": _READING},
+                        CSV: {"schema": {"type": "string"}},
+                    },
+                },
+                **_problems(400, 401, 403, 406, 422, 503),
+            },
+        }
+    },
+    "/v1/consents": {
+        "get": {
+            "summary": "Consent changes for this client's purposes (reconciliation)",
+            "security": [{"clientToken": []}],
+            "parameters": [
+                _q(
+                    "changed_since",
+                    "RFC 3339; pass next_changed_since of the previous answer",
+                    required=True,
+                ),
+                _q(
+                    "limit",
+                    "most changes per answer",
+                    type="integer",
+                    minimum=1,
+                    maximum=CONSENT_PAGE_MAX,
+                    default=CONSENT_PAGE_DEFAULT,
+                ),
+            ],
+            "responses": {
+                "200": {
+                    "description": "changes ordered by change time; may repeat (event_id)",
+                    "content": {JSON: {"schema": {"type": "object"}}},
+                },
+                **_problems(401, 422, 503),
+            },
+        }
+    },
+}

@@ -1,0 +1,56 @@
+"""What the commands share: the ``--data-dir`` option, running one database action, JSON out."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from gateway.jsonenc import json_default
+from gateway.settings import Settings
+from gateway.storage import db
+
+#: a command: parsed arguments and the settings in, the exit status out
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--data-dir`` (where the embedded PostgreSQL lives) to ``parser``."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="embedded PostgreSQL data directory (default ./var; ignored with DATABASE_URL)",
+    )
+
+
+def with_data_dir(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``settings`` with the command's ``--data-dir``, when given."""
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is None:
+        return settings
+    return settings.model_copy(update={"data_dir": data_dir})
+
+
+def run_db(
+    args: argparse.Namespace,
+    settings: Settings,
+    action: Callable[[asyncpg.Connection], Coroutine[Any, Any, Any]],
+) -> Any:
+    """Run ``action`` on one connection to the command's database; its result."""
+
+    async def run() -> Any:
+        async with db.open_connection(with_data_dir(args, settings)) as conn:
+            return await action(conn)
+
+    return asyncio.run(run())
+
+
+def print_json(data: Any) -> None:
+    """One JSON object on stdout (datetimes RFC 3339, UUIDs as strings)."""
+    print(json.dumps(data, default=json_default))

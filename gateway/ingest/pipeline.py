@@ -1,0 +1,326 @@
+"""The ingest pipeline: telegrams → period readings → one group-committed write.
+
+Per telegram (``IngestPipeline.process``, pure apart from the in-memory caches it is given)::
+
+    parse → resolve meters → time checks → consent policy → period bucketing → "can it improve?"
+
+* **Resolve.** The electricity equipment id (``0-0:96.1.1``) and each gas M-Bus device's id
+  (``0-n:96.1.0``, device type 3) are looked up among the meter ids bound to the device, then in
+  the consent index (meter id → connection). A telegram none of whose meters is bound to the
+  device is rejected (``meter-not-bound``); bound but unregistered → ``unknown-meter``. Meters of
+  a telegram that are not bound are ignored (a gas meter supplied by someone else), so the
+  readings of one meter never land under another.
+* **Time.** Electricity uses the telegram time, gas the M-Bus capture time (never the telegram
+  time). No/unset clock → ``clock-unset``; more than ``future_tolerance_s`` ahead of the server
+  clock → ``future-timestamp``; older than the spool horizon → ``too-old``. A telegram is rejected
+  when none of its bound readings passes (with the first reading's reason); otherwise it is
+  accepted — also when the policy withholds every reading (level ``none``, nothing new).
+* **Policy.** ``consent.policy.CompiledPolicy.check(t, now)`` via the index (about 1 µs).
+* **Buckets.** ``gateway.ingest.periods.Bucketer``: ``P1M``/``P1D`` at Amsterdam midnight, ``PT15M``
+  (electricity) and ``PT1H`` (gas) on UTC quarter/hour boundaries.
+* **Improve?** The reading of a period is the one with the earliest measured time. ``BestCache``
+  remembers, per EAN and table, the newest period with a measured time already committed (and
+  the period's end): the database holds that one or an earlier one, so a reading measured at or
+  after it and before the end cannot improve the period and is skipped without a query or any
+  period arithmetic (the common case: 90 telegrams per quarter hour, one improves).
+
+Totals-only electricity meters (``1.8.0``/``2.8.0`` without the T1/T2 split) store the total in
+``import_t1_wh``/``export_t1_wh`` and NULL in the T2 columns.
+
+Writes (``BatchWriter``): requests enqueue their candidate rows; one writer task merges them
+(earliest per period) and flushes every ``ingest_batch_max_delay_ms`` or ``ingest_batch_max_rows``
+rows in ONE statement, hence one implicit transaction and one round trip — a data-modifying CTE
+per table, each ``INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE … WHERE
+excluded.measured_at < t.measured_at`` — and each request awaits the commit of its rows before it
+answers (group commit): every acknowledged reading is durable.
+
+The database enforces the interval rule itself (``INTERVAL_CONDITION``), so a stale consent index
+in any process can never store an interval reading at or after a consent's end; likewise the
+connection's level for daily and monthly rows (``_level_condition``), so a level change racing a
+write never leaves a reading the new level forbids. Raw telegrams and
+actual-power values are never stored or logged; the parsed Telegram is dropped after bucketing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from consent.levels import Granularity
+from gateway.ingest.best_cache import BestCache
+from gateway.ingest.consent_index import MeterRoute, pick_route
+from gateway.ingest.periods import AMSTERDAM, Bucketer
+from gateway.ingest.sql import (
+    E_PT15M,
+    G_PT1H,
+    Batch,
+    new_batch,
+)
+from p1_reader.errors import P1Error
+from p1_reader.parser import parse_telegram
+from p1_reader.telegram import DEVICE_TYPE_GAS, Telegram
+
+log = logging.getLogger(__name__)
+
+# --- body splitting -----------------------------------------------------------------------------
+
+_BLANK: Final = b"\r\n \t\x00"
+
+
+def split_body(body: bytes) -> list[bytes]:
+    """Cut a request body into telegrams: each ends at the line that starts with ``!``.
+
+    Deliberately simpler than ``p1_reader.framing.Framer``: the device sends whole telegrams and
+    counts them, so every piece (garbage included) keeps its index and gets its own outcome
+    instead of being skipped. Blank bytes between telegrams are dropped.
+    """
+    parts: list[bytes] = []
+    pos = 0
+    n = len(body)
+    while pos < n:
+        while pos < n and body[pos] in _BLANK:
+            pos += 1
+        if pos >= n:
+            break
+        bang = body.find(b"\n!", pos)
+        if bang < 0:
+            parts.append(body[pos:])
+            break
+        eol = body.find(b"\n", bang + 2)
+        end = n if eol < 0 else eol + 1
+        parts.append(body[pos:end])
+        pos = end
+    return parts
+
+
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+class RouteSource(Protocol):
+    """What the pipeline needs from the consent index."""
+
+    @property
+    def electricity(self) -> dict[str, tuple[MeterRoute, ...]]: ...
+
+    @property
+    def gas(self) -> dict[str, tuple[MeterRoute, ...]]: ...
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """The outcome of one request's telegrams, before the write."""
+
+    accepted: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    batch: Batch = field(default_factory=new_batch)
+    rows: int = 0
+    #: readings per commodity (0 electricity, 1 gas) and policy depth (0 nothing .. 3 interval)
+    depths: list[list[int]] = field(default_factory=lambda: [[0, 0, 0, 0], [0, 0, 0, 0]])
+
+    @property
+    def withheld(self) -> dict[Granularity, int]:
+        """Readings the policy did not allow to store, by granularity (for metrics)."""
+        out: dict[Granularity, int] = {}
+        pairs = ((Granularity.PT15M, self.depths[0]), (Granularity.PT1H, self.depths[1]))
+        for interval, counts in pairs:
+            for depth, count in enumerate(counts):
+                if not count:
+                    continue
+                for granularity in (Granularity.P1M, Granularity.P1D, interval)[depth:]:
+                    out[granularity] = out.get(granularity, 0) + count
+        return out
+
+
+class IngestPipeline:
+    """Parse, check and bucket telegrams into candidate rows (no I/O)."""
+
+    def __init__(
+        self,
+        index: RouteSource,
+        best: BestCache,
+        *,
+        bucketer: Bucketer | None = None,
+        future_tolerance_s: int = 300,
+        horizon_s: int = 40 * 86400,
+        parse: Callable[[bytes], Telegram] = parse_telegram,
+    ) -> None:
+        self.index = index
+        self.best = best
+        self.bucketer = bucketer or Bucketer(AMSTERDAM)
+        self.future_tolerance_s = future_tolerance_s
+        self.horizon_s = horizon_s
+        self.parse = parse
+
+    def _time_problem(self, t: datetime | None, now_s: int, what: str) -> tuple[str, str]:
+        """The (reason, detail) that rules out ``t`` (called once the fast check failed)."""
+        if t is None:
+            return "clock-unset", f"{what} carries no valid time (meter clock unset or absent)"
+        if int(t.timestamp()) > now_s + self.future_tolerance_s:
+            return (
+                "future-timestamp",
+                f"{what} time {t.isoformat()} is more than {self.future_tolerance_s} s ahead"
+                " of the server clock",
+            )
+        return (
+            "too-old",
+            f"{what} time {t.isoformat()} is older than the spool horizon"
+            f" ({self.horizon_s // 86400} days)",
+        )
+
+    def process(
+        self, parts: Sequence[bytes], meter_ids: frozenset[str], now_s: int
+    ) -> IngestResult:
+        """Turn the telegrams of one request into per-telegram outcomes and candidate rows."""
+        result = IngestResult()
+        rejected = result.rejected
+        e_depths, g_depths = result.depths
+        electricity = self.index.electricity
+        gas = self.index.gas
+        parse = self.parse
+        entry_of = self.best.entry
+        latest = now_s + self.future_tolerance_s
+        earliest = now_s - self.horizon_s
+        for index, part in enumerate(parts):
+            try:
+                telegram = parse(part)
+            except P1Error as exc:
+                rejected.append({"index": index, "reason": exc.reason, "detail": str(exc)})
+                continue
+            bound = False
+            valid = 0
+            problem: tuple[str, str] | None = None
+
+            meter_id = telegram.meter_id
+            if meter_id is not None and meter_id in meter_ids:
+                bound = True
+                routes = electricity.get(meter_id)
+                t = telegram.timestamp
+                if routes is None:
+                    problem = ("unknown-meter", f"meter {meter_id} is not registered")
+                elif t is None or not earliest <= (ts := int(t.timestamp())) <= latest:
+                    problem = self._time_problem(t, now_s, "telegram")
+                elif (
+                    telegram.import_t1_wh is None
+                    and telegram.import_t2_wh is None
+                    and telegram.import_total_wh is None
+                ):
+                    problem = ("bad-value", "telegram carries no import energy register")
+                else:
+                    valid = 1
+                    route = routes[0] if len(routes) == 1 else pick_route(routes, ts)
+                    depth = route.policy.depth_s(ts, now_s)
+                    e_depths[depth] += 1
+                    if depth:
+                        ean = route.ean_num
+                        e = entry_of(ean)
+                        # the common case: every period this reading could fill already holds
+                        # a committed reading measured at or before it (see BestCache)
+                        if e is None or not (
+                            e[8] <= ts < e[7]
+                            and (depth < 2 or e[5] <= ts < e[4])
+                            and (depth < 3 or e[2] <= ts < e[1])
+                        ):
+                            i1, i2 = telegram.import_t1_wh, telegram.import_t2_wh
+                            if i1 is None and i2 is None:
+                                i1 = telegram.import_total_wh
+                            ex1, ex2 = telegram.export_t1_wh, telegram.export_t2_wh
+                            if ex1 is None and ex2 is None:
+                                ex1 = telegram.export_total_wh
+                            self._emit(result, ean, depth, ts, (i1, i2, ex1, ex2), E_PT15M, e)
+
+            for device in telegram.mbus:
+                dev_id = device.meter_id
+                if device.device_type != DEVICE_TYPE_GAS or dev_id is None:
+                    continue
+                if dev_id not in meter_ids:
+                    continue
+                bound = True
+                routes = gas.get(dev_id)
+                if routes is None:
+                    problem = problem or ("unknown-meter", f"gas meter {dev_id} is not registered")
+                    continue
+                t = device.measured_at
+                if t is None or not earliest <= (ts := int(t.timestamp())) <= latest:
+                    problem = problem or self._time_problem(t, now_s, "gas capture")
+                    continue
+                if device.value is None or device.unit != "dm3":
+                    problem = problem or ("bad-value", f"gas meter {dev_id} sent no volume")
+                    continue
+                valid += 1
+                route = routes[0] if len(routes) == 1 else pick_route(routes, ts)
+                depth = route.policy.depth_s(ts, now_s)
+                g_depths[depth] += 1
+                if depth:
+                    ean = route.ean_num
+                    e = entry_of(ean)
+                    if e is None or not (
+                        e[8] <= ts < e[7]
+                        and (depth < 2 or e[5] <= ts < e[4])
+                        and (depth < 3 or e[2] <= ts < e[1])
+                    ):
+                        self._emit(result, ean, depth, ts, (device.value,), G_PT1H, e)
+
+            if valid:
+                result.accepted += 1
+            elif problem is not None:
+                rejected.append({"index": index, "reason": problem[0], "detail": problem[1]})
+            elif not bound:
+                ids = [meter_id] if meter_id else []
+                ids += [d.meter_id for d in telegram.mbus if d.meter_id]
+                detail = (
+                    f"meter {', '.join(ids)} is not bound to this device"
+                    if ids
+                    else "telegram carries no meter equipment id"
+                )
+                reason = "meter-not-bound" if ids else "unknown-meter"
+                rejected.append({"index": index, "reason": reason, "detail": detail})
+            else:  # bound gas device of another type only: nothing to read
+                rejected.append(
+                    {"index": index, "reason": "unknown-meter", "detail": "no readable meter"}
+                )
+        return result
+
+    def _emit(
+        self,
+        result: IngestResult,
+        ean: int,
+        depth: int,
+        ts: int,
+        values: tuple[int | None, ...],
+        interval_table: int,
+        cached: tuple[int, ...] | None,
+    ) -> None:
+        # depth (CompiledPolicy.depth_s): 1 P1M, 2 +P1D, 3 +interval. interval_table is E_PT15M
+        # or G_PT1H; its day and month tables follow it (+1, +2), as do the BestCache slots.
+        day, _, month, _ = self.bucketer.bounds(ts)
+        if depth == 1:
+            targets: tuple[tuple[int, int], ...] = ((interval_table + 2, month),)
+        elif depth == 2:
+            targets = ((interval_table + 2, month), (interval_table + 1, day))
+        else:
+            size = 900 if interval_table == E_PT15M else 3600
+            targets = (
+                (interval_table + 2, month),
+                (interval_table + 1, day),
+                (interval_table, ts - ts % size),
+            )
+        batch = result.batch
+        for table, start in targets:
+            if cached is not None:
+                slot = 3 * (table - interval_table)
+                # best <= ts < end: this period holds a committed reading at or before ts
+                if cached[slot + 2] <= ts < cached[slot + 1]:
+                    continue
+            key = (ean, start)
+            rows = batch[table]
+            old = rows.get(key)
+            if old is None:
+                rows[key] = (ean, start, ts, *values)
+                result.rows += 1
+            elif ts < old[2]:  # type: ignore[operator]
+                rows[key] = (ean, start, ts, *values)

@@ -1,0 +1,72 @@
+"""The ingest machinery of one gateway process: built, started and stopped together."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from gateway.ingest.best_cache import BestCache
+from gateway.ingest.consent_index import ConsentIndex, IndexMaintainer
+from gateway.ingest.pipeline import IngestPipeline
+from gateway.ingest.writer import BatchWriter, RowWriter
+from gateway.settings import Settings
+
+
+@dataclass(slots=True)
+class IngestState:
+    """The ingest machinery of one gateway process."""
+
+    pipeline: IngestPipeline
+    writer: RowWriter
+    index: ConsentIndex
+    maintainer: IndexMaintainer | None
+    clock: Callable[[], float]
+
+    async def refresh(self, eans: list[str]) -> None:
+        """Reload ``eans`` in THIS process's consent index now (after a consent or level
+        change: other processes follow the NOTIFY it committed, and the database insert rule
+        covers the meantime)."""
+        if self.maintainer is not None:
+            await self.maintainer.reload_eans(eans)
+
+
+@contextlib.asynccontextmanager
+async def running_ingest(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    *,
+    listen: bool = True,
+    clock: Callable[[], float] | None = None,
+) -> AsyncIterator[IngestState]:
+    """The consent index (loaded, and kept fresh by LISTEN unless ``listen`` is False), the
+    group-commit writer and the pipeline, for the duration of the block. On exit the writer
+    drains its in-flight batches first, while ``pool`` is still open."""
+    index = ConsentIndex()
+    maintainer = IndexMaintainer(pool, index, listen=listen)
+    await maintainer.start()
+    try:
+        best = BestCache()
+        writer = BatchWriter(
+            pool,
+            best,
+            max_delay_s=settings.ingest_batch_max_delay_ms / 1000,
+            max_rows=settings.ingest_batch_max_rows,
+            acquire_timeout_s=settings.pool_acquire_timeout_s,
+        )
+        writer.start()
+        try:
+            pipeline = IngestPipeline(
+                index,
+                best,
+                future_tolerance_s=settings.future_tolerance_s,
+                horizon_s=settings.spool_horizon_days * 86400,
+            )
+            yield IngestState(pipeline, writer, index, maintainer, clock or time.time)
+        finally:
+            await writer.close()
+    finally:
+        await maintainer.stop()

@@ -1,0 +1,212 @@
+"""The group-commit writer: requests enqueue rows, one task flushes them in one statement.
+
+Each request awaits the commit of its rows before it answers, so every acknowledged reading is
+durable; see ``gateway.ingest.pipeline`` for the whole flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Final, Protocol
+
+import asyncpg
+
+from gateway import metrics
+from gateway.errors import DatabaseUnavailableError
+from gateway.ingest.best_cache import BestCache
+from gateway.ingest.sql import (
+    N_TABLES,
+    TABLE_GRANULARITY,
+    Batch,
+    flush_sql,
+    merge_into,
+    new_batch,
+)
+from gateway.storage import db
+
+log = logging.getLogger(__name__)
+
+# --- the writer ---------------------------------------------------------------------------------
+
+#: errors after which a batch is simply tried again (another process held conflicting locks)
+_RETRYABLE: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_MAX_ATTEMPTS: Final = 5
+
+
+class RowWriter(Protocol):
+    """Where the pipeline's rows go; returns once they are committed."""
+
+    async def write(self, batch: Batch) -> None: ...
+
+
+class BatchWriter:
+    """Group commit: merges concurrent requests' rows and writes them in one transaction.
+
+    ``write`` returns when the transaction holding the rows has committed (or raises what made
+    it fail: DatabaseUnavailableError when PostgreSQL cannot be reached).
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        best: BestCache,
+        *,
+        max_delay_s: float = 0.005,
+        max_rows: int = 5000,
+        acquire_timeout_s: float = 5.0,
+    ) -> None:
+        self.pool = pool
+        self.best = best
+        self.max_delay_s = max_delay_s
+        self.max_rows = max_rows
+        self.acquire_timeout_s = acquire_timeout_s
+        self._batch = new_batch()
+        self._rows = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._full: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._conn: asyncpg.Connection | None = None
+        self.flushes = 0
+
+    def start(self) -> None:
+        """Start the flush task (in the running loop)."""
+        self._task = asyncio.create_task(self._run(), name="ingest-writer")
+
+    async def close(self) -> None:
+        """Flush what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._full is not None and not self._full.done():
+            self._full.set_result(None)
+        if self._task is not None:
+            try:
+                await self._task
+            finally:
+                self._task = None
+                await self._release()
+
+    async def write(self, batch: Batch) -> None:
+        """Queue ``batch`` and wait until it is committed."""
+        if self._task is None or self._closing:
+            raise DatabaseUnavailableError("the gateway is shutting down; retry later")
+        self._rows += merge_into(self._batch, batch)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._wake.set()
+        if self._rows >= self.max_rows and self._full is not None and not self._full.done():
+            self._full.set_result(None)
+        await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._waiters:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                if not self._waiters:
+                    continue
+                if self._rows < self.max_rows and self.max_delay_s > 0 and not self._closing:
+                    # gather concurrent requests for a few ms (or until the batch is full)
+                    self._full = loop.create_future()
+                    await asyncio.wait((self._full,), timeout=self.max_delay_s)
+                    self._full = None
+            # rows queued while the previous flush ran are flushed at once: they have waited
+            batch, waiters = self._batch, self._waiters
+            self._batch, self._rows, self._waiters = new_batch(), 0, []
+            await self._flush(batch, waiters)
+
+    async def _flush(self, batch: Batch, waiters: list[asyncio.Future[None]]) -> None:
+        error: BaseException | None = None
+        try:
+            # shielded: a shutdown must not cut a transaction whose waiters expect an answer
+            await asyncio.shield(self._write_with_retries(batch))
+        except asyncio.CancelledError:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(DatabaseUnavailableError("write interrupted; retry"))
+            raise
+        except db.CONNECTION_ERRORS as exc:
+            log.warning("ingest write failed: database unavailable (%s)", type(exc).__name__)
+            error = DatabaseUnavailableError("the database is temporarily unavailable")
+        except (TimeoutError, DatabaseUnavailableError) as exc:
+            log.warning("ingest write failed: %s", type(exc).__name__)
+            error = DatabaseUnavailableError("the database did not accept the write in time")
+        except Exception as exc:
+            # not swallowed: every waiting request re-raises it (a 500 via the middleware)
+            log.exception("ingest write failed")
+            error = exc
+        self.flushes += 1
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    async def _write_with_retries(self, batch: Batch) -> None:
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                await self._write_once(batch)
+                break
+            except _RETRYABLE as exc:
+                if attempt == _MAX_ATTEMPTS:
+                    raise
+                log.info("ingest write retried after %s", type(exc).__name__)
+                await asyncio.sleep(0.001 * attempt)
+        best = self.best
+        for table in range(N_TABLES):
+            for (ean, start), row in batch[table].items():
+                best.lower((ean, table, start), row[2])  # type: ignore[arg-type]
+
+    async def _connection(self) -> asyncpg.Connection:
+        # The writer keeps one pooled connection between flushes: releasing it after every
+        # flush costs a reset round trip; on any failure it goes back to the pool (which
+        # closes a broken one) and the next flush acquires afresh.
+        if self._conn is None:
+            try:
+                self._conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
+            except TimeoutError as exc:
+                raise DatabaseUnavailableError(
+                    "the database is busy: no connection came free in time"
+                ) from exc
+        return self._conn
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.pool.release(conn)
+
+    async def _write_once(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        tables: list[int] = []
+        args: list[list[int | None]] = []
+        for table in range(N_TABLES):
+            rows = batch[table]
+            if not rows:
+                continue
+            # a fixed order (table, ean, period) keeps concurrent writers from deadlocking
+            ordered = [rows[k] for k in sorted(rows)]
+            tables.append(table)
+            args.extend(list(col) for col in zip(*ordered, strict=True))
+        if not tables:
+            return
+        conn = await self._connection()
+        try:
+            (written,) = await conn.fetch(flush_sql(tuple(tables)), *args)
+        except BaseException:
+            await self._release()
+            raise
+        total = 0
+        for table, count in zip(tables, written, strict=True):
+            total += len(batch[table])
+            if count:
+                metrics.READINGS_STORED.labels(TABLE_GRANULARITY[table].value).inc(count)
+        metrics.INGEST_BATCH_SIZE.observe(total)
+        metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)

@@ -1,0 +1,472 @@
+"""The billing pull API's query side: parameters, visibility, encoding, cursors, EAN tracking.
+
+``GET /v1/readings?granularity=&from=&to=[&ean=…][&cursor=][&limit=]`` (gateway.handlers.readings).
+
+Visibility, decided in SQL so no reading the client may not see ever reaches Python:
+
+* the granularity must be one of the client's (else 403, in the handler);
+* daily and monthly readings: every registered connection (the client is the supplier's own
+  billing system; daily data needs no consent, SPEC §2), optionally filtered by ``ean``;
+* interval readings (``PT15M``, ``PT1H``): only where an interval consent for one of the client's
+  purposes covered the reading's ``measured_at`` (``granted_at <= measured_at < first of ended_at,
+  expires_at, contract_end``) — and once that consent is over, only if its purpose keeps its data
+  (``keep``); ``delete`` purposes' data is deleted at revocation anyway, this filter makes sure.
+
+Encoding: PostgreSQL writes each reading as ONE line of ``COPY … TO STDOUT``; the JSON text is
+spelled out by constant columns between the values, and ``encode_chunk`` removes COPY's column
+separators (tabs) and turns ``2024-03-01 12:00:00+00`` (TimeZone UTC) into RFC 3339
+``2024-03-01T12:00:00Z`` with three ``bytes.replace`` calls per chunk — no per-row Python work.
+NDJSON streams, CSV streams and JSON pages all come from this one encoder, so their content is
+the same by construction. (Measured with 1 M daily readings on the 2-core box: about 500 000
+lines/s with this scheme, 340 000/s when PostgreSQL concatenates the line itself, and 310 000/s
+merely to decode the same rows with asyncpg before any formatting in Python.)
+
+Rows are ordered by (ean, period_start): JSON pages continue after a keyset cursor, and the
+streams' EAN tracker (``EanTracker``) only has to look at EAN boundaries.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+from zoneinfo import ZoneInfo
+
+from consent.model import DEFAULT_PURPOSES, OnRevoke, Purpose
+from gateway.errors import BadRequestError, FieldError, ValidationError
+from gateway.storage import schema
+
+#: granularity → (table, commodity) of the reading tables it reads
+GRANULARITY_TABLES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = {
+    granularity: tuple((t.name, t.commodity) for t in tables)
+    for granularity, tables in schema.GRANULARITY_TABLES.items()
+}
+INTERVAL_GRANULARITIES: Final = schema.INTERVAL_GRANULARITIES
+
+DEFAULT_LIMIT: Final = 1000
+MAX_LIMIT: Final = 10_000
+#: most ``ean`` parameters in one request
+MAX_EANS: Final = 1000
+#: query parameters the endpoint knows (anything else is refused, so a typo is not ignored)
+KNOWN_PARAMS: Final = frozenset({"granularity", "from", "to", "ean", "cursor", "limit"})
+
+CSV_HEADER: Final = (
+    "ean,commodity,granularity,period_start,measured_at,"
+    "import_t1_wh,import_t2_wh,export_t1_wh,export_t2_wh,volume_dm3"
+)
+
+_DATE_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+_EAN_RE: Final = re.compile(r"[0-9]{18}")
+_CURSOR_VERSION: Final = 1
+_CURSOR_MAC_BYTES: Final = 16
+#: columns of _json_columns
+_JSON_WIDTH: Final = 15
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsQuery:
+    """A validated ``GET /v1/readings`` request (times aware, UTC)."""
+
+    granularity: str
+    start: dt.datetime
+    end: dt.datetime
+    #: requested EANs, sorted, distinct; empty = every connection
+    eans: tuple[str, ...]
+    limit: int
+    #: keyset position (ean, period_start) of the last row already returned
+    after: tuple[int, dt.datetime] | None = None
+
+    def fingerprint(self, client_id: uuid.UUID) -> str:
+        """What a cursor is bound to: the client and the query (not the page size)."""
+        text = "|".join(
+            (
+                str(client_id),
+                self.granularity,
+                self.start.isoformat(),
+                self.end.isoformat(),
+                ",".join(self.eans),
+            )
+        )
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+def _field(name: str, msg: str) -> FieldError:
+    return FieldError(("query", name), msg)
+
+
+def parse_time(value: str, tz: ZoneInfo) -> dt.datetime:
+    """RFC 3339 with an offset (``…Z`` or ``…+01:00``), or ``YYYY-MM-DD`` = local midnight in
+    ``tz``; ValueError with a reason otherwise."""
+    text = value.strip()
+    if _DATE_RE.fullmatch(text):
+        day = dt.date.fromisoformat(text)
+        return dt.datetime.combine(day, dt.time(0), tzinfo=tz).astimezone(dt.UTC)
+    if "T" not in text and " " in text[:11]:
+        raise ValueError("expected RFC 3339 (e.g. 2024-03-01T00:00:00Z) or YYYY-MM-DD")
+    if " " in text and "T" in text:
+        # an unencoded '+' in a query string arrives as a space: 2024-03-01T00:00:00 01:00
+        text = text.replace(" ", "+")
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("expected RFC 3339 (e.g. 2024-03-01T00:00:00Z) or YYYY-MM-DD") from None
+    if parsed.tzinfo is None:
+        raise ValueError("a time needs a UTC offset ('Z' or '+01:00'); a bare date means local")
+    return parsed.astimezone(dt.UTC)
+
+
+def parse_params(params: Mapping[str, str], eans: Sequence[str], tz: ZoneInfo) -> ReadingsQuery:
+    """Validate the query parameters (``eans``: every ``ean`` value); ValidationError (422)
+    naming each bad parameter and why. The cursor is checked separately (``Cursor``)."""
+    errors: list[FieldError] = []
+    unknown = sorted(set(params) - KNOWN_PARAMS)
+    for name in unknown:
+        errors.append(_field(name, f"unknown parameter; known: {', '.join(sorted(KNOWN_PARAMS))}"))
+
+    granularity = params.get("granularity")
+    if granularity is None or granularity == "":
+        errors.append(_field("granularity", "required: one of P1M, P1D, PT1H, PT15M"))
+    elif granularity not in GRANULARITY_TABLES:
+        errors.append(
+            _field(
+                "granularity",
+                f"unknown granularity {granularity[:16]!r}; one of P1M, P1D, PT1H, PT15M",
+            )
+        )
+
+    times: dict[str, dt.datetime] = {}
+    for name in ("from", "to"):
+        raw = params.get(name)
+        if raw is None or raw == "":
+            errors.append(_field(name, "required: RFC 3339 time or YYYY-MM-DD (local date)"))
+            continue
+        try:
+            times[name] = parse_time(raw, tz)
+        except ValueError as exc:
+            errors.append(_field(name, str(exc)))
+    if len(times) == 2 and times["from"] >= times["to"]:
+        errors.append(_field("to", "must be after 'from' (the range is [from, to))"))
+
+    clean: set[str] = set()
+    for i, ean in enumerate(eans):
+        value = ean.strip()
+        if not _EAN_RE.fullmatch(value):
+            errors.append(FieldError(("query", "ean", i), "not an EAN-18 (18 digits)"))
+        else:
+            clean.add(value)
+    if len(clean) > MAX_EANS:
+        errors.append(_field("ean", f"at most {MAX_EANS} EANs per request"))
+
+    limit = DEFAULT_LIMIT
+    raw_limit = params.get("limit")
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+            errors.append(_field("limit", f"an integer from 1 to {MAX_LIMIT}"))
+        else:
+            limit = int(raw_limit)
+
+    if errors:
+        names = ", ".join(dict.fromkeys(str(e.loc[1]) for e in errors))
+        raise ValidationError(f"invalid query parameters: {names}", errors)
+    assert granularity is not None
+    return ReadingsQuery(granularity, times["from"], times["to"], tuple(sorted(clean)), limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# cursors
+
+
+class CursorCodec:
+    """Opaque, tamper-proof keyset cursors: ``base64url(JSON) "." base64url(HMAC-SHA256)``.
+
+    The JSON holds the last row's (ean, period_start) and the fingerprint of the client and
+    query it belongs to; a changed byte, another client's cursor or a cursor used with other
+    parameters is refused (BadRequestError, 400).
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_CURSOR_MAC_BYTES]
+
+    def encode(self, fingerprint: str, ean: int, period_start: str) -> str:
+        payload = json.dumps(
+            {"v": _CURSOR_VERSION, "q": fingerprint, "e": ean, "p": period_start},
+            separators=(",", ":"),
+        ).encode("ascii")
+        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+
+    def decode(self, cursor: str, fingerprint: str) -> tuple[int, dt.datetime]:
+        """The keyset position of ``cursor``; BadRequestError if it is not one of ours, was
+        altered, or belongs to another client or query."""
+        body, sep, mac = cursor.partition(".")
+        try:
+            payload = _unb64(body)
+            given = _unb64(mac)
+        except ValueError:
+            raise _bad_cursor("it is not a cursor this API issued") from None
+        if not sep or not hmac.compare_digest(given, self._mac(payload)):
+            raise _bad_cursor("it is not a cursor this API issued, or it was altered")
+        data = json.loads(payload)
+        if data.get("v") != _CURSOR_VERSION:
+            raise _bad_cursor("it comes from another version of the API; start again")
+        if data.get("q") != fingerprint:
+            raise _bad_cursor(
+                "it was issued for other query parameters (granularity, from, to, ean) or "
+                "another client; repeat the original parameters with it"
+            )
+        return int(data["e"]), dt.datetime.fromisoformat(data["p"])
+
+
+def _bad_cursor(why: str) -> BadRequestError:
+    return BadRequestError(f"invalid 'cursor' parameter: {why}")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    if not text or len(text) > 4096:
+        raise ValueError("empty or too long")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not base64url") from exc
+
+
+def cursor_key(signing_key_material: bytes) -> bytes:
+    """The cursor MAC key, derived from the installation's signing key (the same in every worker
+    process; rotating the signing key invalidates outstanding cursors, which only restarts a
+    paging client)."""
+    return hmac.new(b"meterpoort readings cursor v1", signing_key_material, hashlib.sha256).digest()
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL
+
+
+def keep_purposes(purposes: Mapping[str, Purpose] | None = None) -> list[str]:
+    """Purposes whose interval data stays readable after their consent ended."""
+    table = DEFAULT_PURPOSES if purposes is None else purposes
+    return [p.name for p in table.values() if p.on_revoke is OnRevoke.KEEP]
+
+
+def _lit(text: str) -> str:
+    """An SQL string literal (our constants hold no quote, but stay safe)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _json_columns(commodity: str, granularity: str) -> str:
+    """The COPY columns spelling one reading as a JSON object: constants between values."""
+    parts = [
+        _lit('{"ean":"'),
+        "k.ean",
+        _lit(f'","commodity":"{commodity}","granularity":"{granularity}","period_start":"'),
+        "r.period_start",
+        _lit('","measured_at":"'),
+        "r.measured_at",
+    ]
+    if commodity == "electricity":
+        parts += [
+            _lit('","registers":{"import_t1_wh":'),
+            "r.import_t1_wh",
+            _lit(',"import_t2_wh":'),
+            "r.import_t2_wh",
+            _lit(',"export_t1_wh":'),
+            "r.export_t1_wh",
+            _lit(',"export_t2_wh":'),
+            "r.export_t2_wh",
+            _lit("}}"),
+        ]
+    else:
+        # as many columns, of the same types, as the electricity branch (UNION ALL): the three
+        # unused bigint columns print as 'null' right after the closing braces, and
+        # encode_chunk removes that GAS_PAD; the empty text columns vanish with the tabs
+        parts += [
+            _lit('","registers":{"volume_dm3":'),
+            "r.volume_dm3",
+            _lit("}}"),
+            *("NULL::bigint", "''") * 3,
+        ]
+    assert len(parts) == _JSON_WIDTH
+    return ", ".join(parts)
+
+
+def _csv_columns(commodity: str, granularity: str) -> str:
+    if commodity == "electricity":
+        registers = "r.import_t1_wh, r.import_t2_wh, r.export_t1_wh, r.export_t2_wh, NULL::bigint"
+    else:
+        registers = "NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, r.volume_dm3"
+    return (
+        f"k.ean, '{commodity}'::text, '{granularity}'::text,"
+        f" r.period_start, r.measured_at, {registers}"
+    )
+
+
+_CSV_COLUMNS: Final = tuple(CSV_HEADER.split(","))
+
+
+def build_sql(
+    query: ReadingsQuery,
+    output: str,
+    *,
+    paged: bool,
+    purposes: Sequence[str] = (),
+    keep: Sequence[str] = (),
+) -> tuple[str, list[object]]:
+    """The SELECT whose ``COPY … TO STDOUT`` output is the response body, and its arguments.
+
+    ``output``: ``json`` (one JSON object per line, for NDJSON and JSON pages; COPY text format
+    with ``NULL 'null'``) or ``csv`` (COPY CSV format with the CSV_HEADER column names).
+    ``purposes`` are the client's, ``keep`` the purposes whose data survives their consent.
+    ``paged`` adds ``LIMIT query.limit + 1`` (the extra row tells whether more follow).
+    """
+    args: list[object] = [query.start, query.end]
+    interval = query.granularity in INTERVAL_GRANULARITIES
+    extra = ""
+    visible = ""
+    if interval:
+        args.extend([list(purposes), list(keep)])
+        # the consent test of the module docstring; k is the reading's connection
+        visible = (
+            " AND EXISTS (SELECT 1 FROM consents c WHERE c.ean = k.ean"
+            " AND c.data_class = 'interval' AND c.purpose = ANY($3::text[])"
+            " AND c.granted_at <= r.measured_at"
+            " AND r.measured_at <"
+            " coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity')"
+            " AND (coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity')"
+            " > now() OR c.purpose = ANY($4::text[])))"
+        )
+    if query.eans:
+        args.append([int(e) for e in query.eans])
+        extra += f" AND r.ean = ANY(${len(args)}::bigint[])"
+    if query.after is not None:
+        args.extend(query.after)
+        extra += f" AND (r.ean, r.period_start) > (${len(args) - 1}::bigint, ${len(args)})"
+    if output == "json":
+        names = [f"c{i}" for i in range(_JSON_WIDTH)]
+    else:
+        names = list(_CSV_COLUMNS)
+    branches = []
+    for table, commodity in GRANULARITY_TABLES[query.granularity]:
+        columns = (
+            _json_columns(commodity, query.granularity)
+            if output == "json"
+            else _csv_columns(commodity, query.granularity)
+        )
+        branches.append(
+            f"SELECT r.ean, r.period_start, {columns}"
+            f" FROM {table} r JOIN connections k ON k.ean_num = r.ean"
+            f" WHERE r.period_start >= $1 AND r.period_start < $2{extra}{visible}"
+        )
+    inner = " UNION ALL ".join(f"({b})" for b in branches)
+    limit = f" LIMIT {query.limit + 1}" if paged else ""
+    sql = (
+        f"SELECT {', '.join('u.' + n for n in names)}"
+        f" FROM ({inner}) AS u (sort_ean, sort_ps, {', '.join(names)})"
+        f" ORDER BY u.sort_ean, u.sort_ps{limit}"
+    )
+    return sql, args
+
+
+def has_gas_pad(granularity: str) -> bool:
+    """Whether JSON lines of this granularity may carry GAS_PAD (it reads a gas table)."""
+    return any(commodity == "gas" for _, commodity in GRANULARITY_TABLES[granularity])
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding and EAN tracking
+
+
+#: what a gas line of a mixed query carries after its closing braces (see _json_columns)
+GAS_PAD: Final = b"}}nullnullnull\n"
+
+
+def encode_chunk(chunk: bytes, gas_pad: bool = False) -> bytes:
+    """COPY text output (``NULL 'null'``, TimeZone UTC) → NDJSON lines: drop the column
+    separators, RFC 3339 'Z' times, and (``gas_pad``) the padding of gas lines.
+
+    Safe because nothing else in the output holds a tab, a space or ``+00``: the constant
+    columns are written without them, EANs and registers are digits, and timestamps print as
+    ``YYYY-MM-DD HH:MM:SS[.ffffff]+00`` under ``TimeZone = UTC``.
+    """
+    out = chunk.replace(b"\t", b"").replace(b" ", b"T").replace(b"+00", b"Z")
+    return out.replace(GAS_PAD, b"}}\n") if gas_pad else out
+
+
+def encode_csv_chunk(chunk: bytes) -> bytes:
+    """COPY CSV output (TimeZone UTC) → RFC 3339 'Z' times; the header holds neither."""
+    return chunk.replace(b" ", b"T").replace(b"+00", b"Z")
+
+
+class EanTracker:
+    """The distinct EANs in a stream of whole-line chunks, cheaply.
+
+    Lines are sorted by EAN and start with ``prefix`` + the 18-digit EAN, so a chunk is looked
+    at per EAN run, not per line: when its first and last lines have the same EAN the chunk holds
+    nothing else; otherwise the last line of each run is found with one ``rfind``. (Counting
+    lines here would cost more than the rest: the row count comes from COPY's status instead.)
+    A chunk that ends inside a line (COPY sends whole rows, but nothing promises chunking)
+    carries the partial line over.
+    """
+
+    __slots__ = ("_carry", "_eans", "_last", "_off", "_prefix", "_skip_header")
+
+    def __init__(self, prefix: bytes = b"", skip_header: bool = False) -> None:
+        self._prefix = b"\n" + prefix
+        self._off = len(prefix)
+        self._skip_header = skip_header
+        self._last = b""
+        self._eans: set[bytes] = set()
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Account for one chunk of output, as it is sent."""
+        data = self._carry + chunk if self._carry else chunk
+        end = data.rfind(b"\n") + 1  # whole lines end here
+        self._carry = bytes(data[end:])
+        pos = 0
+        if self._skip_header:
+            nl = data.find(b"\n", 0, end)
+            if nl < 0:
+                return
+            pos = nl + 1
+            self._skip_header = False
+        if pos >= end:
+            return
+        off = self._off
+        last_line = data.rfind(b"\n", pos, end - 1) + 1
+        if last_line <= pos:
+            last_line = pos
+        final = bytes(data[last_line + off : last_line + off + 18])
+        if final == self._last:
+            return  # sorted: first to last line are all this EAN, seen before
+        while pos < end:
+            ean = bytes(data[pos + off : pos + off + 18])
+            if ean != self._last:
+                self._eans.add(ean)
+                self._last = ean
+            if ean == final:
+                break
+            last = data.rfind(self._prefix + ean, pos, end)
+            start = pos if last < 0 else last + 1
+            pos = data.find(b"\n", start, end) + 1
+            if pos == 0:
+                break  # not reached: `end` is just after a newline
+
+    def eans(self) -> list[str]:
+        """The distinct EANs seen, sorted."""
+        return sorted(e.decode("ascii") for e in self._eans)

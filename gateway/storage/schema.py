@@ -1,0 +1,89 @@
+"""Names and row shapes of the tables, in one place: the six reading tables (migration 0001) and
+the mapping of a ``consents`` row to the domain's ``Consent``.
+
+Every module that names a reading table takes the name from here, so a table added or renamed
+is changed once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from consent.model import Channel, Consent, EndReason
+
+_E_REGISTERS: Final = ("import_t1_wh", "import_t2_wh", "export_t1_wh", "export_t2_wh")
+_G_REGISTERS: Final = ("volume_dm3",)
+_INTERVAL: Final = frozenset(("PT15M", "PT1H"))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingTable:
+    """One reading table: its commodity, granularity and register columns."""
+
+    name: str
+    commodity: str
+    granularity: str
+    registers: tuple[str, ...]
+
+    @property
+    def interval(self) -> bool:
+        """True for the consent-based tables (periods shorter than a day)."""
+        return self.granularity in _INTERVAL
+
+
+E_PT15M: Final = ReadingTable("readings_e_pt15m", "electricity", "PT15M", _E_REGISTERS)
+E_P1D: Final = ReadingTable("readings_e_p1d", "electricity", "P1D", _E_REGISTERS)
+E_P1M: Final = ReadingTable("readings_e_p1m", "electricity", "P1M", _E_REGISTERS)
+G_PT1H: Final = ReadingTable("readings_g_pt1h", "gas", "PT1H", _G_REGISTERS)
+G_P1D: Final = ReadingTable("readings_g_p1d", "gas", "P1D", _G_REGISTERS)
+G_P1M: Final = ReadingTable("readings_g_p1m", "gas", "P1M", _G_REGISTERS)
+
+#: the six reading tables by name, in export order
+READING_TABLES: Final[dict[str, ReadingTable]] = {
+    t.name: t for t in (E_P1M, E_P1D, E_PT15M, G_P1M, G_P1D, G_PT1H)
+}
+#: the interval (consent-based) table per commodity
+INTERVAL_TABLE: Final = {"electricity": E_PT15M.name, "gas": G_PT1H.name}
+#: the daily/monthly tables per commodity
+BILLING_TABLES: Final = {
+    "electricity": (E_P1D.name, E_P1M.name),
+    "gas": (G_P1D.name, G_P1M.name),
+}
+#: granularity → the tables holding it
+GRANULARITY_TABLES: Final[dict[str, tuple[ReadingTable, ...]]] = {
+    "P1M": (E_P1M, G_P1M),
+    "P1D": (E_P1D, G_P1D),
+    "PT1H": (G_PT1H,),
+    "PT15M": (E_PT15M,),
+}
+
+#: the consent-based granularities (periods shorter than a day)
+INTERVAL_GRANULARITIES: Final = _INTERVAL
+
+#: the columns of a consent as services and the API read it
+CONSENT_COLUMNS: Final = (
+    "ean, consent_id, customer_id, purpose, data_class, notice_version, channel, granted_at,"
+    " expires_at, ended_at, end_reason"
+)
+
+
+def consent_from_row(row: Mapping[str, Any]) -> Consent:
+    """The domain consent of a ``consents`` row (``channel`` may be absent: API by default)."""
+    end_reason = row["end_reason"]
+    consent_id = row["consent_id"]
+    return Consent(
+        consent_id=consent_id if isinstance(consent_id, uuid.UUID) else uuid.UUID(str(consent_id)),
+        ean=row["ean"],
+        customer_id=row["customer_id"],
+        purpose=row["purpose"],
+        notice_version=row["notice_version"],
+        granted_at=row["granted_at"],
+        expires_at=row["expires_at"],
+        ended_at=row["ended_at"],
+        end_reason=None if end_reason is None else EndReason(end_reason),
+        channel=Channel(row.get("channel") or Channel.API),
+        data_class=row.get("data_class") or "interval",
+    )
