@@ -1,8 +1,9 @@
 """The two middlewares: request metrics/logging, and errors → RFC 9457 problem+json.
 
 ``PROBLEMS`` is the one table mapping the gateway's error hierarchy (gateway/errors.py) to
-problem types; aiohttp's HTTP exceptions map by status code (``HTTP_PROBLEMS``) and PostgreSQL
-connection failures to a 503 with ``Retry-After``. Anything else is a bug: logged with its stack,
+problem types, ``DOMAIN_PROBLEMS`` the consent domain's (consent/errors.py); aiohttp's HTTP
+exceptions map by status code (``HTTP_PROBLEMS``) and PostgreSQL connection failures to a 503
+with the configured ``Retry-After``. Anything else is a bug: logged with its stack,
 answered as a 500 problem that says nothing about it.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from consent.errors import ConsentEndedError, ConsentError
 from gateway import errors, metrics
 from gateway.storage.db import CONNECTION_ERRORS
 
@@ -64,6 +66,12 @@ PROBLEMS: dict[type[errors.GatewayError], ProblemType] = {
     errors.DatabaseUnavailableError: DATABASE_UNAVAILABLE,
 }
 
+#: The consent domain's refusals (``consent.errors``), which services may let through as they are.
+DOMAIN_PROBLEMS: dict[type[ConsentError], ProblemType] = {
+    ConsentError: ProblemType(422, "validation-error", "Invalid input"),
+    ConsentEndedError: ProblemType(409, "conflict", "Conflict"),
+}
+
 #: aiohttp's HTTP exceptions (raised by routing and body reading) by status code.
 HTTP_PROBLEMS: dict[int, ProblemType] = {
     p.status: p
@@ -85,10 +93,11 @@ HTTP_PROBLEMS: dict[int, ProblemType] = {
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
-def problem_type_for(exc: errors.GatewayError) -> ProblemType:
-    """The problem type of a gateway error: the nearest class in its MRO listed in PROBLEMS."""
+def problem_type_for(exc: errors.GatewayError | ConsentError) -> ProblemType:
+    """The problem type of a gateway or domain error: the nearest class in its MRO listed in
+    PROBLEMS or DOMAIN_PROBLEMS."""
     for cls in type(exc).__mro__:
-        found = PROBLEMS.get(cls)
+        found = PROBLEMS.get(cls) or DOMAIN_PROBLEMS.get(cls)
         if found is not None:
             return found
     return INTERNAL
@@ -150,6 +159,9 @@ def make_problem_middleware(retry_after_s: int, max_body_bytes: int) -> web.midd
             if problem.status >= 500:
                 log.error("request failed: %s %s", type(exc).__name__, exc.detail)
             return problem_response(request, problem, exc.detail, exc.extensions(), headers)
+        except ConsentError as exc:
+            # the domain's messages name the field and the reason in the caller's terms
+            return problem_response(request, problem_type_for(exc), str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise  # redirects and the like are not errors

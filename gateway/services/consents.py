@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from consent.errors import ConsentError, ConsentLifetimeError, UnknownPurposeError
+from consent.errors import ConsentError, ConsentLifetimeError
 from consent.model import (
     DEFAULT_MAX_LIFETIME,
     DEFAULT_PURPOSES,
@@ -58,10 +58,6 @@ def consent_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "ended_at": row["ended_at"],
         "end_reason": row["end_reason"],
     }
-
-
-def _domain_error(exc: ConsentError, field: str) -> ValidationError:
-    return ValidationError(str(exc), [FieldError(("body", field), str(exc))])
 
 
 async def create_consent(
@@ -130,15 +126,11 @@ async def create_consent(
                 purposes=table,
                 max_lifetime=max_lifetime,
             )
-        except UnknownPurposeError as exc:
-            raise _domain_error(exc, "purpose") from exc
         except ConsentLifetimeError as exc:
             raise ValidationError(
                 f"expires_at is beyond the maximum consent lifetime of {max_lifetime.days} days",
                 [FieldError(("body", "expires_at"), "beyond the maximum lifetime")],
             ) from exc
-        except ConsentError as exc:  # invalid times or empty fields
-            raise _domain_error(exc, "expires_at") from exc
         if row["contract_end"] is not None and row["contract_end"] <= granted:
             raise ConflictError(f"the contract of connection {ean} has ended; no consent")
         if row["level"] != "daily":

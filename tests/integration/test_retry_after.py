@@ -142,3 +142,9 @@ async def test_database_errors_translated_by_the_middleware_say_it_too(
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as c:
         resp = await c.get("/")
         assert_503(resp.status, resp.headers, type(error).__name__)
+
+
+def test_the_setting_comes_from_meterpoort_retry_after_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the environment variable an operator sets is the value every 503 above carries
+    monkeypatch.setenv("METERPOORT_RETRY_AFTER_S", str(RETRY_AFTER))
+    assert Settings(_env_file=None).retry_after_s == RETRY_AFTER  # type: ignore[call-arg]
