@@ -47,3 +47,32 @@ def add_years(at: dt.datetime, years: int) -> dt.datetime:
 def years_before(at: dt.datetime, years: int) -> dt.datetime:
     """``at`` moved back ``years`` calendar years (29 February → 28 February)."""
     return add_years(at, -years)
+
+
+@dataclass(frozen=True, slots=True)
+class Cutoffs:
+    """Data older than these instants is expired (``gateway.jobs.retention`` applies them)."""
+
+    #: interval readings with period_start before this go
+    interval: dt.datetime
+    #: daily/monthly readings of connections whose contract ended before this go
+    contract_end: dt.datetime
+    #: consent records whose consent ended before this go
+    consent_end: dt.datetime
+    #: finished notifications recorded before this go
+    outbox: dt.datetime
+    #: audit rows recorded before this go; None: the policy keeps the trail
+    audit: dt.datetime | None = None
+
+    @classmethod
+    def at(cls, now: dt.datetime, policy: RetentionPolicy) -> Cutoffs:
+        """The cutoffs of a run at ``now``."""
+        if now.tzinfo is None:
+            raise ValueError("retention needs a timezone-aware `now`")
+        return cls(
+            interval=years_before(now, policy.interval_years),
+            contract_end=years_before(now, policy.daily_years),
+            consent_end=years_before(now, policy.interval_years + policy.consent_extra_years),
+            outbox=now - dt.timedelta(days=policy.outbox_days),
+            audit=None if policy.audit_years is None else years_before(now, policy.audit_years),
+        )

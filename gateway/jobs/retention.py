@@ -55,7 +55,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from consent.retention import RetentionPolicy, years_before
+from consent.retention import Cutoffs, RetentionPolicy
 from gateway.errors import GatewayError
 from gateway.settings import RetentionSettings
 from gateway.storage import audit, db, locks
@@ -76,32 +76,6 @@ _LONG_GRANULARITIES: Final = ("P1D", "P1M")
 # the partition bound text as pg_get_expr prints it; timestamps are re-read by the same session,
 # so its DateStyle/TimeZone settings do not matter
 _BOUND_RE: Final = re.compile(r"FOR VALUES FROM \('([^']*)'\) TO \('([^']*)'\)")
-
-
-@dataclass(frozen=True, slots=True)
-class Cutoffs:
-    """Data older than these instants is expired (see the module docstring)."""
-
-    #: interval readings with period_start before this go
-    interval: dt.datetime
-    #: daily/monthly readings of connections whose contract ended before this go
-    contract_end: dt.datetime
-    #: consent records whose consent ended before this go
-    consent_end: dt.datetime
-    #: finished notifications recorded before this go
-    outbox: dt.datetime
-
-    @classmethod
-    def at(cls, now: dt.datetime, policy: RetentionPolicy) -> Cutoffs:
-        """The cutoffs of a run at ``now``."""
-        if now.tzinfo is None:
-            raise ValueError("retention needs a timezone-aware `now`")
-        return cls(
-            interval=years_before(now, policy.interval_years),
-            contract_end=years_before(now, policy.daily_years),
-            consent_end=years_before(now, policy.interval_years + policy.consent_extra_years),
-            outbox=now - dt.timedelta(days=policy.outbox_days),
-        )
 
 
 @dataclass(slots=True)
@@ -579,10 +553,10 @@ async def run_retention(
             conn, cutoffs.consent_end, report, pol, now=now, dry_run=dry_run
         )
         await purge_outbox(conn, cutoffs.outbox, report, pol, dry_run=dry_run)
-        if pol.audit_years is not None:
+        if cutoffs.audit is not None:
             pruned = await audit.prune(
                 conn,
-                years_before(now, pol.audit_years),
+                cutoffs.audit,
                 actor=RETENTION_ACTOR,
                 batch_rows=pol.batch_rows,
                 dry_run=dry_run,

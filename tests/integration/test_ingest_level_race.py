@@ -25,8 +25,7 @@ import pytest
 from consent.model import EndReason
 from gateway.ingest.sql import E_P1D, E_P1M, E_PT15M, INSERT_SQL, flush_sql
 from gateway.services import consents as consent_store
-from gateway.services import customers as customer_data
-from gateway.services import registry
+from gateway.services import levels, registry
 from tests.support import make_ean
 
 UTC = dt.UTC
@@ -100,7 +99,7 @@ async def test_level_change_first_ingest_waits_and_stores_only_what_is_allowed(
         tx = changer.transaction()
         await tx.start()
         connection = await locked_connection(changer, ean)
-        await customer_data.change_level(
+        await levels.change_level(
             changer, connection, level, actor="customer:cust-77", channel="portal"
         )
         tables = (E_PT15M, E_P1D, E_P1M)
@@ -131,7 +130,7 @@ async def test_ingest_first_level_change_waits_and_deletes(
         async def lower() -> dict[str, Any]:
             async with changer.transaction():
                 connection = await locked_connection(changer, ean)
-                return await customer_data.change_level(
+                return await levels.change_level(
                     changer, connection, "none", actor="customer:cust-77", channel="portal"
                 )
 

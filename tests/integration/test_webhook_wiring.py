@@ -19,8 +19,7 @@ from consent.model import EndReason
 from gateway.jobs.webhooks import WebhookWorker
 from gateway.keys import KeyRing
 from gateway.services import consents as consent_store
-from gateway.services import customers as customer_data
-from gateway.services import registry
+from gateway.services import levels, registry
 from gateway.services.registry import ConnectionIn
 from gateway.settings import WebhookSettings
 from gateway.tokens import generate_token, hash_token
@@ -88,7 +87,7 @@ async def test_grants_ends_and_level_changes_are_announced_in_order(
         )
         async with conn.transaction():
             k = await conn.fetchrow("SELECT * FROM connections WHERE ean = $1 FOR UPDATE", ean)
-            await customer_data.change_level(
+            await levels.change_level(
                 conn, k, "monthly", actor="customer:cust-1", channel="portal"
             )
         moved = dt.datetime.now(dt.UTC)

@@ -39,6 +39,7 @@ from gateway.errors import (
 from gateway.jsonenc import json_default
 from gateway.services import consents as consent_store
 from gateway.services import customers as customer_data
+from gateway.services import erasure, levels
 from gateway.services.receipts import issue_receipt
 from gateway.services.registry import Ean
 from gateway.settings import Settings
@@ -226,7 +227,7 @@ async def put_level(request: web.Request) -> web.Response:
     body = await read_model(request, LevelIn)
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
-        result = await customer_data.set_level(
+        result = await levels.set_level(
             conn, customer, ean, body.level, channel=Channel.PORTAL.value
         )
     if result["changed"]:
@@ -419,7 +420,7 @@ async def request_erasure(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
         eans = [k["ean"] for k in await customer_data.connections_of(conn, customer)]
-        result = await customer_data.erase(
+        result = await erasure.erase(
             conn,
             customer,
             actor=customer_data.customer_actor(customer),
