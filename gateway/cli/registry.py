@@ -15,13 +15,13 @@ import pydantic
 
 from gateway.cli.common import data_dir_arg, print_json, run_db
 from gateway.errors import ValidationError, validation_error
-from gateway.services import registry
+from gateway.services import registry, registry_csv
 from gateway.settings import Settings
 
 
 def _time_arg(value: str, name: str, tz: ZoneInfo) -> dt.datetime:
     try:
-        return registry.parse_csv_time(value, tz)
+        return registry_csv.parse_csv_time(value, tz)
     except ValueError as exc:
         raise ValidationError(f"--{name}: {exc}") from exc
 
@@ -50,7 +50,7 @@ def cmd_meters_import(args: argparse.Namespace, settings: Settings) -> int:
     text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
     tz = ZoneInfo(settings.tz)
     started = time.perf_counter()
-    count = run_db(args, settings, lambda conn: registry.import_connections_csv(conn, text, tz))
+    count = run_db(args, settings, lambda conn: registry_csv.import_connections_csv(conn, text, tz))
     print_json({"imported": count, "seconds": round(time.perf_counter() - started, 3)})
     return 0
 

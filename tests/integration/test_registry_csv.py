@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from gateway.errors import CsvImportError
-from gateway.services.registry import import_connections_csv
+from gateway.services.registry_csv import import_connections_csv
 from tests.support import make_ean
 
 TZ = ZoneInfo("Europe/Amsterdam")
