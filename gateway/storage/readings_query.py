@@ -1,6 +1,7 @@
 """The billing pull API's query side: parameters, visibility, encoding, cursors, EAN tracking.
 
-``GET /v1/readings?granularity=&from=&to=[&ean=…][&cursor=][&limit=]`` (gateway.handlers.readings).
+``GET /v1/readings?granularity=&from=&to=[&ean=…][&cursor=][&limit=]`` (handled in
+gateway.api.handlers.data_client).
 
 Visibility, decided in SQL so no reading the client may not see ever reaches Python:
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from consent.receipts import b64url_decode, canonical_json
 from consent.retention import add_years
 from gateway.api.app import create_app
-from gateway.api.handlers import me
+from gateway.api.handlers import customer as me
 from gateway.api.openapi import customer as customer_doc
 from gateway.cli.token import mint_dev_token
 from gateway.settings import Settings

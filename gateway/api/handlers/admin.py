@@ -1,13 +1,37 @@
-"""Registry administration: ``/v1/admin/*`` (admin bearer token)."""
+"""The admin API (``/v1/admin/*``, admin bearer token).
+
+* The registry: ``POST /v1/admin/meters``, ``GET``/``PATCH /v1/admin/meters/{ean}`` (a contract's
+  end), ``POST /v1/admin/devices`` (``gateway.services.registry``).
+* Consents the customer gave elsewhere (phone, paper): ``POST /v1/admin/consents`` {ean,
+  customer_id, purpose, notice_version, expires_at?, granted_at?, channel?} and ``POST
+  /v1/admin/consents/{id}/end`` {at?, reason}. The grant obeys the same rules as the customer's
+  own (``gateway.services.consents``). Both take effect in this process's consent index before
+  they answer; other processes follow via NOTIFY (and the database refuses interval rows a stale
+  index would allow).
+* Data clients: ``POST /v1/admin/clients`` {name, granularities, purposes, webhook_url?} → 201
+  {client_id, token, …}, the token in this answer only; ``POST /v1/admin/clients/{id}/rotate`` →
+  a new token (the old one stops working); ``POST /v1/admin/clients/{id}/revoke`` → the revoked
+  client; ``GET /v1/admin/clients`` and ``GET /v1/admin/clients/{id}`` show clients without
+  tokens.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import datetime as dt
+import uuid
+from typing import Annotated
 
-from gateway.api.appkeys import POOL_KEY, SETTINGS_KEY
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from consent.model import Channel, EndReason
+from gateway.api.appkeys import CREDENTIALS_KEY, INGEST_KEY, POOL_KEY, SETTINGS_KEY
 from gateway.api.auth import check_admin
 from gateway.api.http import json_response, read_model
-from gateway.services import registry
+from gateway.errors import NotFoundError
+from gateway.services import clients, registry
+from gateway.services import consents as consent_store
+from gateway.services.registry import validate_ean
 from gateway.storage.db import acquire
 
 
@@ -58,3 +82,132 @@ async def add_device(request: web.Request) -> web.Response:
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
         device = await registry.add_device(conn, body.meter_ids)
     return json_response(device.as_json(), status=201)
+
+
+# --- consents given elsewhere (phone, paper) --------------------------------------------------
+
+
+_Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+
+
+class ConsentIn(BaseModel):
+    """An interval consent to record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ean: str = Field(description="EAN-18 of the connection")
+    customer_id: _Text
+    purpose: _Text
+    notice_version: _Text
+    expires_at: AwareDatetime | None = None
+    granted_at: AwareDatetime | None = None
+    channel: Channel = Channel.API
+
+
+class ConsentEndIn(BaseModel):
+    """Ending a consent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: EndReason
+    at: AwareDatetime | None = None
+
+
+async def add_consent(request: web.Request) -> web.Response:
+    """POST /v1/admin/consents: record a granted interval consent."""
+    settings = request.app[SETTINGS_KEY]
+    check_admin(request)
+    body = await read_model(request, ConsentIn)
+    ean = validate_ean(body.ean)
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        created = await consent_store.create_consent(
+            conn,
+            ean=ean,
+            customer_id=body.customer_id,
+            purpose=body.purpose,
+            notice_version=body.notice_version,
+            expires_at=body.expires_at,
+            granted_at=body.granted_at,
+            channel=body.channel,
+            max_lifetime=dt.timedelta(days=settings.consent_max_lifetime_days),
+        )
+    await request.app[INGEST_KEY].refresh([ean])
+    return json_response(created, status=201)
+
+
+async def end_consent(request: web.Request) -> web.Response:
+    """POST /v1/admin/consents/{id}/end: end a consent (and delete what it no longer covers)."""
+    settings = request.app[SETTINGS_KEY]
+    check_admin(request)
+    try:
+        consent_id = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise NotFoundError(f"no consent {request.match_info['id']!r}") from None
+    body = await read_model(request, ConsentEndIn)
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        ended = await consent_store.end_consent(conn, consent_id, body.reason, body.at)
+    await request.app[INGEST_KEY].refresh([ended["ean"]])
+    return json_response(ended)
+
+
+# --- data clients ----------------------------------------------------------------------
+
+
+def _client_id(request: web.Request) -> uuid.UUID:
+    raw = request.match_info["id"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFoundError(f"no client {raw[:64]!r}") from None
+
+
+async def add_client(request: web.Request) -> web.Response:
+    """POST /v1/admin/clients: register a client; the token is in this answer only."""
+    settings = request.app[SETTINGS_KEY]
+    check_admin(request)
+    body = await read_model(request, clients.ClientIn)
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        new = await clients.add_client(conn, body)
+    return json_response(new.as_json(), status=201)
+
+
+async def rotate_client(request: web.Request) -> web.Response:
+    """POST /v1/admin/clients/{id}/rotate: a new token; the old one stops working."""
+    settings = request.app[SETTINGS_KEY]
+    check_admin(request)
+    client_id = _client_id(request)
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        new = await clients.rotate_client(conn, client_id)
+    # the old token stops working in this process at once, in others within the cache TTL
+    request.app[CREDENTIALS_KEY].forget_clients()
+    return json_response(new.as_json())
+
+
+async def revoke_client(request: web.Request) -> web.Response:
+    """POST /v1/admin/clients/{id}/revoke: the client's token stops working."""
+    settings = request.app[SETTINGS_KEY]
+    check_admin(request)
+    client_id = _client_id(request)
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        revoked = await clients.revoke_client(conn, client_id)
+    request.app[CREDENTIALS_KEY].forget_clients()
+    return json_response(revoked)
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    """GET /v1/admin/clients: every client (no tokens)."""
+    settings = request.app[SETTINGS_KEY]
+    check_admin(request)
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        found = await clients.list_clients(conn)
+    return json_response({"clients": found})
+
+
+async def get_client(request: web.Request) -> web.Response:
+    """GET /v1/admin/clients/{id}: one client (no token)."""
+    settings = request.app[SETTINGS_KEY]
+    check_admin(request)
+    client_id = _client_id(request)
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        found = await clients.get_client(conn, client_id)
+    return json_response(found)

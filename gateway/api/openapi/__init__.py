@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gateway.api.handlers.consents import ConsentEndIn, ConsentIn
-from gateway.api.openapi import clients, customer, portal, readings
+from gateway.api.handlers.admin import ConsentEndIn, ConsentIn
+from gateway.api.openapi import admin_clients, customer, data_client, portal
 from gateway.services import registry
 
 _REF = "#/components/schemas/{model}"
@@ -159,8 +159,8 @@ def _model_schemas() -> dict[str, Any]:
 MODULE_PATHS: tuple[dict[str, Any], ...] = (
     portal.OPENAPI_PATHS,
     customer.OPENAPI_PATHS,
-    clients.OPENAPI_PATHS,
-    readings.OPENAPI_PATHS,
+    admin_clients.OPENAPI_PATHS,
+    data_client.OPENAPI_PATHS,
 )
 
 

@@ -7,7 +7,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 
 from consent.model import EndReason
-from gateway.api.handlers.me import LOG_PAGE_MAX, ConsentGrantIn, LevelIn
+from gateway.api.handlers.customer import LOG_PAGE_MAX, ConsentGrantIn, LevelIn
 from gateway.storage.schema import READING_TABLES
 
 _CUSTOMER: Final[list[dict[str, list[str]]]] = [{"customerToken": []}]

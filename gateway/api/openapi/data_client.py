@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.api.handlers.readings import CONSENT_PAGE_DEFAULT, CONSENT_PAGE_MAX, CSV, JSON, NDJSON
+from gateway.api.handlers.data_client import (
+    CONSENT_PAGE_DEFAULT,
+    CONSENT_PAGE_MAX,
+    CSV,
+    JSON,
+    NDJSON,
+)
 from gateway.storage import readings_query
 
 _PROBLEM = {
