@@ -262,8 +262,11 @@ class IndexMaintainer:
         full_reload_interval_s: float = 300.0,
         listen: bool = True,
         reconnect_delay_s: float = 1.0,
+        acquire_timeout_s: float | None = None,
     ) -> None:
         self.pool = pool
+        #: how long a reload waits for a pooled connection (None: as long as it takes)
+        self.acquire_timeout_s = acquire_timeout_s
         self.index = index
         self.full_reload_interval_s = full_reload_interval_s
         self.listen = listen
@@ -301,14 +304,14 @@ class IndexMaintainer:
         """Rebuild the whole index now."""
         self._full_needed = False
         self._pending.clear()
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
             await load_all(conn, self.index)
         self.full_reloads += 1
         self.last_full_reload = time.monotonic()
 
     async def reload_eans(self, eans: Iterable[str]) -> None:
         """Reload some EANs now (also what a NOTIFY leads to)."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
             await load_eans(conn, self.index, eans)
         self.ean_reloads += 1
 
@@ -381,7 +384,7 @@ class IndexMaintainer:
                 elif self._pending:
                     eans, self._pending = self._pending, set()
                     await self.reload_eans(eans)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # keep the old entries (the database still enforces the interval rule) and try
                 # again with a full reload: we no longer know which EANs are pending
                 log.warning("consent index: reload failed (%s); retrying", exc)

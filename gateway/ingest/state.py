@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from gateway.ingest.consent_index import ConsentIndex, IndexMaintainer
 from gateway.ingest.pipeline import IngestPipeline
 from gateway.ingest.writer import BatchWriter, RowWriter
 from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -29,9 +32,19 @@ class IngestState:
     async def refresh(self, eans: list[str]) -> None:
         """Reload ``eans`` in THIS process's consent index now (after a consent or level
         change: other processes follow the NOTIFY it committed, and the database insert rule
-        covers the meantime)."""
-        if self.maintainer is not None:
+        covers the meantime).
+
+        The change has committed when this runs, so a busy or unreachable database must not
+        turn its answer into an error: the reload is then left to the background (the NOTIFY
+        brings it too), and the insert rule keeps every write correct until it happens."""
+        if self.maintainer is None:
+            return
+        try:
             await self.maintainer.reload_eans(eans)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("consent index: reload after a change deferred (%s)", type(exc).__name__)
+            for ean in eans:
+                self.maintainer.notify(ean)
 
 
 @contextlib.asynccontextmanager
@@ -46,7 +59,9 @@ async def running_ingest(
     group-commit writer and the pipeline, for the duration of the block. On exit the writer
     drains its in-flight batches first, while ``pool`` is still open."""
     index = ConsentIndex()
-    maintainer = IndexMaintainer(pool, index, listen=listen)
+    maintainer = IndexMaintainer(
+        pool, index, listen=listen, acquire_timeout_s=settings.pool_acquire_timeout_s
+    )
     await maintainer.start()
     try:
         best = BestCache()
