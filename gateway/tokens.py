@@ -20,8 +20,16 @@ _V = TypeVar("_V")
 
 
 def generate_token() -> str:
-    """A fresh random bearer token (32 bytes of entropy, URL-safe base64, 43 characters)."""
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """A fresh random bearer token (32 bytes of entropy, URL-safe base64, 43 characters).
+
+    Never one starting with ``-``: pasted after ``--token`` on a command line (the field
+    device's ``forward --token``), argparse would take it for an option. Drawing again costs
+    1/64 of a draw's entropy on average, nothing that matters at 256 bits.
+    """
+    while True:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        if not token.startswith("-"):
+            return token
 
 
 def hash_token(token: str) -> bytes:

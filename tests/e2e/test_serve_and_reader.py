@@ -360,7 +360,7 @@ async def test_reader_process_forwards_a_pty_to_the_serving_gateway(
             forwarder = await Proc.start(
                 "forward",
                 ["-m", "p1_reader", "forward", "--port", pty.path, "--profile", "dsmr4",
-                 "--gateway", base, "--token", device["token"], "--spool-dir", str(spool_dir),
+                 "--gateway", base, f"--token={device['token']}", "--spool-dir", str(spool_dir),
                  "--send-all", "--batch-size", "4", "--batch-interval", "200ms",
                  "--backoff-initial", "100ms", "--backoff-max", "1s"],
                 env,
