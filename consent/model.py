@@ -176,9 +176,10 @@ def new_consent(
     if expires_at is None:
         expires_at = limit
     elif expires_at > limit:
+        # worded for the customer who picked the date: every entry point shows it as it is
         raise ConsentLifetimeError(
-            f"expires_at {expires_at.isoformat()} is more than the maximum lifetime "
-            f"({max_lifetime.days} days) after granted_at {granted_at.isoformat()}"
+            f"expires_at is beyond the maximum consent lifetime of {max_lifetime.days} days"
+            f" (the maximum lifetime from granted_at ends {limit.isoformat()})"
         )
     return Consent(
         consent_id=uuid.uuid4() if consent_id is None else consent_id,

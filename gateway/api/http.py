@@ -17,7 +17,7 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
     validation_error,
 )
-from gateway.jsonenc import json_default
+from gateway.jsonenc import dumps
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -59,6 +59,6 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     """A JSON response; datetimes become RFC 3339 UTC strings, UUIDs strings."""
     return web.Response(
         status=status,
-        body=json.dumps(data, default=json_default).encode("utf-8"),
+        body=dumps(data).encode("utf-8"),
         content_type="application/json",
     )

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from gateway.jsonenc import json_default
+from gateway.jsonenc import dumps
 from gateway.settings import Settings
 from gateway.storage import db
 
@@ -53,4 +52,4 @@ def run_db(
 
 def print_json(data: Any) -> None:
     """One JSON object on stdout (datetimes RFC 3339, UUIDs as strings)."""
-    print(json.dumps(data, default=json_default))
+    print(dumps(data))

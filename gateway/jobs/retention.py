@@ -55,6 +55,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from consent.levels import INTERVAL_GRANULARITIES, LEVEL_GRANULARITIES, Level
 from consent.retention import Cutoffs, RetentionPolicy
 from gateway.errors import GatewayError
 from gateway.settings import RetentionSettings
@@ -71,8 +72,8 @@ KIND_RETENTION_RUN: Final = "retention.run"
 #: what a run that found the lock taken reports
 LOCK_HELD_MESSAGE: Final = "another process holds the retention lock"
 
-_INTERVAL_GRANULARITIES: Final = ("PT15M", "PT1H")
-_LONG_GRANULARITIES: Final = ("P1D", "P1M")
+_INTERVAL_GRANULARITIES: Final = tuple(sorted(INTERVAL_GRANULARITIES))
+_LONG_GRANULARITIES: Final = tuple(sorted(LEVEL_GRANULARITIES[Level.DAILY]))
 # the partition bound text as pg_get_expr prints it; timestamps are re-read by the same session,
 # so its DateStyle/TimeZone settings do not matter
 _BOUND_RE: Final = re.compile(r"FOR VALUES FROM \('([^']*)'\) TO \('([^']*)'\)")

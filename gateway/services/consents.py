@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from consent.errors import ConsentError, ConsentLifetimeError
+from consent.errors import ConsentError, ConsentLifetimeError, UnknownPurposeError
 from consent.model import (
     DEFAULT_MAX_LIFETIME,
     DEFAULT_PURPOSES,
@@ -103,12 +103,6 @@ async def create_consent(
             raise NotFoundError(f"no connection {ean} is registered")
         if row["customer_id"] != customer_id:
             raise ConflictError(f"connection {ean} does not belong to customer {customer_id}")
-        if purpose not in table:
-            allowed = ", ".join(sorted(table))
-            raise ValidationError(
-                f"unknown purpose {purpose!r}; configured purposes: {allowed}",
-                [FieldError(("body", "purpose"), "not a configured purpose")],
-            )
         if expires_at is not None and expires_at <= now:
             raise ValidationError(
                 "expires_at must be in the future",
@@ -126,11 +120,10 @@ async def create_consent(
                 purposes=table,
                 max_lifetime=max_lifetime,
             )
-        except ConsentLifetimeError as exc:
-            raise ValidationError(
-                f"expires_at is beyond the maximum consent lifetime of {max_lifetime.days} days",
-                [FieldError(("body", "expires_at"), "beyond the maximum lifetime")],
-            ) from exc
+        except (UnknownPurposeError, ConsentLifetimeError) as exc:
+            # the domain's rule and message; the field it is about is what the API adds
+            field = "purpose" if isinstance(exc, UnknownPurposeError) else "expires_at"
+            raise ValidationError(str(exc), [FieldError(("body", field), str(exc))]) from exc
         if row["contract_end"] is not None and row["contract_end"] <= granted:
             raise ConflictError(f"the contract of connection {ean} has ended; no consent")
         if row["level"] != "daily":

@@ -40,16 +40,12 @@ from dataclasses import dataclass
 from typing import Final
 from zoneinfo import ZoneInfo
 
+from consent.levels import INTERVAL_GRANULARITIES
 from consent.model import DEFAULT_PURPOSES, OnRevoke, Purpose
 from gateway.errors import BadRequestError, FieldError, ValidationError
 from gateway.storage import schema
 
 #: granularity → (table, commodity) of the reading tables it reads
-GRANULARITY_TABLES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = {
-    granularity: tuple((t.name, t.commodity) for t in tables)
-    for granularity, tables in schema.GRANULARITY_TABLES.items()
-}
-INTERVAL_GRANULARITIES: Final = schema.INTERVAL_GRANULARITIES
 
 DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 10_000
@@ -138,7 +134,7 @@ def parse_params(params: Mapping[str, str], eans: Sequence[str], tz: ZoneInfo) -
     granularity = params.get("granularity")
     if granularity is None or granularity == "":
         errors.append(_field("granularity", "required: one of P1M, P1D, PT1H, PT15M"))
-    elif granularity not in GRANULARITY_TABLES:
+    elif granularity not in schema.GRANULARITY_TABLES:
         errors.append(
             _field(
                 "granularity",
@@ -362,7 +358,8 @@ def build_sql(
     else:
         names = list(_CSV_COLUMNS)
     branches = []
-    for table, commodity in GRANULARITY_TABLES[query.granularity]:
+    for reading_table in schema.GRANULARITY_TABLES[query.granularity]:
+        table, commodity = reading_table.name, reading_table.commodity
         columns = (
             _json_columns(commodity, query.granularity)
             if output == "json"
@@ -385,7 +382,7 @@ def build_sql(
 
 def has_gas_pad(granularity: str) -> bool:
     """Whether JSON lines of this granularity may carry GAS_PAD (it reads a gas table)."""
-    return any(commodity == "gas" for _, commodity in GRANULARITY_TABLES[granularity])
+    return any(t.commodity == "gas" for t in schema.GRANULARITY_TABLES[granularity])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from consent.levels import INTERVAL_GRANULARITIES
 from consent.model import Channel, Consent, EndReason
 
 _E_REGISTERS: Final = ("import_t1_wh", "import_t2_wh", "export_t1_wh", "export_t2_wh")
 _G_REGISTERS: Final = ("volume_dm3",)
-_INTERVAL: Final = frozenset(("PT15M", "PT1H"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,7 @@ class ReadingTable:
     @property
     def interval(self) -> bool:
         """True for the consent-based tables (periods shorter than a day)."""
-        return self.granularity in _INTERVAL
+        return self.granularity in INTERVAL_GRANULARITIES
 
 
 E_PT15M: Final = ReadingTable("readings_e_pt15m", "electricity", "PT15M", _E_REGISTERS)
@@ -59,9 +59,6 @@ GRANULARITY_TABLES: Final[dict[str, tuple[ReadingTable, ...]]] = {
     "PT1H": (G_PT1H,),
     "PT15M": (E_PT15M,),
 }
-
-#: the consent-based granularities (periods shorter than a day)
-INTERVAL_GRANULARITIES: Final = _INTERVAL
 
 #: the columns of a consent as services and the API read it
 CONSENT_COLUMNS: Final = (
