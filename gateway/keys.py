@@ -43,6 +43,7 @@ SIGNING_KEY_FILE = "signing-key.pem"
 #: dev customer-token key, generated in the data directory by the token CLI (or dev-mode serve)
 DEV_CUSTOMER_KEY_FILE = "dev-customer-key.pem"
 
+
 def _check_private_mode(path: Path) -> None:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:

@@ -145,6 +145,7 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         app[SETTINGS_KEY],
         listen=app.get(LISTEN_KEY, True),
         clock=app.get(CLOCK_KEY),
+        on_devices_changed=app[CREDENTIALS_KEY].forget_devices,
     ) as state:
         app[INGEST_KEY] = state
         yield

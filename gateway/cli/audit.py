@@ -97,9 +97,7 @@ def cmd_audit_prune(args: argparse.Namespace, settings: Settings) -> int:
     if result.rows == 0:
         print(f"nothing recorded before {before.isoformat()}", flush=True)
     else:
-        announced = (
-            f" (announced by row {result.announced_seq})" if result.announced_seq else ""
-        )
+        announced = f" (announced by row {result.announced_seq})" if result.announced_seq else ""
         print(
             f"{verb} {result.rows} rows {result.first_seq}..{result.through_seq}{announced}",
             flush=True,

@@ -17,11 +17,12 @@ from gateway.cli.common import data_dir_arg, print_json, run_db
 from gateway.errors import ValidationError, validation_error
 from gateway.services import registry, registry_csv
 from gateway.settings import Settings
+from gateway.times import parse_time
 
 
 def _time_arg(value: str, name: str, tz: ZoneInfo) -> dt.datetime:
     try:
-        return registry_csv.parse_csv_time(value, tz)
+        return parse_time(value, tz)
     except ValueError as exc:
         raise ValidationError(f"--{name}: {exc}") from exc
 
@@ -59,7 +60,9 @@ def cmd_meters_end(args: argparse.Namespace, settings: Settings) -> int:
     at = _time_arg(args.at, "at", ZoneInfo(settings.tz))
     ean = registry.validate_ean(args.ean)
     print_json(
-        run_db(args, settings, lambda conn: registry.end_contract(conn, ean, at, args.reason))
+        run_db(
+            args, settings, lambda conn: registry.end_current_contract(conn, ean, at, args.reason)
+        )
     )
     return 0
 

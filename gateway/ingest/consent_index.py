@@ -1,12 +1,14 @@
-"""The in-memory consent index: meter id → connection route with its compiled storage policy.
+"""The in-memory consent index: meter id → where its readings go over time (EAN, contract) with
+the contract's compiled storage policy.
 
 The ingest hot path asks it "which granularities may be stored for this meter's reading measured
 at t, processed now" with one dict look-up and a few datetime comparisons (bench/consent_check.py).
 
 Coherence across gateway processes:
 
-* every change of ``connections`` or ``consents`` NOTIFYs channel ``meterpoort_consent`` with the
-  EAN (statement triggers from migration 0002_consent_notify.sql; consent changes made here
+* every change of ``contracts``, ``meter_installations`` or ``consents`` NOTIFYs channel
+  ``meterpoort_consent`` with the EAN (statement triggers from migrations 0002 and 0011; consent
+  changes made here
   also NOTIFY explicitly);
   each process LISTENs and reloads the EANs it is told about, coalescing bursts (a bulk import
   becomes one full reload);
@@ -23,7 +25,8 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,18 +42,26 @@ from gateway.supervisor import stop
 log = logging.getLogger(__name__)
 
 CHANNEL = "meterpoort_consent"
+#: NOTIFYed when a device row changes (rebind, revocation: migration 0011)
+DEVICE_CHANNEL = "meterpoort_device"
 
 #: pending EANs above which a burst of notifications is served by one full reload
 FULL_RELOAD_THRESHOLD = 2000
 
-_CONNECTION_COLUMNS = (
-    "ean, ean_num, commodity, meter_id, contract_start, contract_end, level"
-)
-# Consents that can still matter for storage decisions: not yet over at load time. An index entry
-# whose consent expires later stops allowing interval storage by itself (the policy checks now).
+# What the index is built from: every meter installation (with its EAN's reading key), every
+# contract, and the interval consents that can still matter for storage decisions: not yet over
+# at load time. An entry whose consent expires later stops allowing interval storage by itself
+# (the policy checks now).
+_INSTALLATION_QUERY = """
+SELECT i.ean, k.ean_num, i.commodity, i.meter_id, i.installed_from, i.installed_until
+FROM meter_installations i JOIN connections k ON k.ean = i.ean
+"""
+_CONTRACT_QUERY = """
+SELECT k.ean, k.contract_id, k.contract_start, k.contract_end, k.level FROM contracts k
+"""
 _CONSENT_QUERY = """
-SELECT c.ean, c.consent_id, c.customer_id, c.purpose, c.notice_version, c.granted_at,
-       c.expires_at, c.ended_at, c.end_reason, c.channel, c.data_class
+SELECT c.ean, c.contract_id, c.consent_id, c.customer_id, c.purpose, c.notice_version,
+       c.granted_at, c.expires_at, c.ended_at, c.end_reason, c.channel, c.data_class
 FROM consents c
 WHERE c.data_class = 'interval'
   AND coalesce(least(c.ended_at, c.expires_at), 'infinity') > now()
@@ -59,12 +70,17 @@ WHERE c.data_class = 'interval'
 
 @dataclass(slots=True, frozen=True)
 class MeterRoute:
-    """Where a meter's readings go: its connection and that connection's compiled policy."""
+    """Where a meter's readings measured in one window go (SPEC §3a): the EAN the meter was
+    installed on, under the contract in force then (``contract_id`` None: the meter was installed
+    but nobody had a contract, so such readings are rejected ``no-contract``). ``policy`` is that
+    contract's compiled storage policy, its window ``[policy.lo_s, policy.hi_s)`` the overlap of
+    installation and contract."""
 
     ean: str
     ean_num: int
     commodity: Commodity
     policy: CompiledPolicy
+    contract_id: uuid.UUID | None
 
 
 # enum members by value: a dict look-up instead of an Enum call per row (2 million at start-up)
@@ -72,25 +88,73 @@ _COMMODITIES: dict[str, Commodity] = {c.value: c for c in Commodity}
 _LEVELS: dict[str, Level] = {level.value: level for level in Level}
 
 
-def _route(row: Mapping[str, Any], consents: Iterable[Consent]) -> MeterRoute:
-    commodity = _COMMODITIES[row["commodity"]]
-    state = ConnectionState(
-        ean=row["ean"],
-        commodity=commodity,
-        level=_LEVELS[row["level"]],
-        contract_start=row["contract_start"],
-        contract_end=row["contract_end"],
-        consents=tuple(consents),
-    )
-    return MeterRoute(row["ean"], int(row["ean_num"]), commodity, CompiledPolicy(state))
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    """The later of two starts (None: since ever)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def _earlier(a: datetime | None, b: datetime | None) -> datetime | None:
+    """The earlier of two ends (None: open)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _routes_of_installation(
+    inst: Mapping[str, Any],
+    contracts: Sequence[Mapping[str, Any]],
+    consents: Mapping[Any, list[Consent]],
+) -> list[MeterRoute]:
+    """The routes of one installation: a route per contract overlapping it (clipped to the
+    overlap) and a ``no-contract`` route per stretch of it no contract covers.
+
+    ``contracts`` are the installation's EAN's contracts in start order (they never overlap)."""
+    commodity = _COMMODITIES[inst["commodity"]]
+    ean, ean_num = inst["ean"], int(inst["ean_num"])
+    start, until = inst["installed_from"], inst["installed_until"]
+    routes: list[MeterRoute] = []
+    cursor: datetime | None = start  # the start of what no route covers yet
+
+    def gap(to: datetime | None) -> None:
+        if cursor is not None and (to is None or cursor < to):
+            state = ConnectionState(ean, commodity, Level.NONE, cursor, to)
+            routes.append(MeterRoute(ean, ean_num, commodity, CompiledPolicy(state), None))
+
+    for k in contracts:
+        lo = _later(start, k["contract_start"])
+        hi = _earlier(until, k["contract_end"])
+        if lo is not None and hi is not None and lo >= hi:
+            continue  # no overlap
+        gap(lo)
+        state = ConnectionState(
+            ean=ean,
+            commodity=commodity,
+            level=_LEVELS[k["level"]],
+            contract_start=lo,
+            contract_end=hi,
+            consents=tuple(consents.get(k["contract_id"], ())),
+        )
+        routes.append(MeterRoute(ean, ean_num, commodity, CompiledPolicy(state), k["contract_id"]))
+        cursor = hi
+        if hi is None:
+            break
+    gap(until)
+    return routes
 
 
 class ConsentIndex:
-    """Meter id → MeterRoute(s), per commodity; pure in-memory (loading is ``load_all`` and
+    """Meter id → MeterRoutes, per commodity; pure in-memory (loading is ``load_all`` and
     ``load_eans``, keeping it current is ``IndexMaintainer``).
 
-    A meter id maps to a tuple of routes: usually one, several when the meter served several
-    connections over time (one active at a time); the pipeline picks by contract window.
+    A meter id maps to a tuple of routes, newest first: usually one (one installation, one
+    contract), more after moves, switches and meter exchanges; the pipeline picks the one whose
+    window holds the measured time (``pick_route``).
     """
 
     __slots__ = ("_by_ean", "electricity", "gas", "generation")
@@ -98,7 +162,8 @@ class ConsentIndex:
     def __init__(self) -> None:
         self.electricity: dict[str, tuple[MeterRoute, ...]] = {}
         self.gas: dict[str, tuple[MeterRoute, ...]] = {}
-        self._by_ean: dict[str, tuple[Commodity, str]] = {}  # ean → (commodity, meter id)
+        # ean → the (commodity, meter id) keys holding its routes
+        self._by_ean: dict[str, tuple[tuple[Commodity, str], ...]] = {}
         #: bumped by every change; lets callers notice that the index moved on
         self.generation = 0
 
@@ -107,7 +172,7 @@ class ConsentIndex:
 
     def route(self, meter_id: str, commodity: Commodity, t: datetime) -> MeterRoute | None:
         """The route of ``commodity`` meter ``meter_id`` for a reading at ``t``; None when the
-        meter is not registered."""
+        meter was not installed anywhere at ``t``."""
         routes = self._table(commodity).get(meter_id)
         if routes is None:
             return None
@@ -117,38 +182,40 @@ class ConsentIndex:
         self, meter_id: str, commodity: Commodity, t: datetime, now: datetime
     ) -> frozenset[Granularity]:
         """What may be stored for the meter's reading measured at ``t``, processed at ``now``;
-        nothing for an unknown meter."""
+        nothing for a meter not installed, or under no contract, at ``t``."""
         routes = self._table(commodity).get(meter_id)
         if routes is None:
             return frozenset()
-        if len(routes) == 1:
-            return routes[0].policy.check(t, now)
-        return pick_route(routes, int(t.timestamp())).policy.check(t, now)
+        route = pick_route(routes, int(t.timestamp()))
+        if route is None:
+            return frozenset()
+        return route.policy.check(t, now)
 
     def __len__(self) -> int:
         return len(self._by_ean)
 
     def replace_all(
-        self, connections: Iterable[Mapping[str, Any]], consents: Iterable[Mapping[str, Any]]
+        self,
+        installations: Iterable[Mapping[str, Any]],
+        contracts: Iterable[Mapping[str, Any]],
+        consents: Iterable[Mapping[str, Any]],
     ) -> None:
-        """Rebuild the whole index from connection and consent rows."""
-        by_ean: dict[str, list[Consent]] = {}
-        for row in consents:
-            by_ean.setdefault(row["ean"], []).append(consent_from_row(row))
-        tables: dict[Commodity, dict[str, tuple[MeterRoute, ...]]] = {
+        """Rebuild the whole index from installation, contract and consent rows."""
+        fresh: dict[Commodity, dict[str, tuple[MeterRoute, ...]]] = {
             Commodity.ELECTRICITY: {},
             Commodity.GAS: {},
         }
-        eans: dict[str, tuple[Commodity, str]] = {}
-        for row in connections:
-            route = _route(row, by_ean.get(row["ean"], ()))
-            table = tables[route.commodity]
-            meter_id = row["meter_id"]
-            table[meter_id] = _add(table.get(meter_id, ()), route)
-            eans[route.ean] = (route.commodity, meter_id)
-        self.electricity = tables[Commodity.ELECTRICITY]
-        self.gas = tables[Commodity.GAS]
-        self._by_ean = eans
+        by_ean: dict[str, tuple[tuple[Commodity, str], ...]] = {}
+        for ean, routes_by_meter in _routes_by_ean(installations, contracts, consents):
+            keys = []
+            for (commodity, meter_id), routes in routes_by_meter.items():
+                table = fresh[commodity]
+                table[meter_id] = _merge(table.get(meter_id, ()), routes)
+                keys.append((commodity, meter_id))
+            by_ean[ean] = tuple(keys)
+        self.electricity = fresh[Commodity.ELECTRICITY]
+        self.gas = fresh[Commodity.GAS]
+        self._by_ean = by_ean
         self.generation += 1
 
     def adopt(self, other: ConsentIndex) -> None:
@@ -159,43 +226,87 @@ class ConsentIndex:
     def update_ean(
         self,
         ean: str,
-        connection: Mapping[str, Any] | None,
+        installations: Iterable[Mapping[str, Any]],
+        contracts: Iterable[Mapping[str, Any]],
         consents: Iterable[Mapping[str, Any]],
     ) -> None:
-        """Replace one EAN's entry (``connection`` None: the EAN is gone)."""
-        old = self._by_ean.pop(ean, None)
-        if old is not None:
-            table = self._table(old[0])
-            remaining = tuple(r for r in table.get(old[1], ()) if r.ean != ean)
+        """Replace one EAN's routes with those of these rows (no installations: it is gone)."""
+        for commodity, meter_id in self._by_ean.pop(ean, ()):
+            table = self._table(commodity)
+            remaining = tuple(r for r in table.get(meter_id, ()) if r.ean != ean)
             if remaining:
-                table[old[1]] = remaining
+                table[meter_id] = remaining
             else:
-                table.pop(old[1], None)
-        if connection is not None:
-            route = _route(connection, (consent_from_row(r) for r in consents))
-            table = self._table(route.commodity)
-            meter_id = connection["meter_id"]
-            table[meter_id] = _add(table.get(meter_id, ()), route)
-            self._by_ean[ean] = (route.commodity, meter_id)
+                table.pop(meter_id, None)
+        for ean_, routes_by_meter in _routes_by_ean(installations, contracts, consents):
+            keys = []
+            for (commodity, meter_id), routes in routes_by_meter.items():
+                table = self._table(commodity)
+                table[meter_id] = _merge(table.get(meter_id, ()), routes)
+                keys.append((commodity, meter_id))
+            self._by_ean[ean_] = tuple(keys)
         self.generation += 1
 
 
-def _add(routes: tuple[MeterRoute, ...], route: MeterRoute) -> tuple[MeterRoute, ...]:
-    if not routes:
-        return (route,)
-    # newest contract first: the active connection is found first
-    return tuple(sorted((*routes, route), key=lambda r: r.policy.lo, reverse=True))
+def _routes_by_ean(
+    installations: Iterable[Mapping[str, Any]],
+    contracts: Iterable[Mapping[str, Any]],
+    consents: Iterable[Mapping[str, Any]],
+) -> Iterator[tuple[str, dict[tuple[Commodity, str], list[MeterRoute]]]]:
+    """Per EAN with an installation: its routes by (commodity, meter id)."""
+    by_contract: dict[Any, list[Consent]] = {}
+    for row in consents:
+        by_contract.setdefault(row["contract_id"], []).append(consent_from_row(row))
+    contracts_of: dict[str, list[Mapping[str, Any]]] = {}
+    for row in contracts:
+        contracts_of.setdefault(row["ean"], []).append(row)
+    installations_of: dict[str, list[Mapping[str, Any]]] = {}
+    for row in installations:
+        installations_of.setdefault(row["ean"], []).append(row)
+    for ean, insts in installations_of.items():
+        ks = contracts_of.get(ean, [])
+        if len(ks) > 1:
+            ks.sort(key=lambda k: k["contract_start"])
+        routes: dict[tuple[Commodity, str], list[MeterRoute]] = {}
+        for inst in insts:
+            key = (_COMMODITIES[inst["commodity"]], inst["meter_id"])
+            routes.setdefault(key, []).extend(_routes_of_installation(inst, ks, by_contract))
+        yield ean, routes
 
 
-def pick_route(routes: tuple[MeterRoute, ...], ts: int) -> MeterRoute:
-    """The route whose contract covers epoch second ``ts`` (a meter id may have served several
-    connections over time, one at a time); otherwise the newest, whose policy stores nothing."""
-    if len(routes) == 1:
-        return routes[0]
+def _merge(routes: tuple[MeterRoute, ...], more: list[MeterRoute]) -> tuple[MeterRoute, ...]:
+    if not routes and len(more) == 1:
+        return (more[0],)
+    # newest window first: a reading of now finds its route first
+    return tuple(sorted((*routes, *more), key=lambda r: r.policy.lo_s, reverse=True))
+
+
+def pick_route(routes: tuple[MeterRoute, ...], ts: int) -> MeterRoute | None:
+    """The route whose window holds epoch second ``ts``; None when the meter was installed on no
+    EAN then (windows of one meter never overlap: the database enforces it)."""
     for route in routes:
-        if route.policy.lo_s <= ts < route.policy.hi_s:
+        policy = route.policy
+        if policy.lo_s <= ts < policy.hi_s:
             return route
-    return routes[0]
+    return None
+
+
+async def _fetch(
+    conn: asyncpg.Connection, eans: list[str] | None
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record], list[asyncpg.Record]]:
+    """Installation, contract and consent rows (of ``eans``, or all) in one snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        if eans is None:
+            return (
+                await conn.fetch(_INSTALLATION_QUERY),
+                await conn.fetch(_CONTRACT_QUERY),
+                await conn.fetch(_CONSENT_QUERY),
+            )
+        return (
+            await conn.fetch(_INSTALLATION_QUERY + " WHERE i.ean = ANY($1::text[])", eans),
+            await conn.fetch(_CONTRACT_QUERY + " WHERE k.ean = ANY($1::text[])", eans),
+            await conn.fetch(_CONSENT_QUERY + " AND c.ean = ANY($1::text[])", eans),
+        )
 
 
 async def load_all(conn: asyncpg.Connection, index: ConsentIndex) -> None:
@@ -206,15 +317,15 @@ async def load_all(conn: asyncpg.Connection, index: ConsentIndex) -> None:
     for that long at each periodic reload (the loop still gets the interpreter every few
     milliseconds while the thread works). Readers see the old entries until the swap.
     """
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        connections = await conn.fetch(f"SELECT {_CONNECTION_COLUMNS} FROM connections")
-        consents = await conn.fetch(_CONSENT_QUERY)
-    fresh = await asyncio.to_thread(_build, connections, consents)
+    installations, contracts, consents = await _fetch(conn, None)
+    fresh = await asyncio.to_thread(_build, installations, contracts, consents)
     index.adopt(fresh)
 
 
 def _build(
-    connections: Iterable[Mapping[str, Any]], consents: Iterable[Mapping[str, Any]]
+    installations: Iterable[Mapping[str, Any]],
+    contracts: Iterable[Mapping[str, Any]],
+    consents: Iterable[Mapping[str, Any]],
 ) -> ConsentIndex:
     """A new index of these rows (runs in a worker thread)."""
     fresh = ConsentIndex()
@@ -224,7 +335,7 @@ def _build(
     paused = gc.isenabled()
     gc.disable()
     try:
-        fresh.replace_all(connections, consents)
+        fresh.replace_all(installations, contracts, consents)
     finally:
         if paused:
             gc.enable()
@@ -234,17 +345,14 @@ def _build(
 async def load_eans(conn: asyncpg.Connection, index: ConsentIndex, eans: Iterable[str]) -> None:
     """Reload the entries of ``eans`` from the database."""
     wanted = list(eans)
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        connections = await conn.fetch(
-            f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE ean = ANY($1::text[])", wanted
-        )
-        consents = await conn.fetch(_CONSENT_QUERY + " AND c.ean = ANY($1::text[])", wanted)
-    found = {row["ean"]: row for row in connections}
-    by_ean: dict[str, list[Mapping[str, Any]]] = {}
-    for row in consents:
-        by_ean.setdefault(row["ean"], []).append(row)
+    installations, contracts, consents = await _fetch(conn, wanted)
     for ean in wanted:
-        index.update_ean(ean, found.get(ean), by_ean.get(ean, ()))
+        index.update_ean(
+            ean,
+            [r for r in installations if r["ean"] == ean],
+            [r for r in contracts if r["ean"] == ean],
+            [r for r in consents if r["ean"] == ean],
+        )
 
 
 class IndexMaintainer:
@@ -263,8 +371,12 @@ class IndexMaintainer:
         listen: bool = True,
         reconnect_delay_s: float = 1.0,
         acquire_timeout_s: float | None = None,
+        on_devices_changed: Callable[[], None] | None = None,
     ) -> None:
         self.pool = pool
+        #: called when any device changed (or may have, after a lost LISTEN): the credential
+        #: cache forgets devices, so a revoked token stops working at once in every process
+        self.on_devices_changed = on_devices_changed
         #: how long a reload waits for a pooled connection (None: as long as it takes)
         self.acquire_timeout_s = acquire_timeout_s
         self.index = index
@@ -323,14 +435,18 @@ class IndexMaintainer:
             self._pending.add(ean)
         self._wake.set()
 
-    def _on_notification(
-        self, _conn: object, _pid: int, _channel: str, payload: object
-    ) -> None:
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == "*":
             self._full_needed = True
             self._wake.set()
         else:
             self.notify(str(payload))
+
+    def _on_device_notification(
+        self, _conn: object, _pid: int, _channel: str, _payload: object
+    ) -> None:
+        if self.on_devices_changed is not None:
+            self.on_devices_changed()
 
     def _on_termination(self, _conn: object) -> None:
         self._lost.set()
@@ -339,6 +455,8 @@ class IndexMaintainer:
         conn: asyncpg.Connection = await self.pool.acquire()
         try:
             await conn.add_listener(CHANNEL, self._on_notification)
+            if self.on_devices_changed is not None:
+                await conn.add_listener(DEVICE_CHANNEL, self._on_device_notification)
             conn.add_termination_listener(self._on_termination)
         except BaseException:
             await self.pool.release(conn)
@@ -353,6 +471,8 @@ class IndexMaintainer:
         if not conn.is_closed():
             try:
                 await conn.remove_listener(CHANNEL, self._on_notification)
+                if self.on_devices_changed is not None:
+                    await conn.remove_listener(DEVICE_CHANNEL, self._on_device_notification)
                 conn.remove_termination_listener(self._on_termination)
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
                 # a broken connection: the pool closes it on release instead of reusing it
@@ -373,6 +493,8 @@ class IndexMaintainer:
                     await asyncio.sleep(self.reconnect_delay_s)
             self._full_needed = True
             self._wake.set()
+            if self.on_devices_changed is not None:
+                self.on_devices_changed()
 
     async def _apply_loop(self) -> None:
         while True:

@@ -6,10 +6,12 @@ Per telegram (``IngestPipeline.process``, pure apart from the in-memory caches i
 
 * **Resolve.** The electricity equipment id (``0-0:96.1.1``) and each gas M-Bus device's id
   (``0-n:96.1.0``, device type 3) are looked up among the meter ids bound to the device, then in
-  the consent index (meter id → connection). A telegram none of whose meters is bound to the
-  device is rejected (``meter-not-bound``); bound but unregistered → ``unknown-meter``. Meters of
-  a telegram that are not bound are ignored (a gas meter supplied by someone else), so the
-  readings of one meter never land under another.
+  the consent index (meter id → the EAN it was installed on and the contract in force at the
+  measured time, SPEC §3a). A telegram none of whose meters is bound to the device is rejected
+  (``meter-not-bound``); bound but installed nowhere at that time → ``unknown-meter``; installed
+  but under no contract then → ``no-contract``. Meters of a telegram that are not bound are
+  ignored (a gas meter supplied by someone else), so the readings of one meter never land under
+  another.
 * **Time.** Electricity uses the telegram time, gas the M-Bus capture time (never the telegram
   time). No/unset clock → ``clock-unset``; more than ``future_tolerance_s`` ahead of the server
   clock → ``future-timestamp``; older than the spool horizon → ``too-old``. A telegram is rejected
@@ -96,8 +98,6 @@ def split_body(body: bytes) -> list[bytes]:
     return parts
 
 
-
-
 # --- the pipeline -------------------------------------------------------------------------------
 
 
@@ -134,6 +134,20 @@ class IngestResult:
                 for granularity in (Granularity.P1M, Granularity.P1D, interval)[depth:]:
                     out[granularity] = out.get(granularity, 0) + count
         return out
+
+
+def _not_installed(meter_id: str, t: datetime) -> tuple[str, str]:
+    return (
+        "unknown-meter",
+        f"meter {meter_id} was installed on no registered connection at {t.isoformat()}",
+    )
+
+
+def _no_contract(meter_id: str, ean: str, t: datetime) -> tuple[str, str]:
+    return (
+        "no-contract",
+        f"no supply contract was in force on the connection of meter {meter_id} at {t.isoformat()}",
+    )
 
 
 class IngestPipeline:
@@ -210,9 +224,12 @@ class IngestPipeline:
                     and telegram.import_total_wh is None
                 ):
                     problem = ("bad-value", "telegram carries no import energy register")
+                elif (route := pick_route(routes, ts)) is None:
+                    problem = _not_installed(meter_id, t)
+                elif route.contract_id is None:
+                    problem = _no_contract(meter_id, route.ean, t)
                 else:
                     valid = 1
-                    route = routes[0] if len(routes) == 1 else pick_route(routes, ts)
                     depth = route.policy.depth_s(ts, now_s)
                     e_depths[depth] += 1
                     if depth:
@@ -251,8 +268,14 @@ class IngestPipeline:
                 if device.value is None or device.unit != "dm3":
                     problem = problem or ("bad-value", f"gas meter {dev_id} sent no volume")
                     continue
+                route = pick_route(routes, ts)
+                if route is None:
+                    problem = problem or _not_installed(dev_id, t)
+                    continue
+                if route.contract_id is None:
+                    problem = problem or _no_contract(dev_id, route.ean, t)
+                    continue
                 valid += 1
-                route = routes[0] if len(routes) == 1 else pick_route(routes, ts)
                 depth = route.policy.depth_s(ts, now_s)
                 g_depths[depth] += 1
                 if depth:

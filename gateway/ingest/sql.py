@@ -58,9 +58,11 @@ def _unnest(first: int, count: int, aliases: str) -> str:
     params = ", ".join(f"${i}::int8[]" for i in range(first, first + count))
     return f"unnest({params}) AS {aliases}"
 
+
 # The database's half of the SPEC §3 invariant, evaluated per row IN THE INSERT STATEMENT:
 # an interval row is written only while a consent row says granted_at <= measured_at < end and
-# the consent is still in force now, end = least(ended_at, expires_at, contract_end).
+# the consent is still in force now, end = least(ended_at, expires_at, contract_end), the
+# consent belonging to the contract of the EAN in force at measured_at (SPEC §3a).
 #
 # Why it cannot race with a revocation (which, in one READ COMMITTED transaction, UPDATEs the
 # consent row's ended_at, then DELETEs interval rows measured at/after the end, then commits):
@@ -76,20 +78,27 @@ def _unnest(first: int, count: int, aliases: str) -> str:
 #   is not inserted. The revocation's DELETE ran before, but there was nothing to delete.
 # tests/integration/test_ingest_consent_race.py holds both orders open on purpose.
 #
-# The connection's level is guarded the same way: a level change UPDATEs the connection row,
-# then DELETEs the readings of the lowered granularities measured at or after the change. Every
-# reading row therefore also takes ``FOR SHARE OF k`` on its connection and checks the level
-# there (_level_condition below for daily and monthly rows), tests/integration/
-# test_ingest_level_race.py holds both orders open. Lock order: the connection row before the
-# consent row (``OF k, c`` locks in that order), as consent_store and the expiry job take them,
-# so ingest and a revocation cannot deadlock.
+# The contract is guarded the same way: every reading row takes ``FOR SHARE OF k`` on the
+# contract in force at its measured time and checks the window and level there. Ending a
+# contract (a move-out, a switch: gateway.services.registry) UPDATEs that row, then DELETEs the
+# EAN's readings measured at or after the end that no other contract covers; a level change
+# UPDATEs it and DELETEs the lowered granularities' readings (tests/integration/
+# test_ingest_level_race.py, test_contract_race.py). Lock order: the contract row before the
+# consent row (``OF k, c`` locks in that order), as the consent services and the expiry job take
+# them, so ingest and a revocation cannot deadlock.
 #
 # Both the current level and the level in force when the reading was measured must allow it: a
 # reading measured while the customer objected, delivered late from a field device's spool after
 # the level went back up, is not stored. The level at measurement is the current one from
-# ``level_since`` on (NULL: never changed); before that, the latest level_events row at or before
-# measured_at (a connection starts at 'daily'). Looked up only for such late readings: the
-# lookup per row would halve single-telegram ingest otherwise (bench/ingest.py B3).
+# ``level_since`` on (NULL: never changed); before that, the contract's latest level_events row
+# at or before measured_at (a contract starts at 'daily'). Looked up only for such late readings:
+# the lookup per row would halve single-telegram ingest otherwise (bench/ingest.py B3).
+
+#: SQL: contract ``k`` was in force at the reading's measured time
+_IN_CONTRACT: Final = (
+    "k.ean_num = v.ean AND k.contract_start <= to_timestamp(v.ma)"
+    " AND (k.contract_end IS NULL OR to_timestamp(v.ma) < k.contract_end)"
+)
 
 
 def _level_at_measurement_in(levels: str) -> str:
@@ -97,6 +106,7 @@ def _level_at_measurement_in(levels: str) -> str:
     return (
         "(k.level_since IS NULL OR to_timestamp(v.ma) >= k.level_since"
         " OR coalesce((SELECT l.level FROM level_events l WHERE l.ean = k.ean"
+        " AND l.contract_id = k.contract_id"
         " AND l.at <= to_timestamp(v.ma) ORDER BY l.at DESC LIMIT 1), 'daily')"
         f" IN ({levels}))"
     )
@@ -104,10 +114,9 @@ def _level_at_measurement_in(levels: str) -> str:
 
 INTERVAL_CONDITION: Final = f"""
 WHERE EXISTS (
-    SELECT 1 FROM consents c JOIN connections k ON k.ean = c.ean
-    WHERE k.ean_num = v.ean AND k.level = 'daily' AND c.data_class = 'interval'
+    SELECT 1 FROM contracts k JOIN consents c ON c.ean = k.ean AND c.contract_id = k.contract_id
+    WHERE {_IN_CONTRACT} AND k.level = 'daily' AND c.data_class = 'interval'
       AND {_level_at_measurement_in("'daily'")}
-      AND k.contract_start <= to_timestamp(v.ma)
       AND c.granted_at <= to_timestamp(v.ma)
       AND to_timestamp(v.ma) < coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity')
       AND coalesce(least(c.ended_at, c.expires_at, k.contract_end), 'infinity') > clock_timestamp()
@@ -116,12 +125,13 @@ WHERE EXISTS (
 
 
 def _level_condition(granularity: Granularity) -> str:
-    """The WHERE clause of a daily or monthly row: its connection's level allows it."""
+    """The WHERE clause of a daily or monthly row: the contract in force at its measured time
+    exists and its level allows it."""
     allowed = sorted(lv.value for lv, grans in LEVEL_GRANULARITIES.items() if granularity in grans)
     levels = ", ".join(f"'{level}'" for level in allowed)
     return (
-        " WHERE EXISTS (SELECT 1 FROM connections k"
-        f" WHERE k.ean_num = v.ean AND k.level IN ({levels})"
+        f" WHERE EXISTS (SELECT 1 FROM contracts k WHERE {_IN_CONTRACT}"
+        f" AND k.level IN ({levels})"
         f" AND {_level_at_measurement_in(levels)} FOR SHARE OF k)"
     )
 

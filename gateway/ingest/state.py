@@ -54,13 +54,18 @@ async def running_ingest(
     *,
     listen: bool = True,
     clock: Callable[[], float] | None = None,
+    on_devices_changed: Callable[[], None] | None = None,
 ) -> AsyncIterator[IngestState]:
     """The consent index (loaded, and kept fresh by LISTEN unless ``listen`` is False), the
     group-commit writer and the pipeline, for the duration of the block. On exit the writer
     drains its in-flight batches first, while ``pool`` is still open."""
     index = ConsentIndex()
     maintainer = IndexMaintainer(
-        pool, index, listen=listen, acquire_timeout_s=settings.pool_acquire_timeout_s
+        pool,
+        index,
+        listen=listen,
+        acquire_timeout_s=settings.pool_acquire_timeout_s,
+        on_devices_changed=on_devices_changed,
     )
     await maintainer.start()
     try:

@@ -12,10 +12,11 @@ Rules per data class (defaults in ``consent.retention``; settings
   before that cutoff are detached and dropped (no row-by-row delete of national-scale months);
   rows in the DEFAULT partition and in the partition the cutoff falls into are deleted in batches.
 * **Daily and monthly readings** (``*_p1d``, ``*_p1m``): 7 years after the contract ends
-  (fiscal). Per connection: when ``contract_end < now - 7 years`` every daily/monthly reading of
-  its EAN is deleted, in batches. A connection with no ``contract_end`` (an open contract) keeps
-  everything. The tables are partitioned by year across all EANs, so here partitions are not
-  dropped: one partition holds connections whose contracts end at different times.
+  (fiscal), per contract (SPEC §3a): when ``contract_end < now - 7 years`` every daily/monthly
+  reading measured inside that contract's window is deleted, in batches; the tenant before or
+  after on the same EAN keeps theirs. An open contract keeps everything. The tables are
+  partitioned by year across all EANs, so here partitions are not dropped: one partition holds
+  contracts that end at different times.
 * **Consent records** (``consents`` and their ``consent_events``): as long as the data they
   justify, plus 1 year. A consent justifies interval readings measured before its end (the first
   of ``ended_at``, ``expires_at`` and the contract's end); the last of those readings is gone 4
@@ -33,7 +34,7 @@ Consent expiry: a consent whose ``expires_at`` has passed is already treated as 
 reader (the policy compares ``expires_at``); this job makes the history say so: it records an
 ``ended`` consent event (reason ``expired``, ``at = expires_at``), sets ``ended_at``/``end_reason``
 and appends a ``consent.end`` audit row, per consent in one transaction, under the same locks as
-``gateway.services.consents`` (connection row, then consent row).
+``gateway.services.consents`` (contract row, then consent row).
 
 Every job function takes ``now`` as a parameter (tests move the clock instead of waiting), and a
 run is recorded in the audit trail (kind ``retention.run``: counts per table, partitions dropped,
@@ -197,8 +198,14 @@ async def _expire_one(
     conn: asyncpg.Connection, ean: str, consent_id: uuid.UUID, now: dt.datetime
 ) -> bool:
     async with conn.transaction():
-        # lock order as in gateway.services.consents: the connection row, then the consent row
-        await conn.execute("SELECT 1 FROM connections WHERE ean = $1 FOR UPDATE", ean)
+        # lock order as in gateway.services.consents: the contract row, then the consent row
+        await conn.execute(
+            "SELECT 1 FROM contracts k WHERE k.ean = $1 AND k.contract_id ="
+            " (SELECT c.contract_id FROM consents c WHERE c.ean = $1 AND c.consent_id = $2)"
+            " FOR UPDATE",
+            ean,
+            consent_id,
+        )
         row = await conn.fetchrow(
             "SELECT customer_id, expires_at, ended_at FROM consents"
             " WHERE ean = $1 AND consent_id = $2 FOR UPDATE",
@@ -371,24 +378,30 @@ async def purge_ended_contracts(
     *,
     dry_run: bool = False,
 ) -> None:
-    """Delete the daily and monthly readings of every connection whose contract ended before
-    ``cutoff``, EAN by EAN in batches. Open contracts keep everything."""
+    """Delete the daily and monthly readings of every contract that ended before ``cutoff``
+    (those measured inside its window; SPEC §3a: the hold counts per contract, the next tenant's
+    readings on the same EAN keep theirs), contract by contract in batches. Open contracts keep
+    everything."""
     tables = await _tables(conn, _LONG_GRANULARITIES)
+    window = "ean = $1 AND measured_at >= $2 AND measured_at < $3"
     for commodity in ("electricity", "gas"):
         rels = [t for t in tables if t["commodity"] == commodity]
         if not rels:
             continue
         has_rows = " OR ".join(
-            f"EXISTS (SELECT 1 FROM {t['rel']} WHERE ean = c.ean_num)" for t in rels
+            f"EXISTS (SELECT 1 FROM {t['rel']} WHERE ean = k.ean_num"
+            " AND measured_at >= k.contract_start AND measured_at < k.contract_end)"
+            for t in rels
         )
-        # only connections that still have rows: the ended ones stay in the registry for good
-        eans = await conn.fetch(
-            "SELECT c.ean_num FROM connections c WHERE c.commodity = $1"
-            f" AND c.contract_end < $2 AND ({has_rows}) ORDER BY c.ean_num",
+        # only contracts that still have rows: the ended ones stay in the registry for good
+        contracts = await conn.fetch(
+            "SELECT k.ean_num, k.contract_start, k.contract_end FROM contracts k"
+            " JOIN connections n ON n.ean = k.ean WHERE n.commodity = $1"
+            f" AND k.contract_end < $2 AND ({has_rows}) ORDER BY k.ean_num, k.contract_start",
             commodity,
             cutoff,
         )
-        for row in eans:
+        for row in contracts:
             for table in rels:
                 rel = table["rel"]
                 await _delete_batched(
@@ -396,10 +409,10 @@ async def purge_ended_contracts(
                     report.table(table["table_name"]),
                     delete_sql=(
                         f"DELETE FROM {rel} WHERE ean = $1 AND period_start = ANY(ARRAY("
-                        f"SELECT period_start FROM {rel} WHERE ean = $1 LIMIT $2))"
+                        f"SELECT period_start FROM {rel} WHERE {window} LIMIT $4))"
                     ),
-                    count_sql=f"SELECT count(*) FROM {rel} WHERE ean = $1",
-                    args=(row["ean_num"],),
+                    count_sql=f"SELECT count(*) FROM {rel} WHERE {window}",
+                    args=(row["ean_num"], row["contract_start"], row["contract_end"]),
                     policy=policy,
                     dry_run=dry_run,
                 )
@@ -411,7 +424,8 @@ async def purge_ended_contracts(
 
 _CONSENT_END = (
     "coalesce(least(o.ended_at, o.expires_at,"
-    " (SELECT k.contract_end FROM connections k WHERE k.ean = o.ean)), 'infinity')"
+    " (SELECT k.contract_end FROM contracts k WHERE k.ean = o.ean"
+    " AND k.contract_id = o.contract_id)), 'infinity')"
 )
 
 

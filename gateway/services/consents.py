@@ -2,9 +2,9 @@
 
 Ending a consent (SPEC §3/§4), in ONE transaction:
 
-1. lock the connection row (serialises every consent change of the EAN, and registry contract
-   ends: two consents of one EAN ended concurrently would each see the other still active and
-   both keep readings that neither covers any more), then the consent row (``FOR UPDATE``: this
+1. lock the consent's contract row (serialises every consent change of the contract, and its
+   end: two consents of one contract ended concurrently would each see the other still active
+   and both keep readings that neither covers any more), then the consent row (``FOR UPDATE``: this
    is the lock ingest's ``FOR SHARE`` waits for, see gateway.ingest.sql ``INTERVAL_CONDITION``);
 2. set ``ended_at``/``end_reason`` (an end is final: a second end is a ConflictError);
 3. delete the EAN's interval readings measured at or after the end — or, for a purpose whose
@@ -57,6 +57,7 @@ def consent_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "expires_at": row["expires_at"],
         "ended_at": row["ended_at"],
         "end_reason": row["end_reason"],
+        "contract_id": row["contract_id"],
     }
 
 
@@ -93,16 +94,26 @@ async def create_consent(
         # now() is the transaction's start: the instant the consent is granted at
         now: dt.datetime = await conn.fetchval("SELECT now()")
         granted = now if granted_at is None else granted_at
+        # the contract in force on the EAN now: consents belong to it (SPEC §3a)
         row = await conn.fetchrow(
-            "SELECT customer_id, contract_end, level FROM connections WHERE ean = $1 FOR UPDATE",
+            "SELECT contract_id, customer_id, contract_end, level FROM contracts"
+            " WHERE ean = $1 AND contract_start <= $2"
+            " AND (contract_end IS NULL OR contract_end > $2)"
+            " FOR UPDATE",
             ean,
+            granted,
         )
         if as_customer and (row is None or row["customer_id"] != customer_id):
-            raise NotFoundError(f"you have no connection {ean}")
+            raise NotFoundError(f"you have no current contract on connection {ean}")
         if row is None:
-            raise NotFoundError(f"no connection {ean} is registered")
+            if await conn.fetchval("SELECT 1 FROM connections WHERE ean = $1", ean) is None:
+                raise NotFoundError(f"no connection {ean} is registered")
+            raise ConflictError(f"no contract is in force on connection {ean}; no consent")
         if row["customer_id"] != customer_id:
-            raise ConflictError(f"connection {ean} does not belong to customer {customer_id}")
+            raise ConflictError(
+                f"the contract in force on connection {ean} ({row['contract_id']}) is not"
+                f" customer {customer_id}'s"
+            )
         if expires_at is not None and expires_at <= now:
             raise ValidationError(
                 "expires_at must be in the future",
@@ -124,19 +135,17 @@ async def create_consent(
             # the domain's rule and message; the field it is about is what the API adds
             field = "purpose" if isinstance(exc, UnknownPurposeError) else "expires_at"
             raise ValidationError(str(exc), [FieldError(("body", field), str(exc))]) from exc
-        if row["contract_end"] is not None and row["contract_end"] <= granted:
-            raise ConflictError(f"the contract of connection {ean} has ended; no consent")
         if row["level"] != "daily":
             raise ConflictError(
                 f"connection {ean} is at level {row['level']!r}: interval readings need"
                 " level 'daily' (PUT /v1/me/connections/{ean}/level) before a consent"
             )
         duplicate = await conn.fetchval(
-            "SELECT consent_id FROM consents WHERE ean = $1 AND customer_id = $2"
+            "SELECT consent_id FROM consents WHERE ean = $1 AND contract_id = $2"
             " AND purpose = $3 AND ended_at IS NULL"
             " AND (expires_at IS NULL OR expires_at > $4)",
             ean,
-            customer_id,
+            row["contract_id"],
             purpose,
             granted,
         )
@@ -144,7 +153,7 @@ async def create_consent(
             raise ConflictError(f"consent {duplicate} for {purpose!r} on {ean} is already in force")
         created = await conn.fetchrow(
             f"INSERT INTO consents ({CONSENT_COLUMNS})"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, $10)"
             f" RETURNING {CONSENT_COLUMNS}",
             consent.ean,
             consent.consent_id,
@@ -155,6 +164,7 @@ async def create_consent(
             consent.channel.value,
             consent.granted_at,
             consent.expires_at,
+            row["contract_id"],
         )
         await conn.execute(
             "INSERT INTO consent_events (ean, consent_id, kind, at, detail)"
@@ -205,23 +215,19 @@ async def end_consent(
                 "a consent cannot be ended in the future",
                 [FieldError(("body", "at"), "after the current time")],
             )
-        found = await conn.fetchrow("SELECT ean FROM consents WHERE consent_id = $1", consent_id)
+        found = await conn.fetchrow(
+            "SELECT ean, contract_id FROM consents WHERE consent_id = $1", consent_id
+        )
         if found is None:
             raise NotFoundError(f"no consent {consent_id}")
         ean: str = found["ean"]
-        conn_row = await conn.fetchrow(
-            "SELECT ean_num, commodity, contract_end FROM connections WHERE ean = $1 FOR UPDATE",
-            ean,
-        )
-        if conn_row is None:
-            raise NotFoundError(f"no connection {ean} is registered")
+        conn_row = await _lock_contract(conn, ean, found["contract_id"])
         row = await conn.fetchrow(
-            f"SELECT {CONSENT_COLUMNS} FROM consents WHERE ean = $1 AND consent_id = $2"
-            " FOR UPDATE",
+            f"SELECT {CONSENT_COLUMNS} FROM consents WHERE ean = $1 AND consent_id = $2 FOR UPDATE",
             ean,
             consent_id,
         )
-        assert row is not None  # the connection lock keeps consents of the EAN from vanishing
+        assert row is not None  # the contract lock keeps its consents from vanishing
         if row["ended_at"] is not None:
             raise ConflictError(f"consent {consent_id} already ended ({row['end_reason']})")
         if row["expires_at"] is not None and row["expires_at"] <= end:
@@ -279,28 +285,46 @@ async def end_consent(
     return result
 
 
-async def end_consents_for_ean(
+async def _lock_contract(
+    conn: asyncpg.Connection, ean: str, contract_id: uuid.UUID
+) -> asyncpg.Record:
+    """Lock a contract row (``FOR UPDATE``: the lock ingest's ``FOR SHARE OF k`` waits for);
+    its reading key and commodity."""
+    row = await conn.fetchrow(
+        "SELECT n.ean_num, n.commodity, k.contract_end FROM contracts k"
+        " JOIN connections n ON n.ean = k.ean"
+        " WHERE k.ean = $1 AND k.contract_id = $2 FOR UPDATE OF k",
+        ean,
+        contract_id,
+    )
+    if row is None:
+        raise NotFoundError(f"no contract {contract_id} on connection {ean}")
+    return row
+
+
+async def end_consents_of_contract(
     conn: asyncpg.Connection,
     ean: str,
+    contract_id: uuid.UUID,
     at: dt.datetime,
     reason: EndReason,
     purposes: dict[str, Purpose] | None = None,
     actor: str = "admin",
 ) -> list[uuid.UUID]:
-    """End every consent of ``ean`` still open at ``at`` (contract end, move-out, erasure), in
-    the caller's transaction: each as ``end_consent`` does (event, deletion by purpose, webhook
-    notification), one NOTIFY. The caller must hold the connection row lock (``SELECT … FOR
-    UPDATE``). Returns the ended consent ids."""
+    """End every consent of contract ``contract_id`` still open at ``at`` (contract end,
+    move-out, switch, erasure), in the caller's transaction: each as ``end_consent`` does
+    (event, deletion by purpose, webhook notification), one NOTIFY. Locks the contract row
+    first (the caller may hold it already). Returns the ended consent ids."""
     table = DEFAULT_PURPOSES if purposes is None else purposes
-    conn_row = await conn.fetchrow("SELECT ean_num, commodity FROM connections WHERE ean = $1", ean)
-    if conn_row is None:
-        raise NotFoundError(f"no connection {ean} is registered")
+    conn_row = await _lock_contract(conn, ean, contract_id)
     rows = await conn.fetch(
         f"SELECT {CONSENT_COLUMNS} FROM consents"
-        " WHERE ean = $1 AND ended_at IS NULL AND (expires_at IS NULL OR expires_at > $2)"
+        " WHERE ean = $1 AND contract_id = $3 AND ended_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > $2)"
         " ORDER BY consent_id FOR UPDATE",
         ean,
         at,
+        contract_id,
     )
     keep = [p.name for p in table.values() if p.on_revoke is OnRevoke.KEEP]
     ended: list[uuid.UUID] = []
@@ -391,7 +415,8 @@ async def _delete_uncovered(
         f"DELETE FROM {table} r WHERE r.ean = $1 AND r.measured_at >= $2"
         f" AND r.period_start > $2 - interval '{period}'"
         " AND NOT EXISTS ("
-        "   SELECT 1 FROM consents o JOIN connections k ON k.ean = o.ean"
+        "   SELECT 1 FROM consents o"
+        "   JOIN contracts k ON k.ean = o.ean AND k.contract_id = o.contract_id"
         "   WHERE o.ean = $3 AND o.consent_id <> $4 AND o.data_class = 'interval'"
         "     AND o.granted_at <= r.measured_at"
         "     AND r.measured_at <"

@@ -4,9 +4,11 @@ consents, the permission and access logs, the export's reading cursors, revocati
 ``gateway.services.erasure``.
 
 Everything here is scoped to ONE customer: every query filters on the customer id, so a
-handler cannot forget the check. A connection's readings are only the customer's inside their
-contract window ``[contract_start, contract_end)`` (measured time): an EAN outlives its
-customers, and readings of a previous or later occupant are not this customer's data.
+handler cannot forget the check. What the customer sees of a connection is a **contract** (SPEC
+§3a): a connection's readings are only the customer's inside their contract window
+``[contract_start, contract_end)`` (measured time): an EAN outlives its customers, and readings of
+a previous or later occupant are not this customer's data. A customer who moved out and back in
+has two contracts on one EAN, each its own entry.
 """
 
 from __future__ import annotations
@@ -33,10 +35,15 @@ def ean_text(ean_num: int) -> str:
     return f"{ean_num:018d}"
 
 
-def reading_json(table: ReadingTable, row: Mapping[str, Any]) -> dict[str, Any]:
-    """A reading row in the API shape (SPEC §5); datetimes are serialised by the caller."""
+def reading_json(
+    table: ReadingTable, row: Mapping[str, Any], contract: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A reading row of ``contract``'s window in the API shape (SPEC §5); datetimes are
+    serialised by the caller."""
     return {
         "ean": ean_text(row["ean"]),
+        "contract_id": contract["contract_id"],
+        "customer_id": contract["customer_id"],
         "commodity": table.commodity,
         "granularity": table.granularity,
         "period_start": row["period_start"],
@@ -48,20 +55,27 @@ def reading_json(table: ReadingTable, row: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # connections and consents
 
+#: a contract as the customer API reads it (``k`` contracts, ``n`` connections), with the meter
+#: installed last within the contract window
 CONNECTION_COLUMNS = (
-    "ean, ean_num, commodity, meter_id, customer_id, contract_start, contract_end, end_reason,"
-    " level, created_at, updated_at"
+    "k.contract_id, k.ean, k.ean_num, n.commodity, k.customer_id, k.contract_start,"
+    " k.contract_end, k.end_reason, k.level, k.created_at, k.updated_at,"
+    " (SELECT m.meter_id FROM meter_installations m WHERE m.ean = k.ean"
+    "  AND (k.contract_end IS NULL OR m.installed_from < k.contract_end)"
+    "  ORDER BY m.installed_from DESC LIMIT 1) AS meter_id"
 )
+CONTRACTS_FROM = "contracts k JOIN connections n ON n.ean = k.ean"
 _CONSENT_COLUMNS = (
     "c.ean, c.consent_id, c.customer_id, c.purpose, c.data_class, c.notice_version, c.channel,"
-    " c.granted_at, c.expires_at, c.ended_at, c.end_reason"
+    " c.granted_at, c.expires_at, c.ended_at, c.end_reason, c.contract_id"
 )
 
 
 async def connections_of(conn: asyncpg.Connection, customer_id: str) -> list[asyncpg.Record]:
-    """The customer's connections, by EAN."""
+    """The customer's contracts, current and ended, by EAN and start."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        f"SELECT {CONNECTION_COLUMNS} FROM connections WHERE customer_id = $1 ORDER BY ean",
+        f"SELECT {CONNECTION_COLUMNS} FROM {CONTRACTS_FROM} WHERE k.customer_id = $1"
+        " ORDER BY k.ean, k.contract_start",
         customer_id,
     )
     return rows
@@ -70,11 +84,13 @@ async def connections_of(conn: asyncpg.Connection, customer_id: str) -> list[asy
 async def connection_of(
     conn: asyncpg.Connection, customer_id: str, ean: str, *, lock: bool = False
 ) -> asyncpg.Record | None:
-    """The customer's connection ``ean`` (row-locked with ``lock``), or None when there is no
-    such connection or it is someone else's — the two are not told apart (no EAN probing)."""
+    """The customer's latest contract on ``ean`` (row-locked with ``lock``), or None when they
+    have none there — someone else's contract and no contract are not told apart (no EAN
+    probing)."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT {CONNECTION_COLUMNS} FROM connections WHERE ean = $1 AND customer_id = $2"
-        + (" FOR UPDATE" if lock else ""),
+        f"SELECT {CONNECTION_COLUMNS} FROM {CONTRACTS_FROM} WHERE k.ean = $1"
+        " AND k.customer_id = $2 ORDER BY k.contract_start DESC LIMIT 1"
+        + (" FOR UPDATE OF k" if lock else ""),
         ean,
         customer_id,
     )
@@ -82,9 +98,10 @@ async def connection_of(
 
 
 def connection_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A connection as the customer sees it."""
+    """A contract on a connection as the customer sees it."""
     return {
         "ean": row["ean"],
+        "contract_id": row["contract_id"],
         "commodity": row["commodity"],
         "meter_id": row["meter_id"],
         "level": row["level"],
@@ -98,8 +115,9 @@ async def consents_of(conn: asyncpg.Connection, customer_id: str) -> list[asyncp
     """Every consent the customer granted (active and ended), with the connection's commodity
     and contract end, newest grant first."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        f"SELECT {_CONSENT_COLUMNS}, k.commodity, k.contract_end FROM consents c"
-        " JOIN connections k ON k.ean = c.ean"
+        f"SELECT {_CONSENT_COLUMNS}, n.commodity, k.contract_end FROM consents c"
+        " JOIN contracts k ON k.ean = c.ean AND k.contract_id = c.contract_id"
+        " JOIN connections n ON n.ean = c.ean"
         " WHERE c.customer_id = $1 ORDER BY c.granted_at DESC, c.consent_id",
         customer_id,
     )
@@ -112,8 +130,9 @@ async def consent_of(
     """The customer's consent ``consent_id`` with its connection's commodity, or None (also when
     it is someone else's)."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT {_CONSENT_COLUMNS}, k.commodity, k.contract_end FROM consents c"
-        " JOIN connections k ON k.ean = c.ean"
+        f"SELECT {_CONSENT_COLUMNS}, n.commodity, k.contract_end FROM consents c"
+        " JOIN contracts k ON k.ean = c.ean AND k.contract_id = c.contract_id"
+        " JOIN connections n ON n.ean = c.ean"
         " WHERE c.consent_id = $1 AND c.customer_id = $2",
         consent_id,
         customer_id,
@@ -168,8 +187,9 @@ async def permission_log(
         "    AND (c.ended_at IS NULL OR c.ended_at > c.expires_at)"
         "  UNION ALL"
         "  SELECT l.at, 'level-changed', l.ean, NULL, NULL, NULL, l.channel, NULL, l.level"
-        "  FROM level_events l JOIN connections k ON k.ean = l.ean"
-        "  WHERE k.customer_id = $1 AND l.at >= k.contract_start"
+        "  FROM level_events l"
+        "  JOIN contracts k ON k.ean = l.ean AND k.contract_id = l.contract_id"
+        "  WHERE k.customer_id = $1"
         ") AS log ORDER BY at DESC, event LIMIT $2",
         customer_id,
         limit,

@@ -17,8 +17,8 @@ import asyncpg
 
 from consent.model import EndReason, Purpose
 from consent.retention import RetentionPolicy, add_years
-from gateway.services.consents import end_consents_for_ean
-from gateway.services.customers import CONNECTION_COLUMNS, CONTRACT_WINDOW
+from gateway.services.consents import end_consents_of_contract
+from gateway.services.customers import CONNECTION_COLUMNS, CONTRACT_WINDOW, CONTRACTS_FROM
 from gateway.storage import audit
 from gateway.storage.schema import BILLING_TABLES, INTERVAL_TABLE, READING_TABLES
 
@@ -38,19 +38,21 @@ async def erase(
     kept: list[dict[str, Any]] = []
     async with conn.transaction():
         now: dt.datetime = await conn.fetchval("SELECT now()")
-        # lock order by EAN, like every multi-connection writer, so two erasures cannot deadlock
+        # the customer's contracts, each erased inside its own window only (SPEC §3a: nothing
+        # of the tenant before or after); lock order by EAN, like every multi-connection writer,
+        # so two erasures cannot deadlock
         connections = await conn.fetch(
-            f"SELECT {CONNECTION_COLUMNS} FROM connections WHERE customer_id = $1"
-            " ORDER BY ean FOR UPDATE",
+            f"SELECT {CONNECTION_COLUMNS} FROM {CONTRACTS_FROM} WHERE k.customer_id = $1"
+            " ORDER BY k.ean, k.contract_start FOR UPDATE OF k",
             customer_id,
         )
         for k in connections:
             ean, commodity = k["ean"], k["commodity"]
             window = (k["ean_num"], k["contract_start"], k["contract_end"])
             # end the consents first: their ends (reason 'erasure') lock the consent rows ingest
-            # shares, so no interval row of this EAN can be inserted once this commits
-            ended = await end_consents_for_ean(
-                conn, ean, now, EndReason.ERASURE, purposes=purposes, actor=actor
+            # shares, so no interval row of this contract can be inserted once this commits
+            ended = await end_consents_of_contract(
+                conn, ean, k["contract_id"], now, EndReason.ERASURE, purposes=purposes, actor=actor
             )
             erased["consents_ended"] += len(ended)
             interval = INTERVAL_TABLE[commodity]
@@ -101,7 +103,8 @@ async def erase(
         consents = await conn.fetchrow(
             "SELECT count(*) AS n,"
             " max(least(c.ended_at, c.expires_at, k.contract_end)) AS last_end"
-            " FROM consents c JOIN connections k ON k.ean = c.ean WHERE c.customer_id = $1",
+            " FROM consents c JOIN contracts k ON k.ean = c.ean AND k.contract_id = c.contract_id"
+            " WHERE c.customer_id = $1",
             customer_id,
         )
         if consents["n"]:
@@ -136,6 +139,10 @@ async def erase(
             actor=actor,
             subject=customer_id,
             ean=None,
-            detail={"eans": [k["ean"] for k in connections], "erased": erased},
+            detail={
+                "eans": sorted({k["ean"] for k in connections}),
+                "contracts": [k["contract_id"] for k in connections],
+                "erased": erased,
+            },
         )
     return {"at": now, "erased": erased, "kept": kept}

@@ -53,7 +53,7 @@ async def change_level(
     actor: str,
     channel: str,
 ) -> dict[str, Any]:
-    """Set the (locked) connection's level in the caller's transaction: update the row (its
+    """Set the (locked) contract's level in the caller's transaction: update the row (its
     trigger NOTIFYs every gateway process), append a ``level_events`` row, delete readings the
     new level forbids that were measured at or after now (see the module docstring), audit.
 
@@ -73,14 +73,18 @@ async def change_level(
             "deleted_readings": deleted,
         }
     await conn.execute(
-        "UPDATE connections SET level = $2, level_since = $3, updated_at = now() WHERE ean = $1",
+        "UPDATE contracts SET level = $3, level_since = $4, updated_at = now()"
+        " WHERE ean = $1 AND contract_id = $2",
         ean,
+        connection["contract_id"],
         level,
         now,
     )
     await conn.execute(
-        "INSERT INTO level_events (ean, level, at, channel) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO level_events (ean, contract_id, level, at, channel)"
+        " VALUES ($1, $2, $3, $4, $5)",
         ean,
+        connection["contract_id"],
         level,
         now,
         channel,

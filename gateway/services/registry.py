@@ -1,4 +1,5 @@
-"""The registry: connections (EAN ↔ meter ↔ customer ↔ contract) and field devices.
+"""The registry (SPEC §3a): connections (EAN, commodity), their supply contracts and meter
+installations over time, and field devices.
 
 The admin API (gateway.api.handlers.admin) and the CLI (gateway.cli) call the same functions here.
 Registry writes take one transaction-level advisory lock: they are rare, and the lock lets the
@@ -17,7 +18,6 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,8 +35,10 @@ from gateway.errors import (
     NotFoundError,
     ValidationError,
 )
-from gateway.services.consents import end_consents_for_ean
+from gateway.services.consents import end_consents_of_contract
 from gateway.storage import audit, locks
+from gateway.storage.schema import BILLING_TABLES, CUSTOMER_ID_RE, INTERVAL_TABLE
+from gateway.times import ApiTime
 from gateway.tokens import generate_token, hash_token
 
 #: transaction advisory lock serialising registry writes ('mtrp' + 2)
@@ -44,14 +46,18 @@ REGISTRY_LOCK_KEY = locks.REGISTRY
 
 
 Commodity = Literal["electricity", "gas"]
-EndReason = Literal["contract-ended", "move-out"]
+EndReason = Literal["contract-ended", "move-out", "switch"]
 COMMODITIES: frozenset[str] = frozenset(("electricity", "gas"))
-END_REASONS: frozenset[str] = frozenset(("contract-ended", "move-out"))
+END_REASONS: frozenset[str] = frozenset(("contract-ended", "move-out", "switch"))
 # meter equipment ids are printable ASCII after hex-decoding (DSMR 0-0:96.1.1 / 0-n:96.1.0)
 MeterId = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=96, pattern=r"^[!-~]+$")
 ]
-CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+CustomerId = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, pattern=f"^{CUSTOMER_ID_RE.pattern}$"),
+    Field(description="customer id: letters, digits and . _ : @ | = - (at most 128)"),
+]
 
 # ---------------------------------------------------------------------------------------------
 # EAN-18 (GS1 GSRN-style connection codes)
@@ -85,7 +91,8 @@ def validate_ean(code: str) -> str:
 
 
 class ConnectionIn(BaseModel):
-    """A connection to register."""
+    """A connection to register with its first contract and meter (the ``/v1/admin/meters``
+    shorthand)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -93,8 +100,8 @@ class ConnectionIn(BaseModel):
     commodity: Commodity
     meter_id: MeterId = Field(description="meter equipment id as in the telegram (decoded)")
     customer_id: CustomerId
-    contract_start: AwareDatetime
-    contract_end: AwareDatetime | None = None
+    contract_start: ApiTime
+    contract_end: ApiTime | None = None
 
     @model_validator(mode="after")
     def _period(self) -> ConnectionIn:
@@ -104,16 +111,52 @@ class ConnectionIn(BaseModel):
 
 
 class ContractEndIn(BaseModel):
-    """Ending a connection's contract (contract ended, or the customer moved out)."""
+    """Ending the contract in force on a connection (the ``/v1/admin/meters`` shorthand)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    contract_end: AwareDatetime
+    contract_end: ApiTime
     end_reason: EndReason
 
 
+class ContractIn(BaseModel):
+    """A supply contract to register on a connection (a move-in, a switch to us)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ean: Ean
+    customer_id: CustomerId
+    start: ApiTime
+    end: ApiTime | None = None
+
+    @model_validator(mode="after")
+    def _period(self) -> ContractIn:
+        if self.end is not None and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class ContractPatchIn(BaseModel):
+    """Ending a contract (contract ended, move-out, switch to another supplier)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    end: ApiTime
+    end_reason: EndReason
+
+
+class MeterExchangeIn(BaseModel):
+    """A meter exchange: the installed meter's installation ends at ``at``, ``meter_id``'s
+    starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    meter_id: MeterId
+    at: ApiTime
+
+
 class DeviceIn(BaseModel):
-    """A field device to register, bound to the meter equipment ids it reads."""
+    """A field device to register (or rebind), bound to the meter equipment ids it reads."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -136,25 +179,52 @@ class NewDevice:
         }
 
 
-_CONNECTION_COLUMNS = (
-    "ean, commodity, meter_id, customer_id, contract_start, contract_end, end_reason, level,"
-    " created_at, updated_at"
+#: a contract row as services read it (with its connection's commodity)
+CONTRACT_COLUMNS = (
+    "k.contract_id, k.ean, n.commodity, k.customer_id, k.contract_start, k.contract_end,"
+    " k.end_reason, k.level, k.created_at, k.updated_at"
 )
+_CONTRACTS_OF = "contracts k JOIN connections n ON n.ean = k.ean"
 
 
-def connection_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A connection row as the API shows it (datetimes still datetime objects)."""
+def contract_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A contract as the admin API shows it (datetimes still datetime objects)."""
     return {
+        "contract_id": row["contract_id"],
         "ean": row["ean"],
-        "commodity": row["commodity"],
-        "meter_id": row["meter_id"],
         "customer_id": row["customer_id"],
-        "contract_start": row["contract_start"],
-        "contract_end": row["contract_end"],
+        "start": row["contract_start"],
+        "end": row["contract_end"],
         "end_reason": row["end_reason"],
         "level": row["level"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
+    }
+
+
+def installation_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A meter installation as the admin API shows it."""
+    return {
+        "meter_id": row["meter_id"],
+        "installed_from": row["installed_from"],
+        "installed_until": row["installed_until"],
+    }
+
+
+def connection_json(contract: Mapping[str, Any], meter_id: str | None) -> dict[str, Any]:
+    """The ``/v1/admin/meters`` shorthand's view: a connection with one contract and meter."""
+    return {
+        "ean": contract["ean"],
+        "commodity": contract["commodity"],
+        "meter_id": meter_id,
+        "customer_id": contract["customer_id"],
+        "contract_id": contract["contract_id"],
+        "contract_start": contract["contract_start"],
+        "contract_end": contract["contract_end"],
+        "end_reason": contract["end_reason"],
+        "level": contract["level"],
+        "created_at": contract["created_at"],
+        "updated_at": contract["updated_at"],
     }
 
 
@@ -174,11 +244,10 @@ async def _meter_in_use(
     start: dt.datetime,
     end: dt.datetime | None,
 ) -> str | None:
-    """The EAN of another connection using this meter during [start, end), if any."""
+    """The EAN this meter is installed on at some time of [start, end), if any."""
     ean: str | None = await conn.fetchval(
-        "SELECT ean FROM connections WHERE meter_id = $1 AND commodity = $2"
-        " AND (contract_end IS NULL OR contract_end > $3)"
-        " AND ($4::timestamptz IS NULL OR contract_start < $4) LIMIT 1",
+        "SELECT ean FROM meter_installations WHERE meter_id = $1 AND commodity = $2"
+        " AND tstzrange(installed_from, installed_until) && tstzrange($3, $4) LIMIT 1",
         meter_id,
         commodity,
         start,
@@ -187,30 +256,85 @@ async def _meter_in_use(
     return ean
 
 
+async def _overlapping_contract(
+    conn: asyncpg.Connection, ean: str, start: dt.datetime, end: dt.datetime | None
+) -> asyncpg.Record | None:
+    """A contract of ``ean`` overlapping [start, end), if any."""
+    return await conn.fetchrow(
+        "SELECT contract_id, customer_id, contract_start, contract_end FROM contracts"
+        " WHERE ean = $1 AND tstzrange(contract_start, contract_end) && tstzrange($2, $3)"
+        " ORDER BY contract_start LIMIT 1",
+        ean,
+        start,
+        end,
+    )
+
+
+def _overlap_error(ean: str, other: Mapping[str, Any]) -> ConflictError:
+    until = other["contract_end"].isoformat() if other["contract_end"] else "open end"
+    return ConflictError(
+        f"contract {other['contract_id']} of customer {other['customer_id']} on connection {ean}"
+        f" ({other['contract_start'].isoformat()} – {until}) overlaps that period"
+    )
+
+
+async def _contract(conn: asyncpg.Connection, contract_id: uuid.UUID) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"SELECT {CONTRACT_COLUMNS} FROM {_CONTRACTS_OF} WHERE k.contract_id = $1", contract_id
+    )
+    if row is None:
+        raise NotFoundError(f"no contract {contract_id}")
+    return row
+
+
+async def _meter_at(conn: asyncpg.Connection, ean: str, at: dt.datetime) -> str | None:
+    """The meter installed on ``ean`` at ``at`` (or the latest one before, for an EAN whose
+    meter was removed)."""
+    meter: str | None = await conn.fetchval(
+        "SELECT meter_id FROM meter_installations WHERE ean = $1 AND installed_from <= $2"
+        " ORDER BY installed_from DESC LIMIT 1",
+        ean,
+        at,
+    )
+    return meter
+
+
 async def add_connection(
     conn: asyncpg.Connection, new: ConnectionIn, *, actor: str = "admin"
 ) -> dict[str, Any]:
-    """Register a connection; ConflictError if the EAN exists or the meter is in use."""
+    """Register a connection with its first contract and meter; ConflictError if the EAN
+    exists or the meter is installed elsewhere."""
     async with conn.transaction():
         await lock_registry(conn)
         if await conn.fetchval("SELECT 1 FROM connections WHERE ean = $1", new.ean):
-            raise ConflictError(f"connection {new.ean} is already registered")
-        other = await _meter_in_use(
-            conn, new.commodity, new.meter_id, new.contract_start, new.contract_end
-        )
+            raise ConflictError(
+                f"connection {new.ean} is already registered; add a contract to it"
+                " (POST /v1/admin/contracts)"
+            )
+        other = await _meter_in_use(conn, new.commodity, new.meter_id, new.contract_start, None)
         if other is not None:
             raise ConflictError(
-                f"meter {new.meter_id} already belongs to connection {other} during that period"
+                f"meter {new.meter_id} is installed on connection {other} during that period"
             )
-        row = await conn.fetchrow(
-            "INSERT INTO connections (ean, commodity, meter_id, customer_id, contract_start,"
-            f" contract_end) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_CONNECTION_COLUMNS}",
+        await conn.execute(
+            "INSERT INTO connections (ean, commodity) VALUES ($1, $2)", new.ean, new.commodity
+        )
+        contract_id = await conn.fetchval(
+            "INSERT INTO contracts (ean, customer_id, contract_start, contract_end)"
+            " VALUES ($1, $2, $3, $4) RETURNING contract_id",
             new.ean,
-            new.commodity,
-            new.meter_id,
             new.customer_id,
             new.contract_start,
             new.contract_end,
+        )
+        # the meter stays when the contract ends: the next tenant reads the same meter
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+            " VALUES ($1, $2, $3, $4)",
+            new.ean,
+            new.commodity,
+            new.meter_id,
+            new.contract_start,
         )
         await audit.append(
             conn,
@@ -218,32 +342,108 @@ async def add_connection(
             actor=actor,
             subject=new.customer_id,
             ean=new.ean,
-            detail={"change": "connection-added", "commodity": new.commodity},
+            detail={
+                "change": "connection-added",
+                "commodity": new.commodity,
+                "contract_id": contract_id,
+            },
         )
+        row = await _contract(conn, contract_id)
     metrics.CONNECTIONS_REGISTERED.inc()
-    assert row is not None
-    return connection_json(row)
+    return connection_json(row, new.meter_id)
+
+
+async def get_meter(conn: asyncpg.Connection, ean: str) -> dict[str, Any]:
+    """The shorthand view of a connection: its latest contract and current meter."""
+    row = await conn.fetchrow(
+        f"SELECT {CONTRACT_COLUMNS} FROM {_CONTRACTS_OF} WHERE k.ean = $1"
+        " ORDER BY k.contract_start DESC LIMIT 1",
+        ean,
+    )
+    if row is None:
+        raise NotFoundError(f"no connection {ean} is registered")
+    return connection_json(row, await _meter_at(conn, ean, dt.datetime.max.replace(tzinfo=dt.UTC)))
 
 
 async def get_connection(conn: asyncpg.Connection, ean: str) -> dict[str, Any]:
-    """A registered connection; NotFoundError if there is none with this EAN."""
-    row = await conn.fetchrow(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE ean = $1", ean)
-    if row is None:
+    """A connection with its whole contract and meter history; NotFoundError if unknown."""
+    found = await conn.fetchrow(
+        "SELECT ean, commodity, created_at FROM connections WHERE ean = $1", ean
+    )
+    if found is None:
         raise NotFoundError(f"no connection {ean} is registered")
-    return connection_json(row)
+    contracts = await conn.fetch(
+        f"SELECT {CONTRACT_COLUMNS} FROM {_CONTRACTS_OF} WHERE k.ean = $1"
+        " ORDER BY k.contract_start",
+        ean,
+    )
+    meters = await conn.fetch(
+        "SELECT meter_id, installed_from, installed_until FROM meter_installations"
+        " WHERE ean = $1 ORDER BY installed_from",
+        ean,
+    )
+    return {
+        "ean": found["ean"],
+        "commodity": found["commodity"],
+        "created_at": found["created_at"],
+        "contracts": [contract_json(k) for k in contracts],
+        "meters": [installation_json(m) for m in meters],
+    }
+
+
+async def add_contract(
+    conn: asyncpg.Connection, new: ContractIn, *, actor: str = "admin"
+) -> dict[str, Any]:
+    """Register a supply contract on a known connection (a move-in, a switch to us); it starts
+    at the default level with no consent. ConflictError naming the contract it would overlap."""
+    async with conn.transaction():
+        await lock_registry(conn)
+        if not await conn.fetchval("SELECT 1 FROM connections WHERE ean = $1", new.ean):
+            raise NotFoundError(f"no connection {new.ean} is registered")
+        other = await _overlapping_contract(conn, new.ean, new.start, new.end)
+        if other is not None:
+            raise _overlap_error(new.ean, other)
+        contract_id = await conn.fetchval(
+            "INSERT INTO contracts (ean, customer_id, contract_start, contract_end)"
+            " VALUES ($1, $2, $3, $4) RETURNING contract_id",
+            new.ean,
+            new.customer_id,
+            new.start,
+            new.end,
+        )
+        await audit.append(
+            conn,
+            kind=audit.KIND_REGISTRY_CHANGE,
+            actor=actor,
+            subject=new.customer_id,
+            ean=new.ean,
+            detail={"change": "contract-added", "contract_id": contract_id, "start": new.start},
+        )
+        row = await _contract(conn, contract_id)
+    return contract_json(row)
 
 
 async def end_contract(
-    conn: asyncpg.Connection, ean: str, at: dt.datetime, reason: str, *, actor: str = "admin"
+    conn: asyncpg.Connection,
+    contract_id: uuid.UUID,
+    at: dt.datetime,
+    reason: str,
+    *,
+    actor: str = "admin",
 ) -> dict[str, Any]:
-    """End the contract of connection ``ean`` at ``at`` (``contract-ended`` or ``move-out``).
+    """End contract ``contract_id`` at ``at`` (``contract-ended``, ``move-out`` or ``switch``).
 
-    In the same transaction (SPEC §4: a registry change ends every consent on that EAN at once):
-    every consent on the EAN still open at ``at`` ends at ``at`` with the same reason, each end is
-    recorded in ``consent_events``, interval readings measured at or after ``at`` are deleted
-    (SPEC §3 invariant), and ``meterpoort_consent`` is notified (payload: the EAN) so every
-    gateway process drops its cached consent state. Extend here, inside the transaction, for
-    anything else that must end with a contract (webhook outbox rows).
+    In the same transaction (SPEC §3a, §4):
+
+    1. the contract row is locked and its end set (the lock ingest's ``FOR SHARE OF k`` waits
+       for, gateway.ingest.sql);
+    2. every consent of the contract still open at ``at`` ends at ``at`` with the same reason,
+       each as a revocation would (event, receipt data, webhook, interval readings at or after
+       the end deleted);
+    3. the EAN's readings measured in ``[at, old end)`` are deleted: after the end they belong
+       to no contract (a back-dated end, or a meter clock running ahead);
+    4. ``meterpoort_consent`` is notified (the contracts trigger) so every gateway process
+       reroutes the meter.
     """
     if reason not in END_REASONS:
         raise ValidationError(
@@ -253,42 +453,184 @@ async def end_contract(
     async with conn.transaction():
         await lock_registry(conn)
         row = await conn.fetchrow(
-            "SELECT ean_num, contract_start, end_reason, contract_end FROM connections"
-            " WHERE ean = $1 FOR UPDATE",
-            ean,
+            "SELECT k.ean, n.commodity, k.customer_id, k.contract_start, k.contract_end,"
+            " k.end_reason FROM contracts k JOIN connections n ON n.ean = k.ean"
+            " WHERE k.contract_id = $1 FOR UPDATE OF k",
+            contract_id,
         )
         if row is None:
-            raise NotFoundError(f"no connection {ean} is registered")
+            raise NotFoundError(f"no contract {contract_id}")
+        ean: str = row["ean"]
         if row["end_reason"] is not None:
             raise ConflictError(
-                f"the contract of connection {ean} has already ended ({row['end_reason']})"
+                f"contract {contract_id} on connection {ean} has already ended"
+                f" ({row['end_reason']}, {row['contract_end'].isoformat()})"
             )
         if at <= row["contract_start"]:
             raise ValidationError(
-                "contract_end must be after the contract start",
-                [FieldError(("contract_end",), "before or at contract_start")],
+                f"the end must be after the contract's start ({row['contract_start'].isoformat()})",
+                [FieldError(("end",), "before or at the contract start")],
             )
-        updated = await conn.fetchrow(
-            "UPDATE connections SET contract_end = $2, end_reason = $3, updated_at = now()"
-            f" WHERE ean = $1 RETURNING {_CONNECTION_COLUMNS}",
+        later = await conn.fetchrow(
+            "SELECT contract_id, customer_id, contract_start, contract_end FROM contracts"
+            " WHERE ean = $1 AND contract_id <> $2 AND contract_start >= $3"
+            " AND contract_start < $4 ORDER BY contract_start LIMIT 1",
             ean,
+            contract_id,
+            row["contract_start"],
+            at,
+        )
+        if later is not None:
+            raise _overlap_error(ean, later)
+        # 1. the UPDATE first: it takes the row lock ingest's FOR SHARE conflicts with
+        await conn.execute(
+            "UPDATE contracts SET contract_end = $3, end_reason = $4, updated_at = now()"
+            " WHERE ean = $1 AND contract_id = $2",
+            ean,
+            contract_id,
             at,
             reason,
         )
-        # every consent still open ends with the contract, each as a revocation would (event,
-        # readings at or after the end deleted, delete-purpose data removed), one NOTIFY
-        await end_consents_for_ean(conn, ean, at, ConsentEndReason(reason), actor=actor)
-        assert updated is not None
+        # 2. its consents end with it
+        ended = await end_consents_of_contract(
+            conn, ean, contract_id, at, ConsentEndReason(reason), actor=actor
+        )
+        # 3. nothing measured after the end stays under it
+        deleted = await _delete_readings_between(
+            conn, ean, row["commodity"], at, row["contract_end"]
+        )
         await audit.append(
             conn,
             kind=audit.KIND_REGISTRY_CHANGE,
             actor=actor,
-            subject=updated["customer_id"],
+            subject=row["customer_id"],
             ean=ean,
-            detail={"change": reason, "contract_end": at},
+            detail={
+                "change": reason,
+                "contract_id": contract_id,
+                "contract_end": at,
+                "consents_ended": len(ended),
+                "deleted_readings": deleted,
+            },
         )
-    assert updated is not None
-    return connection_json(updated)
+        updated = await _contract(conn, contract_id)
+    return contract_json(updated)
+
+
+async def _delete_readings_between(
+    conn: asyncpg.Connection,
+    ean: str,
+    commodity: str,
+    since: dt.datetime,
+    until: dt.datetime | None,
+) -> int:
+    """Delete the EAN's readings (every granularity) measured in [since, until)."""
+    deleted = 0
+    for table in (INTERVAL_TABLE[commodity], *BILLING_TABLES[commodity]):
+        # a reading measured at or after `since` is in a period starting less than a month
+        # before it: the bound lets the primary key and partition pruning find the rows
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE ean = $1::bigint AND measured_at >= $2"
+            " AND ($3::timestamptz IS NULL OR measured_at < $3)"
+            " AND period_start > $2 - interval '32 days'",
+            int(ean),
+            since,
+            until,
+        )
+        deleted += int(status.rsplit(" ", 1)[-1])
+    return deleted
+
+
+async def end_current_contract(
+    conn: asyncpg.Connection, ean: str, at: dt.datetime, reason: str, *, actor: str = "admin"
+) -> dict[str, Any]:
+    """The ``PATCH /v1/admin/meters/{ean}`` shorthand: end the contract that is open at
+    ``at`` (or the latest one still open) on connection ``ean``."""
+    contract_id = await conn.fetchval(
+        "SELECT contract_id FROM contracts WHERE ean = $1 AND contract_start < $2"
+        " AND (contract_end IS NULL OR (end_reason IS NULL AND contract_end >= $2))"
+        " ORDER BY contract_start DESC LIMIT 1",
+        ean,
+        at,
+    )
+    if contract_id is None:
+        if not await conn.fetchval("SELECT 1 FROM connections WHERE ean = $1", ean):
+            raise NotFoundError(f"no connection {ean} is registered")
+        latest = await conn.fetchrow(
+            "SELECT contract_id, end_reason, contract_end FROM contracts WHERE ean = $1"
+            " ORDER BY contract_start DESC LIMIT 1",
+            ean,
+        )
+        if latest is not None and latest["end_reason"] is not None:
+            raise ConflictError(
+                f"the contract of connection {ean} ({latest['contract_id']}) has already ended"
+                f" ({latest['end_reason']})"
+            )
+        raise ConflictError(f"no contract of connection {ean} is open at {at.isoformat()}")
+    await end_contract(conn, contract_id, at, reason, actor=actor)
+    return await get_meter(conn, ean)
+
+
+async def exchange_meter(
+    conn: asyncpg.Connection, ean: str, change: MeterExchangeIn, *, actor: str = "admin"
+) -> dict[str, Any]:
+    """A meter exchange on ``ean``: the meter installed at ``change.at`` leaves at that instant
+    and ``change.meter_id`` is installed from it. ConflictError naming the EAN when the new
+    meter is installed elsewhere then. Returns the connection with its history."""
+    at = change.at
+    async with conn.transaction():
+        await lock_registry(conn)
+        found = await conn.fetchrow("SELECT commodity FROM connections WHERE ean = $1", ean)
+        if found is None:
+            raise NotFoundError(f"no connection {ean} is registered")
+        current = await conn.fetchrow(
+            "SELECT installation_id, meter_id, installed_from, installed_until"
+            " FROM meter_installations WHERE ean = $1 AND installed_from < $2"
+            " AND (installed_until IS NULL OR installed_until > $2) FOR UPDATE",
+            ean,
+            at,
+        )
+        if current is None:
+            raise ConflictError(
+                f"no meter is installed on connection {ean} at {at.isoformat()}"
+                " (an exchange must fall inside an installation)"
+            )
+        if current["meter_id"] == change.meter_id:
+            raise ConflictError(f"meter {change.meter_id} is already installed on {ean}")
+        until = current["installed_until"]
+        other = await _meter_in_use(conn, found["commodity"], change.meter_id, at, until)
+        if other is not None:
+            raise ConflictError(
+                f"meter {change.meter_id} is installed on connection {other} during that period"
+            )
+        await conn.execute(
+            "UPDATE meter_installations SET installed_until = $2 WHERE installation_id = $1",
+            current["installation_id"],
+            at,
+        )
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from,"
+            " installed_until) VALUES ($1, $2, $3, $4, $5)",
+            ean,
+            found["commodity"],
+            change.meter_id,
+            at,
+            until,
+        )
+        await audit.append(
+            conn,
+            kind=audit.KIND_REGISTRY_CHANGE,
+            actor=actor,
+            subject=None,
+            ean=ean,
+            detail={
+                "change": "meter-exchange",
+                "old_meter_id": current["meter_id"],
+                "meter_id": change.meter_id,
+                "at": at,
+            },
+        )
+        return await get_connection(conn, ean)
 
 
 async def add_device(
@@ -318,3 +660,78 @@ async def add_device(
         )
     metrics.DEVICES_REGISTERED.inc()
     return NewDevice(device_id, token, ids)
+
+
+def device_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A device as the admin API shows it (never its token)."""
+    return {
+        "device_id": row["device_id"],
+        "meter_ids": list(row["meter_ids"]),
+        "created_at": row["created_at"],
+        "revoked_at": row["revoked_at"],
+    }
+
+
+_DEVICE_COLUMNS = "device_id, meter_ids, created_at, revoked_at"
+
+
+async def list_devices(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Every registered device, oldest first."""
+    rows = await conn.fetch(f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY created_at, device_id")
+    return [device_json(r) for r in rows]
+
+
+async def rebind_device(
+    conn: asyncpg.Connection,
+    device_id: uuid.UUID,
+    meter_ids: Iterable[str],
+    *,
+    actor: str = "admin",
+) -> dict[str, Any]:
+    """Bind a device to other meter ids (after a meter exchange); its token stays valid.
+    Every gateway process drops the device from its credential cache (NOTIFY from the devices
+    trigger, migration 0011)."""
+    ids = list(dict.fromkeys(meter_ids))
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE devices SET meter_ids = $2 WHERE device_id = $1 RETURNING {_DEVICE_COLUMNS}",
+            device_id,
+            ids,
+        )
+        if row is None:
+            raise NotFoundError(f"no device {device_id}")
+        if row["revoked_at"] is not None:
+            raise ConflictError(f"device {device_id} is revoked; register a new one")
+        await audit.append(
+            conn,
+            kind=audit.KIND_REGISTRY_CHANGE,
+            actor=actor,
+            subject=None,
+            ean=None,
+            detail={"change": "device-rebound", "device_id": device_id, "meter_ids": ids},
+        )
+    return device_json(row)
+
+
+async def revoke_device(
+    conn: asyncpg.Connection, device_id: uuid.UUID, *, actor: str = "admin"
+) -> dict[str, Any]:
+    """Revoke a device's token (a stolen or retired dongle): refused from now on in every
+    gateway process (NOTIFY from the devices trigger). Revoking twice changes nothing."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE devices SET revoked_at = coalesce(revoked_at, now()) WHERE device_id = $1"
+            f" RETURNING {_DEVICE_COLUMNS}",
+            device_id,
+        )
+        if row is None:
+            raise NotFoundError(f"no device {device_id}")
+        await audit.append(
+            conn,
+            kind=audit.KIND_TOKEN_REVOKE,
+            actor=actor,
+            subject=None,
+            ean=None,
+            detail={"change": "device-revoked", "device_id": device_id},
+        )
+    return device_json(row)

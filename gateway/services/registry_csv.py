@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import itertools
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -22,6 +21,8 @@ from gateway import metrics
 from gateway.errors import CsvImportError, FieldError
 from gateway.services.registry import COMMODITIES, lock_registry
 from gateway.storage import audit
+from gateway.storage.schema import CUSTOMER_ID_RE
+from gateway.times import parse_time
 
 CSV_REQUIRED = ("ean", "commodity", "meter_id", "customer_id", "contract_start")
 CSV_OPTIONAL = ("contract_end",)
@@ -38,17 +39,6 @@ class CsvRow:
     customer_id: str
     contract_start: dt.datetime
     contract_end: dt.datetime | None
-
-
-def parse_csv_time(text: str, tz: ZoneInfo) -> dt.datetime:
-    """An RFC 3339 timestamp with offset, or a date meaning local midnight in ``tz``."""
-    if len(text) == 10:
-        day = dt.date.fromisoformat(text)
-        return dt.datetime(day.year, day.month, day.day, tzinfo=tz)
-    value = dt.datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        raise ValueError("a timestamp needs a UTC offset (e.g. 2024-01-01T00:00:00+01:00)")
-    return value
 
 
 def parse_connections_csv(text: str, tz: ZoneInfo) -> tuple[list[CsvRow], list[FieldError]]:
@@ -115,17 +105,17 @@ def parse_connections_csv(text: str, tz: ZoneInfo) -> tuple[list[CsvRow], list[F
             " " in meter_id
         ):
             errors.append(FieldError(("line", line, "meter_id"), "invalid meter id"))
-        if not customer_id or len(customer_id) > 128:
+        if not CUSTOMER_ID_RE.fullmatch(customer_id):
             errors.append(FieldError(("line", line, "customer_id"), "invalid customer id"))
         start: dt.datetime | None = None
         end: dt.datetime | None = None
         try:
-            start = parse_csv_time(fields[index["contract_start"]], tz)
+            start = parse_time(fields[index["contract_start"]], tz)
         except ValueError as exc:
             errors.append(FieldError(("line", line, "contract_start"), _time_problem(exc)))
         if i_end is not None and fields[i_end]:
             try:
-                end = parse_csv_time(fields[i_end], tz)
+                end = parse_time(fields[i_end], tz)
             except ValueError as exc:
                 errors.append(FieldError(("line", line, "contract_end"), _time_problem(exc)))
         if start is not None and end is not None and end <= start:
@@ -149,25 +139,20 @@ def _time_problem(exc: ValueError) -> str:
 
 
 def _meter_overlaps(rows: list[CsvRow]) -> list[FieldError]:
-    """One error per row whose meter is also on an earlier row of the file at the same time."""
-    by_meter: dict[tuple[str, str], list[CsvRow]] = {}
-    for row in rows:
-        by_meter.setdefault((row.commodity, row.meter_id), []).append(row)
+    """One error per row whose meter is also on an earlier row of the file: a meter registered
+    with a connection stays installed there (until a meter exchange), so two rows would put it
+    on two EANs at once."""
+    first: dict[tuple[str, str], CsvRow] = {}
     errors: list[FieldError] = []
-    for group in by_meter.values():
-        if len(group) < 2:
-            continue
-        group.sort(key=lambda r: r.contract_start)
-        for prev, row in itertools.pairwise(group):
-            if prev.contract_end is None or prev.contract_end > row.contract_start:
-                errors.append(
-                    FieldError(
-                        ("line", row.line, "meter_id"),
-                        f"meter {row.meter_id} is also on line {prev.line}"
-                        " for an overlapping period",
-                    )
+    for row in rows:
+        prev = first.setdefault((row.commodity, row.meter_id), row)
+        if prev is not row:
+            errors.append(
+                FieldError(
+                    ("line", row.line, "meter_id"),
+                    f"meter {row.meter_id} is also on line {prev.line}",
                 )
-    errors.sort(key=lambda e: e.loc[1])
+            )
     return errors
 
 
@@ -214,20 +199,27 @@ async def import_connections_csv(
             "SELECT i.line, 'ean' AS col, 'connection ' || i.ean || ' is already registered'"
             " AS msg FROM registry_import i JOIN connections c USING (ean)"
             " UNION ALL"
-            " SELECT i.line, 'meter_id', 'meter ' || i.meter_id || ' already belongs to"
-            " connection ' || c.ean || ' during that period'"
-            " FROM registry_import i JOIN connections c"
-            "   ON c.meter_id = i.meter_id AND c.commodity = i.commodity AND c.ean <> i.ean"
-            "  AND (c.contract_end IS NULL OR c.contract_end > i.contract_start)"
-            "  AND (i.contract_end IS NULL OR c.contract_start < i.contract_end)"
+            " SELECT i.line, 'meter_id', 'meter ' || i.meter_id || ' is installed on"
+            " connection ' || m.ean || ' during that period'"
+            " FROM registry_import i JOIN meter_installations m"
+            "   ON m.meter_id = i.meter_id AND m.commodity = i.commodity"
+            "  AND tstzrange(m.installed_from, m.installed_until)"
+            "   && tstzrange(i.contract_start, NULL)"
             " ORDER BY 1"
         )
         if clashes:
             raise _csv_error([FieldError(("line", r["line"], r["col"]), r["msg"]) for r in clashes])
         inserted = await conn.execute(
-            "INSERT INTO connections (ean, commodity, meter_id, customer_id, contract_start,"
-            " contract_end) SELECT ean, commodity, meter_id, customer_id, contract_start,"
-            " contract_end FROM registry_import"
+            "INSERT INTO connections (ean, commodity) SELECT ean, commodity FROM registry_import"
+        )
+        await conn.execute(
+            "INSERT INTO contracts (ean, customer_id, contract_start, contract_end)"
+            " SELECT ean, customer_id, contract_start, contract_end FROM registry_import"
+        )
+        # the meter stays on the EAN after the contract ends (the next tenant reads it too)
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+            " SELECT ean, commodity, meter_id, contract_start FROM registry_import"
         )
         # one audit row per import (not per connection): what changed is in the registry itself
         await audit.append(

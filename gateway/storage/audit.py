@@ -62,6 +62,7 @@ KIND_CONSENT_END: Final = "consent.end"
 KIND_LEVEL_CHANGE: Final = "level.change"
 KIND_REGISTRY_CHANGE: Final = "registry.change"
 KIND_TOKEN_CREATE: Final = "token.create"
+KIND_TOKEN_REVOKE: Final = "token.revoke"
 KIND_EXPORT: Final = "data.export"
 KIND_ERASURE: Final = "data.erasure"
 KIND_READ: Final = "data.read"
@@ -342,8 +343,7 @@ async def verify(
                 return broken(
                     1,
                     Problem.ROW_MISSING,
-                    f"rows 1..{gone} are missing and no {KIND_PRUNE} row announces their"
-                    " removal",
+                    f"rows 1..{gone} are missing and no {KIND_PRUNE} row announces their removal",
                 )
             through, through_hash = start
             expected_seq = first["seq"]
@@ -525,6 +525,4 @@ async def prune(
         )
         if int(status.rsplit(" ", 1)[-1]) < batch_rows:
             break
-    return PruneResult(
-        rows=rows, first_seq=first_seq, through_seq=through, announced_seq=announced
-    )
+    return PruneResult(rows=rows, first_seq=first_seq, through_seq=through, announced_seq=announced)

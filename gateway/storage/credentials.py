@@ -18,7 +18,8 @@ import asyncpg
 from gateway.storage.db import acquire
 from gateway.tokens import TtlCache, hash_token
 
-#: Seconds a device look-up (or a miss) is trusted; revoking a device takes effect within this.
+#: Seconds a device look-up (or a miss) is trusted when no change is heard of: a rebind or
+#: revocation NOTIFYs every process, which then forgets its cached devices at once.
 DEVICE_CACHE_TTL_S = 30.0
 #: Seconds a client look-up (or a miss) is trusted in a process; other processes see a rotation
 #: or revocation within this (clients make few, large requests, so a short TTL costs little).

@@ -7,7 +7,9 @@ Visibility, decided in SQL so no reading the client may not see ever reaches Pyt
 
 * the granularity must be one of the client's (else 403, in the handler);
 * daily and monthly readings: every registered connection (the client is the supplier's own
-  billing system; daily data needs no consent, SPEC §2), optionally filtered by ``ean``;
+  billing system; daily data needs no consent, SPEC §2), optionally filtered by ``ean``,
+  ``customer_id`` and ``contract_id``; each reading carries the contract in force when it was
+  measured and its customer (SPEC §3a);
 * interval readings (``PT15M``, ``PT1H``): only where an interval consent for one of the client's
   purposes covered the reading's ``measured_at`` (``granted_at <= measured_at < first of ended_at,
   expires_at, contract_end``) — and once that consent is over, only if its purpose keeps its data
@@ -44,6 +46,8 @@ from consent.levels import INTERVAL_GRANULARITIES
 from consent.model import DEFAULT_PURPOSES, OnRevoke, Purpose
 from gateway.errors import BadRequestError, FieldError, ValidationError
 from gateway.storage import schema
+from gateway.storage.schema import CUSTOMER_ID_RE
+from gateway.times import parse_time
 
 #: granularity → (table, commodity) of the reading tables it reads
 
@@ -52,19 +56,20 @@ MAX_LIMIT: Final = 10_000
 #: most ``ean`` parameters in one request
 MAX_EANS: Final = 1000
 #: query parameters the endpoint knows (anything else is refused, so a typo is not ignored)
-KNOWN_PARAMS: Final = frozenset({"granularity", "from", "to", "ean", "cursor", "limit"})
+KNOWN_PARAMS: Final = frozenset(
+    {"granularity", "from", "to", "ean", "customer_id", "contract_id", "cursor", "limit"}
+)
 
 CSV_HEADER: Final = (
-    "ean,commodity,granularity,period_start,measured_at,"
+    "ean,contract_id,customer_id,commodity,granularity,period_start,measured_at,"
     "import_t1_wh,import_t2_wh,export_t1_wh,export_t2_wh,volume_dm3"
 )
 
-_DATE_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 _EAN_RE: Final = re.compile(r"[0-9]{18}")
 _CURSOR_VERSION: Final = 1
 _CURSOR_MAC_BYTES: Final = 16
 #: columns of _json_columns
-_JSON_WIDTH: Final = 15
+_JSON_WIDTH: Final = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,9 @@ class ReadingsQuery:
     limit: int
     #: keyset position (ean, period_start) of the last row already returned
     after: tuple[int, dt.datetime] | None = None
+    #: only readings of this customer's contracts / of this contract
+    customer_id: str | None = None
+    contract_id: uuid.UUID | None = None
 
     def fingerprint(self, client_id: uuid.UUID) -> str:
         """What a cursor is bound to: the client and the query (not the page size)."""
@@ -89,6 +97,8 @@ class ReadingsQuery:
                 self.start.isoformat(),
                 self.end.isoformat(),
                 ",".join(self.eans),
+                self.customer_id or "",
+                str(self.contract_id or ""),
             )
         )
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
@@ -100,27 +110,6 @@ class ReadingsQuery:
 
 def _field(name: str, msg: str) -> FieldError:
     return FieldError(("query", name), msg)
-
-
-def parse_time(value: str, tz: ZoneInfo) -> dt.datetime:
-    """RFC 3339 with an offset (``…Z`` or ``…+01:00``), or ``YYYY-MM-DD`` = local midnight in
-    ``tz``; ValueError with a reason otherwise."""
-    text = value.strip()
-    if _DATE_RE.fullmatch(text):
-        day = dt.date.fromisoformat(text)
-        return dt.datetime.combine(day, dt.time(0), tzinfo=tz).astimezone(dt.UTC)
-    if "T" not in text and " " in text[:11]:
-        raise ValueError("expected RFC 3339 (e.g. 2024-03-01T00:00:00Z) or YYYY-MM-DD")
-    if " " in text and "T" in text:
-        # an unencoded '+' in a query string arrives as a space: 2024-03-01T00:00:00 01:00
-        text = text.replace(" ", "+")
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError("expected RFC 3339 (e.g. 2024-03-01T00:00:00Z) or YYYY-MM-DD") from None
-    if parsed.tzinfo is None:
-        raise ValueError("a time needs a UTC offset ('Z' or '+01:00'); a bare date means local")
-    return parsed.astimezone(dt.UTC)
 
 
 def parse_params(params: Mapping[str, str], eans: Sequence[str], tz: ZoneInfo) -> ReadingsQuery:
@@ -165,6 +154,17 @@ def parse_params(params: Mapping[str, str], eans: Sequence[str], tz: ZoneInfo) -
     if len(clean) > MAX_EANS:
         errors.append(_field("ean", f"at most {MAX_EANS} EANs per request"))
 
+    customer_id = params.get("customer_id")
+    if customer_id is not None and not CUSTOMER_ID_RE.fullmatch(customer_id):
+        errors.append(_field("customer_id", "not a customer id"))
+    contract_id: uuid.UUID | None = None
+    raw_contract = params.get("contract_id")
+    if raw_contract is not None:
+        try:
+            contract_id = uuid.UUID(raw_contract)
+        except ValueError:
+            errors.append(_field("contract_id", "not a contract id (a UUID)"))
+
     limit = DEFAULT_LIMIT
     raw_limit = params.get("limit")
     if raw_limit is not None:
@@ -177,7 +177,15 @@ def parse_params(params: Mapping[str, str], eans: Sequence[str], tz: ZoneInfo) -
         names = ", ".join(dict.fromkeys(str(e.loc[1]) for e in errors))
         raise ValidationError(f"invalid query parameters: {names}", errors)
     assert granularity is not None
-    return ReadingsQuery(granularity, times["from"], times["to"], tuple(sorted(clean)), limit)
+    return ReadingsQuery(
+        granularity,
+        times["from"],
+        times["to"],
+        tuple(sorted(clean)),
+        limit,
+        customer_id=customer_id,
+        contract_id=contract_id,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +279,10 @@ def _json_columns(commodity: str, granularity: str) -> str:
     parts = [
         _lit('{"ean":"'),
         "k.ean",
+        _lit('","contract_id":"'),
+        "k.contract_id",
+        _lit('","customer_id":"'),
+        "k.customer_id",
         _lit(f'","commodity":"{commodity}","granularity":"{granularity}","period_start":"'),
         "r.period_start",
         _lit('","measured_at":"'),
@@ -308,7 +320,7 @@ def _csv_columns(commodity: str, granularity: str) -> str:
     else:
         registers = "NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, r.volume_dm3"
     return (
-        f"k.ean, '{commodity}'::text, '{granularity}'::text,"
+        f"k.ean, k.contract_id, k.customer_id, '{commodity}'::text, '{granularity}'::text,"
         f" r.period_start, r.measured_at, {registers}"
     )
 
@@ -337,9 +349,10 @@ def build_sql(
     visible = ""
     if interval:
         args.extend([list(purposes), list(keep)])
-        # the consent test of the module docstring; k is the reading's connection
+        # the consent test of the module docstring; k is the reading's contract
         visible = (
             " AND EXISTS (SELECT 1 FROM consents c WHERE c.ean = k.ean"
+            " AND c.contract_id = k.contract_id"
             " AND c.data_class = 'interval' AND c.purpose = ANY($3::text[])"
             " AND c.granted_at <= r.measured_at"
             " AND r.measured_at <"
@@ -350,6 +363,12 @@ def build_sql(
     if query.eans:
         args.append([int(e) for e in query.eans])
         extra += f" AND r.ean = ANY(${len(args)}::bigint[])"
+    if query.customer_id is not None:
+        args.append(query.customer_id)
+        extra += f" AND k.customer_id = ${len(args)}"
+    if query.contract_id is not None:
+        args.append(query.contract_id)
+        extra += f" AND k.contract_id = ${len(args)}"
     if query.after is not None:
         args.extend(query.after)
         extra += f" AND (r.ean, r.period_start) > (${len(args) - 1}::bigint, ${len(args)})"
@@ -367,7 +386,10 @@ def build_sql(
         )
         branches.append(
             f"SELECT r.ean, r.period_start, {columns}"
-            f" FROM {table} r JOIN connections k ON k.ean_num = r.ean"
+            # the reading's contract: the one in force when it was measured (SPEC §3a)
+            f" FROM {table} r JOIN contracts k ON k.ean_num = r.ean"
+            " AND k.contract_start <= r.measured_at"
+            " AND (k.contract_end IS NULL OR r.measured_at < k.contract_end)"
             f" WHERE r.period_start >= $1 AND r.period_start < $2{extra}{visible}"
         )
     inner = " UNION ALL ".join(f"({b})" for b in branches)

@@ -7,6 +7,7 @@ is changed once.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,10 +61,15 @@ GRANULARITY_TABLES: Final[dict[str, tuple[ReadingTable, ...]]] = {
     "PT15M": (E_PT15M,),
 }
 
+#: what a customer id may hold: a CRM/IdP identifier, printable without spaces, quotes or
+#: backslashes, so it travels verbatim inside the COPY-encoded reading lines
+#: (gateway.storage.readings_query spells JSON around raw column text)
+CUSTOMER_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@|=-]{0,127}")
+
 #: the columns of a consent as services and the API read it
 CONSENT_COLUMNS: Final = (
     "ean, consent_id, customer_id, purpose, data_class, notice_version, channel, granted_at,"
-    " expires_at, ended_at, end_reason"
+    " expires_at, ended_at, end_reason, contract_id"
 )
 
 

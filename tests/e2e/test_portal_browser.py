@@ -362,7 +362,7 @@ async def test_customer_grants_revokes_and_downloads_in_the_portal(
     )
     await expect(gas).to_contain_text("only possible while daily readings are on")
     await expect(gas.get_by_label("Monthly readings only")).to_be_checked()
-    assert await pool.fetchval("SELECT level FROM connections WHERE ean = $1", G_EAN) == "monthly"
+    assert await pool.fetchval("SELECT level FROM contracts WHERE ean = $1", G_EAN) == "monthly"
     await expect(log_rows).to_have_count(4)
     await expect(log_rows.nth(0)).to_contain_text("Meter reading choice: Monthly readings only")
 

@@ -136,19 +136,31 @@ async def test_meter_on_two_active_connections_is_a_conflict(
     gas = meter_body(2, meter_id=meter_body(1)["meter_id"], commodity="gas")
     ok = await gateway_client.post("/v1/admin/meters", json=gas, headers=admin_headers)
     assert ok.status == 201
-    # after a move-out the meter may go to a new connection from the end on
+    # a move-out leaves the meter on its EAN (the next tenant reads it)...
     end = {"contract_end": "2024-06-01T00:00:00+02:00", "end_reason": "move-out"}
     resp = await gateway_client.patch(
         f"/v1/admin/meters/{make_ean(1)}", json=end, headers=admin_headers
     )
     assert resp.status == 200
+    later = meter_body(3, meter_id=meter_body(1)["meter_id"], contract_start="2024-06-01T00:00:00Z")
+    data = await problem(
+        await gateway_client.post("/v1/admin/meters", json=later, headers=admin_headers),
+        409,
+        "conflict",
+    )
+    assert make_ean(1) in data["detail"]
+    # ...until it is exchanged there; then it may go elsewhere from the exchange on
+    swap = {"meter_id": "REPLACEMENT-1", "at": "2024-06-01"}
+    resp = await gateway_client.post(
+        f"/v1/admin/connections/{make_ean(1)}/meter-exchange", json=swap, headers=admin_headers
+    )
+    assert resp.status == 200, await resp.text()
     early = meter_body(3, meter_id=meter_body(1)["meter_id"], contract_start="2024-05-01T00:00:00Z")
     await problem(
         await gateway_client.post("/v1/admin/meters", json=early, headers=admin_headers),
         409,
         "conflict",
     )
-    later = meter_body(3, meter_id=meter_body(1)["meter_id"], contract_start="2024-06-01T00:00:00Z")
     assert (
         await gateway_client.post("/v1/admin/meters", json=later, headers=admin_headers)
     ).status == 201

@@ -131,7 +131,7 @@ async def bob_state(pool: asyncpg.Pool, two: Two) -> dict[str, Any]:
         "consents": await pool.fetchval(
             "SELECT count(*) FROM consents WHERE ean = $1", two.bob_ean
         ),
-        "level": await pool.fetchval("SELECT level FROM connections WHERE ean = $1", two.bob_ean),
+        "level": await pool.fetchval("SELECT level FROM contracts WHERE ean = $1", two.bob_ean),
         "level_events": await pool.fetchval(
             "SELECT count(*) FROM level_events WHERE ean = $1", two.bob_ean
         ),
@@ -301,7 +301,7 @@ async def alice_state(pool: asyncpg.Pool, two: Two) -> dict[str, Any]:
         "ended": await pool.fetchval(
             "SELECT count(*) FROM consents WHERE ean = $1 AND ended_at IS NOT NULL", two.alice_ean
         ),
-        "level": await pool.fetchval("SELECT level FROM connections WHERE ean = $1", two.alice_ean),
+        "level": await pool.fetchval("SELECT level FROM contracts WHERE ean = $1", two.alice_ean),
         "pt15m": await pool.fetchval(
             "SELECT count(*) FROM readings_e_pt15m WHERE ean = $1", int(two.alice_ean)
         ),

@@ -121,7 +121,7 @@ async def test_a_second_consent_for_the_same_purpose_is_refused_alike(
     doors: dict[str, Grant], client: Client, admin_headers: dict[str, str], pool: asyncpg.Pool
 ) -> None:
     async def already_granted(ean: str) -> None:
-        owner = await pool.fetchval("SELECT customer_id FROM connections WHERE ean = $1", ean)
+        owner = await pool.fetchval("SELECT customer_id FROM contracts WHERE ean = $1", ean)
         status, body = await doors["admin"](ean, owner, {})
         assert status == 201, body
 
@@ -140,7 +140,7 @@ async def test_no_consent_on_a_connection_below_daily_alike(
     pool: asyncpg.Pool,
 ) -> None:
     async def lowered(ean: str) -> None:
-        owner = await pool.fetchval("SELECT customer_id FROM connections WHERE ean = $1", ean)
+        owner = await pool.fetchval("SELECT customer_id FROM contracts WHERE ean = $1", ean)
         token = mint_dev_token(settings.data_dir, owner, "meterpoort", dt.timedelta(minutes=10))
         resp = await client.put(
             f"/v1/me/connections/{ean}/level",

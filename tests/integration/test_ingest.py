@@ -196,8 +196,8 @@ async def test_a_day_at_every_level(world: World, day: dt.date) -> None:
     g_daily = await add_meter(w, 4, "gas", "GD", contract)
     e_int = await add_meter(w, 5, "electricity", "EI", contract)
     g_int = await add_meter(w, 6, "gas", "GI", contract)
-    await w.pool.execute("UPDATE connections SET level = 'none' WHERE ean = $1", e_none)
-    await w.pool.execute("UPDATE connections SET level = 'monthly' WHERE ean = $1", e_month)
+    await w.pool.execute("UPDATE contracts SET level = 'none' WHERE ean = $1", e_none)
+    await w.pool.execute("UPDATE contracts SET level = 'monthly' WHERE ean = $1", e_month)
     await add_consent(w, e_int, 5, contract)
     await add_consent(w, g_int, 6, contract)
     devices = {

@@ -307,9 +307,11 @@ async def test_end_deletes_by_purpose_and_keeps_what_another_consent_covers(
         assert ended["deleted_readings"] == 0
         # the keep consent ends too (contract end): readings at/after the end go, earlier stay
         async with conn.transaction():
-            await conn.execute("SELECT 1 FROM connections WHERE ean = $1 FOR UPDATE", ean)
-            ids = await consent_store.end_consents_for_ean(
-                conn, ean, now - dt.timedelta(minutes=90), EndReason.CONTRACT_ENDED
+            contract_id = await conn.fetchval(
+                "SELECT contract_id FROM contracts WHERE ean = $1", ean
+            )
+            ids = await consent_store.end_consents_of_contract(
+                conn, ean, contract_id, now - dt.timedelta(minutes=90), EndReason.CONTRACT_ENDED
             )
         assert ids == [uuid.UUID(keep_id)]
     assert await interval_times(pool) == [times[0]]

@@ -82,8 +82,9 @@ async def stored(pool: asyncpg.Pool) -> dict[int, list[dt.datetime]]:
 
 async def locked_connection(conn: asyncpg.Connection, ean: str) -> asyncpg.Record:
     row = await conn.fetchrow(
-        "SELECT ean, ean_num, level, commodity, customer_id FROM connections WHERE ean = $1"
-        " FOR UPDATE",
+        "SELECT k.contract_id, k.ean, k.ean_num, k.level, k.customer_id, n.commodity"
+        " FROM contracts k JOIN connections n ON n.ean = k.ean WHERE k.ean = $1"
+        " FOR UPDATE OF k",
         ean,
     )
     assert row is not None
@@ -141,7 +142,7 @@ async def test_ingest_first_level_change_waits_and_deletes(
         changed = await task
     # measured before the change: lawful then, kept; measured after it: deleted
     assert changed["deleted_readings"][TABLES[table]] == 1
-    assert await pool.fetchval("SELECT level_since FROM connections") == changed["at"]
+    assert await pool.fetchval("SELECT level_since FROM contracts") == changed["at"]
     assert (await stored(pool))[table] == [before]
 
 
@@ -184,11 +185,11 @@ async def test_a_reading_measured_while_the_customer_objected_is_not_stored_late
         )
         # as change_level leaves it: the current level holds since the last change
         await conn.execute(
-            "UPDATE connections SET level_since = $2 WHERE ean = $1",
+            "UPDATE contracts SET level_since = $2 WHERE ean = $1",
             ean,
             now - dt.timedelta(hours=1),
         )
-    assert await pool.fetchval("SELECT level FROM connections") == "daily"
+    assert await pool.fetchval("SELECT level FROM contracts") == "daily"
     before = now - dt.timedelta(hours=4)
     during = now - dt.timedelta(hours=2)
     after = now - dt.timedelta(minutes=10)

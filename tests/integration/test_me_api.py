@@ -384,7 +384,7 @@ async def test_level_change_records_event_audits_and_stops_storing(
     assert result["deleted_readings"]["readings_e_p1d"] == 1
     assert [r[0] for r in await pool.fetch(daily)] == [past]
 
-    assert await pool.fetchval("SELECT level FROM connections WHERE ean = $1", ean) == "monthly"
+    assert await pool.fetchval("SELECT level FROM contracts WHERE ean = $1", ean) == "monthly"
     events = await pool.fetch("SELECT level, channel FROM level_events WHERE ean = $1", ean)
     assert [(e["level"], e["channel"]) for e in events] == [("monthly", "portal")]
     row = await pool.fetchrow(

@@ -62,15 +62,26 @@ async def add_connection(
 ) -> int:
     """Register connection ``ean(n)`` directly; returns its ean_num."""
     row = await conn.fetchrow(
-        "INSERT INTO connections (ean, commodity, meter_id, customer_id, contract_start,"
-        " contract_end, end_reason) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ean_num",
+        "INSERT INTO connections (ean, commodity) VALUES ($1, $2) RETURNING ean_num",
         ean(n),
         commodity,
-        f"M{n}",
+    )
+    await conn.execute(
+        "INSERT INTO contracts (ean, customer_id, contract_start, contract_end, end_reason)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        ean(n),
         f"cust-{n}",
         ts(start),
         None if end is None else ts(end),
         None if end is None else "contract-ended",
+    )
+    await conn.execute(
+        "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+        " VALUES ($1, $2, $3, $4)",
+        ean(n),
+        commodity,
+        f"M{n}",
+        ts(start),
     )
     assert row is not None
     value: int = row["ean_num"]

@@ -86,12 +86,16 @@ async def test_grants_ends_and_level_changes_are_announced_in_order(
             conn, ean=ean, customer_id="cust-1", purpose=BILLING, notice_version="v2"
         )
         async with conn.transaction():
-            k = await conn.fetchrow("SELECT * FROM connections WHERE ean = $1 FOR UPDATE", ean)
+            k = await conn.fetchrow(
+                "SELECT k.*, n.commodity FROM contracts k JOIN connections n USING (ean)"
+                " WHERE k.ean = $1 FOR UPDATE OF k",
+                ean,
+            )
             await levels.change_level(
                 conn, k, "monthly", actor="customer:cust-1", channel="portal"
             )
         moved = dt.datetime.now(dt.UTC)
-        await registry.end_contract(conn, ean, moved, "move-out")
+        await registry.end_current_contract(conn, ean, moved, "move-out")
 
     async with aiohttp.ClientSession() as http:
         worker = WebhookWorker(pool, KeyRing(Ed25519PrivateKey.generate()), FAST, http)

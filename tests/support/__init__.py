@@ -32,9 +32,13 @@ async def insert_consent(
     its id."""
     consent_id = uuid.uuid4()
     async with conn.transaction():
+        # the consent belongs to the contract in force at the grant (else the EAN's latest)
         await conn.execute(
             "INSERT INTO consents (ean, consent_id, customer_id, purpose, notice_version,"
-            " channel, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            " channel, granted_at, expires_at, contract_id) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+            " $8, (SELECT contract_id FROM contracts WHERE ean = $1"
+            " ORDER BY (contract_start <= $7 AND (contract_end IS NULL OR contract_end > $7))"
+            " DESC, contract_start DESC LIMIT 1))",
             ean,
             consent_id,
             customer_id,

@@ -1,7 +1,12 @@
 """The admin API (``/v1/admin/*``, admin bearer token).
 
-* The registry: ``POST /v1/admin/meters``, ``GET``/``PATCH /v1/admin/meters/{ean}`` (a contract's
-  end), ``POST /v1/admin/devices`` (``gateway.services.registry``).
+* The registry (SPEC §3a, ``gateway.services.registry``): connections, contracts and meters over
+  time (``POST /v1/admin/contracts``, ``PATCH /v1/admin/contracts/{id}``, ``GET
+  /v1/admin/connections/{ean}``, ``POST /v1/admin/connections/{ean}/meter-exchange``), the
+  ``/v1/admin/meters`` shorthand (a connection with its first contract and meter; PATCH ends
+  the open contract), and devices (``POST``/``GET /v1/admin/devices``, ``PATCH
+  /v1/admin/devices/{id}`` rebinds, ``POST …/revoke``). Registry changes take effect in this
+  process's ingest before the answer; other processes follow the NOTIFY.
 * Consents the customer gave elsewhere (phone, paper): ``POST /v1/admin/consents`` {ean,
   customer_id, purpose, notice_version, expires_at?, granted_at?, channel?} and ``POST
   /v1/admin/consents/{id}/end`` {at?, reason}. The grant obeys the same rules as the customer's
@@ -54,7 +59,30 @@ async def add_meter(request: web.Request) -> web.Response:
 
 
 async def get_meter(request: web.Request) -> web.Response:
-    """GET /v1/admin/meters/{ean}: one connection."""
+    """GET /v1/admin/meters/{ean}: the connection's latest contract and current meter."""
+    _authorize(request)
+    ean = _ean(request)
+    settings = request.app[SETTINGS_KEY]
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        found = await registry.get_meter(conn, ean)
+    return json_response(found)
+
+
+async def end_meter_contract(request: web.Request) -> web.Response:
+    """PATCH /v1/admin/meters/{ean}: end the contract open on the connection (shorthand of
+    ``PATCH /v1/admin/contracts/{id}``)."""
+    _authorize(request)
+    ean = _ean(request)
+    body = await read_model(request, registry.ContractEndIn)
+    settings = request.app[SETTINGS_KEY]
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        updated = await registry.end_current_contract(conn, ean, body.contract_end, body.end_reason)
+    await request.app[INGEST_KEY].refresh([ean])
+    return json_response(updated)
+
+
+async def get_connection(request: web.Request) -> web.Response:
+    """GET /v1/admin/connections/{ean}: the connection with its contract and meter history."""
     _authorize(request)
     ean = _ean(request)
     settings = request.app[SETTINGS_KEY]
@@ -63,14 +91,46 @@ async def get_meter(request: web.Request) -> web.Response:
     return json_response(found)
 
 
-async def end_meter_contract(request: web.Request) -> web.Response:
-    """PATCH /v1/admin/meters/{ean}: end the contract (contract ended or move-out)."""
+async def add_contract(request: web.Request) -> web.Response:
+    """POST /v1/admin/contracts: a new supply contract on a connection (move-in, switch in)."""
     _authorize(request)
-    ean = _ean(request)
-    body = await read_model(request, registry.ContractEndIn)
+    body = await read_model(request, registry.ContractIn)
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
-        updated = await registry.end_contract(conn, ean, body.contract_end, body.end_reason)
+        created = await registry.add_contract(conn, body)
+    await request.app[INGEST_KEY].refresh([body.ean])
+    return json_response(created, status=201)
+
+
+def _uuid(request: web.Request, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise NotFoundError(f"no {what} {request.match_info['id'][:64]!r}") from None
+
+
+async def end_contract(request: web.Request) -> web.Response:
+    """PATCH /v1/admin/contracts/{id}: end a contract (and its consents) at ``end``."""
+    _authorize(request)
+    contract_id = _uuid(request, "contract")
+    body = await read_model(request, registry.ContractPatchIn)
+    settings = request.app[SETTINGS_KEY]
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        updated = await registry.end_contract(conn, contract_id, body.end, body.end_reason)
+    # in force for this process's ingest before the answer; others follow the NOTIFY
+    await request.app[INGEST_KEY].refresh([updated["ean"]])
+    return json_response(updated)
+
+
+async def exchange_meter(request: web.Request) -> web.Response:
+    """POST /v1/admin/connections/{ean}/meter-exchange: the installed meter is replaced."""
+    _authorize(request)
+    ean = _ean(request)
+    body = await read_model(request, registry.MeterExchangeIn)
+    settings = request.app[SETTINGS_KEY]
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        updated = await registry.exchange_meter(conn, ean, body)
+    await request.app[INGEST_KEY].refresh([ean])
     return json_response(updated)
 
 
@@ -82,6 +142,38 @@ async def add_device(request: web.Request) -> web.Response:
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
         device = await registry.add_device(conn, body.meter_ids)
     return json_response(device.as_json(), status=201)
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    """GET /v1/admin/devices: every device (never a token)."""
+    _authorize(request)
+    settings = request.app[SETTINGS_KEY]
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        devices = await registry.list_devices(conn)
+    return json_response({"devices": devices})
+
+
+async def rebind_device(request: web.Request) -> web.Response:
+    """PATCH /v1/admin/devices/{id}: bind the device to other meters (after an exchange)."""
+    _authorize(request)
+    device_id = _uuid(request, "device")
+    body = await read_model(request, registry.DeviceIn)
+    settings = request.app[SETTINGS_KEY]
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        device = await registry.rebind_device(conn, device_id, body.meter_ids)
+    request.app[CREDENTIALS_KEY].forget_devices()
+    return json_response(device)
+
+
+async def revoke_device(request: web.Request) -> web.Response:
+    """POST /v1/admin/devices/{id}/revoke: the device's token stops working at once."""
+    _authorize(request)
+    device_id = _uuid(request, "device")
+    settings = request.app[SETTINGS_KEY]
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        device = await registry.revoke_device(conn, device_id)
+    request.app[CREDENTIALS_KEY].forget_devices()
+    return json_response(device)
 
 
 # --- consents given elsewhere (phone, paper) --------------------------------------------------

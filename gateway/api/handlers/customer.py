@@ -145,18 +145,25 @@ def _receipt(request: web.Request, row: Mapping[str, Any], commodity: str) -> di
 
 
 async def get_connections(request: web.Request) -> web.Response:
-    """GET /v1/me/connections: the customer's EANs, levels, contract periods and consents."""
+    """GET /v1/me/connections: the customer's contracts (one entry each, ended ones included:
+    SPEC §3a), with their EAN, window, level and consents; ``current`` marks the contracts in
+    force now, the only ones a consent can be granted on."""
     customer = await customer_id_for(request)
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
         now, connections, consents = await customer_data.overview(conn, customer)
-    by_ean: dict[str, list[dict[str, Any]]] = {}
+    by_contract: dict[Any, list[dict[str, Any]]] = {}
     for row in consents:
-        by_ean.setdefault(row["ean"], []).append(customer_data.customer_consent_json(row, now))
+        by_contract.setdefault(row["contract_id"], []).append(
+            customer_data.customer_consent_json(row, now)
+        )
     out = []
     for k in connections:
         entry = customer_data.connection_json(k)
-        entry["consents"] = by_ean.get(k["ean"], [])
+        entry["current"] = k["contract_start"] <= now and (
+            k["contract_end"] is None or now < k["contract_end"]
+        )
+        entry["consents"] = by_contract.get(k["contract_id"], [])
         out.append(entry)
     return json_response(
         {
@@ -301,9 +308,7 @@ async def export(request: web.Request) -> web.StreamResponse:
             [FieldError(("query", "table"), "required with format=csv")],
         )
     tables = (
-        [READING_TABLES[query.table]]
-        if query.table is not None
-        else list(READING_TABLES.values())
+        [READING_TABLES[query.table]] if query.table is not None else list(READING_TABLES.values())
     )
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
@@ -345,7 +350,16 @@ async def _write_csv(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(
-        ("ean", "commodity", "granularity", "period_start", "measured_at", *table.registers)
+        (
+            "ean",
+            "contract_id",
+            "customer_id",
+            "commodity",
+            "granularity",
+            "period_start",
+            "measured_at",
+            *table.registers,
+        )
     )
     for k in connections:
         if k["commodity"] != table.commodity:
@@ -354,6 +368,8 @@ async def _write_csv(
             writer.writerow(
                 (
                     k["ean"],
+                    k["contract_id"],
+                    k["customer_id"],
                     table.commodity,
                     table.granularity,
                     json_default(row["period_start"]),
@@ -406,7 +422,7 @@ async def _write_json(
                 continue
             async for row in customer_data.iter_readings(conn, table, k):
                 await out.write(
-                    ("" if first else ",") + _dumps(customer_data.reading_json(table, row))
+                    ("" if first else ",") + _dumps(customer_data.reading_json(table, row, k))
                 )
                 first = False
         await out.write("]")

@@ -46,6 +46,7 @@ from gateway.storage import readings_query
 from gateway.storage.credentials import Client
 from gateway.storage.db import acquire
 from gateway.storage.readings_query import EanTracker, ReadingsQuery
+from gateway.times import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ async def get_consents(request: web.Request) -> web.Response:
         errors.append(FieldError(("query", "changed_since"), "required: an RFC 3339 time"))
     else:
         try:
-            since = readings_query.parse_time(value, ZoneInfo(settings.tz))
+            since = parse_time(value, ZoneInfo(settings.tz))
         except ValueError as exc:
             errors.append(FieldError(("query", "changed_since"), str(exc)))
     limit = CONSENT_PAGE_DEFAULT
