@@ -56,8 +56,24 @@ def build(n: int, rng: random.Random) -> ConsentIndex:
                     "data_class": "interval",
                 }
             )
+    # one contract per connection, its meter installed for the contract's whole window
+    installations = [
+        {
+            "ean": k["ean"],
+            "ean_num": k["ean_num"],
+            "commodity": k["commodity"],
+            "meter_id": k["meter_id"],
+            "installed_from": k["contract_start"],
+            "installed_until": None,
+        }
+        for k in connections
+    ]
+    contract_of = {k["ean"]: uuid.uuid4() for k in connections}
+    contracts = [{**k, "contract_id": contract_of[k["ean"]]} for k in connections]
+    for c in consents:
+        c["contract_id"] = contract_of[c["ean"]]
     index = ConsentIndex()
-    index.replace_all(connections, consents)
+    index.replace_all(installations, contracts, consents)
     return index
 
 

@@ -104,10 +104,18 @@ async def seed(url: str, n_eans: int, days: int) -> str:
             conn, FIRST_DAY - dt.timedelta(days=1), FIRST_DAY + dt.timedelta(days=days + 1)
         )
         await conn.execute(
-            "INSERT INTO connections (ean, commodity, meter_id, customer_id, contract_start)"
-            " SELECT (871687140000000000 + e)::text, 'electricity', 'M' || e, 'C' || e,"
-            " '2016-01-01Z' FROM generate_series(1, $1) e",
+            "INSERT INTO connections (ean, commodity) SELECT (871687140000000000 + e)::text,"
+            " 'electricity' FROM generate_series(1, $1) e",
             n_eans,
+        )
+        await conn.execute(
+            "INSERT INTO contracts (ean, customer_id, contract_start)"
+            " SELECT ean, 'C' || (ean_num - 871687140000000000), '2016-01-01Z' FROM connections"
+        )
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+            " SELECT ean, commodity, 'M' || (ean_num - 871687140000000000), '2016-01-01Z'"
+            " FROM connections"
         )
         await conn.execute(
             "INSERT INTO readings_e_p1d (ean, period_start, measured_at, import_t1_wh,"
@@ -121,6 +129,7 @@ async def seed(url: str, n_eans: int, days: int) -> str:
         )
         await conn.execute("VACUUM ANALYZE readings_e_p1d")
         await conn.execute("ANALYZE connections")
+        await conn.execute("ANALYZE contracts")
         new = await clients.add_client(
             conn, clients.ClientIn(name="billing", granularities=["P1D"], purposes=[])
         )

@@ -160,15 +160,26 @@ async def seed(dsn: str, meters: int, consent_fraction: float) -> None:
                          granted)
                     )
         await conn.copy_records_to_table(
-            "connections",
-            records=connections,
-            columns=["ean", "commodity", "meter_id", "customer_id", "contract_start"],
+            "connections", records=[c[:2] for c in connections], columns=["ean", "commodity"]
         )
         await conn.copy_records_to_table(
+            "contracts",
+            records=[(c[0], c[3], c[4]) for c in connections],
+            columns=["ean", "customer_id", "contract_start"],
+        )
+        await conn.copy_records_to_table(
+            "meter_installations",
+            records=[(c[0], c[1], c[2], c[4]) for c in connections],
+            columns=["ean", "commodity", "meter_id", "installed_from"],
+        )
+        contract_of = {r["ean"]: r["contract_id"] for r in await conn.fetch(
+            "SELECT ean, contract_id FROM contracts"
+        )}
+        await conn.copy_records_to_table(
             "consents",
-            records=consents,
+            records=[(*c, contract_of[c[0]]) for c in consents],
             columns=["ean", "consent_id", "customer_id", "purpose", "notice_version", "channel",
-                     "granted_at"],
+                     "granted_at", "contract_id"],
         )
         devices = []
         for group in range((meters + METERS_PER_DEVICE - 1) // METERS_PER_DEVICE):

@@ -57,15 +57,26 @@ async def seed(base: str, name: str, count: int) -> str:
     conn = await db.connect(dsn)
     try:
         await db.prepare_database(conn, Settings(database_url=SecretStr(dsn)))
+        # one contract and one meter installation per connection
         await conn.execute(
-            "INSERT INTO connections (ean, commodity, meter_id, customer_id, contract_start)"
-            " SELECT (871000000000000000 + i)::text,"
-            " CASE WHEN i % 2 = 0 THEN 'electricity' ELSE 'gas' END, 'M' || i, 'c' || (i / 2),"
-            " now() - interval '400 days' - i * interval '1 second'"
+            "INSERT INTO connections (ean, commodity) SELECT (871000000000000000 + i)::text,"
+            " CASE WHEN i % 2 = 0 THEN 'electricity' ELSE 'gas' END"
             " FROM generate_series(1, $1::int) i",
             count,
         )
+        await conn.execute(
+            "INSERT INTO contracts (ean, customer_id, contract_start)"
+            " SELECT ean, 'c' || ((ean_num - 871000000000000000) / 2),"
+            " now() - interval '400 days' - (ean_num - 871000000000000000) * interval '1 second'"
+            " FROM connections"
+        )
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+            " SELECT ean, commodity, 'M' || (ean_num - 871000000000000000), '2000-01-01Z'"
+            " FROM connections"
+        )
         await conn.execute("ANALYZE connections")
+        await conn.execute("ANALYZE contracts")
     finally:
         await conn.close()
     return dsn

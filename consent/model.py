@@ -28,6 +28,8 @@ class EndReason(StrEnum):
     EXPIRED = "expired"
     CONTRACT_ENDED = "contract-ended"
     MOVE_OUT = "move-out"
+    #: the customer switched to another supplier (SPEC §3a)
+    SWITCH = "switch"
     ERASURE = "erasure"
 
 

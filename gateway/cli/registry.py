@@ -1,5 +1,6 @@
-"""``admin meters add|import|end`` and ``admin devices add``: the registry, through the same
-service functions as the admin HTTP API (direct database access)."""
+"""The registry from the command line, through the same service functions as the admin HTTP API
+(direct database access): ``admin meters add|import|end|exchange``, ``admin contracts
+add|end|import`` and ``admin devices add|rebind|revoke|list``. Each prints one JSON object."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import datetime as dt
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,8 +16,8 @@ from zoneinfo import ZoneInfo
 import pydantic
 
 from gateway.cli.common import data_dir_arg, print_json, run_db
-from gateway.errors import ValidationError, validation_error
-from gateway.services import registry, registry_csv
+from gateway.errors import FieldError, ValidationError, validation_error
+from gateway.services import contract_events_csv, registry, registry_csv
 from gateway.settings import Settings
 from gateway.times import parse_time
 
@@ -25,6 +27,28 @@ def _time_arg(value: str, name: str, tz: ZoneInfo) -> dt.datetime:
         return parse_time(value, tz)
     except ValueError as exc:
         raise ValidationError(f"--{name}: {exc}") from exc
+
+
+def _uuid_arg(value: str, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ValidationError(
+            f"{name}: not a UUID", [FieldError(("arguments", name), "not a UUID")]
+        ) from None
+
+
+def _read_csv(path: str) -> str:
+    """The text of CSV file ``path`` ('-': stdin); a ValidationError when it cannot be read
+    (not an OSError, which the CLI would report as an unreachable database)."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ValidationError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValidationError(f"cannot read {path}: not UTF-8 text") from None
 
 
 def cmd_meters_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,8 +71,7 @@ def cmd_meters_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_meters_import(args: argparse.Namespace, settings: Settings) -> int:
-    path: str = args.csv
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
+    text = _read_csv(args.csv)
     tz = ZoneInfo(settings.tz)
     started = time.perf_counter()
     count = run_db(args, settings, lambda conn: registry_csv.import_connections_csv(conn, text, tz))
@@ -67,6 +90,60 @@ def cmd_meters_end(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_meters_exchange(args: argparse.Namespace, settings: Settings) -> int:
+    ean = registry.validate_ean(args.ean)
+    at = _time_arg(args.at, "at", ZoneInfo(settings.tz))
+    try:
+        change = registry.MeterExchangeIn.model_validate({"meter_id": args.meter_id, "at": at})
+    except pydantic.ValidationError as exc:
+        raise validation_error(exc, where="arguments") from exc
+    print_json(run_db(args, settings, lambda conn: registry.exchange_meter(conn, ean, change)))
+    return 0
+
+
+def cmd_contracts_add(args: argparse.Namespace, settings: Settings) -> int:
+    tz = ZoneInfo(settings.tz)
+    fields: dict[str, Any] = {
+        "ean": args.ean,
+        "customer_id": args.customer_id,
+        "start": _time_arg(args.start, "start", tz),
+    }
+    if args.end is not None:
+        fields["end"] = _time_arg(args.end, "end", tz)
+    try:
+        new = registry.ContractIn.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        raise validation_error(exc, where="arguments") from exc
+    print_json(run_db(args, settings, lambda conn: registry.add_contract(conn, new)))
+    return 0
+
+
+def cmd_contracts_end(args: argparse.Namespace, settings: Settings) -> int:
+    contract_id = _uuid_arg(args.contract_id, "contract_id")
+    at = _time_arg(args.at, "at", ZoneInfo(settings.tz))
+    print_json(
+        run_db(
+            args,
+            settings,
+            lambda conn: registry.end_contract(conn, contract_id, at, args.reason),
+        )
+    )
+    return 0
+
+
+def cmd_contracts_import(args: argparse.Namespace, settings: Settings) -> int:
+    text = _read_csv(args.csv)
+    tz = ZoneInfo(settings.tz)
+    started = time.perf_counter()
+    counts = run_db(
+        args,
+        settings,
+        lambda conn: contract_events_csv.import_contract_events_csv(conn, text, tz),
+    )
+    print_json({**counts, "seconds": round(time.perf_counter() - started, 3)})
+    return 0
+
+
 def cmd_devices_add(args: argparse.Namespace, settings: Settings) -> int:
     try:
         new = registry.DeviceIn.model_validate({"meter_ids": args.meter_id})
@@ -81,8 +158,31 @@ def cmd_devices_add(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_devices_rebind(args: argparse.Namespace, settings: Settings) -> int:
+    device_id = _uuid_arg(args.device_id, "device_id")
+    try:
+        new = registry.DeviceIn.model_validate({"meter_ids": args.meter_id})
+    except pydantic.ValidationError as exc:
+        raise validation_error(exc, where="arguments") from exc
+    print_json(
+        run_db(args, settings, lambda conn: registry.rebind_device(conn, device_id, new.meter_ids))
+    )
+    return 0
+
+
+def cmd_devices_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    device_id = _uuid_arg(args.device_id, "device_id")
+    print_json(run_db(args, settings, lambda conn: registry.revoke_device(conn, device_id)))
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace, settings: Settings) -> int:
+    print_json({"devices": run_db(args, settings, registry.list_devices)})
+    return 0
+
+
 def add_admin_parser(admin_sub: Any) -> None:
-    """Register ``admin meters add|import|end`` and ``admin devices add``."""
+    """Register ``admin meters …``, ``admin contracts …`` and ``admin devices …``."""
     meters = admin_sub.add_parser("meters", help="connections (EAN, meter, customer, contract)")
     meters_sub = meters.add_subparsers(dest="meters_command", required=True, metavar="ACTION")
     add = meters_sub.add_parser("add", help="register one connection; prints it as JSON")
@@ -111,6 +211,49 @@ def add_admin_parser(admin_sub: Any) -> None:
     data_dir_arg(end)
     end.set_defaults(func=cmd_meters_end)
 
+    exchange = meters_sub.add_parser(
+        "exchange",
+        help="a meter exchange: the installed meter leaves at --at, --meter-id is installed"
+        " from then; prints the connection with its history",
+    )
+    exchange.add_argument("--ean", required=True)
+    exchange.add_argument("--meter-id", required=True, help="the new meter's equipment id")
+    exchange.add_argument("--at", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
+    data_dir_arg(exchange)
+    exchange.set_defaults(func=cmd_meters_exchange)
+
+    contracts = admin_sub.add_parser("contracts", help="supply contracts on a connection")
+    contracts_sub = contracts.add_subparsers(
+        dest="contracts_command", required=True, metavar="ACTION"
+    )
+    k_add = contracts_sub.add_parser(
+        "add", help="register a contract (a move-in, a switch to us); prints it as JSON"
+    )
+    k_add.add_argument("--ean", required=True)
+    k_add.add_argument("--customer-id", required=True)
+    k_add.add_argument("--start", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
+    k_add.add_argument("--end", default=None, help="RFC 3339 or YYYY-MM-DD (local)")
+    data_dir_arg(k_add)
+    k_add.set_defaults(func=cmd_contracts_add)
+
+    k_end = contracts_sub.add_parser(
+        "end", help="end a contract (ends its consents too); prints it as JSON"
+    )
+    k_end.add_argument("contract_id")
+    k_end.add_argument("--at", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
+    k_end.add_argument("--reason", required=True, choices=sorted(registry.END_REASONS))
+    data_dir_arg(k_end)
+    k_end.set_defaults(func=cmd_contracts_end)
+
+    k_imp = contracts_sub.add_parser(
+        "import",
+        help="import contract events from a CSV all-or-nothing and idempotently (columns:"
+        " event,ean,customer_id,at[,end_reason]; event start or end); '-' reads stdin",
+    )
+    k_imp.add_argument("csv")
+    data_dir_arg(k_imp)
+    k_imp.set_defaults(func=cmd_contracts_import)
+
     devices = admin_sub.add_parser("devices", help="field devices")
     devices_sub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
     dev_add = devices_sub.add_parser(
@@ -119,3 +262,20 @@ def add_admin_parser(admin_sub: Any) -> None:
     dev_add.add_argument("--meter-id", action="append", required=True, help="repeatable")
     data_dir_arg(dev_add)
     dev_add.set_defaults(func=cmd_devices_add)
+
+    rebind = devices_sub.add_parser(
+        "rebind", help="bind a device to other meter ids (its token stays valid)"
+    )
+    rebind.add_argument("device_id")
+    rebind.add_argument("--meter-id", action="append", required=True, help="repeatable")
+    data_dir_arg(rebind)
+    rebind.set_defaults(func=cmd_devices_rebind)
+
+    revoke = devices_sub.add_parser("revoke", help="revoke a device's token at once")
+    revoke.add_argument("device_id")
+    data_dir_arg(revoke)
+    revoke.set_defaults(func=cmd_devices_revoke)
+
+    dev_list = devices_sub.add_parser("list", help="every device (never a token)")
+    data_dir_arg(dev_list)
+    dev_list.set_defaults(func=cmd_devices_list)

@@ -546,10 +546,12 @@ async def end_current_contract(
 ) -> dict[str, Any]:
     """The ``PATCH /v1/admin/meters/{ean}`` shorthand: end the contract that is open at
     ``at`` (or the latest one still open) on connection ``ean``."""
+    # the contract in force at `at`, else the latest not yet ended (end_contract then says why
+    # `at` does not fit it)
     contract_id = await conn.fetchval(
-        "SELECT contract_id FROM contracts WHERE ean = $1 AND contract_start < $2"
-        " AND (contract_end IS NULL OR (end_reason IS NULL AND contract_end >= $2))"
-        " ORDER BY contract_start DESC LIMIT 1",
+        "SELECT contract_id FROM contracts WHERE ean = $1 AND end_reason IS NULL"
+        " ORDER BY (contract_start < $2 AND (contract_end IS NULL OR contract_end >= $2)) DESC,"
+        " contract_start DESC LIMIT 1",
         ean,
         at,
     )

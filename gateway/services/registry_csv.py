@@ -202,7 +202,7 @@ async def import_connections_csv(
             " SELECT i.line, 'meter_id', 'meter ' || i.meter_id || ' is installed on"
             " connection ' || m.ean || ' during that period'"
             " FROM registry_import i JOIN meter_installations m"
-            "   ON m.meter_id = i.meter_id AND m.commodity = i.commodity"
+            "   ON m.meter_id = i.meter_id AND m.commodity = i.commodity AND m.ean <> i.ean"
             "  AND tstzrange(m.installed_from, m.installed_until)"
             "   && tstzrange(i.contract_start, NULL)"
             " ORDER BY 1"

@@ -7,6 +7,9 @@ revocation, changes a level, reads the permission and access logs, downloads the
 switches language — and after each step the database must say the same as the page. A
 screenshot of the result is checked for real rendering and kept at /tmp/portal.png.
 
+A customer who moved (SPEC §3a) sees one card per contract: the ended one read-only (window, end
+reason, its consents' history, no grant, revoke or level controls), the current one editable.
+
 The browser is the distribution's (``.ci/install-browser``); Playwright's browser download is
 never used. ``executable_path`` points at it.
 """
@@ -35,9 +38,9 @@ from gateway.api.app import create_app
 from gateway.api.customer_auth import CustomerAuthConfig
 from gateway.api.openapi import portal as portal_doc
 from gateway.cli.token import mint_dev_token
-from gateway.services import clients
+from gateway.services import clients, registry
 from gateway.settings import Settings
-from tests.support import make_ean
+from tests.support import insert_consent, make_ean
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -59,6 +62,9 @@ Client = TestClient[web.Request, web.Application]
 
 
 E_EAN, G_EAN, OTHER_EAN = make_ean(471), make_ean(472), make_ean(815)
+MOVER = "klant-2025"  # moved out of MOVED_EAN into NEW_EAN
+MOVED_EAN, NEW_EAN = make_ean(2501), make_ean(2502)
+MOVED_AT = dt.datetime(2025, 1, 15, tzinfo=AMS)
 
 
 @dataclass
@@ -461,3 +467,234 @@ async def check_rendered(browser: Browser, png: bytes) -> None:
     assert stats["colours"] >= 50, stats  # text anti-aliasing alone gives hundreds
     assert stats["nonWhite"] / stats["pixels"] > 0.05, stats
     assert stats["brand"] > 1100 * 40, stats  # the banner: full width, tens of pixels high
+
+
+# --- contracts over time (SPEC §3a) --------------------------------------------------------------
+
+
+async def contract_of(pool: asyncpg.Pool, ean: str, customer_id: str) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        "SELECT contract_id::text AS id, contract_end, end_reason, level FROM contracts"
+        " WHERE ean = $1 AND customer_id = $2 ORDER BY contract_start DESC LIMIT 1",
+        ean,
+        customer_id,
+    )
+    assert row is not None
+    return dict(row)
+
+
+async def expect_read_only(card: Any) -> None:
+    """An ended contract's card: no form, no button, no input of any kind."""
+    await expect(card.locator("form, button, input, select, textarea")).to_have_count(0)
+    await expect(card.get_by_role("radio")).to_have_count(0)
+    await expect(card.get_by_role("columnheader", name="Action")).to_have_count(0)
+
+
+async def test_ended_contract_is_read_only_and_the_current_one_editable(
+    served: Portal, browser: Browser, pool: asyncpg.Pool
+) -> None:
+    async with pool.acquire() as conn:
+        await registry.add_connection(
+            conn,
+            registry.ConnectionIn(
+                ean=MOVED_EAN,
+                commodity="electricity",
+                meter_id="E0020252501",
+                customer_id=MOVER,
+                contract_start=dt.datetime(2024, 3, 1, tzinfo=AMS),
+            ),
+        )
+        old_consent = await insert_consent(
+            conn,
+            ean=MOVED_EAN,
+            customer_id=MOVER,
+            purpose="dynamic-tariff-billing",
+            granted_at=dt.datetime(2024, 6, 1, 12, tzinfo=AMS),
+            channel="portal",
+        )
+        await registry.end_current_contract(conn, MOVED_EAN, MOVED_AT, "move-out")
+        await registry.add_connection(
+            conn,
+            registry.ConnectionIn(
+                ean=NEW_EAN,
+                commodity="gas",
+                meter_id="G0020252502",
+                customer_id=MOVER,
+                contract_start=MOVED_AT,
+            ),
+        )
+    moved = await contract_of(pool, MOVED_EAN, MOVER)
+    new = await contract_of(pool, NEW_EAN, MOVER)
+    assert moved["end_reason"] == "move-out" and new["end_reason"] is None
+
+    errors: list[str] = []
+    page = await new_page(browser, served, "en-GB", errors)
+    await page.goto(f"{served.base}/portal#token={served.token(MOVER)}")
+
+    # both contracts, each a card keyed by its contract; the current one first
+    cards = page.locator("article.connection")
+    await expect(cards).to_have_count(2)
+    await expect(cards.nth(0)).to_have_attribute("data-contract-id", new["id"])
+    await expect(cards.nth(1)).to_have_attribute("data-contract-id", moved["id"])
+    ended = page.locator(f'article[data-contract-id="{moved["id"]}"]')
+    current = page.locator(f'article[data-contract-id="{new["id"]}"]')
+    await expect(ended).to_have_attribute("data-ean", MOVED_EAN)
+    await expect(ended).to_have_attribute("data-state", "ended")
+    await expect(current).to_have_attribute("data-state", "current")
+
+    # --- the ended contract: marked, its window and end reason, its consents' history, no
+    # controls at all
+    await expect(ended.get_by_role("heading", level=3)).to_have_text(
+        f"Electricity – EAN {MOVED_EAN} Ended"
+    )
+    await expect(
+        page.get_by_role("article", name=f"Electricity – EAN {MOVED_EAN} Ended")
+    ).to_be_visible()
+    await expect(ended.locator(".badge")).to_have_text("Ended")
+    facts = ended.locator("dl.facts")
+    await expect(facts).to_contain_text("Contract from1 Mar 2024")
+    await expect(facts).to_contain_text("Contract until15 Jan 2025")
+    await expect(facts.locator(".end-reason")).to_have_text("Moved out")
+    await expect(facts.locator(".level")).to_have_text("Daily readings (default)")
+    await expect(ended).to_contain_text("This contract has ended")
+    old_row = ended.locator(f'tr[data-consent-id="{old_consent}"]')
+    await expect(old_row.locator(".consent-status")).to_have_text(
+        "Ended: moved out on 15 Jan 2025, 00:00"
+    )
+    await expect(old_row.locator("summary")).to_have_text("version v1")  # the notice, readable
+    await expect_read_only(ended)
+    await expect(ended.get_by_text("Give a new consent")).to_have_count(0)
+
+    # --- the current contract: level selector and grant form, no ended marker
+    await expect(current.get_by_role("heading", level=3)).to_have_text(f"Gas – EAN {NEW_EAN}")
+    await expect(current.locator(".badge")).to_have_count(0)
+    await expect(current.get_by_label("Daily readings (default)")).to_be_checked()
+    await expect(current).to_contain_text("You have not given any consent for this connection yet.")
+
+    # grant on the current contract: the consent belongs to it
+    await current.get_by_label("Purpose").select_option("energy-insights")
+    await current.get_by_role("button", name="Give consent…").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_contain_text(NEW_EAN)
+    await dialog.get_by_role("button", name="Yes, I consent").click()
+    row = current.locator("tr[data-consent-id]")
+    await expect(row.locator(".consent-status")).to_have_text("Active")
+    consent_id = await row.get_attribute("data-consent-id")
+    stored = await pool.fetchrow(
+        "SELECT ean, contract_id::text AS contract_id, ended_at FROM consents"
+        " WHERE consent_id = $1::uuid",
+        consent_id,
+    )
+    assert stored is not None
+    assert (stored["ean"], stored["contract_id"], stored["ended_at"]) == (NEW_EAN, new["id"], None)
+    # the ended card is unchanged by the re-render
+    await expect_read_only(ended)
+    await expect(ended.locator("tr[data-consent-id]")).to_have_count(1)
+
+    # revoke it again
+    await current.get_by_role("button", name="Revoke consent for Energy insights").click()
+    await dialog.get_by_role("button", name="Yes, revoke").click()
+    await expect(row.locator(".consent-status")).to_contain_text("Revoked on")
+    await expect(
+        current.get_by_role("button", name="Revoke consent for Energy insights")
+    ).to_have_count(0)
+    assert (
+        await pool.fetchval(
+            "SELECT end_reason FROM consents WHERE consent_id = $1::uuid", consent_id
+        )
+        == "revoked"
+    )
+
+    # --- the logs cover the ended contract too
+    log_rows = page.locator("#permission-log-table tbody tr")
+    await expect(log_rows).to_have_count(4)
+    await expect(page.locator("#permission-log-table")).to_contain_text(
+        "Consent ended (Ended: moved out)"
+    )
+    await expect(page.locator("#permission-log-table")).to_contain_text(MOVED_EAN)
+
+    # --- the export holds both contracts and the ended one's consent
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Download my data").click()
+    download = await download_info.value
+    saved = Path(await download.path())
+    exported = json.loads(await asyncio.to_thread(saved.read_text, encoding="utf-8"))
+    by_contract = {k["contract_id"]: k for k in exported["connections"]}
+    assert set(by_contract) == {moved["id"], new["id"]}
+    assert by_contract[moved["id"]]["end_reason"] == "move-out"
+    reasons = {c["consent_id"]: c["end_reason"] for c in exported["consents"]}
+    assert reasons == {str(old_consent): "move-out", consent_id: "revoked"}
+
+    # --- in Dutch
+    await page.get_by_label("Language").select_option("nl")
+    await expect(ended.locator(".badge")).to_have_text("Beëindigd")
+    await expect(facts.locator(".end-reason")).to_have_text("Verhuisd")
+    await expect(old_row.locator(".consent-status")).to_contain_text("Beëindigd: verhuisd op")
+    await page.screenshot(path=str(SCREENSHOT.with_name("portal-moved.png")), full_page=True)
+
+    assert errors == []
+    await page.context.close()
+
+
+async def test_two_contracts_on_one_connection_are_two_cards(
+    served: Portal, browser: Browser, pool: asyncpg.Pool
+) -> None:
+    """The customer left and came back to the same EAN: two cards, only the new one editable."""
+    async with pool.acquire() as conn:
+        await registry.add_connection(
+            conn,
+            registry.ConnectionIn(
+                ean=MOVED_EAN,
+                commodity="electricity",
+                meter_id="E0020252501",
+                customer_id=MOVER,
+                contract_start=dt.datetime(2024, 3, 1, tzinfo=AMS),
+            ),
+        )
+        await registry.end_current_contract(conn, MOVED_EAN, MOVED_AT, "contract-ended")
+        await registry.add_contract(
+            conn,
+            registry.ContractIn(
+                ean=MOVED_EAN, customer_id=MOVER, start=MOVED_AT + dt.timedelta(days=30)
+            ),
+        )
+    contracts = await pool.fetch(
+        "SELECT contract_id::text AS id FROM contracts WHERE ean = $1 ORDER BY contract_start",
+        MOVED_EAN,
+    )
+    old_id, new_id = (r["id"] for r in contracts)
+
+    errors: list[str] = []
+    page = await new_page(browser, served, "en-GB", errors)
+    await page.goto(f"{served.base}/portal#token={served.token(MOVER)}")
+    cards = page.locator(f'article[data-ean="{MOVED_EAN}"]')
+    await expect(cards).to_have_count(2)
+    old = page.locator(f'article[data-contract-id="{old_id}"]')
+    new = page.locator(f'article[data-contract-id="{new_id}"]')
+    await expect(old).to_have_attribute("data-state", "ended")
+    await expect(new).to_have_attribute("data-state", "current")
+    await expect(old.locator(".end-reason")).to_have_text("Contract ended")
+    await expect_read_only(old)
+    await expect(new.get_by_role("radio")).to_have_count(3)
+    await expect(new.get_by_role("button", name="Give consent…")).to_be_visible()
+    # every id in the page is unique (labels and headings point at the right card)
+    duplicates = await page.evaluate(
+        """() => {
+            const ids = [...document.querySelectorAll("[id]")].map((e) => e.id);
+            return ids.filter((id, i) => ids.indexOf(id) !== i);
+        }"""
+    )
+    assert duplicates == []
+
+    # the level of the new contract changes; the old one keeps its own
+    await new.get_by_label("Monthly readings only").check()
+    await new.get_by_role("button", name="Save choice").click()
+    await expect(page.get_by_role("status")).to_contain_text("Monthly readings only")
+    await expect(new.get_by_label("Monthly readings only")).to_be_checked()
+    await expect(old.locator(".level")).to_have_text("Daily readings (default)")
+    levels = await pool.fetch(
+        "SELECT level FROM contracts WHERE ean = $1 ORDER BY contract_start", MOVED_EAN
+    )
+    assert [r["level"] for r in levels] == ["daily", "monthly"]
+    assert errors == []
+    await page.context.close()

@@ -227,7 +227,8 @@ async def test_end_contract_ends_consents_and_later_interval_readings(
     # a keep-purpose consent: readings before the end survive it, those at or after it do not
     await pool.execute(
         "INSERT INTO consents (ean, consent_id, customer_id, purpose, notice_version, channel,"
-        " granted_at) VALUES ($1, $2, 'cust-5', 'dynamic-tariff-billing', 'v1', 'portal', $3)",
+        " granted_at, contract_id) VALUES ($1, $2, 'cust-5', 'dynamic-tariff-billing', 'v1',"
+        " 'portal', $3, (SELECT contract_id FROM contracts WHERE ean = $1))",
         ean,
         consent_id,
         granted,

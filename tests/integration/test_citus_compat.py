@@ -1,13 +1,31 @@
 """The schema stays Citus-compatible (SPEC §7, deploy/citus.md): every table but the reference
-tables carries ``ean``, and every primary key, unique constraint and unique index of such a table
-includes it (Citus can only enforce uniqueness that includes the distribution column)."""
+tables carries ``ean``, and every primary key, unique constraint, unique index and exclusion
+constraint of such a table includes it (Citus can only enforce uniqueness and exclusion that
+include the distribution column, with ``=`` for an exclusion)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncpg
+import pytest
+
+from tests.support import make_ean
+
+EAN_A = make_ean(501)
+EAN_B = make_ean(502)
 
 #: small tables replicated to every Citus node (create_reference_table), or coordinator-local
-REFERENCE_TABLES = {"devices", "reading_tables", "schema_migrations", "audit_log", "clients"}
+#: ``meter_installations`` is one: its rule "a meter is on one EAN at a time" spans EANs
+#: (migration 0011), and every ingest node reads it to route a meter to its EAN
+REFERENCE_TABLES = {
+    "devices",
+    "reading_tables",
+    "schema_migrations",
+    "audit_log",
+    "clients",
+    "meter_installations",
+}
 
 
 async def test_every_table_is_distributable_on_ean(pool: asyncpg.Pool) -> None:
@@ -37,7 +55,45 @@ async def test_every_table_is_distributable_on_ean(pool: asyncpg.Pool) -> None:
         for index in uniques:
             if ean_attnum not in index["cols"]:
                 problems.append(f"{table['relname']}: unique index {index['name']} lacks ean")
+        exclusions = await pool.fetch(
+            "SELECT conname, conkey::int2[] AS cols, pg_get_constraintdef(oid) AS def"
+            " FROM pg_constraint WHERE conrelid = $1 AND contype = 'x'",
+            table["oid"],
+        )
+        for constraint in exclusions:
+            if ean_attnum not in constraint["cols"] or "ean WITH =" not in constraint["def"]:
+                problems.append(
+                    f"{table['relname']}: exclusion {constraint['conname']} lacks 'ean WITH ='"
+                )
     assert problems == []
+
+
+async def test_contracts_of_one_ean_cannot_overlap(pool: asyncpg.Pool) -> None:
+    """The database itself refuses overlapping contracts and a meter on two EANs at once."""
+    await pool.execute("INSERT INTO connections (ean, commodity) VALUES ($1, 'gas')", EAN_A)
+    await pool.execute("INSERT INTO connections (ean, commodity) VALUES ($1, 'gas')", EAN_B)
+    insert = (
+        "INSERT INTO contracts (ean, customer_id, contract_start, contract_end)"
+        " VALUES ($1, 'c', $2::timestamptz, $3::timestamptz)"
+    )
+    jan, mar, may, may2, jun, jul = (
+        dt.datetime(2024, m, d, tzinfo=dt.UTC) for m, d in ((1, 1), (3, 1), (5, 1), (5, 2), (6, 1), (7, 1))
+    )
+    await pool.execute(insert, EAN_A, jan, jun)
+    await pool.execute(insert, EAN_A, jun, None)  # back to back: fine
+    await pool.execute(insert, EAN_B, mar, None)  # another EAN: fine
+    with pytest.raises(asyncpg.ExclusionViolationError):
+        await pool.execute(insert, EAN_A, may, jul)
+    install = (
+        "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from,"
+        " installed_until) VALUES ($1, 'gas', $2, $3::timestamptz, $4::timestamptz)"
+    )
+    await pool.execute(install, EAN_A, "G1", jan, jun)
+    await pool.execute(install, EAN_B, "G1", jun, None)  # moved on after removal
+    with pytest.raises(asyncpg.ExclusionViolationError):  # on two EANs at once
+        await pool.execute(install, EAN_B, "G1", may, may2)
+    with pytest.raises(asyncpg.ExclusionViolationError):  # two meters on one EAN at once
+        await pool.execute(install, EAN_A, "G2", may, None)
 
 
 async def test_reading_tables_are_range_partitioned_on_period_start(pool: asyncpg.Pool) -> None:

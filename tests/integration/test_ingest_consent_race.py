@@ -354,12 +354,21 @@ async def test_bulk_change_triggers_full_reload(
     assert state.maintainer is not None
     before = state.maintainer.full_reloads
     start = dt.datetime.now(UTC) - dt.timedelta(days=1)
-    rows = [(make_ean(1000 + i), "electricity", f"BULK{i}", f"c{i}", start) for i in range(150)]
-    await pool.copy_records_to_table(
-        "connections",
-        records=rows,
-        columns=["ean", "commodity", "meter_id", "customer_id", "contract_start"],
-    )
+    eans = [make_ean(1000 + i) for i in range(150)]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.copy_records_to_table(
+            "connections", records=[(e, "electricity") for e in eans], columns=["ean", "commodity"]
+        )
+        await conn.copy_records_to_table(
+            "contracts",
+            records=[(e, f"c{i}", start) for i, e in enumerate(eans)],
+            columns=["ean", "customer_id", "contract_start"],
+        )
+        await conn.copy_records_to_table(
+            "meter_installations",
+            records=[(e, "electricity", f"BULK{i}", start) for i, e in enumerate(eans)],
+            columns=["ean", "commodity", "meter_id", "installed_from"],
+        )
     for _ in range(500):
         if state.maintainer.full_reloads > before and "BULK149" in state.index.electricity:
             break

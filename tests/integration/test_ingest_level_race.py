@@ -177,7 +177,8 @@ async def test_a_reading_measured_while_the_customer_objected_is_not_stored_late
     now = dt.datetime.now(UTC).replace(microsecond=0)
     async with pool.acquire() as conn:
         await conn.executemany(
-            "INSERT INTO level_events (ean, level, at, channel) VALUES ($1, $2, $3, 'portal')",
+            "INSERT INTO level_events (ean, contract_id, level, at, channel) VALUES"
+            " ($1, (SELECT contract_id FROM contracts WHERE ean = $1), $2, $3, 'portal')",
             [
                 (ean, "monthly", now - dt.timedelta(hours=3)),
                 (ean, "daily", now - dt.timedelta(hours=1)),

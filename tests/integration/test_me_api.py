@@ -624,13 +624,17 @@ async def test_export_streams_everything_and_is_audited(world: World, pool: asyn
     rows = list(csv.reader(io.StringIO(await resp.text())))
     assert rows[0] == [
         "ean",
+        "contract_id",
+        "customer_id",
         "commodity",
         "granularity",
         "period_start",
         "measured_at",
         "volume_dm3",
     ]
-    assert len(rows) == 2501 and rows[1][0] == gas and rows[1][5] == "0"
+    contract_id = await pool.fetchval("SELECT contract_id FROM contracts WHERE ean = $1", gas)
+    assert len(rows) == 2501 and rows[1][:3] == [gas, str(contract_id), "alice"]
+    assert rows[1][7] == "0"
     assert (
         await pool.fetchval("SELECT count(*) FROM audit_log WHERE kind = $1", audit.KIND_EXPORT)
         == 2

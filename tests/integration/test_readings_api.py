@@ -143,6 +143,8 @@ def _from_csv(text: str) -> list[dict[str, Any]]:
         out.append(
             {
                 "ean": r["ean"],
+                "contract_id": r["contract_id"],
+                "customer_id": r["customer_id"],
                 "commodity": r["commodity"],
                 "granularity": r["granularity"],
                 "period_start": r["period_start"],
@@ -161,7 +163,7 @@ async def test_ndjson_csv_and_json_pages_hold_the_same_readings(world: World) ->
     assert resp.status == 200 and resp.content_type == "text/csv"
     text = await resp.text()
     assert text.splitlines()[0] == (
-        "ean,commodity,granularity,period_start,measured_at,"
+        "ean,contract_id,customer_id,commodity,granularity,period_start,measured_at,"
         "import_t1_wh,import_t2_wh,export_t1_wh,export_t2_wh,volume_dm3"
     )
     from_csv = _from_csv(text)
@@ -176,7 +178,13 @@ async def test_ndjson_csv_and_json_pages_hold_the_same_readings(world: World) ->
 async def test_reading_shape(world: World) -> None:
     resp = await _get(world, _params(ean=[ELEC[2], GAS[0]], limit="100"), "application/json")
     readings = (await resp.json())["readings"]
+    contracts = {
+        r["ean"]: (str(r["contract_id"]), r["customer_id"])
+        for r in await world.pool.fetch("SELECT ean, contract_id, customer_id FROM contracts")
+    }
     first_e = next(r for r in readings if r["ean"] == ELEC[2])
+    # each reading names the contract in force when it was measured, and its customer
+    assert (first_e.pop("contract_id"), first_e.pop("customer_id")) == contracts[ELEC[2]]
     assert first_e == {
         "ean": ELEC[2],
         "commodity": "electricity",
@@ -191,6 +199,7 @@ async def test_reading_shape(world: World) -> None:
         },
     }
     first_g = next(r for r in readings if r["ean"] == GAS[0])
+    assert (first_g.pop("contract_id"), first_g.pop("customer_id")) == contracts[GAS[0]]
     assert first_g == {
         "ean": GAS[0],
         "commodity": "gas",
@@ -411,7 +420,7 @@ async def test_an_aborted_stream_still_logs_what_was_sent(world: World) -> None:
             )
         await conn.execute(
             "INSERT INTO readings_e_p1d (ean, period_start, measured_at, import_t1_wh)"
-            " SELECT k.ean_num, d, d, 1 FROM connections k, generate_series("
+            " SELECT k.ean_num, d, d, 1 FROM contracts k, generate_series("
             "'2021-01-01T23:00:00Z'::timestamptz, '2023-12-31Z', interval '1 day') d"
             " WHERE k.customer_id LIKE 'bulk-%'"
         )

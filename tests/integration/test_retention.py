@@ -140,8 +140,9 @@ async def add_consent(
     consent_id = uuid.uuid4()
     await conn.execute(
         "INSERT INTO consents (ean, consent_id, customer_id, purpose, notice_version, channel,"
-        " granted_at, expires_at, ended_at, end_reason)"
-        " VALUES ($1, $2, $3, 'dynamic-tariff-billing', 'v1', 'api', $4, $5, $6, $7)",
+        " granted_at, expires_at, ended_at, end_reason, contract_id)"
+        " VALUES ($1, $2, $3, 'dynamic-tariff-billing', 'v1', 'api', $4, $5, $6, $7,"
+        " (SELECT contract_id FROM contracts WHERE ean = $1))",
         ean(n),
         consent_id,
         f"cust-{n}",

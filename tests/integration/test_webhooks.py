@@ -30,6 +30,7 @@ from gateway.api.appkeys import WEBHOOK_WORKER_KEY
 from gateway.jobs.webhooks import WebhookWorker, verify
 from gateway.jsonenc import rfc3339
 from gateway.keys import KeyRing
+from gateway.services import registry
 from gateway.settings import Settings, WebhookSettings
 from gateway.storage import db, outbox
 from gateway.tokens import generate_token, hash_token
@@ -581,6 +582,18 @@ async def test_expiries_are_announced_once_by_the_sweep(
 ) -> None:
     await add_client(pool, receiver.url, [PURPOSE])
     ean = make_ean(11)
+    async with pool.acquire() as conn:
+        await registry.add_connection(
+            conn,
+            # this file's EANs are not check-digit valid; the registry's SQL does not care
+            registry.ConnectionIn.model_construct(
+                ean=ean,
+                commodity="electricity",
+                meter_id="E11",
+                customer_id="cust-1",
+                contract_start=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+            ),
+        )
     ids: dict[str, uuid.UUID] = {}
     # expired a minute ago, expired 30 days ago (past the look-back), expires tomorrow
     for name, expires in (
@@ -591,9 +604,9 @@ async def test_expiries_are_announced_once_by_the_sweep(
         ids[name] = uuid.uuid4()
         await pool.execute(
             "INSERT INTO consents (ean, consent_id, customer_id, purpose, notice_version,"
-            " channel, granted_at, expires_at)"
+            " channel, granted_at, expires_at, contract_id)"
             " VALUES ($1, $2, 'cust-1', $3, 'v1', 'api', now() - interval '60 days',"
-            " now() + $4)",
+            " now() + $4, (SELECT contract_id FROM contracts WHERE ean = $1))",
             ean,
             ids[name],
             PURPOSE,
@@ -603,9 +616,10 @@ async def test_expiries_are_announced_once_by_the_sweep(
     ids["recorded"] = uuid.uuid4()
     await pool.execute(
         "INSERT INTO consents (ean, consent_id, customer_id, purpose, notice_version,"
-        " channel, granted_at, expires_at, ended_at, end_reason)"
+        " channel, granted_at, expires_at, ended_at, end_reason, contract_id)"
         " VALUES ($1, $2, 'cust-1', $3, 'v1', 'api', now() - interval '60 days',"
-        " now() - interval '2 hours', now() - interval '2 hours', 'expired')",
+        " now() - interval '2 hours', now() - interval '2 hours', 'expired',"
+        " (SELECT contract_id FROM contracts WHERE ean = $1))",
         ean,
         ids["recorded"],
         PURPOSE,

@@ -7,15 +7,22 @@ schemas come from the pydantic models the handlers validate with, so they cannot
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
+from consent.levels import Level
 from gateway.api.handlers.admin import ConsentEndIn, ConsentIn
 from gateway.api.openapi import admin_clients, customer, data_client, portal
 from gateway.services import registry
+from gateway.times import ApiTime
 
 _REF = "#/components/schemas/{model}"
+#: what ApiTime fields accept, as pydantic describes them (their schema says ``date-time`` only)
+_API_TIME_TEXT: str = next(
+    m.description for m in get_args(ApiTime) if isinstance(m, FieldInfo) and m.description
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -29,7 +36,8 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 _PROBLEM = {"content": {"application/problem+json": {"schema": _ref("Problem")}}}
 
 
-def _problems(*statuses: int) -> dict[str, Any]:
+def _problems(*statuses: int, says: dict[int, str] | None = None) -> dict[str, Any]:
+    """Problem responses of ``statuses``; ``says`` words some of them for this operation."""
     text = {
         400: "unreadable body",
         401: "missing or invalid bearer token",
@@ -40,6 +48,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
         415: "wrong media type",
         422: "invalid fields (listed in `errors`)",
         503: "database unavailable; retry after `Retry-After` seconds",
+        **(says or {}),
     }
     return {str(s): {"description": text[s], **_PROBLEM} for s in statuses}
 
@@ -54,21 +63,113 @@ _EAN_PARAM = {
     "description": "EAN-18 connection code",
 }
 
+
+def _id_param(what: str) -> dict[str, Any]:
+    return {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+        "description": f"{what} id (anything else answers 404)",
+    }
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_OPEN_TIME = {"type": ["string", "null"], "format": "date-time"}
+_LEVEL = {"enum": [level.value for level in Level]}
+#: why a contract ended (SPEC §3a); null while it has not
+_CONTRACT_END_REASON = {"enum": [*get_args(registry.EndReason), None]}
+
 _CONNECTION = {
     "type": "object",
+    "description": "The `/v1/admin/meters` shorthand's view: a connection with its latest "
+    "contract and current meter (the whole history: GET /v1/admin/connections/{ean}).",
     "properties": {
         "ean": {"type": "string"},
-        "commodity": {"enum": ["electricity", "gas"]},
-        "meter_id": {"type": "string"},
+        "commodity": {"enum": sorted(registry.COMMODITIES)},
+        "meter_id": {"type": ["string", "null"]},
         "customer_id": {"type": "string"},
-        "contract_start": {"type": "string", "format": "date-time"},
-        "contract_end": {"type": ["string", "null"], "format": "date-time"},
-        "end_reason": {"enum": ["contract-ended", "move-out", None]},
-        "level": {"enum": ["none", "monthly", "daily"]},
-        "created_at": {"type": "string", "format": "date-time"},
-        "updated_at": {"type": "string", "format": "date-time"},
+        "contract_id": {"type": "string", "format": "uuid"},
+        "contract_start": _TIME,
+        "contract_end": _OPEN_TIME,
+        "end_reason": _CONTRACT_END_REASON,
+        "level": _LEVEL,
+        "created_at": _TIME,
+        "updated_at": _TIME,
     },
-    "required": ["ean", "commodity", "meter_id", "customer_id", "contract_start", "level"],
+    "required": [
+        "ean",
+        "commodity",
+        "meter_id",
+        "customer_id",
+        "contract_id",
+        "contract_start",
+        "level",
+    ],
+}
+
+_CONTRACT = {
+    "type": "object",
+    "description": "A supply contract on a connection (SPEC §3a). Level and consents belong to "
+    "it; a new contract starts at the default level with no consent.",
+    "properties": {
+        "contract_id": {"type": "string", "format": "uuid"},
+        "ean": {"type": "string"},
+        "customer_id": {"type": "string"},
+        "start": _TIME,
+        "end": {**_OPEN_TIME, "description": "exclusive; null: open-ended"},
+        "end_reason": _CONTRACT_END_REASON,
+        "level": _LEVEL,
+        "created_at": _TIME,
+        "updated_at": _TIME,
+    },
+    "required": [
+        "contract_id",
+        "ean",
+        "customer_id",
+        "start",
+        "end",
+        "end_reason",
+        "level",
+        "created_at",
+        "updated_at",
+    ],
+}
+
+_METER_INSTALLATION = {
+    "type": "object",
+    "description": "A meter installed on the connection during [installed_from, installed_until)",
+    "properties": {
+        "meter_id": {"type": "string"},
+        "installed_from": _TIME,
+        "installed_until": {**_OPEN_TIME, "description": "null: still installed"},
+    },
+    "required": ["meter_id", "installed_from", "installed_until"],
+}
+
+_CONNECTION_HISTORY = {
+    "type": "object",
+    "description": "A connection with its whole contract and meter history, oldest first.",
+    "properties": {
+        "ean": {"type": "string"},
+        "commodity": {"enum": sorted(registry.COMMODITIES)},
+        "created_at": _TIME,
+        "contracts": {"type": "array", "items": _ref("Contract")},
+        "meters": {"type": "array", "items": _ref("MeterInstallation")},
+    },
+    "required": ["ean", "commodity", "created_at", "contracts", "meters"],
+}
+
+_DEVICE_SCHEMA = {
+    "type": "object",
+    "description": "A field device (never its token)",
+    "properties": {
+        "device_id": {"type": "string", "format": "uuid"},
+        "meter_ids": {"type": "array", "items": {"type": "string"}},
+        "created_at": _TIME,
+        "revoked_at": {**_OPEN_TIME, "description": "null: the token works"},
+    },
+    "required": ["device_id", "meter_ids", "created_at", "revoked_at"],
 }
 
 _PROBLEM_SCHEMA = {
@@ -104,7 +205,14 @@ _TELEGRAM_RESULT = {
                 "type": "object",
                 "properties": {
                     "index": {"type": "integer"},
-                    "reason": {"type": "string"},
+                    "reason": {
+                        "type": "string",
+                        "description": "stable code, e.g. `bad-crc`, `meter-not-bound` (no "
+                        "meter of the telegram is bound to this device), `unknown-meter` (the "
+                        "meter was installed on no connection at the measured time), "
+                        "`no-contract` (no supply contract was in force on its connection "
+                        "then), `clock-unset`, `future-timestamp`, `too-old`",
+                    },
                     "detail": {"type": "string"},
                 },
             },
@@ -138,11 +246,35 @@ _JWKS = {
 }
 
 
+def _api_times(schema: Any) -> Any:
+    """``schema`` with every ApiTime field (pydantic says ``format: date-time`` only) saying
+    what it accepts: RFC 3339 with an offset, or a plain date (midnight Europe/Amsterdam)."""
+    if isinstance(schema, list):
+        return [_api_times(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("format") == "date-time" and schema.get("description") == _API_TIME_TEXT:
+        rest = {k: v for k, v in schema.items() if k not in ("type", "format", "description")}
+        return {**rest, "$ref": _REF.format(model="ApiTime")}
+    return {k: _api_times(v) for k, v in schema.items()}
+
+
+_API_TIME = {
+    "type": "string",
+    "anyOf": [{"format": "date-time"}, {"format": "date"}],
+    "description": f"{_API_TIME_TEXT}; e.g. `2024-03-01T00:00:00Z`, "
+    "`2024-03-01T00:00:00+01:00` or `2024-03-01`",
+}
+
+
 def _model_schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     models: tuple[type[BaseModel], ...] = (
         registry.ConnectionIn,
         registry.ContractEndIn,
+        registry.ContractIn,
+        registry.ContractPatchIn,
+        registry.MeterExchangeIn,
         registry.DeviceIn,
         ConsentIn,
         ConsentEndIn,
@@ -151,7 +283,7 @@ def _model_schemas() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    return schemas
+    return {name: _api_times(schema) for name, schema in schemas.items()}
 
 
 #: the paths described beside their handlers (path → operations, in this document's shape),
@@ -207,18 +339,34 @@ def _base_document() -> dict[str, Any]:
             },
             "/v1/admin/meters": {
                 "post": {
-                    "summary": "Register a connection",
+                    "summary": "Register a connection with its first contract and meter",
+                    "description": "Shorthand for a new EAN: the connection, a supply contract "
+                    "from `contract_start` (default level, no consent) and the meter installed "
+                    "from the same instant. Further contracts: POST /v1/admin/contracts; meter "
+                    "exchanges: POST /v1/admin/connections/{ean}/meter-exchange.",
                     "security": _ADMIN,
                     "requestBody": {"required": True, **_json(_ref("ConnectionIn"))},
                     "responses": {
                         "201": {"description": "registered", **_json(_ref("Connection"))},
-                        **_problems(400, 401, 409, 415, 422, 503),
+                        **_problems(
+                            400,
+                            401,
+                            409,
+                            415,
+                            422,
+                            503,
+                            says={
+                                409: "the EAN is already registered (add a contract to it), "
+                                "or the meter is installed on another connection (named in "
+                                "`detail`)"
+                            },
+                        ),
                     },
                 }
             },
             "/v1/admin/meters/{ean}": {
                 "get": {
-                    "summary": "Show a connection",
+                    "summary": "Show a connection: its latest contract and current meter",
                     "security": _ADMIN,
                     "parameters": [_EAN_PARAM],
                     "responses": {
@@ -227,16 +375,135 @@ def _base_document() -> dict[str, Any]:
                     },
                 },
                 "patch": {
-                    "summary": "End a contract (contract ended or move-out)",
-                    "description": "Ends every consent on the EAN at the same instant.",
+                    "summary": "End the contract open on the connection (contract ended, "
+                    "move-out or switch)",
+                    "description": "Shorthand of PATCH /v1/admin/contracts/{id} for the contract "
+                    "open at `contract_end`: ends it and every consent of it at the same "
+                    "instant.",
                     "security": _ADMIN,
                     "parameters": [_EAN_PARAM],
                     "requestBody": {"required": True, **_json(_ref("ContractEndIn"))},
                     "responses": {
                         "200": {"description": "the ended connection", **_json(_ref("Connection"))},
-                        **_problems(400, 401, 404, 409, 415, 422, 503),
+                        **_problems(
+                            400,
+                            401,
+                            404,
+                            409,
+                            415,
+                            422,
+                            503,
+                            says={
+                                409: "every contract of the connection has ended, or a later "
+                                "contract starts before `contract_end` (named in `detail`)"
+                            },
+                        ),
                     },
                 },
+            },
+            "/v1/admin/connections/{ean}": {
+                "get": {
+                    "summary": "A connection with its whole contract and meter history",
+                    "security": _ADMIN,
+                    "parameters": [_EAN_PARAM],
+                    "responses": {
+                        "200": {
+                            "description": "the connection",
+                            **_json(_ref("ConnectionHistory")),
+                        },
+                        **_problems(401, 404, 422, 503, says={404: "no connection with this EAN"}),
+                    },
+                }
+            },
+            "/v1/admin/connections/{ean}/meter-exchange": {
+                "post": {
+                    "summary": "Exchange the meter of a connection",
+                    "description": "The installation of the meter in place at `at` ends at `at` "
+                    "and `meter_id`'s starts at the same instant. Rebind the field device "
+                    "afterwards (PATCH /v1/admin/devices/{id}).",
+                    "security": _ADMIN,
+                    "parameters": [_EAN_PARAM],
+                    "requestBody": {"required": True, **_json(_ref("MeterExchangeIn"))},
+                    "responses": {
+                        "200": {
+                            "description": "the connection with its history",
+                            **_json(_ref("ConnectionHistory")),
+                        },
+                        **_problems(
+                            400,
+                            401,
+                            404,
+                            409,
+                            415,
+                            422,
+                            503,
+                            says={
+                                404: "no connection with this EAN",
+                                409: "the new meter is installed on another connection then "
+                                "(the EAN is named in `detail`), is already this one's, or no "
+                                "meter is installed on the connection at `at`",
+                            },
+                        ),
+                    },
+                }
+            },
+            "/v1/admin/contracts": {
+                "post": {
+                    "summary": "Register a supply contract on a connection (move-in, switch to us)",
+                    "description": "The contract starts at the default level with no consent; "
+                    "the previous tenant's choices never carry over. Contracts on one EAN never "
+                    "overlap; a new one may start at or after the previous one's end.",
+                    "security": _ADMIN,
+                    "requestBody": {"required": True, **_json(_ref("ContractIn"))},
+                    "responses": {
+                        "201": {"description": "the new contract", **_json(_ref("Contract"))},
+                        **_problems(
+                            400,
+                            401,
+                            404,
+                            409,
+                            415,
+                            422,
+                            503,
+                            says={
+                                404: "no connection with this EAN",
+                                409: "the period overlaps a contract of the connection (named "
+                                "in `detail`)",
+                            },
+                        ),
+                    },
+                }
+            },
+            "/v1/admin/contracts/{id}": {
+                "patch": {
+                    "summary": "End a contract (contract ended, move-out or switch)",
+                    "description": "In one transaction: the contract ends at `end`, every "
+                    "consent of it still open then ends at `end` with the same reason (pushed to "
+                    "subscribers), and the connection's readings measured at or after `end` "
+                    "within the contract are deleted.",
+                    "security": _ADMIN,
+                    "parameters": [_id_param("contract")],
+                    "requestBody": {"required": True, **_json(_ref("ContractPatchIn"))},
+                    "responses": {
+                        "200": {"description": "the ended contract", **_json(_ref("Contract"))},
+                        **_problems(
+                            400,
+                            401,
+                            404,
+                            409,
+                            415,
+                            422,
+                            503,
+                            says={
+                                404: "no such contract",
+                                409: "the contract has already ended, or a later contract of "
+                                "the connection starts before `end` (named in `detail`)",
+                                422: "invalid fields (listed in `errors`), or `end` not after "
+                                "the contract's start",
+                            },
+                        ),
+                    },
+                }
             },
             "/v1/admin/devices": {
                 "post": {
@@ -247,6 +514,60 @@ def _base_document() -> dict[str, Any]:
                     "responses": {
                         "201": {"description": "registered", **_json(_ref("NewDevice"))},
                         **_problems(400, 401, 415, 422, 503),
+                    },
+                },
+                "get": {
+                    "summary": "List field devices (without tokens), oldest first",
+                    "security": _ADMIN,
+                    "responses": {
+                        "200": {
+                            "description": "every device",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "devices": {"type": "array", "items": _ref("Device")}
+                                    },
+                                    "required": ["devices"],
+                                }
+                            ),
+                        },
+                        **_problems(401, 503),
+                    },
+                },
+            },
+            "/v1/admin/devices/{id}": {
+                "patch": {
+                    "summary": "Bind a device to other meters (after a meter exchange)",
+                    "description": "Replaces the device's meter ids; its token stays valid.",
+                    "security": _ADMIN,
+                    "parameters": [_id_param("device")],
+                    "requestBody": {"required": True, **_json(_ref("DeviceIn"))},
+                    "responses": {
+                        "200": {"description": "the device", **_json(_ref("Device"))},
+                        **_problems(
+                            400,
+                            401,
+                            404,
+                            409,
+                            415,
+                            422,
+                            503,
+                            says={404: "no such device", 409: "the device is revoked"},
+                        ),
+                    },
+                }
+            },
+            "/v1/admin/devices/{id}/revoke": {
+                "post": {
+                    "summary": "Revoke a device's token at once (a stolen or retired dongle)",
+                    "description": "Refused from now on by every gateway process. Revoking "
+                    "again changes nothing.",
+                    "security": _ADMIN,
+                    "parameters": [_id_param("device")],
+                    "responses": {
+                        "200": {"description": "the revoked device", **_json(_ref("Device"))},
+                        **_problems(401, 404, 503, says={404: "no such device"}),
                     },
                 }
             },
@@ -267,14 +588,7 @@ def _base_document() -> dict[str, Any]:
                     "description": "Deletes interval readings the consent no longer covers, in "
                     "the same transaction.",
                     "security": _ADMIN,
-                    "parameters": [
-                        {
-                            "name": "id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string", "format": "uuid"},
-                        }
-                    ],
+                    "parameters": [_id_param("consent")],
                     "requestBody": {"required": True, **_json(_ref("ConsentEndIn"))},
                     "responses": {
                         "200": {"description": "the ended consent", **_json({"type": "object"})},
@@ -349,7 +663,12 @@ def _base_document() -> dict[str, Any]:
             },
             "schemas": {
                 **_model_schemas(),
+                "ApiTime": _API_TIME,
                 "Connection": _CONNECTION,
+                "ConnectionHistory": _CONNECTION_HISTORY,
+                "Contract": _CONTRACT,
+                "MeterInstallation": _METER_INSTALLATION,
+                "Device": _DEVICE_SCHEMA,
                 "NewDevice": {
                     "type": "object",
                     "properties": {

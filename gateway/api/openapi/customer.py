@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from pydantic import BaseModel
 
-from consent.model import EndReason
+from consent.levels import Level
+from consent.model import Channel, EndReason, OnRevoke
 from gateway.api.handlers.customer import LOG_PAGE_MAX, ConsentGrantIn, LevelIn
+from gateway.api.openapi.data_client import READING
+from gateway.services import registry
 from gateway.storage.schema import READING_TABLES
 
 _CUSTOMER: Final[list[dict[str, list[str]]]] = [{"customerToken": []}]
@@ -43,20 +46,135 @@ def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any
     }
 
 
+_TIME: Final = {"type": "string", "format": "date-time"}
+_OPEN_TIME: Final = {"type": ["string", "null"], "format": "date-time"}
+#: why a contract ended (SPEC §3a)
+_CONTRACT_END_REASONS: Final = get_args(registry.EndReason)
+#: why a consent ended: its own reasons, and the end of its contract (with the contract's reason)
+_CONSENT_END_REASONS: Final = list(
+    dict.fromkeys([*(r.value for r in EndReason), *_CONTRACT_END_REASONS])
+)
 _CONSENT_SCHEMA: Final = {
     "type": "object",
     "properties": {
         "consent_id": {"type": "string", "format": "uuid"},
         "ean": {"type": "string"},
+        "contract_id": {
+            "type": "string",
+            "format": "uuid",
+            "description": "the supply contract the consent belongs to; it ends with it",
+        },
+        "customer_id": {"type": "string"},
         "purpose": {"type": "string"},
+        "data_class": {"type": "string"},
         "notice_version": {"type": "string"},
-        "channel": {"enum": ["portal", "phone", "api"]},
-        "granted_at": {"type": "string", "format": "date-time"},
-        "expires_at": {"type": ["string", "null"], "format": "date-time"},
-        "ended_at": {"type": ["string", "null"], "format": "date-time"},
-        "end_reason": {"type": ["string", "null"]},
-        "status": {"enum": ["active", "expired", "contract-ended", *(r.value for r in EndReason)]},
-        "on_revoke": {"enum": ["keep", "delete", None]},
+        "channel": {"enum": [c.value for c in Channel]},
+        "granted_at": _TIME,
+        "expires_at": _OPEN_TIME,
+        "ended_at": _OPEN_TIME,
+        "end_reason": {"enum": [*_CONSENT_END_REASONS, None]},
+        "status": {"enum": list(dict.fromkeys(["active", "expired", *_CONSENT_END_REASONS]))},
+        "on_revoke": {"enum": [*(o.value for o in OnRevoke), None]},
+    },
+    "required": ["consent_id", "ean", "contract_id", "purpose", "granted_at", "status"],
+}
+#: one of the customer's supply contracts (a connection as the customer sees it, SPEC §3a)
+_CONTRACT_ENTRY: Final = {
+    "type": "object",
+    "properties": {
+        "ean": {"type": "string"},
+        "contract_id": {"type": "string", "format": "uuid"},
+        "commodity": {"enum": sorted(registry.COMMODITIES)},
+        "meter_id": {
+            "type": ["string", "null"],
+            "description": "the meter installed last within the contract",
+        },
+        "level": {"enum": [level.value for level in Level]},
+        "contract_start": _TIME,
+        "contract_end": {**_OPEN_TIME, "description": "exclusive; null: open-ended"},
+        "end_reason": {"enum": [*_CONTRACT_END_REASONS, None]},
+    },
+    "required": [
+        "ean",
+        "contract_id",
+        "commodity",
+        "meter_id",
+        "level",
+        "contract_start",
+        "contract_end",
+        "end_reason",
+    ],
+}
+_CONNECTIONS: Final = {
+    "type": "object",
+    "properties": {
+        "customer_id": {"type": "string"},
+        "connections": {
+            "type": "array",
+            "description": "one entry per supply contract, ended ones included, by EAN and start",
+            "items": {
+                "type": "object",
+                "allOf": [
+                    _CONTRACT_ENTRY,
+                    {
+                        "type": "object",
+                        "properties": {
+                            "current": {
+                                "type": "boolean",
+                                "description": "in force now: the only contracts a level can "
+                                "be set or a consent granted on",
+                            },
+                            "consents": {
+                                "type": "array",
+                                "description": "the consents of this contract",
+                                "items": _CONSENT_SCHEMA,
+                            },
+                        },
+                        "required": ["current", "consents"],
+                    },
+                ],
+            },
+        },
+        "purposes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "on_revoke": {"enum": [o.value for o in OnRevoke]},
+                },
+            },
+        },
+        "max_consent_lifetime_days": {"type": "integer"},
+    },
+    "required": ["customer_id", "connections", "purposes", "max_consent_lifetime_days"],
+}
+#: commodity → the registers (CSV columns after measured_at) of its reading tables
+_REGISTERS: Final = {t.commodity: t.registers for t in READING_TABLES.values()}
+_EXPORT: Final = {
+    "type": "object",
+    "properties": {
+        "format": {"const": "meterpoort-export-1"},
+        "customer_id": {"type": "string"},
+        "generated_at": _TIME,
+        "connections": {"type": "array", "items": _CONTRACT_ENTRY},
+        "consents": {
+            "type": "array",
+            "items": {
+                "allOf": [
+                    _CONSENT_SCHEMA,
+                    {"type": "object", "properties": {"receipt": {"type": "object"}}},
+                ]
+            },
+        },
+        "permission_log": {"type": "array", "items": {"type": "object"}},
+        "access_log": {"type": "array", "items": {"type": "object"}},
+        "readings": {
+            "type": "object",
+            "description": "reading table → the readings measured inside your contracts",
+            "additionalProperties": {"type": "array", "items": READING},
+        },
     },
 }
 _CONSENT_AND_RECEIPT: Final = {
@@ -89,9 +207,13 @@ _EAN_PATH: Final = {
 OPENAPI_PATHS: Final[dict[str, Any]] = {
     "/v1/me/connections": {
         "get": {
-            "summary": "Your connections with their level, contract period and consents",
+            "summary": "Your supply contracts (current and ended) with their connection, level "
+            "and consents",
             "security": _CUSTOMER,
-            "responses": {"200": _ok("connections and configured purposes"), **_problems(401, 503)},
+            "responses": {
+                "200": _ok("one entry per contract, and the configured purposes", _CONNECTIONS),
+                **_problems(401, 503),
+            },
         }
     },
     "/v1/me/connections/{ean}/level": {
@@ -164,6 +286,11 @@ OPENAPI_PATHS: Final[dict[str, Any]] = {
     "/v1/me/export": {
         "get": {
             "summary": "Everything held about you: JSON, or one reading table as CSV",
+            "description": "Readings of your contracts' windows only (SPEC §3a), each with its "
+            "`contract_id` and `customer_id`. CSV header: `ean,contract_id,customer_id,"
+            "commodity,granularity,period_start,measured_at,` then the table's registers ("
+            + "; ".join(f"{c}: `{','.join(r)}`" for c, r in _REGISTERS.items())
+            + ").",
             "security": _CUSTOMER,
             "parameters": [
                 {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
@@ -178,7 +305,7 @@ OPENAPI_PATHS: Final[dict[str, Any]] = {
                 "200": {
                     "description": "streamed export (audited)",
                     "content": {
-                        "application/json": {"schema": {"type": "object"}},
+                        "application/json": {"schema": _EXPORT},
                         "text/csv": {"schema": {"type": "string"}},
                     },
                 },

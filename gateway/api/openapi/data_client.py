@@ -12,6 +12,7 @@ from gateway.api.handlers.data_client import (
     NDJSON,
 )
 from gateway.storage import readings_query
+from gateway.storage.schema import CUSTOMER_ID_RE
 
 _PROBLEM = {
     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -22,10 +23,17 @@ def _problems(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": "problem", **_PROBLEM} for c in codes}
 
 
-_READING = {
+#: a reading in the API (SPEC §5); also the readings of the customer export
+READING: dict[str, Any] = {
     "type": "object",
     "properties": {
         "ean": {"type": "string", "pattern": "^[0-9]{18}$"},
+        "contract_id": {
+            "type": "string",
+            "format": "uuid",
+            "description": "the supply contract in force on the connection when it was measured",
+        },
+        "customer_id": {"type": "string", "description": "that contract's customer"},
         "commodity": {"enum": ["electricity", "gas"]},
         "granularity": {"enum": ["P1M", "P1D", "PT1H", "PT15M"]},
         "period_start": {"type": "string", "format": "date-time"},
@@ -43,7 +51,16 @@ _READING = {
             ]
         },
     },
-    "required": ["ean", "commodity", "granularity", "period_start", "measured_at", "registers"],
+    "required": [
+        "ean",
+        "contract_id",
+        "customer_id",
+        "commodity",
+        "granularity",
+        "period_start",
+        "measured_at",
+        "registers",
+    ],
 }
 
 
@@ -64,7 +81,9 @@ OPENAPI_PATHS: dict[str, Any] = {
             "description": (
                 "Daily and monthly readings of every connection; interval readings only where an "
                 "interval consent for one of the client's purposes covered the measurement (after "
-                "the consent ended: only for purposes that keep their data). Half-open range "
+                "the consent ended: only for purposes that keep their data). Each reading carries "
+                "the supply contract in force on its connection when it was measured and that "
+                "contract's customer (`contract_id`, `customer_id`). Half-open range "
                 "[from, to) on period_start; a bare date is local midnight (Europe/Amsterdam). "
                 "`Accept: application/x-ndjson` or `text/csv` streams everything; JSON (default) "
                 "answers in pages with `next_cursor`. Every request is in the customers' access "
@@ -89,6 +108,18 @@ OPENAPI_PATHS: dict[str, Any] = {
                     "style": "form",
                     "explode": True,
                 },
+                _q(
+                    "customer_id",
+                    "only readings measured under this customer's contracts",
+                    type="string",
+                    pattern=f"^{CUSTOMER_ID_RE.pattern}$",
+                ),
+                _q(
+                    "contract_id",
+                    "only readings measured under this supply contract",
+                    type="string",
+                    format="uuid",
+                ),
                 _q("cursor", "JSON pages: next_cursor of the previous page, same parameters"),
                 _q(
                     "limit",
@@ -107,13 +138,19 @@ OPENAPI_PATHS: dict[str, Any] = {
                             "schema": {
                                 "type": "object",
                                 "properties": {
-                                    "readings": {"type": "array", "items": _READING},
+                                    "readings": {"type": "array", "items": READING},
                                     "next_cursor": {"type": ["string", "null"]},
                                 },
                             }
                         },
-                        NDJSON: {"schema": _READING},
-                        CSV: {"schema": {"type": "string"}},
+                        NDJSON: {"schema": READING},
+                        CSV: {
+                            "schema": {
+                                "type": "string",
+                                "description": "header line: "
+                                f"`{readings_query.CSV_HEADER}`; empty fields are null",
+                            }
+                        },
                     },
                 },
                 **_problems(400, 401, 403, 406, 422, 503),

@@ -27,7 +27,7 @@
       tokenUse: "Token gebruiken",
       tokenEmpty: "Vul een token in.",
       connectionsTitle: "Mijn aansluitingen",
-      connectionsIntro: "Per aansluiting kiest u welke meetgegevens wij op afstand uitlezen, en aan welke doelen u kwartier- of uurwaarden geeft.",
+      connectionsIntro: "Per contract op een aansluiting kiest u welke meetgegevens wij op afstand uitlezen, en aan welke doelen u kwartier- of uurwaarden geeft. Beëindigde contracten (bijvoorbeeld na een verhuizing) blijven hier ter inzage staan.",
       noConnections: "Er zijn geen aansluitingen op uw naam.",
       electricity: "Elektriciteit",
       gas: "Gas",
@@ -35,6 +35,14 @@
       contractStart: "Contract vanaf",
       contractEnd: "Contract tot",
       contractOpen: "lopend",
+      contractEndReason: "Reden einde",
+      "contractReason_contract-ended": "Contract afgelopen",
+      "contractReason_move-out": "Verhuisd",
+      contractReason_switch: "Overgestapt naar een andere leverancier",
+      contractEndedBadge: "Beëindigd",
+      contractUpcomingBadge: "Nog niet begonnen",
+      contractEndedNote: "Dit contract is beëindigd en staat hier alleen ter inzage: keuzes en toestemmingen kunt u niet meer wijzigen. De meetgegevens en logboeken van dit contract blijven in uw download en in de logboeken hieronder.",
+      contractUpcomingNote: "Dit contract gaat in op {date}. Vanaf dan kunt u er toestemming voor geven.",
       levelLegend: "Meetgegevens op afstand",
       level_daily: "Dagstanden (standaard)",
       level_monthly: "Alleen maandstanden",
@@ -48,6 +56,7 @@
       levelUnchanged: "Deze keuze was al ingesteld.",
       consentsTitle: "Toestemming voor kwartier- en uurwaarden",
       noConsents: "U heeft voor deze aansluiting nog geen toestemming gegeven.",
+      noConsentsContract: "Onder dit contract heeft u geen toestemming gegeven.",
       colPurpose: "Doel",
       colNotice: "Toestemmingstekst",
       colGranted: "Gegeven op",
@@ -61,6 +70,7 @@
       end_expired: "Verlopen",
       "end_contract-ended": "Beëindigd: contract afgelopen",
       "end_move-out": "Beëindigd: verhuisd",
+      end_switch: "Beëindigd: overgestapt",
       end_erasure: "Beëindigd: gegevens gewist",
       endedOn: "{reason} op {date}",
       revoke: "Intrekken",
@@ -116,7 +126,7 @@
       gran_PT1H: "uurwaarden",
       gran_PT15M: "kwartierwaarden",
       exportTitle: "Mijn gegevens downloaden",
-      exportIntro: "Alles wat wij over u bewaren, in een machineleesbaar bestand (JSON).",
+      exportIntro: "Alles wat wij over u bewaren, ook van beëindigde contracten, in een machineleesbaar bestand (JSON).",
       exportButton: "Download mijn gegevens",
       exportDone: "Uw gegevens zijn gedownload als {file}.",
       loading: "Bezig met laden\u2026",
@@ -139,7 +149,7 @@
       tokenUse: "Use token",
       tokenEmpty: "Enter a token.",
       connectionsTitle: "My connections",
-      connectionsIntro: "For each connection, choose which meter readings we collect remotely, and for which purposes you allow 15-minute or hourly values.",
+      connectionsIntro: "For each contract on a connection, choose which meter readings we collect remotely, and for which purposes you allow 15-minute or hourly values. Ended contracts (after a move, for example) stay here for your information.",
       noConnections: "There are no connections in your name.",
       electricity: "Electricity",
       gas: "Gas",
@@ -147,6 +157,14 @@
       contractStart: "Contract from",
       contractEnd: "Contract until",
       contractOpen: "ongoing",
+      contractEndReason: "Reason for the end",
+      "contractReason_contract-ended": "Contract ended",
+      "contractReason_move-out": "Moved out",
+      contractReason_switch: "Switched to another supplier",
+      contractEndedBadge: "Ended",
+      contractUpcomingBadge: "Not started yet",
+      contractEndedNote: "This contract has ended and is shown for your information only: its choices and consents can no longer be changed. Its meter data and logs stay in your download and in the logs below.",
+      contractUpcomingNote: "This contract starts on {date}. From then on you can give consent for it.",
       levelLegend: "Remote meter readings",
       level_daily: "Daily readings (default)",
       level_monthly: "Monthly readings only",
@@ -160,6 +178,7 @@
       levelUnchanged: "This choice was already set.",
       consentsTitle: "Consent for 15-minute and hourly values",
       noConsents: "You have not given any consent for this connection yet.",
+      noConsentsContract: "You gave no consent under this contract.",
       colPurpose: "Purpose",
       colNotice: "Consent text",
       colGranted: "Given on",
@@ -173,6 +192,7 @@
       end_expired: "Expired",
       "end_contract-ended": "Ended: contract ended",
       "end_move-out": "Ended: moved out",
+      end_switch: "Ended: switched supplier",
       end_erasure: "Ended: data erased",
       endedOn: "{reason} on {date}",
       revoke: "Revoke",
@@ -228,7 +248,7 @@
       gran_PT1H: "hourly values",
       gran_PT15M: "15-minute values",
       exportTitle: "Download my data",
-      exportIntro: "Everything we hold about you, in a machine-readable file (JSON).",
+      exportIntro: "Everything we hold about you, ended contracts included, in a machine-readable file (JSON).",
       exportButton: "Download my data",
       exportDone: "Your data has been downloaded as {file}.",
       loading: "Loading\u2026",
@@ -561,33 +581,113 @@
     return { active: false, text: reason };
   }
 
+  // A contract's state. The API's `current` (the server's clock) says whether it is in force
+  // now; one not in force has ended, or starts later. An older gateway without `current`: the
+  // contract's window against this browser's clock.
+  function contractState(conn) {
+    const now = Date.now();
+    const startsLater = new Date(conn.contract_start).getTime() > now;
+    if (conn.current === true) return "current";
+    if (conn.current === false) return startsLater && !conn.end_reason ? "upcoming" : "ended";
+    if (conn.contract_end && new Date(conn.contract_end).getTime() <= now) return "ended";
+    return startsLater ? "upcoming" : "current";
+  }
+
   function renderConnections() {
     const container = $("#connection-list");
     if (state.connections.length === 0) {
       container.replaceChildren(el("p", { text: t("noConnections") }));
       return;
     }
-    container.replaceChildren(...state.connections.map(renderConnection));
+    // a level change acts on the customer's latest contract on the EAN (refused once it ended)
+    const latest = new Map();
+    for (const conn of state.connections) {
+      const seen = latest.get(conn.ean);
+      if (!seen || new Date(conn.contract_start) > new Date(seen.contract_start)) {
+        latest.set(conn.ean, conn);
+      }
+    }
+    // contracts in force (or starting later) first, in the API's order; then the ended ones,
+    // the most recently ended first
+    const cards = state.connections.map((conn, index) => ({
+      conn,
+      index,
+      phase: contractState(conn),
+    }));
+    const endOf = (card) => new Date(card.conn.contract_end || 0).getTime();
+    cards.sort((a, b) => {
+      const aEnded = a.phase === "ended";
+      const bEnded = b.phase === "ended";
+      if (aEnded !== bEnded) return aEnded ? 1 : -1;
+      if (aEnded && endOf(a) !== endOf(b)) return endOf(b) - endOf(a);
+      return a.index - b.index;
+    });
+    container.replaceChildren(
+      ...cards.map((card) => {
+        const levelEditable = card.phase !== "ended" && latest.get(card.conn.ean) === card.conn;
+        return renderConnection(card.conn, card.phase, levelEditable);
+      })
+    );
   }
 
-  function renderConnection(conn) {
-    const id = "conn-" + conn.ean;
+  // one card per contract (two contracts on one EAN are two cards), keyed by contract_id
+  function renderConnection(conn, phase, levelEditable) {
+    const key = String(conn.contract_id || conn.ean).replace(/[^A-Za-z0-9_-]/g, "_");
+    const id = "contract-" + key;
+    const ended = phase === "ended";
+    const current = phase === "current";
     const headingText = (t(conn.commodity) || conn.commodity) + " \u2013 " + t("ean") + " " + conn.ean;
+    // the marker is part of the heading: screen readers announce it with the card
+    let badge = null;
+    let note = null;
+    if (ended) {
+      badge = el("span", { class: "badge", text: t("contractEndedBadge") });
+      note = el("p", { class: "note read-only", text: t("contractEndedNote") });
+    } else if (phase === "upcoming") {
+      badge = el("span", { class: "badge upcoming", text: t("contractUpcomingBadge") });
+      note = el("p", {
+        class: "note",
+        text: t("contractUpcomingNote", { date: fmtDate(conn.contract_start) }),
+      });
+    }
+    const facts = [
+      el("dt", { text: t("contractStart") }),
+      el("dd", { text: fmtDate(conn.contract_start) }),
+      el("dt", { text: t("contractEnd") }),
+      el("dd", { text: conn.contract_end ? fmtDate(conn.contract_end) : t("contractOpen") }),
+    ];
+    if (ended) {
+      facts.push(
+        el("dt", { text: t("contractEndReason") }),
+        el("dd", {
+          class: "end-reason",
+          text: known("contractReason_", conn.end_reason || "contract-ended"),
+        })
+      );
+    }
+    if (!levelEditable) {
+      // the level this contract has (had), read-only
+      facts.push(
+        el("dt", { text: t("levelLegend") }),
+        el("dd", { class: "level", text: known("level_", conn.level || "daily") })
+      );
+    }
     return el(
       "article",
-      { class: "connection", "aria-labelledby": id + "-title", "data-ean": conn.ean },
-      el("h3", { id: id + "-title", tabindex: "-1", text: headingText }),
-      el(
-        "dl",
-        { class: "facts" },
-        el("dt", { text: t("contractStart") }),
-        el("dd", { text: fmtDate(conn.contract_start) }),
-        el("dt", { text: t("contractEnd") }),
-        el("dd", { text: conn.contract_end ? fmtDate(conn.contract_end) : t("contractOpen") })
-      ),
-      renderLevelForm(conn, id),
-      renderConsents(conn, id),
-      conn.contract_end && new Date(conn.contract_end) <= new Date() ? null : renderGrantForm(conn, id)
+      {
+        class: "connection" + (ended ? " ended" : "") + (phase === "upcoming" ? " upcoming" : ""),
+        "aria-labelledby": id + "-title",
+        "data-ean": conn.ean,
+        "data-contract-id": conn.contract_id,
+        "data-state": phase,
+      },
+      el("h3", { id: id + "-title", tabindex: "-1" }, headingText, badge ? [" ", badge] : null),
+      el("dl", { class: "facts" }, facts),
+      note,
+      levelEditable ? renderLevelForm(conn, id) : null,
+      renderConsents(conn, id, current),
+      // consents are granted on the contract in force now only
+      current ? renderGrantForm(conn, id) : null
     );
   }
 
@@ -645,11 +745,13 @@
     }
   }
 
-  function renderConsents(conn, id) {
+  // the contract's consents; revoke buttons only when `editable` (the contract in force now),
+  // else its consent history, read-only
+  function renderConsents(conn, id, editable) {
     const consents = conn.consents || [];
     const section = el("div", { class: "consents" }, el("h4", { id: id + "-consents", tabindex: "-1", text: t("consentsTitle") }));
     if (consents.length === 0) {
-      section.append(el("p", { text: t("noConsents") }));
+      section.append(el("p", { text: t(editable ? "noConsents" : "noConsentsContract") }));
       return section;
     }
     const rows = consents.map((consent) => {
@@ -672,21 +774,25 @@
         el("td", { text: fmtDateTime(consent.granted_at) }),
         el("td", { text: consent.expires_at ? fmtDate(consent.expires_at) : t("noExpiry") }),
         el("td", { class: "consent-status", text: status.text }),
-        el(
-          "td",
-          {},
-          status.active
-            ? el("button", {
-                type: "button",
-                class: "danger",
-                text: t("revoke"),
-                "aria-label": t("revokeLabel", { purpose: name }),
-                onclick: () => revokeConsent(conn, consent, id),
-              })
-            : null
-        )
+        editable
+          ? el(
+              "td",
+              {},
+              status.active
+                ? el("button", {
+                    type: "button",
+                    class: "danger",
+                    text: t("revoke"),
+                    "aria-label": t("revokeLabel", { purpose: name }),
+                    onclick: () => revokeConsent(conn, consent, id),
+                  })
+                : null
+            )
+          : null
       );
     });
+    const columns = ["colPurpose", "colNotice", "colGranted", "colExpires", "colStatus"];
+    if (editable) columns.push("colAction");
     section.append(
       el(
         "div",
@@ -700,9 +806,7 @@
             el(
               "tr",
               {},
-              ["colPurpose", "colNotice", "colGranted", "colExpires", "colStatus", "colAction"].map(
-                (key) => el("th", { scope: "col", text: t(key) })
-              )
+              columns.map((key) => el("th", { scope: "col", text: t(key) }))
             )
           ),
           el("tbody", {}, rows)

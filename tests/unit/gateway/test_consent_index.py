@@ -8,6 +8,7 @@ from typing import Any
 
 from consent.levels import Commodity, Granularity
 from gateway.ingest.consent_index import ConsentIndex
+from tests.support.index_rows import split_rows
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 EAN_E = "871234567890123456"
@@ -51,11 +52,16 @@ def consent_row(ean: str, granted: datetime, ended: datetime | None = None) -> d
     }
 
 
+def rows(
+    connections: list[dict[str, Any]], consents: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    return split_rows(connections, consents or [])
+
+
 def test_routes_by_commodity_and_policy() -> None:
     idx = ConsentIndex()
     idx.replace_all(
-        [conn_row(EAN_E, "E1"), conn_row(EAN_G, "G1", "gas")],
-        [consent_row(EAN_G, T0)],
+        *rows([conn_row(EAN_E, "E1"), conn_row(EAN_G, "G1", "gas")], [consent_row(EAN_G, T0)])
     )
     t = T0 + timedelta(days=1)
     assert idx.granularities("E1", Commodity.ELECTRICITY, t, t) == {P1M, P1D}
@@ -69,34 +75,32 @@ def test_routes_by_commodity_and_policy() -> None:
 
 def test_update_ean_adds_changes_and_removes() -> None:
     idx = ConsentIndex()
-    idx.replace_all([conn_row(EAN_E, "E1")], [])
+    idx.replace_all(*rows([conn_row(EAN_E, "E1")]))
     t = T0 + timedelta(days=1)
     generation = idx.generation
-    idx.update_ean(EAN_E, conn_row(EAN_E, "E1"), [consent_row(EAN_E, T0)])
+    idx.update_ean(EAN_E, *rows([conn_row(EAN_E, "E1")], [consent_row(EAN_E, T0)]))
     assert idx.generation > generation
     assert idx.granularities("E1", Commodity.ELECTRICITY, t, t) == {P1M, P1D, PT15M}
     # a revocation: the consent ended before now
-    idx.update_ean(EAN_E, conn_row(EAN_E, "E1"), [consent_row(EAN_E, T0, ended=t)])
+    idx.update_ean(EAN_E, *rows([conn_row(EAN_E, "E1")], [consent_row(EAN_E, T0, ended=t)]))
     assert idx.granularities("E1", Commodity.ELECTRICITY, t, t) == {P1M, P1D}
     # level lowered, then meter swapped, then the connection removed
-    idx.update_ean(EAN_E, conn_row(EAN_E, "E1", level="monthly"), [])
+    idx.update_ean(EAN_E, *rows([conn_row(EAN_E, "E1", level="monthly")]))
     assert idx.granularities("E1", Commodity.ELECTRICITY, t, t) == {P1M}
-    idx.update_ean(EAN_E, conn_row(EAN_E, "E9"), [])
+    idx.update_ean(EAN_E, *rows([conn_row(EAN_E, "E9")]))
     assert idx.route("E1", Commodity.ELECTRICITY, t) is None
     assert idx.route("E9", Commodity.ELECTRICITY, t) is not None
-    idx.update_ean(EAN_E, None, [])
+    idx.update_ean(EAN_E, [], [], [])
     assert idx.route("E9", Commodity.ELECTRICITY, t) is None and len(idx) == 0
 
 
-def test_meter_moving_between_connections_picks_by_contract() -> None:
+def test_meter_moving_between_connections_picks_by_installation() -> None:
     move = T0 + timedelta(days=10)
     idx = ConsentIndex()
     idx.replace_all(
-        [
-            conn_row(EAN_E, "E1", end=move),
-            conn_row(EAN_E2, "E1", level="monthly", start=move),
-        ],
-        [],
+        *rows(
+            [conn_row(EAN_E, "E1", end=move), conn_row(EAN_E2, "E1", level="monthly", start=move)]
+        )
     )
     before, after = move - timedelta(hours=1), move + timedelta(hours=1)
     r_before = idx.route("E1", Commodity.ELECTRICITY, before)
@@ -106,6 +110,87 @@ def test_meter_moving_between_connections_picks_by_contract() -> None:
     assert idx.granularities("E1", Commodity.ELECTRICITY, before, after) == {P1M, P1D}
     assert idx.granularities("E1", Commodity.ELECTRICITY, after, after) == {P1M}
     # removing one connection keeps the other
-    idx.update_ean(EAN_E, None, [])
-    remaining = idx.route("E1", Commodity.ELECTRICITY, before)
+    idx.update_ean(EAN_E, [], [], [])
+    assert idx.route("E1", Commodity.ELECTRICITY, before) is None
+    remaining = idx.route("E1", Commodity.ELECTRICITY, after)
     assert remaining is not None and remaining.ean == EAN_E2
+
+
+def test_tenants_of_one_meter_get_their_own_contract_level_and_consents() -> None:
+    """Move-out at T, move-in at T: one installation, two contracts; nothing carries over."""
+    move = T0 + timedelta(days=10)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    installations = [
+        {
+            "ean": EAN_E,
+            "ean_num": int(EAN_E),
+            "commodity": "electricity",
+            "meter_id": "E1",
+            "installed_from": T0,
+            "installed_until": None,
+        }
+    ]
+    contracts = [
+        {
+            "ean": EAN_E,
+            "contract_id": b,
+            "contract_start": move,
+            "contract_end": None,
+            "level": "daily",
+        },
+        {
+            "ean": EAN_E,
+            "contract_id": a,
+            "contract_start": T0,
+            "contract_end": move,
+            "level": "daily",
+        },
+    ]
+    consent = {**consent_row(EAN_E, T0), "contract_id": a}
+    idx = ConsentIndex()
+    idx.replace_all(installations, contracts, [consent])
+    before, after = move - timedelta(minutes=1), move + timedelta(minutes=1)
+    r_a, r_b = (
+        idx.route("E1", Commodity.ELECTRICITY, before),
+        idx.route("E1", Commodity.ELECTRICITY, after),
+    )
+    assert r_a is not None and r_a.contract_id == a
+    assert r_b is not None and r_b.contract_id == b
+    # A's consent covered A's time only; B starts at daily without it
+    assert idx.granularities("E1", Commodity.ELECTRICITY, before, before) == {P1M, P1D, PT15M}
+    assert idx.granularities("E1", Commodity.ELECTRICITY, after, after) == {P1M, P1D}
+
+
+def test_stretches_without_installation_or_contract() -> None:
+    """Before the meter was installed: no route; installed but nobody's contract: a route
+    without a contract (ingest answers no-contract)."""
+    start, end = T0 + timedelta(days=5), T0 + timedelta(days=8)
+    installations = [
+        {
+            "ean": EAN_E,
+            "ean_num": int(EAN_E),
+            "commodity": "electricity",
+            "meter_id": "E1",
+            "installed_from": T0,
+            "installed_until": None,
+        }
+    ]
+    k = uuid.uuid4()
+    contracts = [
+        {
+            "ean": EAN_E,
+            "contract_id": k,
+            "contract_start": start,
+            "contract_end": end,
+            "level": "daily",
+        }
+    ]
+    idx = ConsentIndex()
+    idx.replace_all(installations, contracts, [])
+    assert idx.route("E1", Commodity.ELECTRICITY, T0 - timedelta(seconds=1)) is None
+    for t in (T0, start - timedelta(seconds=1), end, end + timedelta(days=300)):
+        gap = idx.route("E1", Commodity.ELECTRICITY, t)
+        assert gap is not None and gap.contract_id is None, t
+        assert idx.granularities("E1", Commodity.ELECTRICITY, t, t) == frozenset()
+    inside = idx.route("E1", Commodity.ELECTRICITY, start)
+    assert inside is not None and inside.contract_id == k

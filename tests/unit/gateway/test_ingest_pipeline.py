@@ -12,6 +12,7 @@ from gateway.ingest.best_cache import BestCache
 from gateway.ingest.consent_index import ConsentIndex
 from gateway.ingest.pipeline import IngestPipeline, split_body
 from gateway.ingest.sql import E_P1D, E_P1M, E_PT15M, G_P1D, G_P1M, G_PT1H, merge_into, new_batch
+from tests.support.index_rows import split_rows
 from tests.support.telegram_builder import build_telegram
 
 NOW = datetime(2026, 10, 25, 12, 0, tzinfo=UTC)
@@ -59,13 +60,15 @@ def consent_row(ean: str) -> dict[str, Any]:
 def pipeline() -> IngestPipeline:
     idx = ConsentIndex()
     idx.replace_all(
-        [
-            conn_row(EAN_E, "E1"),
-            conn_row(EAN_G, "G1", "gas"),
-            conn_row(EAN_N, "N1", level="none"),
-            conn_row(EAN_I, "I1"),
-        ],
-        [consent_row(EAN_I), consent_row(EAN_G)],
+        *split_rows(
+            [
+                conn_row(EAN_E, "E1"),
+                conn_row(EAN_G, "G1", "gas"),
+                conn_row(EAN_N, "N1", level="none"),
+                conn_row(EAN_I, "I1"),
+            ],
+            [consent_row(EAN_I), consent_row(EAN_G)],
+        )
     )
     return IngestPipeline(idx, BestCache())
 
@@ -148,6 +151,47 @@ def test_bound_but_unregistered_meter() -> None:
     p = IngestPipeline(ConsentIndex(), BestCache())
     r = p.process([build_telegram("E1", NOW)], frozenset({"E1"}), NOW_S)
     assert [x["reason"] for x in r.rejected] == ["unknown-meter"]
+
+
+def test_outside_installation_and_contract_windows() -> None:
+    """SPEC §3a: measured before the meter's installation → unknown-meter; installed but under
+    no contract (after a move-out, before the next tenant) → no-contract; and inside the
+    contract the reading is stored."""
+    moved_out = NOW - timedelta(hours=2)
+    installations = [
+        {
+            "ean": EAN_E,
+            "ean_num": int(EAN_E),
+            "commodity": "electricity",
+            "meter_id": "E1",
+            "installed_from": NOW - timedelta(days=10),
+            "installed_until": None,
+        }
+    ]
+    contracts = [
+        {
+            "ean": EAN_E,
+            "contract_id": uuid.uuid4(),
+            "contract_start": NOW - timedelta(days=5),
+            "contract_end": moved_out,
+            "level": "daily",
+        }
+    ]
+    idx = ConsentIndex()
+    idx.replace_all(installations, contracts, [])
+    p = IngestPipeline(idx, BestCache())
+    bound = frozenset({"E1"})
+    cases = [
+        (NOW - timedelta(days=11), "unknown-meter"),
+        (NOW - timedelta(days=7), "no-contract"),
+        (NOW - timedelta(hours=1), "no-contract"),
+    ]
+    for t, reason in cases:
+        r = p.process([build_telegram("E1", t)], bound, NOW_S)
+        assert [x["reason"] for x in r.rejected] == [reason], t
+        assert r.rejected[0]["detail"] and r.rows == 0
+    r = p.process([build_telegram("E1", moved_out - timedelta(hours=1))], bound, NOW_S)
+    assert r.accepted == 1 and r.rows > 0
 
 
 def test_future_tolerance_is_five_minutes(pipeline: IngestPipeline) -> None:
