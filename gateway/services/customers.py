@@ -225,7 +225,7 @@ async def permission_log(
 async def access_log(
     conn: asyncpg.Connection,
     customer_id: str,
-    eans: Sequence[str],
+    contracts: Sequence[Mapping[str, Any]],
     *,
     limit: int | None = None,
     before_seq: int | None = None,
@@ -233,28 +233,45 @@ async def access_log(
     """Audit rows of reads of the customer's readings and of their own exports, newest first.
 
     A client read is ONE audit row per request (``data.read``, ``detail.eans`` = every EAN it
-    returned, for many customers at once), so each entry shows only THIS customer's EANs of it.
-    ``before_seq`` pages backwards (the ``seq`` of the last entry of the previous page).
+    returned, for many customers at once, ``detail.from``/``to`` its period range), so each entry
+    shows only THIS customer's EANs of it, and only a read whose range meets one of the
+    customer's contract windows on that EAN: the tenant before or after on the same EAN does not
+    see reads of the other's time (SPEC §3a). ``contracts``: rows with ``ean``,
+    ``contract_start``, ``contract_end``. ``before_seq`` pages backwards (the ``seq`` of the last
+    entry of the previous page).
     """
+    eans = sorted({k["ean"] for k in contracts})
     rows = await conn.fetch(
         "SELECT seq, at, kind, actor, detail FROM audit_log"
-        " WHERE ((kind = $1 AND (subject = $3 OR detail->'eans' ?| $4::text[]))"
+        " WHERE ((kind = $1 AND (subject = $3 OR (detail->'eans' ?| $4::text[] AND EXISTS ("
+        "   SELECT 1 FROM unnest($7::text[], $8::timestamptz[], $9::timestamptz[])"
+        "     AS w(ean, lo, hi)"
+        "   WHERE detail->'eans' ? w.ean"
+        "     AND (detail->>'to' IS NULL OR (detail->>'to')::timestamptz > w.lo)"
+        "     AND (w.hi IS NULL OR detail->>'from' IS NULL"
+        "          OR (detail->>'from')::timestamptz < w.hi)))))"
         "        OR (kind = $2 AND subject = $3))"
         "   AND ($5::bigint IS NULL OR seq < $5)"
         " ORDER BY seq DESC LIMIT $6",
         audit.KIND_READ,
         audit.KIND_EXPORT,
         customer_id,
-        list(eans),
+        eans,
         before_seq,
         limit,
+        [k["ean"] for k in contracts],
+        [k["contract_start"] for k in contracts],
+        [k["contract_end"] for k in contracts],
     )
-    mine = set(eans)
     entries: list[dict[str, Any]] = []
     for row in rows:
         detail: Mapping[str, Any] = row["detail"] if isinstance(row["detail"], Mapping) else {}
         listed = detail.get("eans")
-        shown = sorted(e for e in listed if e in mine) if isinstance(listed, list) else []
+        shown = (
+            sorted(e for e in listed if _read_meets(detail, e, contracts))
+            if isinstance(listed, list)
+            else []
+        )
         if row["kind"] == audit.KIND_READ:
             entries.append(
                 {
@@ -285,6 +302,29 @@ async def access_log(
                 }
             )
     return entries
+
+
+def _read_meets(
+    detail: Mapping[str, Any], ean: str, contracts: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Whether a read of ``ean`` over ``detail``'s [from, to) meets one of the contracts'
+    windows on that EAN (the SQL filter of ``access_log``, per EAN)."""
+    lo, hi = _detail_time(detail.get("from")), _detail_time(detail.get("to"))
+    return any(
+        k["ean"] == ean
+        and (hi is None or hi > k["contract_start"])
+        and (k["contract_end"] is None or lo is None or lo < k["contract_end"])
+        for k in contracts
+    )
+
+
+def _detail_time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

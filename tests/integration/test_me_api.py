@@ -495,12 +495,17 @@ async def test_access_log_shows_client_reads_of_own_eans_only(
     e_bob = await world.meter(42, "bob")
     e_other = await world.meter(43, "carol")
     client_id = str(uuid.uuid4())
+    # the contracts began 30 days ago: a read of the days before is of another tenant's time
+    month = (dt.datetime.now(UTC) - dt.timedelta(days=20)).date()
+    frm, to = f"{month}T00:00:00Z", f"{month + dt.timedelta(days=10)}T00:00:00Z"
     # what the billing read API appends: ONE row per client request, EANs of many customers
     async with pool.acquire() as conn:
-        for eans, granularity in (
-            ([e_alice, e_bob], "P1D"),
-            ([e_other], "P1D"),
-            ([e_bob, e_alice], "PT15M"),
+        for eans, granularity, start, end in (
+            ([e_alice, e_bob], "P1D", frm, to),
+            ([e_other], "P1D", frm, to),
+            # before alice's contract: another tenant's time, not hers to see
+            ([e_alice], "P1M", "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z"),
+            ([e_bob, e_alice], "PT15M", frm, to),
         ):
             await audit.append(
                 conn,
@@ -512,8 +517,8 @@ async def test_access_log_shows_client_reads_of_own_eans_only(
                     "client_id": client_id,
                     "client_name": "Billing BV",
                     "granularity": granularity,
-                    "from": "2025-01-01T00:00:00Z",
-                    "to": "2025-02-01T00:00:00Z",
+                    "from": start,
+                    "to": end,
                     "eans": eans,
                 },
             )
@@ -525,7 +530,7 @@ async def test_access_log_shows_client_reads_of_own_eans_only(
     for r in reads:
         assert r["eans"] == [e_alice]  # bob's EAN in the same request is not shown
         assert r["client_name"] == "Billing BV" and r["client_id"] == client_id
-        assert r["from"] == "2025-01-01T00:00:00Z" and r["to"] == "2025-02-01T00:00:00Z"
+        assert r["from"] == frm and r["to"] == to
         assert parse_time(r["at"])
     assert e_bob not in json.dumps(data) and e_other not in json.dumps(data)
 

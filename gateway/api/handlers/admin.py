@@ -27,7 +27,7 @@ import uuid
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from consent.model import Channel, EndReason
 from gateway.api.appkeys import CREDENTIALS_KEY, INGEST_KEY, POOL_KEY, SETTINGS_KEY
@@ -38,6 +38,7 @@ from gateway.services import clients, registry
 from gateway.services import consents as consent_store
 from gateway.services.registry import validate_ean
 from gateway.storage.db import acquire
+from gateway.times import ApiTime
 
 
 def _authorize(request: web.Request) -> None:
@@ -191,8 +192,8 @@ class ConsentIn(BaseModel):
     customer_id: _Text
     purpose: _Text
     notice_version: _Text
-    expires_at: AwareDatetime | None = None
-    granted_at: AwareDatetime | None = None
+    expires_at: ApiTime | None = None
+    granted_at: ApiTime | None = None
     channel: Channel = Channel.API
 
 
@@ -202,7 +203,7 @@ class ConsentEndIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: EndReason
-    at: AwareDatetime | None = None
+    at: ApiTime | None = None
 
 
 async def add_consent(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Final, Literal
 
 import pydantic
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from consent.model import DEFAULT_PURPOSES, Channel
 from consent.retention import RetentionPolicy
@@ -45,6 +45,7 @@ from gateway.services.registry import Ean
 from gateway.settings import Settings
 from gateway.storage.db import acquire
 from gateway.storage.schema import READING_TABLES, ReadingTable
+from gateway.times import ApiTime
 
 #: the receipt channel of consents given through this API
 PORTAL_CHANNELS: Final = (Channel.PORTAL.value, Channel.API.value)
@@ -80,7 +81,7 @@ class ConsentGrantIn(BaseModel):
     ean: Ean
     purpose: _Text = Field(description="one of the configured purposes")
     notice_version: _Text = Field(description="version of the consent text shown")
-    expires_at: AwareDatetime | None = Field(
+    expires_at: ApiTime | None = Field(
         default=None, description="omitted: the maximum lifetime (default 3 years)"
     )
     channel: Literal["portal", "api"] = "portal"
@@ -263,9 +264,9 @@ async def get_access_log(request: web.Request) -> web.Response:
     query: LogQuery = _query(request, LogQuery)
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
-        eans = [k["ean"] for k in await customer_data.connections_of(conn, customer)]
+        contracts = await customer_data.connections_of(conn, customer)
         entries = await customer_data.access_log(
-            conn, customer, eans, limit=query.limit, before_seq=query.before_seq
+            conn, customer, contracts, limit=query.limit, before_seq=query.before_seq
         )
     next_before = entries[-1]["seq"] if len(entries) == query.limit else None
     return json_response({"entries": entries, "next_before_seq": next_before})
@@ -411,8 +412,8 @@ async def _write_json(
     await out.write(',"consents":' + _dumps(consents))
     log = await customer_data.permission_log(conn, customer, 1_000_000)
     await out.write(',"permission_log":' + _dumps(log))
-    eans = [k["ean"] for k in connections]
-    await out.write(',"access_log":' + _dumps(await customer_data.access_log(conn, customer, eans)))
+    access = await customer_data.access_log(conn, customer, connections)
+    await out.write(',"access_log":' + _dumps(access))
     await out.write(',"readings":{')
     for t_index, table in enumerate(tables):
         await out.write(("," if t_index else "") + _dumps(table.name) + ":[")
