@@ -326,6 +326,16 @@ async def test_move_out_move_in_meter_exchange_switch_and_late_spool(world: Worl
     ]
     assert device_a_id != device_b_id
 
+    # A erases: A's interval data goes, A's billing data stays under the fiscal hold, and
+    # nothing of B's time is touched
+    erased = await w.call("POST", "/v1/me/erasure", anna)
+    assert erased["erased"]["readings_e_pt15m"] == len(a_live)
+    assert await w.billing(billing, "PT15M") == []
+    after = await w.billing(billing, "P1D")
+    assert sorted(after, key=measured) == sorted(daily, key=measured)
+    export_b_after = await w.call("GET", "/v1/me/export", bert)
+    assert export_b_after["readings"] == export_b["readings"]
+
 
 async def test_bad_registry_input_names_the_conflict_and_changes_nothing(world: World) -> None:
     w = world

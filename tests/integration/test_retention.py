@@ -371,6 +371,25 @@ async def test_daily_and_monthly_readings_go_seven_years_after_the_contract_ends
     assert await count_rows(conn, "readings_e_p1d") == 40
 
 
+async def test_the_fiscal_hold_counts_per_contract_on_one_ean(conn: asyncpg.Connection) -> None:
+    """SPEC §3a: two tenants on one EAN; the first contract ended more than 7 years ago, the
+    next one is open. Only the first tenant's readings go."""
+    await db.ensure_partitions(conn, ts("2010-01-01"), ts("2010-02-01"))
+    num = await add_connection(conn, 7, end="2010-01-20")
+    await conn.execute(
+        "INSERT INTO contracts (ean, customer_id, contract_start) VALUES ($1, 'next', $2)",
+        ean(7),
+        ts("2010-01-20"),
+    )
+    # measured 2010-01-02 … 2010-02-10: 18 in the first contract, 22 in the next
+    await add_readings(conn, "readings_e_p1d", num, ts("2010-01-01"), 40, D)
+    report = await retention.run_retention(conn, NOW, RetentionPolicy(batch_rows=5))
+    assert report.connections_purged == 1  # one contract
+    assert report.tables["readings_e_p1d"].rows_deleted == 18
+    left = await conn.fetch("SELECT measured_at FROM readings_e_p1d ORDER BY measured_at")
+    assert [r["measured_at"] for r in left] == [ts("2010-01-20") + i * D for i in range(22)]
+
+
 # ---------------------------------------------------------------------------------------------
 # consents: expiry and records
 
@@ -637,6 +656,7 @@ async def test_two_concurrent_runs_one_works_the_other_reports_the_lock(
 
 # ---------------------------------------------------------------------------------------------
 # the CLI, as a subprocess
+
 
 async def run_cli(database_url: str, *args: str) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERPOORT_")}
