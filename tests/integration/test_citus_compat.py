@@ -77,7 +77,8 @@ async def test_contracts_of_one_ean_cannot_overlap(pool: asyncpg.Pool) -> None:
         " VALUES ($1, 'c', $2::timestamptz, $3::timestamptz)"
     )
     jan, mar, may, may2, jun, jul = (
-        dt.datetime(2024, m, d, tzinfo=dt.UTC) for m, d in ((1, 1), (3, 1), (5, 1), (5, 2), (6, 1), (7, 1))
+        dt.datetime(2024, m, d, tzinfo=dt.UTC)
+        for m, d in ((1, 1), (3, 1), (5, 1), (5, 2), (6, 1), (7, 1))
     )
     await pool.execute(insert, EAN_A, jan, jun)
     await pool.execute(insert, EAN_A, jun, None)  # back to back: fine
