@@ -9,9 +9,10 @@ a unique index that would not include the EAN (which Citus could not distribute,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -232,6 +233,18 @@ def connection_json(contract: Mapping[str, Any], meter_id: str | None) -> dict[s
 # storage
 
 
+@contextlib.contextmanager
+def _as_conflict() -> Iterator[None]:
+    """The database's own rules (migration 0011's exclusion constraints) as a 409: the checks
+    here name the conflicting record first, this catches whatever writes bypassed them (another
+    tool in the same database, a race the registry lock does not cover)."""
+    try:
+        yield
+    except asyncpg.ExclusionViolationError as exc:
+        what = "contracts of one connection" if "contracts" in str(exc) else "meter installations"
+        raise ConflictError(f"the change would overlap existing {what}: {exc.detail}") from exc
+
+
 async def lock_registry(conn: asyncpg.Connection) -> None:
     """Serialise registry writes (a transaction lock: held until the caller's transaction ends)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", REGISTRY_LOCK_KEY)
@@ -304,51 +317,52 @@ async def add_connection(
 ) -> dict[str, Any]:
     """Register a connection with its first contract and meter; ConflictError if the EAN
     exists or the meter is installed elsewhere."""
-    async with conn.transaction():
-        await lock_registry(conn)
-        if await conn.fetchval("SELECT 1 FROM connections WHERE ean = $1", new.ean):
-            raise ConflictError(
-                f"connection {new.ean} is already registered; add a contract to it"
-                " (POST /v1/admin/contracts)"
+    with _as_conflict():
+        async with conn.transaction():
+            await lock_registry(conn)
+            if await conn.fetchval("SELECT 1 FROM connections WHERE ean = $1", new.ean):
+                raise ConflictError(
+                    f"connection {new.ean} is already registered; add a contract to it"
+                    " (POST /v1/admin/contracts)"
+                )
+            other = await _meter_in_use(conn, new.commodity, new.meter_id, new.contract_start, None)
+            if other is not None:
+                raise ConflictError(
+                    f"meter {new.meter_id} is installed on connection {other} during that period"
+                )
+            await conn.execute(
+                "INSERT INTO connections (ean, commodity) VALUES ($1, $2)", new.ean, new.commodity
             )
-        other = await _meter_in_use(conn, new.commodity, new.meter_id, new.contract_start, None)
-        if other is not None:
-            raise ConflictError(
-                f"meter {new.meter_id} is installed on connection {other} during that period"
+            contract_id = await conn.fetchval(
+                "INSERT INTO contracts (ean, customer_id, contract_start, contract_end)"
+                " VALUES ($1, $2, $3, $4) RETURNING contract_id",
+                new.ean,
+                new.customer_id,
+                new.contract_start,
+                new.contract_end,
             )
-        await conn.execute(
-            "INSERT INTO connections (ean, commodity) VALUES ($1, $2)", new.ean, new.commodity
-        )
-        contract_id = await conn.fetchval(
-            "INSERT INTO contracts (ean, customer_id, contract_start, contract_end)"
-            " VALUES ($1, $2, $3, $4) RETURNING contract_id",
-            new.ean,
-            new.customer_id,
-            new.contract_start,
-            new.contract_end,
-        )
-        # the meter stays when the contract ends: the next tenant reads the same meter
-        await conn.execute(
-            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
-            " VALUES ($1, $2, $3, $4)",
-            new.ean,
-            new.commodity,
-            new.meter_id,
-            new.contract_start,
-        )
-        await audit.append(
-            conn,
-            kind=audit.KIND_REGISTRY_CHANGE,
-            actor=actor,
-            subject=new.customer_id,
-            ean=new.ean,
-            detail={
-                "change": "connection-added",
-                "commodity": new.commodity,
-                "contract_id": contract_id,
-            },
-        )
-        row = await _contract(conn, contract_id)
+            # the meter stays when the contract ends: the next tenant reads the same meter
+            await conn.execute(
+                "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+                " VALUES ($1, $2, $3, $4)",
+                new.ean,
+                new.commodity,
+                new.meter_id,
+                new.contract_start,
+            )
+            await audit.append(
+                conn,
+                kind=audit.KIND_REGISTRY_CHANGE,
+                actor=actor,
+                subject=new.customer_id,
+                ean=new.ean,
+                detail={
+                    "change": "connection-added",
+                    "commodity": new.commodity,
+                    "contract_id": contract_id,
+                },
+            )
+            row = await _contract(conn, contract_id)
     metrics.CONNECTIONS_REGISTERED.inc()
     return connection_json(row, new.meter_id)
 
@@ -396,30 +410,31 @@ async def add_contract(
 ) -> dict[str, Any]:
     """Register a supply contract on a known connection (a move-in, a switch to us); it starts
     at the default level with no consent. ConflictError naming the contract it would overlap."""
-    async with conn.transaction():
-        await lock_registry(conn)
-        if not await conn.fetchval("SELECT 1 FROM connections WHERE ean = $1", new.ean):
-            raise NotFoundError(f"no connection {new.ean} is registered")
-        other = await _overlapping_contract(conn, new.ean, new.start, new.end)
-        if other is not None:
-            raise _overlap_error(new.ean, other)
-        contract_id = await conn.fetchval(
-            "INSERT INTO contracts (ean, customer_id, contract_start, contract_end)"
-            " VALUES ($1, $2, $3, $4) RETURNING contract_id",
-            new.ean,
-            new.customer_id,
-            new.start,
-            new.end,
-        )
-        await audit.append(
-            conn,
-            kind=audit.KIND_REGISTRY_CHANGE,
-            actor=actor,
-            subject=new.customer_id,
-            ean=new.ean,
-            detail={"change": "contract-added", "contract_id": contract_id, "start": new.start},
-        )
-        row = await _contract(conn, contract_id)
+    with _as_conflict():
+        async with conn.transaction():
+            await lock_registry(conn)
+            if not await conn.fetchval("SELECT 1 FROM connections WHERE ean = $1", new.ean):
+                raise NotFoundError(f"no connection {new.ean} is registered")
+            other = await _overlapping_contract(conn, new.ean, new.start, new.end)
+            if other is not None:
+                raise _overlap_error(new.ean, other)
+            contract_id = await conn.fetchval(
+                "INSERT INTO contracts (ean, customer_id, contract_start, contract_end)"
+                " VALUES ($1, $2, $3, $4) RETURNING contract_id",
+                new.ean,
+                new.customer_id,
+                new.start,
+                new.end,
+            )
+            await audit.append(
+                conn,
+                kind=audit.KIND_REGISTRY_CHANGE,
+                actor=actor,
+                subject=new.customer_id,
+                ean=new.ean,
+                detail={"change": "contract-added", "contract_id": contract_id, "start": new.start},
+            )
+            row = await _contract(conn, contract_id)
     return contract_json(row)
 
 
@@ -450,70 +465,72 @@ async def end_contract(
             f"end_reason must be one of {sorted(END_REASONS)}",
             [FieldError(("end_reason",), "unknown end reason")],
         )
-    async with conn.transaction():
-        await lock_registry(conn)
-        row = await conn.fetchrow(
-            "SELECT k.ean, n.commodity, k.customer_id, k.contract_start, k.contract_end,"
-            " k.end_reason FROM contracts k JOIN connections n ON n.ean = k.ean"
-            " WHERE k.contract_id = $1 FOR UPDATE OF k",
-            contract_id,
-        )
-        if row is None:
-            raise NotFoundError(f"no contract {contract_id}")
-        ean: str = row["ean"]
-        if row["end_reason"] is not None:
-            raise ConflictError(
-                f"contract {contract_id} on connection {ean} has already ended"
-                f" ({row['end_reason']}, {row['contract_end'].isoformat()})"
+    with _as_conflict():
+        async with conn.transaction():
+            await lock_registry(conn)
+            row = await conn.fetchrow(
+                "SELECT k.ean, n.commodity, k.customer_id, k.contract_start, k.contract_end,"
+                " k.end_reason FROM contracts k JOIN connections n ON n.ean = k.ean"
+                " WHERE k.contract_id = $1 FOR UPDATE OF k",
+                contract_id,
             )
-        if at <= row["contract_start"]:
-            raise ValidationError(
-                f"the end must be after the contract's start ({row['contract_start'].isoformat()})",
-                [FieldError(("end",), "before or at the contract start")],
+            if row is None:
+                raise NotFoundError(f"no contract {contract_id}")
+            ean: str = row["ean"]
+            if row["end_reason"] is not None:
+                raise ConflictError(
+                    f"contract {contract_id} on connection {ean} has already ended"
+                    f" ({row['end_reason']}, {row['contract_end'].isoformat()})"
+                )
+            if at <= row["contract_start"]:
+                raise ValidationError(
+                    "the end must be after the contract's start"
+                    f" ({row['contract_start'].isoformat()})",
+                    [FieldError(("end",), "before or at the contract start")],
+                )
+            later = await conn.fetchrow(
+                "SELECT contract_id, customer_id, contract_start, contract_end FROM contracts"
+                " WHERE ean = $1 AND contract_id <> $2 AND contract_start >= $3"
+                " AND contract_start < $4 ORDER BY contract_start LIMIT 1",
+                ean,
+                contract_id,
+                row["contract_start"],
+                at,
             )
-        later = await conn.fetchrow(
-            "SELECT contract_id, customer_id, contract_start, contract_end FROM contracts"
-            " WHERE ean = $1 AND contract_id <> $2 AND contract_start >= $3"
-            " AND contract_start < $4 ORDER BY contract_start LIMIT 1",
-            ean,
-            contract_id,
-            row["contract_start"],
-            at,
-        )
-        if later is not None:
-            raise _overlap_error(ean, later)
-        # 1. the UPDATE first: it takes the row lock ingest's FOR SHARE conflicts with
-        await conn.execute(
-            "UPDATE contracts SET contract_end = $3, end_reason = $4, updated_at = now()"
-            " WHERE ean = $1 AND contract_id = $2",
-            ean,
-            contract_id,
-            at,
-            reason,
-        )
-        # 2. its consents end with it
-        ended = await end_consents_of_contract(
-            conn, ean, contract_id, at, ConsentEndReason(reason), actor=actor
-        )
-        # 3. nothing measured after the end stays under it
-        deleted = await _delete_readings_between(
-            conn, ean, row["commodity"], at, row["contract_end"]
-        )
-        await audit.append(
-            conn,
-            kind=audit.KIND_REGISTRY_CHANGE,
-            actor=actor,
-            subject=row["customer_id"],
-            ean=ean,
-            detail={
-                "change": reason,
-                "contract_id": contract_id,
-                "contract_end": at,
-                "consents_ended": len(ended),
-                "deleted_readings": deleted,
-            },
-        )
-        updated = await _contract(conn, contract_id)
+            if later is not None:
+                raise _overlap_error(ean, later)
+            # 1. the UPDATE first: it takes the row lock ingest's FOR SHARE conflicts with
+            await conn.execute(
+                "UPDATE contracts SET contract_end = $3, end_reason = $4, updated_at = now()"
+                " WHERE ean = $1 AND contract_id = $2",
+                ean,
+                contract_id,
+                at,
+                reason,
+            )
+            # 2. its consents end with it
+            ended = await end_consents_of_contract(
+                conn, ean, contract_id, at, ConsentEndReason(reason), actor=actor
+            )
+            # 3. nothing measured after the end stays under it
+            deleted = await _delete_readings_between(
+                conn, ean, row["commodity"], at, row["contract_end"]
+            )
+            await audit.append(
+                conn,
+                kind=audit.KIND_REGISTRY_CHANGE,
+                actor=actor,
+                subject=row["customer_id"],
+                ean=ean,
+                detail={
+                    "change": reason,
+                    "contract_id": contract_id,
+                    "contract_end": at,
+                    "consents_ended": len(ended),
+                    "deleted_readings": deleted,
+                },
+            )
+            updated = await _contract(conn, contract_id)
     return contract_json(updated)
 
 
@@ -580,59 +597,60 @@ async def exchange_meter(
     and ``change.meter_id`` is installed from it. ConflictError naming the EAN when the new
     meter is installed elsewhere then. Returns the connection with its history."""
     at = change.at
-    async with conn.transaction():
-        await lock_registry(conn)
-        found = await conn.fetchrow("SELECT commodity FROM connections WHERE ean = $1", ean)
-        if found is None:
-            raise NotFoundError(f"no connection {ean} is registered")
-        current = await conn.fetchrow(
-            "SELECT installation_id, meter_id, installed_from, installed_until"
-            " FROM meter_installations WHERE ean = $1 AND installed_from < $2"
-            " AND (installed_until IS NULL OR installed_until > $2) FOR UPDATE",
-            ean,
-            at,
-        )
-        if current is None:
-            raise ConflictError(
-                f"no meter is installed on connection {ean} at {at.isoformat()}"
-                " (an exchange must fall inside an installation)"
+    with _as_conflict():
+        async with conn.transaction():
+            await lock_registry(conn)
+            found = await conn.fetchrow("SELECT commodity FROM connections WHERE ean = $1", ean)
+            if found is None:
+                raise NotFoundError(f"no connection {ean} is registered")
+            current = await conn.fetchrow(
+                "SELECT installation_id, meter_id, installed_from, installed_until"
+                " FROM meter_installations WHERE ean = $1 AND installed_from < $2"
+                " AND (installed_until IS NULL OR installed_until > $2) FOR UPDATE",
+                ean,
+                at,
             )
-        if current["meter_id"] == change.meter_id:
-            raise ConflictError(f"meter {change.meter_id} is already installed on {ean}")
-        until = current["installed_until"]
-        other = await _meter_in_use(conn, found["commodity"], change.meter_id, at, until)
-        if other is not None:
-            raise ConflictError(
-                f"meter {change.meter_id} is installed on connection {other} during that period"
+            if current is None:
+                raise ConflictError(
+                    f"no meter is installed on connection {ean} at {at.isoformat()}"
+                    " (an exchange must fall inside an installation)"
+                )
+            if current["meter_id"] == change.meter_id:
+                raise ConflictError(f"meter {change.meter_id} is already installed on {ean}")
+            until = current["installed_until"]
+            other = await _meter_in_use(conn, found["commodity"], change.meter_id, at, until)
+            if other is not None:
+                raise ConflictError(
+                    f"meter {change.meter_id} is installed on connection {other} during that period"
+                )
+            await conn.execute(
+                "UPDATE meter_installations SET installed_until = $2 WHERE installation_id = $1",
+                current["installation_id"],
+                at,
             )
-        await conn.execute(
-            "UPDATE meter_installations SET installed_until = $2 WHERE installation_id = $1",
-            current["installation_id"],
-            at,
-        )
-        await conn.execute(
-            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from,"
-            " installed_until) VALUES ($1, $2, $3, $4, $5)",
-            ean,
-            found["commodity"],
-            change.meter_id,
-            at,
-            until,
-        )
-        await audit.append(
-            conn,
-            kind=audit.KIND_REGISTRY_CHANGE,
-            actor=actor,
-            subject=None,
-            ean=ean,
-            detail={
-                "change": "meter-exchange",
-                "old_meter_id": current["meter_id"],
-                "meter_id": change.meter_id,
-                "at": at,
-            },
-        )
-        return await get_connection(conn, ean)
+            await conn.execute(
+                "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from,"
+                " installed_until) VALUES ($1, $2, $3, $4, $5)",
+                ean,
+                found["commodity"],
+                change.meter_id,
+                at,
+                until,
+            )
+            await audit.append(
+                conn,
+                kind=audit.KIND_REGISTRY_CHANGE,
+                actor=actor,
+                subject=None,
+                ean=ean,
+                detail={
+                    "change": "meter-exchange",
+                    "old_meter_id": current["meter_id"],
+                    "meter_id": change.meter_id,
+                    "at": at,
+                },
+            )
+            return await get_connection(conn, ean)
 
 
 async def add_device(
