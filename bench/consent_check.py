@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consent.levels import Commodity
-from gateway.ingest.consent_index import ConsentIndex
+from gateway.ingest.consent_index import ConsentIndex, pick_route
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -101,14 +101,18 @@ def main() -> None:
         return time.perf_counter() - started
 
     def run_hot_path() -> float:
-        # what the pipeline does inline: dict look-up + the compiled policy (no method hop)
+        # what the pipeline does inline: dict look-up, the newest route's compiled policy
+        # (integer comparisons, -1 outside its installation and contract window)
         routes = index.electricity
         now_s = int(now.timestamp())
         started = time.perf_counter()
         for meter_id, ts in pairs_s:
             r = routes.get(meter_id)
-            if r is not None:
-                r[0].policy.depth_s(ts, now_s)
+            if r is not None and r[0].policy.depth_s(ts, now_s) <= 0:
+                # outside the newest route's window, or nothing to store: look further
+                route = pick_route(r, ts)
+                if route is not None and route.contract_id is not None:
+                    route.policy.depth_s(ts, now_s)
         return time.perf_counter() - started
 
     def run_dict() -> float:

@@ -165,9 +165,11 @@ class CompiledPolicy:
 
     def depth_s(self, ts: int, now_s: int) -> int:
         """``check_s`` as a number: 0 nothing, 1 ``P1M``, 2 ``P1M``+``P1D``, 3 also the interval
-        granularity. The levels nest (monthly ⊂ daily ⊂ interval), so a depth says it all."""
+        granularity. The levels nest (monthly ⊂ daily ⊂ interval), so a depth says it all.
+        -1: ``ts`` lies outside the contract window (nothing either, and the ingest hot path
+        learns from the same call that the reading belongs to another contract or none)."""
         if ts < self.lo_s or ts >= self.hi_s:
-            return 0
+            return -1
         for start, end in self.windows_s:
             if start <= ts < end and start <= now_s < end:
                 return self.depth_interval

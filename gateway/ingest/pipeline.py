@@ -136,18 +136,40 @@ class IngestResult:
         return out
 
 
-def _not_installed(meter_id: str, t: datetime) -> tuple[str, str]:
-    return (
-        "unknown-meter",
-        f"meter {meter_id} was installed on no registered connection at {t.isoformat()}",
-    )
-
-
-def _no_contract(meter_id: str, ean: str, t: datetime) -> tuple[str, str]:
-    return (
-        "no-contract",
-        f"no supply contract was in force on the connection of meter {meter_id} at {t.isoformat()}",
-    )
+def _resolve(
+    routes: tuple[MeterRoute, ...],
+    route: MeterRoute,
+    depth: int,
+    ts: int,
+    now_s: int,
+    t: datetime,
+) -> tuple[MeterRoute, int, tuple[str, str] | None]:
+    """The ingest's off-path (the newest route stores nothing for ``ts``): the route whose
+    window holds ``ts`` and its depth, or why the reading belongs nowhere (SPEC §3a): the meter
+    was installed on no connection then (``unknown-meter``), or nobody had a contract there
+    (``no-contract``). A route storing nothing by level (``none``) passes through."""
+    if depth < 0:
+        found = pick_route(routes, ts)
+        if found is None:
+            return (
+                route,
+                0,
+                (
+                    "unknown-meter",
+                    f"the meter was installed on no registered connection at {t.isoformat()}",
+                ),
+            )
+        route, depth = found, found.policy.depth_s(ts, now_s)
+    if route.contract_id is None:
+        return (
+            route,
+            0,
+            (
+                "no-contract",
+                f"no supply contract was in force on connection {route.ean} at {t.isoformat()}",
+            ),
+        )
+    return route, depth, None
 
 
 class IngestPipeline:
@@ -224,13 +246,15 @@ class IngestPipeline:
                     and telegram.import_total_wh is None
                 ):
                     problem = ("bad-value", "telegram carries no import energy register")
-                elif (route := pick_route(routes, ts)) is None:
-                    problem = _not_installed(meter_id, t)
-                elif route.contract_id is None:
-                    problem = _no_contract(meter_id, route.ean, t)
                 else:
-                    valid = 1
+                    # the newest route first (one dict look-up, integer comparisons); only a
+                    # reading outside its window (-1) or storing nothing (0) looks further
+                    route = routes[0]
                     depth = route.policy.depth_s(ts, now_s)
+                    if depth <= 0:
+                        route, depth, problem = _resolve(routes, route, depth, ts, now_s, t)
+                if problem is None:
+                    valid = 1
                     e_depths[depth] += 1
                     if depth:
                         ean = route.ean_num
@@ -268,15 +292,14 @@ class IngestPipeline:
                 if device.value is None or device.unit != "dm3":
                     problem = problem or ("bad-value", f"gas meter {dev_id} sent no volume")
                     continue
-                route = pick_route(routes, ts)
-                if route is None:
-                    problem = problem or _not_installed(dev_id, t)
-                    continue
-                if route.contract_id is None:
-                    problem = problem or _no_contract(dev_id, route.ean, t)
-                    continue
-                valid += 1
+                route = routes[0]
                 depth = route.policy.depth_s(ts, now_s)
+                if depth <= 0:
+                    route, depth, why = _resolve(routes, route, depth, ts, now_s, t)
+                    if why is not None:
+                        problem = problem or why
+                        continue
+                valid += 1
                 g_depths[depth] += 1
                 if depth:
                     ean = route.ean_num

@@ -72,7 +72,10 @@ def both(s: ConnectionState, t: datetime, now: datetime) -> frozenset[Granularit
     assert compiled.check_s(ts, now_s) == expected
     # the depth form: levels nest, so the number of granularities says which they are
     depth = compiled.depth_s(ts, now_s)
-    assert depth == len(expected)
+    outside = t < s.contract_start if s.contract_start else False
+    outside = outside or (s.contract_end is not None and t >= s.contract_end)
+    assert depth == (-1 if outside else len(expected))
+    depth = max(depth, 0)
     order = [P1M, P1D, PT15M if s.commodity is Commodity.ELECTRICITY else PT1H]
     assert set(order[:depth]) == expected
     return expected
