@@ -28,9 +28,7 @@ at the same instant: a move-out and the next move-in on one line of the calendar
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ import asyncpg
 from consent.ean import ean_problem
 from gateway.errors import CsvImportError, FieldError, GatewayError
 from gateway.services import registry
+from gateway.services.csv_table import csv_import_error, in_line_order, read_csv_table
 from gateway.storage.schema import CUSTOMER_ID_RE
 from gateway.times import parse_time
 
@@ -73,45 +72,16 @@ def parse_contract_events_csv(
     row (their other rows are not checked against the registry: the bad row would change what
     they mean).
     """
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        return [], [FieldError(("line", 1, "row"), "empty file: expected a header line")], set()
-    header = [h.strip().lstrip("\ufeff") for h in header]
-    missing = [c for c in CSV_REQUIRED if c not in header]
-    unknown = [c for c in header if c not in CSV_REQUIRED + CSV_OPTIONAL]
-    if missing or unknown or len(set(header)) != len(header):
-        parts = []
-        if missing:
-            parts.append(f"missing columns {missing}")
-        if unknown:
-            parts.append(f"unknown columns {unknown}")
-        if len(set(header)) != len(header):
-            parts.append("repeated columns")
-        return [], [FieldError(("line", 1, "header"), "; ".join(parts))], set()
-    index = {name: i for i, name in enumerate(header)}
-    i_reason = index.get("end_reason")
-    width = len(header)
-
+    records, errors = read_csv_table(text, CSV_REQUIRED, CSV_OPTIONAL)
     rows: list[EventRow] = []
-    errors: list[FieldError] = []
     tainted: set[str] = set()
-    for record in reader:
-        line = reader.line_num
-        if not record or (len(record) == 1 and not record[0].strip()):
-            continue  # blank lines carry no row
-        if len(record) != width:
-            errors.append(
-                FieldError(("line", line, "row"), f"expected {width} fields, got {len(record)}")
-            )
-            continue
-        fields = [f.strip() for f in record]
-        event = fields[index["event"]]
-        ean = fields[index["ean"]]
-        customer_id = fields[index["customer_id"]]
-        reason = fields[i_reason] if i_reason is not None else ""
+    for record in records:
         bad = len(errors)
+        line, values = record.line, record.values
+        event = values["event"]
+        ean = values["ean"]
+        customer_id = values["customer_id"]
+        reason = values["end_reason"]
         if event not in EVENTS:
             errors.append(FieldError(("line", line, "event"), "event must be start or end"))
         problem = ean_problem(ean)
@@ -121,7 +91,7 @@ def parse_contract_events_csv(
             errors.append(FieldError(("line", line, "customer_id"), "invalid customer id"))
         at: dt.datetime | None = None
         try:
-            at = parse_time(fields[index["at"]], tz)
+            at = parse_time(values["at"], tz)
         except ValueError as exc:
             errors.append(FieldError(("line", line, "at"), str(exc)))
         if event == "end" and reason not in registry.END_REASONS:
@@ -146,7 +116,7 @@ def parse_contract_events_csv(
                     reason or None,
                 )
             )
-    return rows, errors, tainted
+    return rows, in_line_order(errors), tainted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +321,6 @@ async def import_contract_events_csv(
 
 
 def _csv_error(errors: list[FieldError]) -> CsvImportError:
+    # rows are checked against the registry EAN by EAN in time order: list them in file order
     errors = sorted(errors, key=lambda e: (int(e.loc[1]), str(e.loc[2])))
-    lines = sorted({int(e.loc[1]) for e in errors})
-    shown = ", ".join(str(n) for n in lines[:10]) + (" …" if len(lines) > 10 else "")
-    return CsvImportError(f"{len(lines)} bad row(s), nothing changed; lines: {shown}", errors)
+    return csv_import_error(errors, "nothing changed")

@@ -8,9 +8,7 @@ added by hand (``gateway.services.registry``).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -18,7 +16,8 @@ import asyncpg
 
 from consent.ean import ean_problem
 from gateway import metrics
-from gateway.errors import CsvImportError, FieldError
+from gateway.errors import FieldError
+from gateway.services.csv_table import csv_import_error, in_line_order, read_csv_table
 from gateway.services.registry import COMMODITIES, lock_registry
 from gateway.storage import audit
 from gateway.storage.schema import CUSTOMER_ID_RE
@@ -47,44 +46,15 @@ def parse_connections_csv(text: str, tz: ZoneInfo) -> tuple[list[CsvRow], list[F
     Checks everything that does not need the database: header, EAN, commodity, ids, times,
     and duplicates within the file (EAN twice, one meter on two connections at once).
     """
-    reader = csv.reader(io.StringIO(text, newline=""))
-    errors: list[FieldError] = []
-    try:
-        header = next(reader)
-    except StopIteration:
-        return [], [FieldError(("line", 1, "row"), "empty file: expected a header line")]
-    header = [h.strip().lstrip("\ufeff") for h in header]
-    missing = [c for c in CSV_REQUIRED if c not in header]
-    unknown = [c for c in header if c not in CSV_REQUIRED + CSV_OPTIONAL]
-    if missing or unknown or len(set(header)) != len(header):
-        parts = []
-        if missing:
-            parts.append(f"missing columns {missing}")
-        if unknown:
-            parts.append(f"unknown columns {unknown}")
-        if len(set(header)) != len(header):
-            parts.append("repeated columns")
-        return [], [FieldError(("line", 1, "header"), "; ".join(parts))]
-    index = {name: i for i, name in enumerate(header)}
-    i_end = index.get("contract_end")
-    width = len(header)
-
+    records, errors = read_csv_table(text, CSV_REQUIRED, CSV_OPTIONAL)
     rows: list[CsvRow] = []
     first_line_of_ean: dict[str, int] = {}
-    for record in reader:
-        line = reader.line_num
-        if not record or (len(record) == 1 and not record[0].strip()):
-            continue  # blank lines carry no row
-        if len(record) != width:
-            errors.append(
-                FieldError(("line", line, "row"), f"expected {width} fields, got {len(record)}")
-            )
-            continue
-        fields = [f.strip() for f in record]
-        ean = fields[index["ean"]]
-        commodity = fields[index["commodity"]]
-        meter_id = fields[index["meter_id"]]
-        customer_id = fields[index["customer_id"]]
+    for record in records:
+        line, values = record.line, record.values
+        ean = values["ean"]
+        commodity = values["commodity"]
+        meter_id = values["meter_id"]
+        customer_id = values["customer_id"]
         bad = len(errors)
         problem = ean_problem(ean)
         if problem is not None:
@@ -110,12 +80,12 @@ def parse_connections_csv(text: str, tz: ZoneInfo) -> tuple[list[CsvRow], list[F
         start: dt.datetime | None = None
         end: dt.datetime | None = None
         try:
-            start = parse_time(fields[index["contract_start"]], tz)
+            start = parse_time(values["contract_start"], tz)
         except ValueError as exc:
             errors.append(FieldError(("line", line, "contract_start"), _time_problem(exc)))
-        if i_end is not None and fields[i_end]:
+        if values["contract_end"]:
             try:
-                end = parse_time(fields[i_end], tz)
+                end = parse_time(values["contract_end"], tz)
             except ValueError as exc:
                 errors.append(FieldError(("line", line, "contract_end"), _time_problem(exc)))
         if start is not None and end is not None and end <= start:
@@ -127,6 +97,7 @@ def parse_connections_csv(text: str, tz: ZoneInfo) -> tuple[list[CsvRow], list[F
         if len(errors) == bad and start is not None:
             rows.append(CsvRow(line, ean, commodity, meter_id, customer_id, start, end))
 
+    errors = in_line_order(errors)  # a row of the wrong width among the rows' own errors
     errors.extend(_meter_overlaps(rows))
     return rows, errors
 
@@ -169,7 +140,7 @@ async def import_connections_csv(
     """
     rows, errors = parse_connections_csv(text, tz)
     if errors:
-        raise _csv_error(errors)
+        raise csv_import_error(errors)
     if not rows:
         return 0
     async with conn.transaction():
@@ -208,7 +179,9 @@ async def import_connections_csv(
             " ORDER BY 1"
         )
         if clashes:
-            raise _csv_error([FieldError(("line", r["line"], r["col"]), r["msg"]) for r in clashes])
+            raise csv_import_error(
+                [FieldError(("line", r["line"], r["col"]), r["msg"]) for r in clashes]
+            )
         inserted = await conn.execute(
             "INSERT INTO connections (ean, commodity) SELECT ean, commodity FROM registry_import"
         )
@@ -233,9 +206,3 @@ async def import_connections_csv(
     count = int(inserted.rsplit(" ", 1)[1])
     metrics.CONNECTIONS_REGISTERED.inc(count)
     return count
-
-
-def _csv_error(errors: list[FieldError]) -> CsvImportError:
-    lines = sorted({int(e.loc[1]) for e in errors})
-    shown = ", ".join(str(n) for n in lines[:10]) + (" …" if len(lines) > 10 else "")
-    return CsvImportError(f"{len(lines)} bad row(s), nothing imported; lines: {shown}", errors)
