@@ -28,19 +28,55 @@ class BestCache:
     miss, i.e. simply offered to the database again, which decides.
 
     Bounded: two generations of at most ``max_entries // 2`` EANs; the older one is dropped
-    whole. Rows deleted later (consent end, erasure, retention) can leave an entry behind; it
-    can then only make the gateway store *less* for that period (a skipped reading), never
-    more, which is the safe direction; interval rows a database consent check refused are
-    cached the same way (a later reading of the same period would be refused too).
+    whole.
+
+    An entry is only as good as the registry it was made under. A change of an EAN's contracts,
+    meters, level or consents can delete stored rows (a move-out deletes what was measured after
+    it) and makes the database refuse rows the stale routing offered; an entry left from before
+    would then skip the next tenant's first reading of a period for good (its device was told
+    "accepted"). So whoever reloads an EAN's routing ``forget``s it (``forget_all`` after a full
+    reload), and a write records its rows only when nothing it could have been routed by was
+    forgotten since it was queued: ``mark()`` when queuing, ``lower(…, since=mark)`` after the
+    commit. Rows deleted otherwise (erasure, retention) can still leave an entry behind; it can
+    then only make the gateway store *less* for that period, never more.
     """
 
-    __slots__ = ("_bucketer", "_cur", "_half", "_old")
+    __slots__ = ("_bucketer", "_cleared", "_cur", "_epoch", "_forgotten", "_half", "_old")
+
+    #: EANs remembered as forgotten before the record falls back to "everything forgotten"
+    FORGOTTEN_LIMIT: Final = 10_000
 
     def __init__(self, max_entries: int = 400_000, bucketer: Bucketer | None = None) -> None:
         self._half = max(1, max_entries // 2)
         self._bucketer = bucketer or Bucketer(AMSTERDAM)
         self._cur: dict[int, tuple[int, ...]] = {}
         self._old: dict[int, tuple[int, ...]] = {}
+        # forget bookkeeping: a counter, the count when each EAN was last forgotten, and the
+        # count of the last forget_all
+        self._epoch = 0
+        self._forgotten: dict[int, int] = {}
+        self._cleared = 0
+
+    def mark(self) -> int:
+        """A marker of "now" for ``lower(…, since=…)``: taken when rows are routed."""
+        return self._epoch
+
+    def forget(self, ean: int) -> None:
+        """Drop the EAN's entry; rows routed before this are not recorded when they commit."""
+        self._epoch += 1
+        self._cur.pop(ean, None)
+        self._old.pop(ean, None)
+        if len(self._forgotten) >= self.FORGOTTEN_LIMIT:
+            self._forgotten.clear()
+            self._cleared = self._epoch
+        self._forgotten[ean] = self._epoch
+
+    def forget_all(self) -> None:
+        """Drop every entry (after a full reload of the routing)."""
+        self._epoch += 1
+        self.clear()
+        self._forgotten.clear()
+        self._cleared = self._epoch
 
     def entry(self, ean: int) -> tuple[int, ...] | None:
         """The EAN's slots (see the class docstring), or None."""
@@ -62,10 +98,13 @@ class BestCache:
             return None
         return value[slot + 2]
 
-    def lower(self, key: tuple[int, int, int], measured_at: int) -> None:
+    def lower(self, key: tuple[int, int, int], measured_at: int, since: int | None = None) -> None:
         """Record that ``measured_at`` was committed for ``(ean, table, period_start)`` (keeps
-        the minimum; a period older than the slot's is not recorded)."""
+        the minimum; a period older than the slot's is not recorded). ``since``: the ``mark()``
+        taken when the row was routed; nothing is recorded if the EAN was forgotten after it."""
         ean, table, start = key
+        if since is not None and (self._cleared > since or self._forgotten.get(ean, -1) > since):
+            return
         value = self.entry(ean) or _EMPTY_SLOTS
         slot = 3 * (table % 3)
         if value[slot + 1] and value[slot] == start:

@@ -372,8 +372,12 @@ class IndexMaintainer:
         reconnect_delay_s: float = 1.0,
         acquire_timeout_s: float | None = None,
         on_devices_changed: Callable[[], None] | None = None,
+        on_reloaded: Callable[[list[str] | None], None] | None = None,
     ) -> None:
         self.pool = pool
+        #: called right after entries were reloaded (the EANs, None: all of them), so caches
+        #: made under the old routing follow (gateway.ingest.best_cache)
+        self.on_reloaded = on_reloaded
         #: called when any device changed (or may have, after a lost LISTEN): the credential
         #: cache forgets devices, so a revoked token stops working at once in every process
         self.on_devices_changed = on_devices_changed
@@ -418,13 +422,18 @@ class IndexMaintainer:
         self._pending.clear()
         async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
             await load_all(conn, self.index)
+        if self.on_reloaded is not None:
+            self.on_reloaded(None)
         self.full_reloads += 1
         self.last_full_reload = time.monotonic()
 
     async def reload_eans(self, eans: Iterable[str]) -> None:
         """Reload some EANs now (also what a NOTIFY leads to)."""
+        wanted = list(eans)
         async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
-            await load_eans(conn, self.index, eans)
+            await load_eans(conn, self.index, wanted)
+        if self.on_reloaded is not None:
+            self.on_reloaded(wanted)
         self.ean_reloads += 1
 
     def notify(self, ean: str) -> None:

@@ -60,16 +60,26 @@ async def running_ingest(
     group-commit writer and the pipeline, for the duration of the block. On exit the writer
     drains its in-flight batches first, while ``pool`` is still open."""
     index = ConsentIndex()
+    best = BestCache()
+
+    def forget(eans: list[str] | None) -> None:
+        # what the old routing cached about these EANs' periods no longer holds (BestCache)
+        if eans is None:
+            best.forget_all()
+        else:
+            for ean in eans:
+                best.forget(int(ean))
+
     maintainer = IndexMaintainer(
         pool,
         index,
         listen=listen,
         acquire_timeout_s=settings.pool_acquire_timeout_s,
         on_devices_changed=on_devices_changed,
+        on_reloaded=forget,
     )
     await maintainer.start()
     try:
-        best = BestCache()
         writer = BatchWriter(
             pool,
             best,

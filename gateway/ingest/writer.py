@@ -64,6 +64,8 @@ class BatchWriter:
         self.acquire_timeout_s = acquire_timeout_s
         self._batch = new_batch()
         self._rows = 0
+        # the oldest BestCache.mark() of the queued rows (routed then): see BestCache
+        self._batch_mark: int | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._full: asyncio.Future[None] | None = None
@@ -94,6 +96,9 @@ class BatchWriter:
         if self._task is None or self._closing:
             raise DatabaseUnavailableError("the gateway is shutting down; retry later")
         self._rows += merge_into(self._batch, batch)
+        # the caller routed these rows just now (no await since): the oldest mark stands for all
+        if self._batch_mark is None:
+            self._batch_mark = self.best.mark()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         self._wake.set()
@@ -117,15 +122,18 @@ class BatchWriter:
                     await asyncio.wait((self._full,), timeout=self.max_delay_s)
                     self._full = None
             # rows queued while the previous flush ran are flushed at once: they have waited
-            batch, waiters = self._batch, self._waiters
+            batch, waiters, mark = self._batch, self._waiters, self._batch_mark
             self._batch, self._rows, self._waiters = new_batch(), 0, []
-            await self._flush(batch, waiters)
+            self._batch_mark = None
+            await self._flush(batch, waiters, mark)
 
-    async def _flush(self, batch: Batch, waiters: list[asyncio.Future[None]]) -> None:
+    async def _flush(
+        self, batch: Batch, waiters: list[asyncio.Future[None]], mark: int | None
+    ) -> None:
         error: BaseException | None = None
         try:
             # shielded: a shutdown must not cut a transaction whose waiters expect an answer
-            await asyncio.shield(self._write_with_retries(batch))
+            await asyncio.shield(self._write_with_retries(batch, mark))
         except asyncio.CancelledError:
             for waiter in waiters:
                 if not waiter.done():
@@ -150,7 +158,7 @@ class BatchWriter:
             else:
                 waiter.set_exception(error)
 
-    async def _write_with_retries(self, batch: Batch) -> None:
+    async def _write_with_retries(self, batch: Batch, mark: int | None = None) -> None:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 await self._write_once(batch)
@@ -163,7 +171,7 @@ class BatchWriter:
         best = self.best
         for table in range(N_TABLES):
             for (ean, start), row in batch[table].items():
-                best.lower((ean, table, start), row[2])  # type: ignore[arg-type]
+                best.lower((ean, table, start), row[2], mark)  # type: ignore[arg-type]
 
     async def _connection(self) -> asyncpg.Connection:
         # The writer keeps one pooled connection between flushes: releasing it after every

@@ -294,3 +294,24 @@ def test_split_body() -> None:
     assert split_body(b"") == [] and split_body(b"\r\n \x00") == []
     lf_only = one.replace(b"\r\n", b"\n")
     assert split_body(lf_only + lf_only) == [lf_only, lf_only]
+
+
+def test_best_cache_forgets_what_a_registry_change_may_have_undone() -> None:
+    """A reload of an EAN's routing forgets its entry, and a write routed before that reload
+    does not record its rows when it commits after it (the database may have refused them)."""
+    best = BestCache()
+    key, other = (int(EAN_E), E_P1D, 1_000), (int(EAN_G), E_P1D, 1_000)
+    best.lower(key, 1_005)
+    assert best.get(key) == 1_005
+    routed = best.mark()
+    best.forget(int(EAN_E))
+    assert best.get(key) is None
+    best.lower(key, 1_010, routed)  # routed under the old registry: not recorded
+    best.lower(other, 1_010, routed)  # another EAN: recorded
+    assert best.get(key) is None and best.get(other) == 1_010
+    best.lower(key, 1_020, best.mark())  # routed after the reload: recorded
+    assert best.get(key) == 1_020
+    routed = best.mark()
+    best.forget_all()
+    best.lower(other, 1_001, routed)
+    assert best.get(other) is None and len(best) == 0
