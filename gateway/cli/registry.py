@@ -110,6 +110,8 @@ def cmd_contracts_add(args: argparse.Namespace, settings: Settings) -> int:
     }
     if args.end is not None:
         fields["end"] = _time_arg(args.end, "end", tz)
+    if args.previous_end_reason is not None:
+        fields["previous_end_reason"] = args.previous_end_reason
     try:
         new = registry.ContractIn.model_validate(fields)
     except pydantic.ValidationError as exc:
@@ -233,6 +235,13 @@ def add_admin_parser(admin_sub: Any) -> None:
     k_add.add_argument("--customer-id", required=True)
     k_add.add_argument("--start", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
     k_add.add_argument("--end", default=None, help="RFC 3339 or YYYY-MM-DD (local)")
+    k_add.add_argument(
+        "--previous-end-reason",
+        choices=sorted(registry.END_REASONS),
+        default=None,
+        help="a handover: end the contract open at --start with this reason (its daily"
+        " readings since become the new contract's)",
+    )
     data_dir_arg(k_add)
     k_add.set_defaults(func=cmd_contracts_add)
 

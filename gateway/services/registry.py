@@ -129,6 +129,12 @@ class ContractIn(BaseModel):
     customer_id: CustomerId
     start: ApiTime
     end: ApiTime | None = None
+    previous_end_reason: EndReason | None = Field(
+        default=None,
+        description="a handover: the contract open at `start` ends then with this reason, in"
+        " the same transaction, and the daily and monthly readings measured since (a move"
+        " registered late) become the new contract's; without it an overlap is a 409",
+    )
 
     @model_validator(mode="after")
     def _period(self) -> ContractIn:
@@ -409,12 +415,31 @@ async def add_contract(
     conn: asyncpg.Connection, new: ContractIn, *, actor: str = "admin"
 ) -> dict[str, Any]:
     """Register a supply contract on a known connection (a move-in, a switch to us); it starts
-    at the default level with no consent. ConflictError naming the contract it would overlap."""
+    at the default level with no consent. ConflictError naming the contract it would overlap,
+    unless ``previous_end_reason`` hands over: the contract open at the start then ends there,
+    in this transaction, keeping the daily and monthly readings measured since for the new
+    contract (``end_contract(successor=True)``)."""
     with _as_conflict():
         async with conn.transaction():
             await lock_registry(conn)
             if not await conn.fetchval("SELECT 1 FROM connections WHERE ean = $1", new.ean):
                 raise NotFoundError(f"no connection {new.ean} is registered")
+            if new.previous_end_reason is not None:
+                previous = await conn.fetchval(
+                    "SELECT contract_id FROM contracts WHERE ean = $1 AND contract_start < $2"
+                    " AND (contract_end IS NULL OR contract_end > $2)",
+                    new.ean,
+                    new.start,
+                )
+                if previous is not None:
+                    await end_contract(
+                        conn,
+                        previous,
+                        new.start,
+                        new.previous_end_reason,
+                        actor=actor,
+                        successor=True,
+                    )
             other = await _overlapping_contract(conn, new.ean, new.start, new.end)
             if other is not None:
                 raise _overlap_error(new.ean, other)
@@ -445,6 +470,7 @@ async def end_contract(
     reason: str,
     *,
     actor: str = "admin",
+    successor: bool = False,
 ) -> dict[str, Any]:
     """End contract ``contract_id`` at ``at`` (``contract-ended``, ``move-out`` or ``switch``).
 
@@ -512,9 +538,11 @@ async def end_contract(
             ended = await end_consents_of_contract(
                 conn, ean, contract_id, at, ConsentEndReason(reason), actor=actor
             )
-            # 3. nothing measured after the end stays under it
+            # 3. nothing measured after the end stays under it; with a successor from `at` on
+            # (add_contract's handover) its daily and monthly readings are the successor's
+            # consumption and stay, to be his: only interval data goes
             deleted = await _delete_readings_between(
-                conn, ean, row["commodity"], at, row["contract_end"]
+                conn, ean, row["commodity"], at, row["contract_end"], billing=not successor
             )
             await audit.append(
                 conn,
@@ -540,10 +568,14 @@ async def _delete_readings_between(
     commodity: str,
     since: dt.datetime,
     until: dt.datetime | None,
+    *,
+    billing: bool = True,
 ) -> int:
-    """Delete the EAN's readings (every granularity) measured in [since, until)."""
+    """Delete the EAN's readings measured in [since, until): interval ones, and with
+    ``billing`` the daily and monthly ones too."""
     deleted = 0
-    for table in (INTERVAL_TABLE[commodity], *BILLING_TABLES[commodity]):
+    tables = (INTERVAL_TABLE[commodity], *(BILLING_TABLES[commodity] if billing else ()))
+    for table in tables:
         # a reading measured at or after `since` is in a period starting less than a month
         # before it: the bound lets the primary key and partition pruning find the rows
         status = await conn.execute(

@@ -469,3 +469,78 @@ async def test_a_revoked_device_is_refused_at_once_in_every_process(world: World
             await asyncio.sleep(0.02)
     finally:
         await second.close()
+
+
+async def test_a_move_registered_late_hands_the_readings_since_to_the_new_tenant(
+    world: World,
+) -> None:
+    """The move happened at T, the supplier learns of it days later: B's contract from T with
+    ``previous_end_reason`` ends A's at T in the same transaction. The daily readings measured
+    since T were B's consumption and become B's; A's interval data after T goes."""
+    w = world
+    d = {n: local_midnight(10 - n) for n in range(0, 11)}
+    billing = (
+        await w.call(
+            "POST",
+            "/v1/admin/clients",
+            w.admin,
+            201,
+            json={"name": "billing", "granularities": ["P1D", "PT15M"], "purposes": [PURPOSE]},
+        )
+    )["token"]
+    contract_a = (
+        await w.call(
+            "POST",
+            "/v1/admin/meters",
+            w.admin,
+            201,
+            json={
+                "ean": EAN,
+                "commodity": "electricity",
+                "meter_id": "M1",
+                "customer_id": "anna",
+                "contract_start": rfc3339(d[0]),
+            },
+        )
+    )["contract_id"]
+    await w.call(
+        "POST",
+        "/v1/admin/consents",
+        w.admin,
+        201,
+        json={
+            "ean": EAN,
+            "customer_id": "anna",
+            "purpose": PURPOSE,
+            "notice_version": "v1",
+            "channel": "phone",
+            "granted_at": rfc3339(d[1]),
+        },
+    )
+    _, device = await w.device("M1")
+    pushed = [d[n] + dt.timedelta(minutes=5) for n in range(1, 9)]
+    assert (await w.push(device, "M1", *pushed))["accepted"] == len(pushed)
+    t_move = d[5]
+    contract_b = await w.call(
+        "POST",
+        "/v1/admin/contracts",
+        w.admin,
+        201,
+        json={
+            "ean": EAN,
+            "customer_id": "bert",
+            "start": rfc3339(t_move),
+            "previous_end_reason": "move-out",
+        },
+    )
+    story = await w.call("GET", f"/v1/admin/connections/{EAN}", w.admin)
+    assert [(k["contract_id"], k["end"], k["end_reason"]) for k in story["contracts"]] == [
+        (contract_a, rfc3339(t_move), "move-out"),
+        (contract_b["contract_id"], None, None),
+    ]
+    daily = await w.billing(billing, "P1D")
+    assert [(measured(r), r["customer_id"]) for r in sorted(daily, key=measured)] == [
+        (t, "anna" if t < t_move else "bert") for t in pushed
+    ]
+    interval = await w.billing(billing, "PT15M")
+    assert sorted(measured(r) for r in interval) == [t for t in pushed if t < t_move]
