@@ -508,8 +508,12 @@ async def test_consent_changes_for_the_clients_purposes(world: World) -> None:
     assert detail["data"] == "consents" and detail["client_id"] == world.client_id
     assert detail["eans"] == sorted({ELEC[0], ELEC[2]}) and detail["changes"] == len(kinds)
     async with world.pool.acquire() as conn:
-        seen = await customer_data.access_log(conn, "cust-2", [ELEC[2]])
-        unseen = await customer_data.access_log(conn, "cust-1", [ELEC[1]])
+        seen = await customer_data.access_log(
+            conn, "cust-2", await customer_data.connections_of(conn, "cust-2")
+        )
+        unseen = await customer_data.access_log(
+            conn, "cust-1", await customer_data.connections_of(conn, "cust-1")
+        )
     assert [(e["kind"], e["data"], e["eans"]) for e in seen] == [("read", "consents", [ELEC[2]])]
     assert unseen == []
 
