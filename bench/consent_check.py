@@ -108,11 +108,14 @@ def main() -> None:
         started = time.perf_counter()
         for meter_id, ts in pairs_s:
             r = routes.get(meter_id)
-            if r is not None and r[0].policy.depth_s(ts, now_s) <= 0:
-                # outside the newest route's window, or nothing to store: look further
-                route = pick_route(r, ts)
-                if route is not None and route.contract_id is not None:
-                    route.policy.depth_s(ts, now_s)
+            if r is not None:
+                route = r[0]
+                depth = route.policy.depth_s(ts, now_s)
+                if depth < 0 or (depth == 0 and route.contract_id is None):
+                    # outside the newest route's window, or no contract there: look further
+                    found = pick_route(r, ts)
+                    if found is not None and found.contract_id is not None:
+                        found.policy.depth_s(ts, now_s)
         return time.perf_counter() - started
 
     def run_dict() -> float:

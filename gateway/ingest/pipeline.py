@@ -248,10 +248,11 @@ class IngestPipeline:
                     problem = ("bad-value", "telegram carries no import energy register")
                 else:
                     # the newest route first (one dict look-up, integer comparisons); only a
-                    # reading outside its window (-1) or storing nothing (0) looks further
+                    # reading outside its window (-1) or on a stretch without a contract
+                    # looks further
                     route = routes[0]
                     depth = route.policy.depth_s(ts, now_s)
-                    if depth <= 0:
+                    if depth < 0 or (depth == 0 and route.contract_id is None):
                         route, depth, problem = _resolve(routes, route, depth, ts, now_s, t)
                 if problem is None:
                     valid = 1
@@ -294,7 +295,7 @@ class IngestPipeline:
                     continue
                 route = routes[0]
                 depth = route.policy.depth_s(ts, now_s)
-                if depth <= 0:
+                if depth < 0 or (depth == 0 and route.contract_id is None):
                     route, depth, why = _resolve(routes, route, depth, ts, now_s, t)
                     if why is not None:
                         problem = problem or why
