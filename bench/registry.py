@@ -70,10 +70,11 @@ async def seed(base: str, name: str, count: int) -> str:
             " now() - interval '400 days' - (ean_num - 871000000000000000) * interval '1 second'"
             " FROM connections"
         )
+        # as the registry does: the meter is installed with the first contract
         await conn.execute(
             "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
-            " SELECT ean, commodity, 'M' || (ean_num - 871000000000000000), '2000-01-01Z'"
-            " FROM connections"
+            " SELECT k.ean, n.commodity, 'M' || (k.ean_num - 871000000000000000), k.contract_start"
+            " FROM contracts k JOIN connections n ON n.ean = k.ean"
         )
         await conn.execute("ANALYZE connections")
         await conn.execute("ANALYZE contracts")

@@ -26,7 +26,7 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,16 +48,20 @@ DEVICE_CHANNEL = "meterpoort_device"
 #: pending EANs above which a burst of notifications is served by one full reload
 FULL_RELOAD_THRESHOLD = 2000
 
-# What the index is built from: every meter installation (with its EAN's reading key), every
-# contract, and the interval consents that can still matter for storage decisions: not yet over
-# at load time. An entry whose consent expires later stops allowing interval storage by itself
-# (the policy checks now).
-_INSTALLATION_QUERY = """
-SELECT i.ean, k.ean_num, i.commodity, i.meter_id, i.installed_from, i.installed_until
-FROM meter_installations i JOIN connections k ON k.ean = i.ean
-"""
-_CONTRACT_QUERY = """
-SELECT k.ean, k.contract_id, k.contract_start, k.contract_end, k.level FROM contracts k
+# What the index is built from: every meter installation with the contracts of its EAN that
+# overlap it (one row per pair; an installation no contract overlaps comes once, with NULL
+# contract columns), and the interval consents that can still matter for storage decisions: not
+# yet over at load time. An entry whose consent expires later stops allowing interval storage by
+# itself (the policy checks now). The join is PostgreSQL's: one streamed result instead of three
+# to match up in Python (start-up time and peak memory with millions of connections, B5).
+_ROUTE_QUERY = """
+SELECT i.ean, n.ean_num, i.commodity, i.meter_id, i.installed_from, i.installed_until,
+       k.contract_id, k.contract_start, k.contract_end, k.level
+FROM meter_installations i
+JOIN connections n ON n.ean = i.ean
+LEFT JOIN contracts k ON k.ean = i.ean
+ AND k.contract_start < coalesce(i.installed_until, 'infinity')
+ AND coalesce(k.contract_end, 'infinity') > i.installed_from
 """
 _CONSENT_QUERY = """
 SELECT c.ean, c.contract_id, c.consent_id, c.customer_id, c.purpose, c.notice_version,
@@ -87,65 +91,118 @@ class MeterRoute:
 _COMMODITIES: dict[str, Commodity] = {c.value: c for c in Commodity}
 _LEVELS: dict[str, Level] = {level.value: level for level in Level}
 
-
-def _later(a: datetime | None, b: datetime | None) -> datetime | None:
-    """The later of two starts (None: since ever)."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return max(a, b)
+#: the routing of one meter on one EAN: (ean, commodity, meter id) and its routes
+Routed = tuple[str, Commodity, str, list[MeterRoute]]
+#: where an EAN's routes are: (commodity, meter id)
+_Key = tuple[Commodity, str]
 
 
-def _earlier(a: datetime | None, b: datetime | None) -> datetime | None:
-    """The earlier of two ends (None: open)."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
-
-
-def _routes_of_installation(
-    inst: Mapping[str, Any],
-    contracts: Sequence[Mapping[str, Any]],
+def _route(
+    row: Mapping[str, Any],
+    commodity: Commodity,
+    lo: datetime | None,
+    hi: datetime | None,
     consents: Mapping[Any, list[Consent]],
-) -> list[MeterRoute]:
-    """The routes of one installation: a route per contract overlapping it (clipped to the
-    overlap) and a ``no-contract`` route per stretch of it no contract covers.
+) -> MeterRoute:
+    """The route of a (installation, contract) row for the window [lo, hi)."""
+    contract_id = row["contract_id"]
+    state = ConnectionState(
+        ean=row["ean"],
+        commodity=commodity,
+        level=_LEVELS[row["level"]],
+        contract_start=lo,
+        contract_end=hi,
+        consents=tuple(consents.get(contract_id, ())),
+    )
+    return MeterRoute(
+        row["ean"], int(row["ean_num"]), commodity, CompiledPolicy(state), contract_id
+    )
 
-    ``contracts`` are the installation's EAN's contracts in start order (they never overlap)."""
-    commodity = _COMMODITIES[inst["commodity"]]
-    ean, ean_num = inst["ean"], int(inst["ean_num"])
-    start, until = inst["installed_from"], inst["installed_until"]
+
+def _gap(
+    row: Mapping[str, Any], commodity: Commodity, lo: datetime, hi: datetime | None
+) -> MeterRoute:
+    """A stretch of an installation that no contract covers: readings there are ``no-contract``."""
+    state = ConnectionState(row["ean"], commodity, Level.NONE, lo, hi)
+    return MeterRoute(row["ean"], int(row["ean_num"]), commodity, CompiledPolicy(state), None)
+
+
+def _routes(
+    rows: Iterable[Mapping[str, Any]], consents: Iterable[Mapping[str, Any]]
+) -> Iterator[Routed]:
+    """The routes of joined (installation, contract) rows (``_ROUTE_QUERY``'s shape).
+
+    The common case, one contract covering the whole installation, becomes its one route right
+    away; installations with several contracts, or stretches without one, are collected and cut
+    into contract routes and ``no-contract`` gaps afterwards (``_cut``)."""
+    by_contract: dict[Any, list[Consent]] = {}
+    for c in consents:
+        by_contract.setdefault(c["contract_id"], []).append(consent_from_row(c))
+    pending: dict[tuple[str, str, datetime], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        start, until = row["installed_from"], row["installed_until"]
+        k_start, k_end = row["contract_start"], row["contract_end"]
+        if (
+            k_start is not None
+            and k_start <= start
+            and (k_end is None or (until is not None and k_end >= until))
+        ):
+            commodity = _COMMODITIES[row["commodity"]]
+            route = _route(row, commodity, start, until, by_contract)
+            yield row["ean"], commodity, row["meter_id"], [route]
+        else:
+            pending.setdefault((row["ean"], row["meter_id"], start), []).append(row)
+    for group in pending.values():
+        yield _cut(group, by_contract)
+
+
+def _cut(group: list[Mapping[str, Any]], consents: Mapping[Any, list[Consent]]) -> Routed:
+    """The routes of one installation whose contracts do not simply cover it: a route per
+    contract (clipped to the installation) and a gap route per stretch no contract covers."""
+    first = group[0]
+    commodity = _COMMODITIES[first["commodity"]]
+    start, until = first["installed_from"], first["installed_until"]
+    contracts = sorted(
+        (r for r in group if r["contract_id"] is not None), key=lambda r: r["contract_start"]
+    )
     routes: list[MeterRoute] = []
-    cursor: datetime | None = start  # the start of what no route covers yet
-
-    def gap(to: datetime | None) -> None:
-        if cursor is not None and (to is None or cursor < to):
-            state = ConnectionState(ean, commodity, Level.NONE, cursor, to)
-            routes.append(MeterRoute(ean, ean_num, commodity, CompiledPolicy(state), None))
-
+    cursor: datetime | None = start  # the start of what no route covers yet (None: all covered)
     for k in contracts:
-        lo = _later(start, k["contract_start"])
-        hi = _earlier(until, k["contract_end"])
-        if lo is not None and hi is not None and lo >= hi:
-            continue  # no overlap
-        gap(lo)
-        state = ConnectionState(
-            ean=ean,
-            commodity=commodity,
-            level=_LEVELS[k["level"]],
-            contract_start=lo,
-            contract_end=hi,
-            consents=tuple(consents.get(k["contract_id"], ())),
-        )
-        routes.append(MeterRoute(ean, ean_num, commodity, CompiledPolicy(state), k["contract_id"]))
+        lo = max(start, k["contract_start"])
+        hi = k["contract_end"] if until is None else min(until, k["contract_end"] or until)
+        if cursor is not None and cursor < lo:
+            routes.append(_gap(first, commodity, cursor, lo))
+        routes.append(_route(k, commodity, lo, hi, consents))
         cursor = hi
-        if hi is None:
-            break
-    gap(until)
-    return routes
+    if cursor is not None and (until is None or cursor < until):
+        routes.append(_gap(first, commodity, cursor, until))
+    return first["ean"], commodity, first["meter_id"], routes
+
+
+def join_rows(
+    installations: Iterable[Mapping[str, Any]], contracts: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """``_ROUTE_QUERY``'s join done in Python, for callers holding separate rows (tests,
+    bench/consent_check.py): installations (ean, ean_num, commodity, meter_id, installed_from,
+    installed_until) with their EAN's overlapping contracts (contract_id, contract_start,
+    contract_end, level)."""
+    contracts_of: dict[str, list[Mapping[str, Any]]] = {}
+    for k in contracts:
+        contracts_of.setdefault(k["ean"], []).append(k)
+    none = {"contract_id": None, "contract_start": None, "contract_end": None, "level": None}
+    out: list[dict[str, Any]] = []
+    for i in installations:
+        start, until = i["installed_from"], i["installed_until"]
+        matched = False
+        for k in contracts_of.get(i["ean"], ()):
+            if (until is None or k["contract_start"] < until) and (
+                k["contract_end"] is None or k["contract_end"] > start
+            ):
+                out.append({**i, **{c: k[c] for c in none}})
+                matched = True
+        if not matched:
+            out.append({**i, **none})
+    return out
 
 
 class ConsentIndex:
@@ -162,8 +219,9 @@ class ConsentIndex:
     def __init__(self) -> None:
         self.electricity: dict[str, tuple[MeterRoute, ...]] = {}
         self.gas: dict[str, tuple[MeterRoute, ...]] = {}
-        # ean → the (commodity, meter id) keys holding its routes
-        self._by_ean: dict[str, tuple[tuple[Commodity, str], ...]] = {}
+        # ean → the (commodity, meter id) key holding its routes, or a tuple of such keys when
+        # the EAN had several meters (one key per EAN is the rule: no tuple to hold it)
+        self._by_ean: dict[str, _Key | tuple[_Key, ...]] = {}
         #: bumped by every change; lets callers notice that the index moved on
         self.generation = 0
 
@@ -201,22 +259,16 @@ class ConsentIndex:
         consents: Iterable[Mapping[str, Any]],
     ) -> None:
         """Rebuild the whole index from installation, contract and consent rows."""
-        fresh: dict[Commodity, dict[str, tuple[MeterRoute, ...]]] = {
-            Commodity.ELECTRICITY: {},
-            Commodity.GAS: {},
-        }
-        by_ean: dict[str, tuple[tuple[Commodity, str], ...]] = {}
-        for ean, routes_by_meter in _routes_by_ean(installations, contracts, consents):
-            keys = []
-            for (commodity, meter_id), routes in routes_by_meter.items():
-                table = fresh[commodity]
-                table[meter_id] = _merge(table.get(meter_id, ()), routes)
-                keys.append((commodity, meter_id))
-            by_ean[ean] = tuple(keys)
-        self.electricity = fresh[Commodity.ELECTRICITY]
-        self.gas = fresh[Commodity.GAS]
-        self._by_ean = by_ean
-        self.generation += 1
+        self.replace_rows(join_rows(installations, contracts), consents)
+
+    def replace_rows(
+        self, rows: Iterable[Mapping[str, Any]], consents: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Rebuild the whole index from joined rows (``_ROUTE_QUERY``) and consent rows."""
+        fresh = ConsentIndex()
+        for routed in _routes(rows, consents):
+            fresh._add(routed)
+        self.adopt(fresh)
 
     def adopt(self, other: ConsentIndex) -> None:
         """Take over ``other``'s entries (a freshly built index) in one step."""
@@ -231,54 +283,48 @@ class ConsentIndex:
         consents: Iterable[Mapping[str, Any]],
     ) -> None:
         """Replace one EAN's routes with those of these rows (no installations: it is gone)."""
-        for commodity, meter_id in self._by_ean.pop(ean, ()):
+        self.update_rows(ean, join_rows(installations, contracts), consents)
+
+    def update_rows(
+        self, ean: str, rows: Iterable[Mapping[str, Any]], consents: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Replace one EAN's routes with those of its joined rows (none: it is gone)."""
+        for commodity, meter_id in _keys(self._by_ean.pop(ean, None)):
             table = self._table(commodity)
             remaining = tuple(r for r in table.get(meter_id, ()) if r.ean != ean)
             if remaining:
                 table[meter_id] = remaining
             else:
                 table.pop(meter_id, None)
-        for ean_, routes_by_meter in _routes_by_ean(installations, contracts, consents):
-            keys = []
-            for (commodity, meter_id), routes in routes_by_meter.items():
-                table = self._table(commodity)
-                table[meter_id] = _merge(table.get(meter_id, ()), routes)
-                keys.append((commodity, meter_id))
-            self._by_ean[ean_] = tuple(keys)
+        for routed in _routes(rows, consents):
+            self._add(routed)
         self.generation += 1
 
-
-def _routes_by_ean(
-    installations: Iterable[Mapping[str, Any]],
-    contracts: Iterable[Mapping[str, Any]],
-    consents: Iterable[Mapping[str, Any]],
-) -> Iterator[tuple[str, dict[tuple[Commodity, str], list[MeterRoute]]]]:
-    """Per EAN with an installation: its routes by (commodity, meter id)."""
-    by_contract: dict[Any, list[Consent]] = {}
-    for row in consents:
-        by_contract.setdefault(row["contract_id"], []).append(consent_from_row(row))
-    contracts_of: dict[str, list[Mapping[str, Any]]] = {}
-    for row in contracts:
-        contracts_of.setdefault(row["ean"], []).append(row)
-    installations_of: dict[str, list[Mapping[str, Any]]] = {}
-    for row in installations:
-        installations_of.setdefault(row["ean"], []).append(row)
-    for ean, insts in installations_of.items():
-        ks = contracts_of.get(ean, [])
-        if len(ks) > 1:
-            ks.sort(key=lambda k: k["contract_start"])
-        routes: dict[tuple[Commodity, str], list[MeterRoute]] = {}
-        for inst in insts:
-            key = (_COMMODITIES[inst["commodity"]], inst["meter_id"])
-            routes.setdefault(key, []).extend(_routes_of_installation(inst, ks, by_contract))
-        yield ean, routes
+    def _add(self, routed: Routed) -> None:
+        ean, commodity, meter_id, routes = routed
+        table = self._table(commodity)
+        old = table.get(meter_id)
+        table[meter_id] = (routes[0],) if old is None and len(routes) == 1 else _merge(old, routes)
+        key: _Key = (commodity, meter_id)
+        known = self._by_ean.get(ean)
+        if known is None:  # the rule: one meter per EAN
+            self._by_ean[ean] = key
+        elif key not in (keys := _keys(known)):
+            self._by_ean[ean] = (*keys, key)
 
 
-def _merge(routes: tuple[MeterRoute, ...], more: list[MeterRoute]) -> tuple[MeterRoute, ...]:
-    if not routes and len(more) == 1:
-        return (more[0],)
+def _keys(value: _Key | tuple[_Key, ...] | None) -> tuple[_Key, ...]:
+    """The (commodity, meter id) keys of an EAN's ``_by_ean`` value."""
+    if value is None:
+        return ()
+    if isinstance(value[0], Commodity):
+        return (value,)
+    return value
+
+
+def _merge(routes: tuple[MeterRoute, ...] | None, more: list[MeterRoute]) -> tuple[MeterRoute, ...]:
     # newest window first: a reading of now finds its route first
-    return tuple(sorted((*routes, *more), key=lambda r: r.policy.lo_s, reverse=True))
+    return tuple(sorted((*(routes or ()), *more), key=lambda r: r.policy.lo_s, reverse=True))
 
 
 def pick_route(routes: tuple[MeterRoute, ...], ts: int) -> MeterRoute | None:
@@ -293,18 +339,13 @@ def pick_route(routes: tuple[MeterRoute, ...], ts: int) -> MeterRoute | None:
 
 async def _fetch(
     conn: asyncpg.Connection, eans: list[str] | None
-) -> tuple[list[asyncpg.Record], list[asyncpg.Record], list[asyncpg.Record]]:
-    """Installation, contract and consent rows (of ``eans``, or all) in one snapshot."""
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Joined route rows and consent rows (of ``eans``, or all) in one snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         if eans is None:
-            return (
-                await conn.fetch(_INSTALLATION_QUERY),
-                await conn.fetch(_CONTRACT_QUERY),
-                await conn.fetch(_CONSENT_QUERY),
-            )
+            return await conn.fetch(_ROUTE_QUERY), await conn.fetch(_CONSENT_QUERY)
         return (
-            await conn.fetch(_INSTALLATION_QUERY + " WHERE i.ean = ANY($1::text[])", eans),
-            await conn.fetch(_CONTRACT_QUERY + " WHERE k.ean = ANY($1::text[])", eans),
+            await conn.fetch(_ROUTE_QUERY + " WHERE i.ean = ANY($1::text[])", eans),
             await conn.fetch(_CONSENT_QUERY + " AND c.ean = ANY($1::text[])", eans),
         )
 
@@ -317,15 +358,13 @@ async def load_all(conn: asyncpg.Connection, index: ConsentIndex) -> None:
     for that long at each periodic reload (the loop still gets the interpreter every few
     milliseconds while the thread works). Readers see the old entries until the swap.
     """
-    installations, contracts, consents = await _fetch(conn, None)
-    fresh = await asyncio.to_thread(_build, installations, contracts, consents)
+    rows, consents = await _fetch(conn, None)
+    fresh = await asyncio.to_thread(_build, rows, consents)
     index.adopt(fresh)
 
 
 def _build(
-    installations: Iterable[Mapping[str, Any]],
-    contracts: Iterable[Mapping[str, Any]],
-    consents: Iterable[Mapping[str, Any]],
+    rows: Iterable[Mapping[str, Any]], consents: Iterable[Mapping[str, Any]]
 ) -> ConsentIndex:
     """A new index of these rows (runs in a worker thread)."""
     fresh = ConsentIndex()
@@ -335,7 +374,7 @@ def _build(
     paused = gc.isenabled()
     gc.disable()
     try:
-        fresh.replace_all(installations, contracts, consents)
+        fresh.replace_rows(rows, consents)
     finally:
         if paused:
             gc.enable()
@@ -345,13 +384,10 @@ def _build(
 async def load_eans(conn: asyncpg.Connection, index: ConsentIndex, eans: Iterable[str]) -> None:
     """Reload the entries of ``eans`` from the database."""
     wanted = list(eans)
-    installations, contracts, consents = await _fetch(conn, wanted)
+    rows, consents = await _fetch(conn, wanted)
     for ean in wanted:
-        index.update_ean(
-            ean,
-            [r for r in installations if r["ean"] == ean],
-            [r for r in contracts if r["ean"] == ean],
-            [r for r in consents if r["ean"] == ean],
+        index.update_rows(
+            ean, [r for r in rows if r["ean"] == ean], [c for c in consents if c["ean"] == ean]
         )
 
 

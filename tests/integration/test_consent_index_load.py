@@ -44,13 +44,13 @@ async def test_a_full_load_builds_in_a_worker_thread_and_swaps_in_place(
         )
 
     built_on: list[int] = []
-    original = consent_index.ConsentIndex.replace_all
+    original = consent_index.ConsentIndex.replace_rows
 
     def recording(self: consent_index.ConsentIndex, *args: Any) -> None:
         built_on.append(threading.get_ident())
         original(self, *args)
 
-    monkeypatch.setattr(consent_index.ConsentIndex, "replace_all", recording)
+    monkeypatch.setattr(consent_index.ConsentIndex, "replace_rows", recording)
     index = consent_index.ConsentIndex()
     before = index.generation
     async with pool.acquire() as conn:
