@@ -17,7 +17,7 @@ import pydantic
 
 from gateway.cli.common import data_dir_arg, print_json, run_db
 from gateway.errors import FieldError, ValidationError, validation_error
-from gateway.services import contract_events_csv, registry, registry_csv
+from gateway.services import contract_events_csv, devices, registry, registry_csv
 from gateway.settings import Settings
 from gateway.times import parse_time
 
@@ -148,14 +148,14 @@ def cmd_contracts_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_devices_add(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        new = registry.DeviceIn.model_validate({"meter_ids": args.meter_id})
+        new = devices.DeviceIn.model_validate({"meter_ids": args.meter_id})
     except pydantic.ValidationError as exc:
         raise validation_error(exc, where="arguments") from exc
 
-    async def add(conn: Any) -> registry.NewDevice:
-        return await registry.add_device(conn, new.meter_ids)
+    async def add(conn: Any) -> devices.NewDevice:
+        return await devices.add_device(conn, new.meter_ids)
 
-    device: registry.NewDevice = run_db(args, settings, add)
+    device: devices.NewDevice = run_db(args, settings, add)
     print_json(device.as_json())
     return 0
 
@@ -163,23 +163,23 @@ def cmd_devices_add(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_devices_rebind(args: argparse.Namespace, settings: Settings) -> int:
     device_id = _uuid_arg(args.device_id, "device_id")
     try:
-        new = registry.DeviceIn.model_validate({"meter_ids": args.meter_id})
+        new = devices.DeviceIn.model_validate({"meter_ids": args.meter_id})
     except pydantic.ValidationError as exc:
         raise validation_error(exc, where="arguments") from exc
     print_json(
-        run_db(args, settings, lambda conn: registry.rebind_device(conn, device_id, new.meter_ids))
+        run_db(args, settings, lambda conn: devices.rebind_device(conn, device_id, new.meter_ids))
     )
     return 0
 
 
 def cmd_devices_revoke(args: argparse.Namespace, settings: Settings) -> int:
     device_id = _uuid_arg(args.device_id, "device_id")
-    print_json(run_db(args, settings, lambda conn: registry.revoke_device(conn, device_id)))
+    print_json(run_db(args, settings, lambda conn: devices.revoke_device(conn, device_id)))
     return 0
 
 
 def cmd_devices_list(args: argparse.Namespace, settings: Settings) -> int:
-    print_json({"devices": run_db(args, settings, registry.list_devices)})
+    print_json({"devices": run_db(args, settings, devices.list_devices)})
     return 0
 
 
@@ -263,8 +263,10 @@ def add_admin_parser(admin_sub: Any) -> None:
     data_dir_arg(k_imp)
     k_imp.set_defaults(func=cmd_contracts_import)
 
-    devices = admin_sub.add_parser("devices", help="field devices")
-    devices_sub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    devices_cmd = admin_sub.add_parser("devices", help="field devices")
+    devices_sub = devices_cmd.add_subparsers(
+        dest="devices_command", required=True, metavar="ACTION"
+    )
     dev_add = devices_sub.add_parser(
         "add", help="register a device; prints {device_id, token} (the token only this once)"
     )

@@ -1,10 +1,11 @@
 """The registry (SPEC §3a): connections (EAN, commodity), their supply contracts and meter
-installations over time, and field devices.
+installations over time (field devices are ``gateway.services.devices``).
 
-The admin API (gateway.api.handlers.admin) and the CLI (gateway.cli) call the same functions here.
-Registry writes take one transaction-level advisory lock: they are rare, and the lock lets the
-rule "a meter id belongs to at most one connection of a commodity at a time" be enforced without
-a unique index that would not include the EAN (which Citus could not distribute, SPEC §7).
+The admin API (gateway.api.handlers.admin), the CLI (gateway.cli) and the CSV imports call the
+same functions here. The database enforces the rules itself (migration 0011's exclusion
+constraints: contracts of an EAN never overlap, a meter is on one EAN at a time); the checks here
+come first so that a refusal names the conflicting record. Registry writes take one
+transaction-level advisory lock: they are rare, and it keeps a check and its write together.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -40,7 +40,6 @@ from gateway.services.consents import end_consents_of_contract
 from gateway.storage import audit, locks
 from gateway.storage.schema import BILLING_TABLES, CUSTOMER_ID_RE, INTERVAL_TABLE
 from gateway.times import ApiTime
-from gateway.tokens import generate_token, hash_token
 
 #: transaction advisory lock serialising registry writes ('mtrp' + 2)
 REGISTRY_LOCK_KEY = locks.REGISTRY
@@ -160,30 +159,6 @@ class MeterExchangeIn(BaseModel):
 
     meter_id: MeterId
     at: ApiTime
-
-
-class DeviceIn(BaseModel):
-    """A field device to register (or rebind), bound to the meter equipment ids it reads."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    meter_ids: list[MeterId] = Field(min_length=1, max_length=32)
-
-
-@dataclass(frozen=True, slots=True)
-class NewDevice:
-    """A device just registered; ``token`` exists only here (the database keeps its hash)."""
-
-    device_id: uuid.UUID
-    token: str
-    meter_ids: tuple[str, ...]
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "device_id": str(self.device_id),
-            "token": self.token,
-            "meter_ids": list(self.meter_ids),
-        }
 
 
 #: a contract row as services read it (with its connection's commodity)
@@ -683,107 +658,3 @@ async def exchange_meter(
                 },
             )
             return await get_connection(conn, ean)
-
-
-async def add_device(
-    conn: asyncpg.Connection, meter_ids: Iterable[str], *, actor: str = "admin"
-) -> NewDevice:
-    """Register a device bound to ``meter_ids``; the returned token is shown once."""
-    ids = tuple(dict.fromkeys(meter_ids))  # de-duplicated, order kept
-    if not ids:
-        raise ValidationError(
-            "a device needs at least one meter id", [FieldError(("meter_ids",), "empty")]
-        )
-    token = generate_token()
-    async with conn.transaction():
-        device_id: uuid.UUID = await conn.fetchval(
-            "INSERT INTO devices (token_hash, meter_ids) VALUES ($1, $2) RETURNING device_id",
-            hash_token(token),
-            list(ids),
-        )
-        # the token itself is never recorded, only that one was issued and for what
-        await audit.append(
-            conn,
-            kind=audit.KIND_TOKEN_CREATE,
-            actor=actor,
-            subject=None,
-            ean=None,
-            detail={"token": "device", "device_id": device_id, "meter_ids": list(ids)},
-        )
-    metrics.DEVICES_REGISTERED.inc()
-    return NewDevice(device_id, token, ids)
-
-
-def device_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A device as the admin API shows it (never its token)."""
-    return {
-        "device_id": row["device_id"],
-        "meter_ids": list(row["meter_ids"]),
-        "created_at": row["created_at"],
-        "revoked_at": row["revoked_at"],
-    }
-
-
-_DEVICE_COLUMNS = "device_id, meter_ids, created_at, revoked_at"
-
-
-async def list_devices(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    """Every registered device, oldest first."""
-    rows = await conn.fetch(f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY created_at, device_id")
-    return [device_json(r) for r in rows]
-
-
-async def rebind_device(
-    conn: asyncpg.Connection,
-    device_id: uuid.UUID,
-    meter_ids: Iterable[str],
-    *,
-    actor: str = "admin",
-) -> dict[str, Any]:
-    """Bind a device to other meter ids (after a meter exchange); its token stays valid.
-    Every gateway process drops the device from its credential cache (NOTIFY from the devices
-    trigger, migration 0011)."""
-    ids = list(dict.fromkeys(meter_ids))
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            f"UPDATE devices SET meter_ids = $2 WHERE device_id = $1 RETURNING {_DEVICE_COLUMNS}",
-            device_id,
-            ids,
-        )
-        if row is None:
-            raise NotFoundError(f"no device {device_id}")
-        if row["revoked_at"] is not None:
-            raise ConflictError(f"device {device_id} is revoked; register a new one")
-        await audit.append(
-            conn,
-            kind=audit.KIND_REGISTRY_CHANGE,
-            actor=actor,
-            subject=None,
-            ean=None,
-            detail={"change": "device-rebound", "device_id": device_id, "meter_ids": ids},
-        )
-    return device_json(row)
-
-
-async def revoke_device(
-    conn: asyncpg.Connection, device_id: uuid.UUID, *, actor: str = "admin"
-) -> dict[str, Any]:
-    """Revoke a device's token (a stolen or retired dongle): refused from now on in every
-    gateway process (NOTIFY from the devices trigger). Revoking twice changes nothing."""
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            "UPDATE devices SET revoked_at = coalesce(revoked_at, now()) WHERE device_id = $1"
-            f" RETURNING {_DEVICE_COLUMNS}",
-            device_id,
-        )
-        if row is None:
-            raise NotFoundError(f"no device {device_id}")
-        await audit.append(
-            conn,
-            kind=audit.KIND_TOKEN_REVOKE,
-            actor=actor,
-            subject=None,
-            ean=None,
-            detail={"change": "device-revoked", "device_id": device_id},
-        )
-    return device_json(row)

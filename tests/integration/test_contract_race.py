@@ -61,7 +61,7 @@ from gateway.ingest.sql import (
     new_batch,
 )
 from gateway.services import consents as consent_store
-from gateway.services import registry
+from gateway.services import devices, registry
 from gateway.settings import Settings
 from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
@@ -744,7 +744,7 @@ async def test_new_tenant_gets_the_move_in_day_reading(
                 contract_start=wall - dt.timedelta(days=10),
             ),
         )
-        device = await registry.add_device(conn, [meter_id])
+        device = await devices.add_device(conn, [meter_id])
     headers = {"Authorization": f"Bearer {device.token}", "Content-Type": "text/plain"}
     t_end = last_midnight(wall)
     clock.set_now(t_end + dt.timedelta(minutes=2))

@@ -34,7 +34,7 @@ from gateway.api.appkeys import CREDENTIALS_KEY, INGEST_KEY, POOL_KEY, SETTINGS_
 from gateway.api.auth import check_admin
 from gateway.api.http import json_response, read_model
 from gateway.errors import NotFoundError
-from gateway.services import clients, registry
+from gateway.services import clients, devices, registry
 from gateway.services import consents as consent_store
 from gateway.services.registry import validate_ean
 from gateway.storage.db import acquire
@@ -138,10 +138,10 @@ async def exchange_meter(request: web.Request) -> web.Response:
 async def add_device(request: web.Request) -> web.Response:
     """POST /v1/admin/devices: register a device; the token is in this answer only."""
     _authorize(request)
-    body = await read_model(request, registry.DeviceIn)
+    body = await read_model(request, devices.DeviceIn)
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
-        device = await registry.add_device(conn, body.meter_ids)
+        device = await devices.add_device(conn, body.meter_ids)
     return json_response(device.as_json(), status=201)
 
 
@@ -150,18 +150,18 @@ async def list_devices(request: web.Request) -> web.Response:
     _authorize(request)
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
-        devices = await registry.list_devices(conn)
-    return json_response({"devices": devices})
+        listed = await devices.list_devices(conn)
+    return json_response({"devices": listed})
 
 
 async def rebind_device(request: web.Request) -> web.Response:
     """PATCH /v1/admin/devices/{id}: bind the device to other meters (after an exchange)."""
     _authorize(request)
     device_id = _uuid(request, "device")
-    body = await read_model(request, registry.DeviceIn)
+    body = await read_model(request, devices.DeviceIn)
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
-        device = await registry.rebind_device(conn, device_id, body.meter_ids)
+        device = await devices.rebind_device(conn, device_id, body.meter_ids)
     request.app[CREDENTIALS_KEY].forget_devices()
     return json_response(device)
 
@@ -172,7 +172,7 @@ async def revoke_device(request: web.Request) -> web.Response:
     device_id = _uuid(request, "device")
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
-        device = await registry.revoke_device(conn, device_id)
+        device = await devices.revoke_device(conn, device_id)
     request.app[CREDENTIALS_KEY].forget_devices()
     return json_response(device)
 

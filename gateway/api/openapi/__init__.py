@@ -15,7 +15,7 @@ from pydantic.fields import FieldInfo
 from consent.levels import Level
 from gateway.api.handlers.admin import ConsentEndIn, ConsentIn
 from gateway.api.openapi import admin_clients, customer, data_client, portal
-from gateway.services import registry
+from gateway.services import devices, registry
 from gateway.times import ApiTime
 
 _REF = "#/components/schemas/{model}"
@@ -275,7 +275,7 @@ def _model_schemas() -> dict[str, Any]:
         registry.ContractIn,
         registry.ContractPatchIn,
         registry.MeterExchangeIn,
-        registry.DeviceIn,
+        devices.DeviceIn,
         ConsentIn,
         ConsentEndIn,
     )
