@@ -73,9 +73,7 @@ async def world(
         await client.close()
 
 
-async def add_meter(
-    w: World, n: int, commodity: str, meter_id: str, start: dt.datetime
-) -> str:
+async def add_meter(w: World, n: int, commodity: str, meter_id: str, start: dt.datetime) -> str:
     ean = make_ean(n)
     resp = await w.client.post(
         "/v1/admin/meters",
@@ -207,9 +205,7 @@ async def test_a_day_at_every_level(world: World, day: dt.date) -> None:
         "EI": await add_device(w, "EI", "GI"),
     }
     gas_of = {"ED": "GD", "EI": "GI"}
-    ean_of = {
-        "EN": e_none, "EM": e_month, "ED": e_daily, "GD": g_daily, "EI": e_int, "GI": g_int
-    }
+    ean_of = {"EN": e_none, "EM": e_month, "ED": e_daily, "GD": g_daily, "EI": e_int, "GI": g_int}
     # the index follows registry changes through NOTIFY; wait until it has all of them
     state = w.client.app[INGEST_KEY]
 
@@ -277,9 +273,7 @@ async def test_a_day_at_every_level(world: World, day: dt.date) -> None:
     hours = 23 if day.month == 3 else 25
     quarters = await w.pool.fetchval("SELECT count(*) FROM readings_e_pt15m")
     assert quarters == hours * 4 + 4
-    days = await w.pool.fetchval(
-        "SELECT count(*) FROM readings_e_p1d WHERE ean = $1", int(e_daily)
-    )
+    days = await w.pool.fetchval("SELECT count(*) FROM readings_e_p1d WHERE ean = $1", int(e_daily))
     assert days == 3
 
 
@@ -296,9 +290,11 @@ async def small_world(world: World) -> AsyncIterator[tuple[World, dict[str, str]
     headers = await add_device(world, "E11", "G12")
     state = world.client.app[INGEST_KEY]
     await wait_for(
-        lambda: len(state.index) == 2
-        and bool(state.index.electricity["E11"][0].policy.windows)
-        and bool(state.index.gas["G12"][0].policy.windows)
+        lambda: (
+            len(state.index) == 2
+            and bool(state.index.electricity["E11"][0].policy.windows)
+            and bool(state.index.gas["G12"][0].policy.windows)
+        )
     )
     yield world, headers, e, g
 
@@ -426,20 +422,29 @@ async def test_refusals_store_nothing(world: World) -> None:
     assert {t: await stored(w.pool, t) for t in ALL_TABLES} == before
 
 
-
 async def test_admin_consent_validation(world: World) -> None:
     w = world
     now = dt.datetime.now(UTC)
     ean = await add_meter(w, 41, "electricity", "E41", now - dt.timedelta(days=3))
-    base = {"ean": ean, "customer_id": "cust-41", "purpose": "energy-insights",
-            "notice_version": "v1"}
+    base = {
+        "ean": ean,
+        "customer_id": "cust-41",
+        "purpose": "energy-insights",
+        "notice_version": "v1",
+    }
     cases: list[tuple[dict[str, Any], int]] = [
         ({**base, "purpose": "marketing"}, 422),
         ({**base, "customer_id": "someone-else"}, 409),
         ({**base, "ean": make_ean(999)}, 404),
         ({**base, "ean": "123"}, 422),
-        ({**base, "expires_at": (now - dt.timedelta(days=1)).isoformat(),
-          "granted_at": now.isoformat()}, 422),
+        (
+            {
+                **base,
+                "expires_at": (now - dt.timedelta(days=1)).isoformat(),
+                "granted_at": now.isoformat(),
+            },
+            422,
+        ),
         ({**base, "extra": 1}, 422),
     ]
     for body, status in cases:
@@ -463,3 +468,33 @@ async def test_admin_consent_validation(world: World) -> None:
     await expect_problem(resp, 422)
     kinds = await w.pool.fetch("SELECT kind FROM consent_events WHERE ean = $1", ean)
     assert [k["kind"] for k in kinds] == ["granted"]
+
+
+async def test_a_poisoned_register_is_refused_alone_and_everyone_else_is_stored(
+    world: World,
+) -> None:
+    """A CRC-valid telegram whose register is beyond 18 digits (beyond the database's int8)
+    pushed at the same moment as other devices' telegrams: before, it joined their shared
+    write batch and the database refused the whole statement (500 for all, nothing stored).
+    Now it is rejected alone with its reason; the others are stored and acknowledged."""
+    w = world
+    start = dt.datetime(2026, 3, 1, tzinfo=UTC)
+    t = dt.datetime(2026, 3, 2, 12, 0, 5, tzinfo=UTC)
+    w.clock.now = t.timestamp() + 1
+    eans = [await add_meter(w, 90 + n, "electricity", f"P{n}", start) for n in range(4)]
+    devices = [await add_device(w, f"P{n}") for n in range(4)]
+    poison = build_telegram("P0", t, import_wh=(9_999_999_999_999_999_999_999_999, 1))
+    bodies = [poison] + [build_telegram(f"P{n}", t) for n in range(1, 4)]
+    for _ in range(3):  # several rounds: concurrent requests share the group commit
+        responses = await asyncio.gather(
+            *(
+                w.client.post("/v1/telegrams", data=body, headers=device)
+                for body, device in zip(bodies, devices, strict=True)
+            )
+        )
+        statuses = [r.status for r in responses]
+        assert statuses == [422, 200, 200, 200], statuses
+        problem = await responses[0].json()
+        assert [x["reason"] for x in problem["rejected"]] == ["bad-value"]
+    daily = await stored(w.pool, "readings_e_p1d")
+    assert {row[0] for row in daily} == {int(e) for e in eans[1:]}

@@ -315,3 +315,28 @@ def test_best_cache_forgets_what_a_registry_change_may_have_undone() -> None:
     best.forget_all()
     best.lower(other, 1_001, routed)
     assert best.get(other) is None and len(best) == 0
+
+
+@pytest.mark.parametrize(
+    "registers",
+    [
+        {"import_wh": (9_999_999_999_999_999_999_999_999, 5)},  # beyond int8: the DB would fail
+        {"import_wh": (10**18, 5)},  # 19 digits in Wh
+        {"export_wh": (0, 10**18)},
+        {"import_wh": (10**18, 0), "totals_only": True},
+    ],
+)
+def test_registers_beyond_18_digits_are_refused_before_any_batch(
+    pipeline: IngestPipeline, registers: dict[str, Any]
+) -> None:
+    r = pipeline.process([build_telegram("E1", NOW, **registers)], BOUND, NOW_S)
+    assert [x["reason"] for x in r.rejected] == ["bad-value"] and r.rows == 0
+    # the largest 18-digit register is a reading like any other
+    ok = pipeline.process([build_telegram("E1", NOW, import_wh=(10**18 - 1, 0))], BOUND, NOW_S)
+    assert ok.accepted == 1 and ok.rows > 0
+
+
+def test_a_gas_volume_beyond_18_digits_is_refused(pipeline: IngestPipeline) -> None:
+    bad = build_telegram("ZZ", NOW, gas=("G1", NOW - timedelta(minutes=5), 10**18))
+    r = pipeline.process([bad], BOUND, NOW_S)
+    assert [x["reason"] for x in r.rejected] == ["bad-value"] and r.rows == 0
