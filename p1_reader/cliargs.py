@@ -33,16 +33,24 @@ def hex_key(text: str) -> bytes:
 def add_key_arguments(parser: argparse.ArgumentParser) -> None:
     """``--key`` / ``--auth-key`` / ``--no-aad`` (``read``, ``decode`` and ``forward``)."""
     parser.add_argument(
-        "--key", type=hex_key, metavar="HEX",
+        "--key",
+        type=hex_key,
+        metavar="HEX",
         help="AES-128 encryption key (32 hex digits) of a DLMS-encrypted meter",
     )
     aad = parser.add_mutually_exclusive_group()
     aad.add_argument(
-        "--auth-key", type=hex_key, metavar="HEX", default=SMARTY_AUTH_KEY,
+        "--auth-key",
+        type=hex_key,
+        metavar="HEX",
+        default=SMARTY_AUTH_KEY,
         help="authentication key for the GCM AAD (default: the Luxembourg Smarty key)",
     )
     aad.add_argument(
-        "--no-aad", action="store_const", dest="auth_key", const=None,
+        "--no-aad",
+        action="store_const",
+        dest="auth_key",
+        const=None,
         help="the meter seals frames without AAD",
     )
 

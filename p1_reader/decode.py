@@ -106,7 +106,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
     parser.add_argument(
-        "--no-crc-check", action="store_true",
+        "--no-crc-check",
+        action="store_true",
         help="accept telegrams whose CRC is missing or does not match",
     )
     add_key_arguments(parser)

@@ -129,9 +129,7 @@ def decrypt_frame(
         aad = build_aad(header.security_control, auth_key)
     iv = header.system_title + frame[header.ciphertext_start - 4 : header.ciphertext_start]
     tag = frame[header.tag_start :]
-    decryptor = Cipher(
-        algorithms.AES(key), modes.GCM(iv, tag, min_tag_length=TAG_LEN)
-    ).decryptor()
+    decryptor = Cipher(algorithms.AES(key), modes.GCM(iv, tag, min_tag_length=TAG_LEN)).decryptor()
     if aad:
         decryptor.authenticate_additional_data(aad)
     plaintext = decryptor.update(frame[header.ciphertext_start : header.tag_start])

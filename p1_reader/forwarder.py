@@ -569,12 +569,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--follow", action="store_true", help="--input: keep reading a growing file at its end"
     )
     parser.add_argument(
-        "--profile", choices=("auto", *PROFILES), default="auto",
+        "--profile",
+        choices=("auto", *PROFILES),
+        default="auto",
         help="serial line settings: dsmr2 (9600 7E1), dsmr4 (115200 8N1) or auto (default)",
     )
     add_key_arguments(parser)
     parser.add_argument(
-        "--gateway", default=os.environ.get(GATEWAY_ENV),
+        "--gateway",
+        default=os.environ.get(GATEWAY_ENV),
         help=f"gateway base URL, e.g. https://gateway.example (default ${GATEWAY_ENV})",
     )
     token = parser.add_mutually_exclusive_group()
@@ -584,50 +587,78 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--spool-dir", default="./p1-spool", metavar="DIR", help="spool directory (./p1-spool)"
     )
     parser.add_argument(
-        "--spool-max-bytes", type=parse_size, default=spool_mod.DEFAULT_MAX_BYTES, metavar="SIZE",
+        "--spool-max-bytes",
+        type=parse_size,
+        default=spool_mod.DEFAULT_MAX_BYTES,
+        metavar="SIZE",
         help="spool size limit (default 256MiB)",
     )
     parser.add_argument(
-        "--spool-full", choices=spool_mod.FULL_POLICIES, default="thin",
+        "--spool-full",
+        choices=spool_mod.FULL_POLICIES,
+        default="thin",
         help="what to drop when the spool is full (default thin: keep the first telegram of "
         "each 15-minute period)",
     )
     parser.add_argument(
-        "--fsync", choices=spool_mod.FSYNC_POLICIES, default="batch",
+        "--fsync",
+        choices=spool_mod.FSYNC_POLICIES,
+        default="batch",
         help="fsync the spool per appended batch (default) or at most once a second",
     )
     parser.add_argument("--batch-size", type=int, default=100, help="telegrams per request (100)")
     parser.add_argument(
-        "--batch-interval", type=parse_duration, default=5.0, metavar="DURATION",
+        "--batch-interval",
+        type=parse_duration,
+        default=5.0,
+        metavar="DURATION",
         help="send at least this often when telegrams are pending (default 5s)",
     )
     parser.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for the gateway")
     parser.add_argument(
-        "--send-all", action="store_true",
+        "--send-all",
+        action="store_true",
         help="send every telegram (default: first of each 15 minutes and of each minute)",
     )
     parser.add_argument(
-        "--timeout", type=parse_duration, default=30.0, metavar="DURATION",
+        "--timeout",
+        type=parse_duration,
+        default=30.0,
+        metavar="DURATION",
         help="request timeout (default 30s)",
     )
     parser.add_argument(
-        "--backoff-initial", type=parse_duration, default=1.0, metavar="DURATION",
+        "--backoff-initial",
+        type=parse_duration,
+        default=1.0,
+        metavar="DURATION",
         help="first backoff step after a failure (default 1s)",
     )
     parser.add_argument(
-        "--backoff-max", type=parse_duration, default=300.0, metavar="DURATION",
+        "--backoff-max",
+        type=parse_duration,
+        default=300.0,
+        metavar="DURATION",
         help="backoff cap (default 5m)",
     )
     parser.add_argument(
-        "--auth-retry", type=parse_duration, default=600.0, metavar="DURATION",
+        "--auth-retry",
+        type=parse_duration,
+        default=600.0,
+        metavar="DURATION",
         help="retry interval after the gateway refused the token (default 10m)",
     )
     parser.add_argument(
-        "--stats-interval", type=parse_duration, default=900.0, metavar="DURATION",
+        "--stats-interval",
+        type=parse_duration,
+        default=900.0,
+        metavar="DURATION",
         help="log a summary this often (default 15m; 0 = never)",
     )
     parser.add_argument(
-        "--exit-when-drained", action=argparse.BooleanOptionalAction, default=None,
+        "--exit-when-drained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="exit once the input ended and the spool is delivered (default: on with --input)",
     )
     parser.set_defaults(func=run_forward)

@@ -229,6 +229,7 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
             and value[-8] == "."
             and value.endswith("*kWh")
             and (digits := value[:-8] + value[-7:-4]).isdecimal()
+            and len(digits) <= REGISTER_DIGITS
         ):
             regs.append(int(digits))
         else:
@@ -368,6 +369,22 @@ def _scaled(number: str, decimals: int) -> int | None:
     return int(digits[: len(digits) - (frac - decimals)])
 
 
+#: a register is a counter of at most 18 digits in its smallest unit (Wh, dm³): a meter's
+#: physical range (DSMR's F9(3,3) has 9), and within a signed 64-bit integer, so a CRC-valid
+#: telegram cannot carry a value no store can hold (it would fail a whole shared write batch)
+REGISTER_DIGITS: Final = 18
+_REGISTER_LIMIT: Final = 10**REGISTER_DIGITS
+
+
+def _in_range(value: int, code: str, text: str) -> int:
+    if value >= _REGISTER_LIMIT:
+        raise ValueFormatError(
+            f"line {_line_number(text, code)}: {code}: the register has more than"
+            f" {REGISTER_DIGITS} digits"
+        )
+    return value
+
+
 def _energy_wh(values: list[str], code: str, text: str) -> int | None:
     value = values[0]
     if not value and len(values) == 1:
@@ -384,7 +401,7 @@ def _energy_wh(values: list[str], code: str, text: str) -> int | None:
         raise ValueFormatError(
             f"line {_line_number(text, code)}: {code}: {value!r} is not a decimal number"
         )
-    return wh
+    return _in_range(wh, code, text)
 
 
 def _mbus_device(
@@ -452,6 +469,7 @@ def _mbus_device(
         and len(number) > 4
         and number[-4] == "."
         and (digits := number[:-4] + number[-3:]).isdecimal()
+        and len(digits) <= REGISTER_DIGITS
     ):
         return MbusDevice(channel, device_type, meter_id, measured_at, int(digits), spec[0])
     amount = _scaled(number, spec[1])
@@ -459,7 +477,9 @@ def _mbus_device(
         raise ValueFormatError(
             f"line {_line_number(text, source)}: {source}: {number!r} is not a decimal number"
         )
-    return MbusDevice(channel, device_type, meter_id, measured_at, amount, spec[0])
+    return MbusDevice(
+        channel, device_type, meter_id, measured_at, _in_range(amount, source, text), spec[0]
+    )
 
 
 def _line_number(text: str, needle: str) -> int:

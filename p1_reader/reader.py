@@ -162,7 +162,10 @@ class P1Reader:
             # during an outage a reopen is one more attempt, not news (recovery = bytes flow)
             log.log(
                 logging.INFO if outage_since is None else logging.DEBUG,
-                "opened %s at %s (%s)", self.port, profile.describe(), profile.name,
+                "opened %s at %s (%s)",
+                self.port,
+                profile.describe(),
+                profile.name,
             )
             try:
                 async with contextlib.aclosing(self._read_connection(conn)) as items:
@@ -170,7 +173,9 @@ class P1Reader:
                         if outage_since is not None:
                             log.info(
                                 "%s recovered after %.1f s (%d failed attempts); reading resumed",
-                                self.port, time.monotonic() - outage_since, attempts,
+                                self.port,
+                                time.monotonic() - outage_since,
+                                attempts,
                             )
                             outage_since, attempts, delay = None, 0, backoff.initial
                         if item is not None:
@@ -183,7 +188,8 @@ class P1Reader:
                     outage_since = time.monotonic()
                     log.warning(
                         "disconnected: %s; reconnecting with backoff up to %g s",
-                        exc, backoff.maximum,
+                        exc,
+                        backoff.maximum,
                     )
                 else:
                     log.debug("%s failed again: %s", self.port, exc)
@@ -242,8 +248,13 @@ class P1Reader:
         # a silent meter makes detection alternate forever: say it once per profile, then quietly
         level = logging.INFO if self._switches <= len(self._candidates) else logging.DEBUG
         log.log(
-            level, "%s at %s: %s; trying %s (%s)",
-            conn.path, conn.profile.describe(), why, nxt.describe(), nxt.name,
+            level,
+            "%s at %s: %s; trying %s (%s)",
+            conn.path,
+            conn.profile.describe(),
+            why,
+            nxt.describe(),
+            nxt.name,
         )
 
 
@@ -300,27 +311,45 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyUSB0")
     parser.add_argument(
-        "--profile", choices=("auto", *PROFILES), default="auto",
+        "--profile",
+        choices=("auto", *PROFILES),
+        default="auto",
         help="dsmr2 = 9600 7E1 (DSMR 2.2/3), dsmr4 = 115200 8N1 (DSMR 4/5); default auto",
     )
     add_key_arguments(parser)
     parser.add_argument(
-        "--count", type=int, default=None, metavar="N", help="exit after N telegrams",
+        "--count",
+        type=int,
+        default=None,
+        metavar="N",
+        help="exit after N telegrams",
     )
     parser.add_argument(
-        "--max-backoff", type=float, default=30.0, metavar="S",
+        "--max-backoff",
+        type=float,
+        default=30.0,
+        metavar="S",
         help="longest wait between reconnect attempts (default 30 s)",
     )
     parser.add_argument(
-        "--initial-backoff", type=float, default=0.5, metavar="S",
+        "--initial-backoff",
+        type=float,
+        default=0.5,
+        metavar="S",
         help="first wait between reconnect attempts (default 0.5 s)",
     )
     parser.add_argument(
-        "--detect-timeout", type=float, default=25.0, metavar="S",
+        "--detect-timeout",
+        type=float,
+        default=25.0,
+        metavar="S",
         help="auto profile: seconds to wait for a valid telegram before switching (default 25)",
     )
     parser.add_argument(
-        "--idle-timeout", type=float, default=60.0, metavar="S",
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
         help="reopen the port after this many seconds without a byte (default 60; 0 = never)",
     )
     parser.set_defaults(func=run_read)

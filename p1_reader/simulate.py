@@ -367,15 +367,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--first-meter", type=int, default=1, metavar="I", help="index of the first meter (1)"
     )
     parser.add_argument(
-        "--speed", type=float, default=1.0,
+        "--speed",
+        type=float,
+        default=1.0,
         help="simulated seconds per real second; 0 = as fast as possible (1)",
     )
     parser.add_argument(
-        "--start", type=parse_start, default=None,
+        "--start",
+        type=parse_start,
+        default=None,
         help="simulated start, ISO (local time unless an offset is given); default now",
     )
     parser.add_argument(
-        "--duration", type=_duration_or_forever, default=86400.0,
+        "--duration",
+        type=_duration_or_forever,
+        default=86400.0,
         help="simulated time span, e.g. 1h, 1d, forever (1d)",
     )
     parser.add_argument("--interval", type=int, default=DEFAULT_INTERVAL, help="seconds (10)")
@@ -390,7 +396,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (4)")
     parser.add_argument(
-        "--list-meters", action="store_true",
+        "--list-meters",
+        action="store_true",
         help="print the meter ids (JSON lines: meter_id, gas_id) and exit",
     )
     parser.set_defaults(func=run_simulate)

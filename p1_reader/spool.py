@@ -657,4 +657,3 @@ def read_all(directory: str | os.PathLike[str]) -> list[SpoolRecord]:
             if seq >= cursor:
                 out.append(SpoolRecord(seq, buf[start : start + length]))
     return out
-

@@ -136,28 +136,6 @@ class IngestResult:
         return out
 
 
-#: registers are counters of at most 18 digits in their stored unit (Wh, dm³): a meter's physical
-#: range, and within the database's int8. A value beyond it (a CRC-valid telegram can carry
-#: anything) is refused here, before it joins a batch shared with other devices' rows, where
-#: the database would refuse the whole statement (issue 11: one device failing everyone's write).
-REGISTER_LIMIT: Final = 10**18
-_OUT_OF_RANGE: Final = "a register lies outside 0 … 10^18 − 1 (18 digits in Wh or dm³)"
-
-
-def _registers_in_range(t: Telegram) -> bool:
-    for value in (
-        t.import_t1_wh,
-        t.import_t2_wh,
-        t.export_t1_wh,
-        t.export_t2_wh,
-        t.import_total_wh,
-        t.export_total_wh,
-    ):
-        if value is not None and not 0 <= value < REGISTER_LIMIT:
-            return False
-    return True
-
-
 def _resolve(
     routes: tuple[MeterRoute, ...],
     route: MeterRoute,
@@ -268,8 +246,6 @@ class IngestPipeline:
                     and telegram.import_total_wh is None
                 ):
                     problem = ("bad-value", "telegram carries no import energy register")
-                elif not _registers_in_range(telegram):
-                    problem = ("bad-value", _OUT_OF_RANGE)
                 else:
                     # the newest route first (one dict look-up, integer comparisons); only a
                     # reading outside its window (-1) or on a stretch without a contract
@@ -316,9 +292,6 @@ class IngestPipeline:
                     continue
                 if device.value is None or device.unit != "dm3":
                     problem = problem or ("bad-value", f"gas meter {dev_id} sent no volume")
-                    continue
-                if not 0 <= device.value < REGISTER_LIMIT:
-                    problem = problem or ("bad-value", _OUT_OF_RANGE)
                     continue
                 route = routes[0]
                 depth = route.policy.depth_s(ts, now_s)

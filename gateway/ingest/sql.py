@@ -95,10 +95,7 @@ def _unnest(first: int, count: int, aliases: str) -> str:
 # the lookup per row would halve single-telegram ingest otherwise (bench/ingest.py B3).
 
 #: SQL: contract ``k`` was in force at the reading's measured time
-_IN_CONTRACT: Final = (
-    "k.ean_num = v.ean AND k.contract_start <= to_timestamp(v.ma)"
-    " AND (k.contract_end IS NULL OR to_timestamp(v.ma) < k.contract_end)"
-)
+_IN_CONTRACT: Final = "k.ean_num = v.ean AND " + schema.in_contract("to_timestamp(v.ma)")
 
 
 def _level_at_measurement_in(levels: str) -> str:

@@ -60,7 +60,7 @@ from consent.levels import INTERVAL_GRANULARITIES, LEVEL_GRANULARITIES, Level
 from consent.retention import Cutoffs, RetentionPolicy
 from gateway.errors import GatewayError
 from gateway.settings import RetentionSettings
-from gateway.storage import audit, db, locks
+from gateway.storage import audit, db, locks, schema
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ async def purge_ended_contracts(
             continue
         has_rows = " OR ".join(
             f"EXISTS (SELECT 1 FROM {t['rel']} WHERE ean = k.ean_num"
-            " AND measured_at >= k.contract_start AND measured_at < k.contract_end)"
+            f" AND {schema.in_contract('measured_at')})"
             for t in rels
         )
         # only contracts that still have rows: the ended ones stay in the registry for good

@@ -241,18 +241,23 @@ async def access_log(
     entry of the previous page).
     """
     eans = sorted({k["ean"] for k in contracts})
+    # `shown`: the row's EANs that are the customer's, in a window the read's range meets — the
+    # one statement of the rule; a read is listed when it shows any (or names the customer)
     rows = await conn.fetch(
-        "SELECT seq, at, kind, actor, detail FROM audit_log"
-        " WHERE ((kind = $1 AND (subject = $3 OR (detail->'eans' ?| $4::text[] AND EXISTS ("
-        "   SELECT 1 FROM unnest($7::text[], $8::timestamptz[], $9::timestamptz[])"
-        "     AS w(ean, lo, hi)"
-        "   WHERE detail->'eans' ? w.ean"
-        "     AND (detail->>'to' IS NULL OR (detail->>'to')::timestamptz > w.lo)"
-        "     AND (w.hi IS NULL OR detail->>'from' IS NULL"
-        "          OR (detail->>'from')::timestamptz < w.hi)))))"
-        "        OR (kind = $2 AND subject = $3))"
-        "   AND ($5::bigint IS NULL OR seq < $5)"
-        " ORDER BY seq DESC LIMIT $6",
+        "SELECT a.seq, a.at, a.kind, a.actor, a.detail, s.shown FROM audit_log a"
+        " CROSS JOIN LATERAL (SELECT ARRAY("
+        "   SELECT DISTINCT w.ean"
+        "   FROM unnest($7::text[], $8::timestamptz[], $9::timestamptz[]) AS w(ean, lo, hi)"
+        "   WHERE a.detail->'eans' ? w.ean"
+        "     AND (a.detail->>'to' IS NULL OR (a.detail->>'to')::timestamptz > w.lo)"
+        "     AND (w.hi IS NULL OR a.detail->>'from' IS NULL"
+        "          OR (a.detail->>'from')::timestamptz < w.hi)"
+        "   ORDER BY w.ean) AS shown) s"
+        " WHERE ((a.kind = $1 AND (a.subject = $3"
+        "         OR (a.detail->'eans' ?| $4::text[] AND cardinality(s.shown) > 0)))"
+        "        OR (a.kind = $2 AND a.subject = $3))"
+        "   AND ($5::bigint IS NULL OR a.seq < $5)"
+        " ORDER BY a.seq DESC LIMIT $6",
         audit.KIND_READ,
         audit.KIND_EXPORT,
         customer_id,
@@ -266,12 +271,7 @@ async def access_log(
     entries: list[dict[str, Any]] = []
     for row in rows:
         detail: Mapping[str, Any] = row["detail"] if isinstance(row["detail"], Mapping) else {}
-        listed = detail.get("eans")
-        shown = (
-            sorted(e for e in listed if _read_meets(detail, e, contracts))
-            if isinstance(listed, list)
-            else []
-        )
+        shown = list(row["shown"])
         if row["kind"] == audit.KIND_READ:
             entries.append(
                 {
@@ -302,29 +302,6 @@ async def access_log(
                 }
             )
     return entries
-
-
-def _read_meets(
-    detail: Mapping[str, Any], ean: str, contracts: Sequence[Mapping[str, Any]]
-) -> bool:
-    """Whether a read of ``ean`` over ``detail``'s [from, to) meets one of the contracts'
-    windows on that EAN (the SQL filter of ``access_log``, per EAN)."""
-    lo, hi = _detail_time(detail.get("from")), _detail_time(detail.get("to"))
-    return any(
-        k["ean"] == ean
-        and (hi is None or hi > k["contract_start"])
-        and (k["contract_end"] is None or lo is None or lo < k["contract_end"])
-        for k in contracts
-    )
-
-
-def _detail_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -398,8 +398,7 @@ def build_sql(
             f"SELECT r.ean, r.period_start, {columns}"
             # the reading's contract: the one in force when it was measured (SPEC §3a)
             f" FROM {table} r JOIN {_CONTRACTS} k ON k.ean_num = r.ean"
-            " AND k.contract_start <= r.measured_at"
-            " AND (k.contract_end IS NULL OR r.measured_at < k.contract_end)"
+            f" AND {schema.in_contract('r.measured_at')}"
             f" WHERE r.period_start >= $1 AND r.period_start < $2{extra}{visible}"
         )
     inner = " UNION ALL ".join(f"({b})" for b in branches)

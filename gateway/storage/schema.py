@@ -61,6 +61,17 @@ GRANULARITY_TABLES: Final[dict[str, tuple[ReadingTable, ...]]] = {
     "PT15M": (E_PT15M,),
 }
 
+
+def in_contract(measured: str, k: str = "k") -> str:
+    """SQL: the time ``measured`` lies in contract ``k``'s window ``[contract_start,
+    contract_end)``: the rule by which a reading belongs to a contract (SPEC §3a), for the
+    ingest guard, the billing pull's join and retention alike."""
+    return (
+        f"{k}.contract_start <= {measured}"
+        f" AND ({k}.contract_end IS NULL OR {measured} < {k}.contract_end)"
+    )
+
+
 #: what a customer id may hold: a CRM/IdP identifier, printable without spaces, quotes or
 #: backslashes, so it travels verbatim inside the COPY-encoded reading lines
 #: (gateway.storage.readings_query spells JSON around raw column text)

@@ -65,6 +65,51 @@ class World:
         assert resp.status == status, f"{method} {path}: {resp.status} {text}"
         return json.loads(text) if text else None
 
+    async def billing_client(self) -> str:
+        """A billing client reading daily and interval data of PURPOSE; its token."""
+        data = await self.call(
+            "POST",
+            "/v1/admin/clients",
+            self.admin,
+            201,
+            json={"name": "billing", "granularities": ["P1D", "PT15M"], "purposes": [PURPOSE]},
+        )
+        token: str = data["token"]
+        return token
+
+    async def move_in(self, ean: str, meter_id: str, customer_id: str, start: str) -> Any:
+        """A connection with its first contract and meter (the /v1/admin/meters shorthand)."""
+        return await self.call(
+            "POST",
+            "/v1/admin/meters",
+            self.admin,
+            201,
+            json={
+                "ean": ean,
+                "commodity": "electricity",
+                "meter_id": meter_id,
+                "customer_id": customer_id,
+                "contract_start": start,
+            },
+        )
+
+    async def phone_consent(self, customer_id: str, granted_at: dt.datetime) -> Any:
+        """A PURPOSE consent on EAN given by phone at ``granted_at`` (the admin API)."""
+        return await self.call(
+            "POST",
+            "/v1/admin/consents",
+            self.admin,
+            201,
+            json={
+                "ean": EAN,
+                "customer_id": customer_id,
+                "purpose": PURPOSE,
+                "notice_version": "v1",
+                "channel": "phone",
+                "granted_at": rfc3339(granted_at),
+            },
+        )
+
     async def device(self, *meter_ids: str) -> tuple[str, dict[str, str]]:
         data = await self.call(
             "POST", "/v1/admin/devices", self.admin, 201, json={"meter_ids": list(meter_ids)}
@@ -124,48 +169,17 @@ async def test_move_out_move_in_meter_exchange_switch_and_late_spool(world: Worl
     w = world
     d = {n: local_midnight(20 - n) for n in range(0, 21)}  # d[0] 20 days ago … d[20] today
     at = lambda n, h=0, m=5: d[n] + dt.timedelta(hours=h, minutes=m)  # noqa: E731
-    clients = await w.call(
-        "POST",
-        "/v1/admin/clients",
-        w.admin,
-        201,
-        json={"name": "billing", "granularities": ["P1D", "PT15M"], "purposes": [PURPOSE]},
-    )
-    billing = clients["token"]
+    billing = await w.billing_client()
 
-    # 1. A moves in (the shorthand: connection, first contract, meter M1)
-    moved_in = await w.call(
-        "POST",
-        "/v1/admin/meters",
-        w.admin,
-        201,
-        json={
-            "ean": EAN,
-            "commodity": "electricity",
-            "meter_id": "M1",
-            "customer_id": "anna",
-            "contract_start": day_of(d[0]).isoformat(),  # a plain date: local midnight
-        },
-    )
+    # 1. A moves in (the shorthand: connection, first contract, meter M1); a plain date is
+    # local midnight
+    moved_in = await w.move_in(EAN, "M1", "anna", day_of(d[0]).isoformat())
     contract_a = moved_in["contract_id"]
     assert moved_in["contract_start"] == rfc3339(d[0])
     device_a_id, device_a = await w.device("M1")
 
     # 2. A consents (by phone, a day after moving in) and data flows: two telegrams a day
-    consent = await w.call(
-        "POST",
-        "/v1/admin/consents",
-        w.admin,
-        201,
-        json={
-            "ean": EAN,
-            "customer_id": "anna",
-            "purpose": PURPOSE,
-            "notice_version": "v1",
-            "channel": "phone",
-            "granted_at": rfc3339(d[1]),
-        },
-    )
+    consent = await w.phone_consent("anna", d[1])
     assert consent["contract_id"] == contract_a
     a_live = [at(n, h) for n in range(1, 6) for h in (0, 12)]
     result = await w.push(device_a, "M1", *a_live)
@@ -341,19 +355,7 @@ async def test_bad_registry_input_names_the_conflict_and_changes_nothing(world: 
     w = world
     other = make_ean(78)
     for ean, meter in ((EAN, "M1"), (other, "M9")):
-        await w.call(
-            "POST",
-            "/v1/admin/meters",
-            w.admin,
-            201,
-            json={
-                "ean": ean,
-                "commodity": "electricity",
-                "meter_id": meter,
-                "customer_id": "anna",
-                "contract_start": "2024-01-01",
-            },
-        )
+        await w.move_in(ean, meter, "anna", "2024-01-01")
     before = await w.call("GET", f"/v1/admin/connections/{EAN}", w.admin)
     [contract] = before["contracts"]
     # an overlapping contract: 409 naming the contract it overlaps
@@ -427,19 +429,7 @@ async def test_bad_registry_input_names_the_conflict_and_changes_nothing(world: 
 
 async def test_a_revoked_device_is_refused_at_once_in_every_process(world: World) -> None:
     w = world
-    await w.call(
-        "POST",
-        "/v1/admin/meters",
-        w.admin,
-        201,
-        json={
-            "ean": EAN,
-            "commodity": "electricity",
-            "meter_id": "M1",
-            "customer_id": "anna",
-            "contract_start": "2024-01-01",
-        },
-    )
+    await w.move_in(EAN, "M1", "anna", "2024-01-01")
     device_id, device = await w.device("M1")
     second: Client = TestClient(TestServer(create_app(w.settings), host="127.0.0.1", port=0))
     await second.start_server()
@@ -479,44 +469,9 @@ async def test_a_move_registered_late_hands_the_readings_since_to_the_new_tenant
     since T were B's consumption and become B's; A's interval data after T goes."""
     w = world
     d = {n: local_midnight(10 - n) for n in range(0, 11)}
-    billing = (
-        await w.call(
-            "POST",
-            "/v1/admin/clients",
-            w.admin,
-            201,
-            json={"name": "billing", "granularities": ["P1D", "PT15M"], "purposes": [PURPOSE]},
-        )
-    )["token"]
-    contract_a = (
-        await w.call(
-            "POST",
-            "/v1/admin/meters",
-            w.admin,
-            201,
-            json={
-                "ean": EAN,
-                "commodity": "electricity",
-                "meter_id": "M1",
-                "customer_id": "anna",
-                "contract_start": rfc3339(d[0]),
-            },
-        )
-    )["contract_id"]
-    await w.call(
-        "POST",
-        "/v1/admin/consents",
-        w.admin,
-        201,
-        json={
-            "ean": EAN,
-            "customer_id": "anna",
-            "purpose": PURPOSE,
-            "notice_version": "v1",
-            "channel": "phone",
-            "granted_at": rfc3339(d[1]),
-        },
-    )
+    billing = await w.billing_client()
+    contract_a = (await w.move_in(EAN, "M1", "anna", rfc3339(d[0])))["contract_id"]
+    await w.phone_consent("anna", d[1])
     _, device = await w.device("M1")
     pushed = [d[n] + dt.timedelta(minutes=5) for n in range(1, 9)]
     assert (await w.push(device, "M1", *pushed))["accepted"] == len(pushed)

@@ -480,3 +480,31 @@ def test_decode_equipment_id_decodes_exactly_printable_ascii_hex(raw: str) -> No
     text = "".join(chr(int(raw[i : i + 2], 16)) for i in range(0, len(raw), 2)) if pairs else ""
     printable = all(" " <= c <= "~" for c in text)
     assert decode_equipment_id(raw) == (text if pairs and printable else raw)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "1-0:1.8.1(9999999999999999999999.999*kWh)",  # the fast path's shape, 25 digits
+        "1-0:1.8.1(1000000000000000.000*kWh)",  # 19 digits in Wh
+        "1-0:1.8.1(1000000000000000000*Wh)",
+        "0-1:24.2.1(230101120000W)(1000000000000000.000*m3)",
+    ],
+)
+def test_a_register_has_at_most_18_digits(line: str) -> None:
+    """Beyond 18 digits in Wh or dm³ no meter counts, and no int8 column holds it: a CRC-valid
+    telegram carrying one is refused with bad-value, not handed on."""
+    lines = ["/ISK5\\2M550T-1012", "", "0-0:96.1.1(4530303034303031)", line]
+    if line.startswith("0-1"):
+        lines.insert(3, "0-1:24.1.0(003)")
+    body = "\r\n".join(lines) + "\r\n!"
+    raw = (body + f"{crc16_arc(body.encode()):04X}\r\n").encode()
+    with pytest.raises(ValueFormatError, match="more than 18 digits"):
+        parser_mod.parse_telegram(raw)
+    largest = raw.replace(b"1000000000000000", b"999999999999999").replace(
+        b"9999999999999999999999.999", b"999999999999999.999"
+    )
+    body2 = largest.split(b"!")[0] + b"!"
+    fixed = body2 + f"{crc16_arc(body2):04X}\r\n".encode()
+    parsed = parser_mod.parse_telegram(fixed)
+    assert parsed is not None
