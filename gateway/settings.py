@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     portal_frame_ancestors: str = "'self'"
     #: request body limit (bytes); telegram batches are the largest legitimate bodies
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: telegrams per request (413 beyond: the field device halves its batch); bounds the work
+    #: and the answer one request can cause (the device sends 100 by default)
+    max_telegrams_per_request: int = Field(default=1000, ge=1)
     log_level: str = "INFO"
     #: database pool size per process
     pool_min_size: int = Field(default=2, ge=0)

@@ -332,7 +332,7 @@ class Forwarder:
         config = self.config
         if outcome.kind is OutcomeKind.DELIVERED:
             # checked here, not in the client: only the loop knows how many telegrams it sent
-            answered = outcome.accepted + len(outcome.rejected)
+            answered = outcome.accepted + len(outcome.rejected) + outcome.omitted
             if answered != len(records):
                 log.warning(
                     "gateway answered for %d telegrams, %d were sent", answered, len(records)
@@ -350,7 +350,7 @@ class Forwarder:
                     detail,
                 )
             self.stats.accepted += outcome.accepted
-            self.stats.rejected += len(outcome.rejected)
+            self.stats.rejected += len(outcome.rejected) + outcome.omitted
             self._acknowledge(records)
             self._successes_since_shrink += 1
             if self._batch_limit < config.batch_size and self._successes_since_shrink >= 20:

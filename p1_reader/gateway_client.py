@@ -38,7 +38,8 @@ class OutcomeKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The classified answer to one batch; ``rejected`` holds (index, reason, detail)."""
+    """The classified answer to one batch; ``rejected`` holds (index, reason, detail), and
+    ``omitted`` how many more were rejected than the gateway listed (it bounds its answer)."""
 
     kind: OutcomeKind
     status: int = 0
@@ -46,6 +47,7 @@ class Outcome:
     retry_after: float | None = None
     accepted: int = 0
     rejected: tuple[tuple[int, str, str], ...] = ()
+    omitted: int = 0
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -90,7 +92,14 @@ def outcome_of(body: Any) -> Outcome:
                 str(item.get("detail", ""))[:_MAX_DETAIL],
             )
         )
-    return Outcome(OutcomeKind.DELIVERED, 200, accepted=accepted, rejected=tuple(rejected))
+    omitted = body.get("rejected_omitted", 0)
+    return Outcome(
+        OutcomeKind.DELIVERED,
+        200,
+        accepted=accepted,
+        rejected=tuple(rejected),
+        omitted=omitted if isinstance(omitted, int) and omitted > 0 else 0,
+    )
 
 
 class GatewayClient:

@@ -72,8 +72,11 @@ log = logging.getLogger(__name__)
 _BLANK: Final = b"\r\n \t\x00"
 
 
-def split_body(body: bytes) -> list[bytes]:
+def split_body(body: bytes, limit: int | None = None) -> list[bytes]:
     """Cut a request body into telegrams: each ends at the line that starts with ``!``.
+
+    With ``limit``, cutting stops after ``limit + 1`` pieces: enough for the caller to know the
+    body holds too many, without the work of cutting a flood of junk frames.
 
     Deliberately simpler than ``p1_reader.framing.Framer``: the device sends whole telegrams and
     counts them, so every piece (garbage included) keeps its index and gets its own outcome
@@ -82,7 +85,7 @@ def split_body(body: bytes) -> list[bytes]:
     parts: list[bytes] = []
     pos = 0
     n = len(body)
-    while pos < n:
+    while pos < n and (limit is None or len(parts) <= limit):
         while pos < n and body[pos] in _BLANK:
             pos += 1
         if pos >= n:

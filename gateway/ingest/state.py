@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
 from gateway.ingest.best_cache import BestCache
 from gateway.ingest.consent_index import ConsentIndex, IndexMaintainer
-from gateway.ingest.pipeline import IngestPipeline
-from gateway.ingest.writer import BatchWriter, RowWriter
+from gateway.ingest.pipeline import IngestPipeline, IngestResult
+from gateway.ingest.writer import BatchWriter, RowsRefusedError, RowWriter
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,55 @@ class IngestState:
     index: ConsentIndex
     maintainer: IndexMaintainer | None
     clock: Callable[[], float]
+
+    async def ingest(self, parts: Sequence[bytes], meter_ids: frozenset[str]) -> IngestResult:
+        """Process one request's telegrams and commit their rows; returns once they are durable.
+
+        Should the database refuse the request's rows for a data reason (see
+        ``gateway.ingest.writer``), each telegram is written on its own so that only the one it
+        refuses is rejected (``bad-value``) and the rest of the request is stored."""
+        now_s = int(self.clock())
+        result = self.pipeline.process(parts, meter_ids, now_s)
+        if result.rows:
+            try:
+                await self.writer.write(result.batch)
+            except RowsRefusedError:
+                return await self._one_by_one(parts, meter_ids, now_s)
+        return result
+
+    async def _one_by_one(
+        self, parts: Sequence[bytes], meter_ids: frozenset[str], now_s: int
+    ) -> IngestResult:
+        total = IngestResult()
+        writes: list[tuple[int, IngestResult]] = []
+        for index, part in enumerate(parts):
+            one = self.pipeline.process((part,), meter_ids, now_s)
+            total.accepted += one.accepted
+            total.rejected.extend({**r, "index": index} for r in one.rejected)
+            for mine, theirs in zip(total.depths, one.depths, strict=True):
+                for depth, count in enumerate(theirs):
+                    mine[depth] += count
+            if one.rows:
+                total.rows += one.rows
+                writes.append((index, one))
+        # concurrently: the writer merges them into one batch and bisects to the refused ones
+        outcomes = await asyncio.gather(
+            *(self.writer.write(one.batch) for _, one in writes), return_exceptions=True
+        )
+        for (index, one), outcome in zip(writes, outcomes, strict=True):
+            if isinstance(outcome, RowsRefusedError):
+                total.accepted -= one.accepted
+                total.rows -= one.rows
+                for mine, theirs in zip(total.depths, one.depths, strict=True):
+                    for depth, count in enumerate(theirs):
+                        mine[depth] -= count
+                total.rejected.append(
+                    {"index": index, "reason": "bad-value", "detail": str(outcome)}
+                )
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        total.rejected.sort(key=lambda r: r["index"])
+        return total
 
     async def refresh(self, eans: list[str]) -> None:
         """Reload ``eans`` in THIS process's consent index now (after a consent or level

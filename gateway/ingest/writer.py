@@ -2,6 +2,12 @@
 
 Each request awaits the commit of its rows before it answers, so every acknowledged reading is
 durable; see ``gateway.ingest.pipeline`` for the whole flow.
+
+One request's rows must never cost another request its answer. The pipeline validates every
+value before it joins a batch, but should the database still refuse a merged batch for a data
+reason (SQLSTATE class 22 or 23), the writer splits the requests in halves and writes each half
+on its own, down to the single request whose rows the database refuses: that request alone gets
+``RowsRefusedError``, every other request's rows are committed and acknowledged.
 """
 
 from __future__ import annotations
@@ -33,6 +39,16 @@ log = logging.getLogger(__name__)
 #: errors after which a batch is simply tried again (another process held conflicting locks)
 _RETRYABLE: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _MAX_ATTEMPTS: Final = 5
+#: errors that say "these values", not "this database": data exceptions and constraint violations
+_DATA_ERRORS: Final = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+class RowsRefusedError(Exception):
+    """The database refused this request's rows for a data reason (no other request's)."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"the database refused the values (SQLSTATE {sqlstate})")
+        self.sqlstate = sqlstate
 
 
 class RowWriter(Protocol):
@@ -66,7 +82,8 @@ class BatchWriter:
         self._rows = 0
         # the oldest BestCache.mark() of the queued rows (routed then): see BestCache
         self._batch_mark: int | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        # each waiting request with its own rows: kept to isolate a refused request (see above)
+        self._waiters: list[tuple[asyncio.Future[None], Batch]] = []
         self._wake = asyncio.Event()
         self._full: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -100,7 +117,7 @@ class BatchWriter:
         if self._batch_mark is None:
             self._batch_mark = self.best.mark()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
+        self._waiters.append((future, batch))
         self._wake.set()
         if self._rows >= self.max_rows and self._full is not None and not self._full.done():
             self._full.set_result(None)
@@ -128,14 +145,15 @@ class BatchWriter:
             await self._flush(batch, waiters, mark)
 
     async def _flush(
-        self, batch: Batch, waiters: list[asyncio.Future[None]], mark: int | None
+        self, batch: Batch, waiters: list[tuple[asyncio.Future[None], Batch]], mark: int | None
     ) -> None:
         error: BaseException | None = None
+        refused: dict[asyncio.Future[None], RowsRefusedError] = {}
         try:
             # shielded: a shutdown must not cut a transaction whose waiters expect an answer
-            await asyncio.shield(self._write_with_retries(batch, mark))
+            await asyncio.shield(self._write_isolating(batch, waiters, mark, refused))
         except asyncio.CancelledError:
-            for waiter in waiters:
+            for waiter, _ in waiters:
                 if not waiter.done():
                     waiter.set_exception(DatabaseUnavailableError("write interrupted; retry"))
             raise
@@ -150,13 +168,38 @@ class BatchWriter:
             log.exception("ingest write failed")
             error = exc
         self.flushes += 1
-        for waiter in waiters:
+        for waiter, _ in waiters:
             if waiter.done():
                 continue
-            if error is None:
+            failure = error or refused.get(waiter)
+            if failure is None:
                 waiter.set_result(None)
             else:
-                waiter.set_exception(error)
+                waiter.set_exception(failure)
+
+    async def _write_isolating(
+        self,
+        batch: Batch,
+        waiters: list[tuple[asyncio.Future[None], Batch]],
+        mark: int | None,
+        refused: dict[asyncio.Future[None], RowsRefusedError],
+    ) -> None:
+        """Write ``batch`` (the merge of ``waiters``' rows); on a data error, bisect the waiters
+        and write each half alone, recording in ``refused`` the requests the database refuses."""
+        try:
+            await self._write_with_retries(batch, mark)
+        except _DATA_ERRORS as exc:
+            if len(waiters) == 1:
+                # the SQLSTATE only: the message may quote the values, which may be personal
+                log.info("ingest write: one request's rows refused (SQLSTATE %s)", exc.sqlstate)
+                refused[waiters[0][0]] = RowsRefusedError(exc.sqlstate)
+                return
+            half = len(waiters) // 2
+            for part in (waiters[:half], waiters[half:]):
+                merged = new_batch()
+                for _, rows in part:
+                    merge_into(merged, rows)
+                await self._write_isolating(merged, part, mark, refused)
 
     async def _write_with_retries(self, batch: Batch, mark: int | None = None) -> None:
         for attempt in range(1, _MAX_ATTEMPTS + 1):

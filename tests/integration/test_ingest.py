@@ -498,3 +498,81 @@ async def test_a_poisoned_register_is_refused_alone_and_everyone_else_is_stored(
         assert [x["reason"] for x in problem["rejected"]] == ["bad-value"]
     daily = await stored(w.pool, "readings_e_p1d")
     assert {row[0] for row in daily} == {int(e) for e in eans[1:]}
+
+
+async def test_rows_the_database_refuses_cost_only_their_own_telegram(world: World) -> None:
+    """Should the database still refuse a shared batch for a data reason (here: a CHECK the
+    operator added, refusing one value), the writer bisects the batch down to the request, and
+    the request down to the telegram: that one is rejected (bad-value), the same request's other
+    telegrams and every other device's telegrams are stored and acknowledged. Before, every
+    request in the batch got a 500 and nothing was stored."""
+    w = world
+    start = dt.datetime(2026, 3, 1, tzinfo=UTC)
+    days = [dt.datetime(2026, 3, d, 12, 0, 5, tzinfo=UTC) for d in (2, 3, 4)]
+    w.clock.now = days[-1].timestamp() + 1
+    poison_wh = 4_242_424
+    await w.pool.execute(
+        f"ALTER TABLE readings_e_p1d ADD CONSTRAINT refuse_one CHECK (import_t1_wh <> {poison_wh})"
+    )
+    eans = [await add_meter(w, 110 + n, "electricity", f"R{n}", start) for n in range(4)]
+    devices = [await add_device(w, f"R{n}") for n in range(4)]
+    # device 0: three days, the middle one refused by the database; the others: three good days
+    mixed = b"".join(
+        build_telegram("R0", t, import_wh=(poison_wh if i == 1 else 1000 + i, 7))
+        for i, t in enumerate(days)
+    )
+    bodies = [mixed] + [b"".join(build_telegram(f"R{n}", t) for t in days) for n in range(1, 4)]
+    responses = await asyncio.gather(
+        *(
+            w.client.post("/v1/telegrams", data=body, headers=device)
+            for body, device in zip(bodies, devices, strict=True)
+        )
+    )
+    assert [r.status for r in responses] == [200] * 4
+    answers = [await r.json() for r in responses]
+    assert answers[0]["accepted"] == 2
+    assert [(x["index"], x["reason"]) for x in answers[0]["rejected"]] == [(1, "bad-value")]
+    assert "SQLSTATE 23514" in answers[0]["rejected"][0]["detail"]
+    assert all(a == {"accepted": 3, "rejected": []} for a in answers[1:])
+    daily = await w.pool.fetch("SELECT ean, import_t1_wh FROM readings_e_p1d")
+    per_ean: dict[int, list[int]] = {}
+    for row in daily:
+        per_ean.setdefault(row["ean"], []).append(row["import_t1_wh"])
+    assert sorted(per_ean[int(eans[0])]) == [1000, 1002]
+    assert all(len(per_ean[int(e)]) == 3 for e in eans[1:])
+
+
+async def test_a_flood_of_junk_frames_gets_a_bounded_answer(world: World) -> None:
+    """Tiny junk frames earned a rejection entry each: 220 kB of them made a 2.5 MB answer.
+    Now a body with more telegrams than allowed is refused whole (413, the device halves its
+    batch), and within the limit the listed rejections stay within the body's size (or 4 kB),
+    the rest summarised by reason."""
+    w = world
+    w.clock.now = dt.datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+    device = await add_device(w, "J0")
+    frame = b"x\r\n!\r\n"
+    limit = w.client.app[SETTINGS_KEY].max_telegrams_per_request  # type: ignore[union-attr]
+
+    flood = frame * 40_000  # 240 kB
+    resp = await w.client.post("/v1/telegrams", data=flood, headers=device)
+    problem = await expect_problem(resp, 413)
+    assert len(await resp.read()) < 1000
+    assert str(limit) in problem["detail"]
+
+    body = frame * limit
+    resp = await w.client.post("/v1/telegrams", data=body, headers=device)
+    problem = await expect_problem(resp, 422)
+    assert len(await resp.read()) <= max(4096, len(body)) + 1024
+    listed = len(problem["rejected"])
+    assert 0 < listed < limit
+    assert problem["rejected_omitted"] == limit - listed
+    assert problem["rejected_by_reason"] == {problem["rejected"][0]["reason"]: limit}
+
+    # a real batch of rejected telegrams is listed in full: every index gets its reason
+    real = b"".join(
+        build_telegram("J9", dt.datetime(2026, 3, 1, 23, i, tzinfo=UTC)) for i in range(50)
+    )
+    resp = await w.client.post("/v1/telegrams", data=real, headers=device)
+    problem = await expect_problem(resp, 422)
+    assert [x["index"] for x in problem["rejected"]] == list(range(50))
+    assert "rejected_omitted" not in problem
