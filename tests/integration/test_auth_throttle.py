@@ -11,7 +11,8 @@ sleeping.
 * a leaked token prefix is bounded across addresses, one customer JWT replayed too, while valid
   credentials with other keys pass from those addresses;
 * ``X-Forwarded-For`` names the client only when the peer is a trusted proxy; an IPv6 client is
-  counted by its /64.
+  counted by its /64;
+* the served OpenAPI document lists the 429 beside every 401.
 """
 
 from __future__ import annotations
@@ -252,3 +253,12 @@ async def test_forwarded_for_is_believed_from_trusted_proxies_only(gw: Gateway) 
         resp = await gw.call("127.0.0.4", "admin", generate_token(), f"192.0.2.{n}")
         assert resp.status == 401
     await assert_throttled(await gw.call("127.0.0.4", "admin", ADMIN_TOKEN, "192.0.2.200"))
+
+
+async def test_the_served_api_document_lists_429_wherever_a_token_is_checked(gw: Gateway) -> None:
+    async with gw.session("127.0.0.1").get(gw.server.make_url("/openapi.json")) as resp:
+        doc = await resp.json()
+    operations = [op for item in doc["paths"].values() for op in item.values()]
+    checked = [op["responses"] for op in operations if "401" in op["responses"]]
+    assert checked
+    assert all("429" in responses for responses in checked)
