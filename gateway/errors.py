@@ -13,6 +13,7 @@ The tree::
     ├── ConflictError                 the thing exists already / state does not allow it (409)
     ├── PayloadTooLargeError          request body over the configured limit (413)
     ├── UnsupportedMediaTypeError     request body in a media type the endpoint does not take (415)
+    ├── TooManyRequestsError          too many failed authentications (429 + Retry-After)
     ├── ServiceUnavailableError       temporarily unable to serve; retry later (503 + Retry-After)
     │   └── DatabaseUnavailableError  PostgreSQL unreachable, restarting, or the pool exhausted
     └── ConfigurationError            settings that cannot work (raised at start-up, not over HTTP)
@@ -106,6 +107,15 @@ class PayloadTooLargeError(GatewayError):
 
 class UnsupportedMediaTypeError(GatewayError):
     """The request body's media type is not one the endpoint accepts."""
+
+
+class TooManyRequestsError(GatewayError):
+    """Refused unheard: too many recent authentication failures from the caller's address or
+    with its credential; ``retry_after_s`` (whole seconds, at least 1) says when to try again."""
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class ServiceUnavailableError(GatewayError):

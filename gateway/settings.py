@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consent.retention import RetentionPolicy
@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     #: bearer token for ``/v1/admin/*``; unset → the admin API refuses every request
     admin_token: SecretStr | None = None
+    #: reverse proxies in front of the gateway (addresses or networks; env: a JSON list): only
+    #: from these is ``X-Forwarded-For`` believed (``gateway.api.client_address``)
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: failed authentications allowed per client address, and per credential, within
+    #: ``auth_failure_window_s`` before 429; after the burst, one more try per window/limit
+    auth_failure_limit: int = Field(default=20, ge=1)
+    auth_failure_window_s: float = Field(default=60.0, gt=0)
+    #: addresses (and, apart, credentials) whose failures are remembered; least recent go first
+    auth_throttle_max_entries: int = Field(default=100_000, ge=1)
     #: trust the local dev key for customer tokens (never in production)
     dev_mode: bool = False
     #: CSP ``frame-ancestors`` of ``/portal``: the origins allowed to embed the customer portal

@@ -33,10 +33,12 @@ from gateway.api.appkeys import (
     OPENAPI_KEY,
     POOL_KEY,
     SETTINGS_KEY,
+    THROTTLE_KEY,
     WEBHOOK_WORKER_KEY,
 )
 from gateway.api.customer_auth import CustomerAuthConfig, CustomerAuthenticator
 from gateway.api.middleware import make_problem_middleware, metrics_middleware
+from gateway.api.throttle import AuthThrottle
 from gateway.errors import ConfigurationError
 from gateway.ingest.state import running_ingest
 from gateway.jobs.partitions import maintain_partitions
@@ -79,6 +81,7 @@ def create_app(settings: Settings) -> web.Application:
         readings_query.cursor_key(ring.secret_material())
     )
     app[CUSTOMER_AUTH_KEY] = CustomerAuthenticator(CustomerAuthConfig.from_settings(settings))
+    app[THROTTLE_KEY] = AuthThrottle.from_settings(settings)
     if settings.dev_mode:
         log.warning("dev mode: customer tokens signed with the local dev key are accepted")
     app[OPENAPI_KEY] = openapi.document()

@@ -14,6 +14,7 @@ import asyncpg
 from aiohttp import web
 
 from gateway.api.customer_auth import CustomerAuthenticator
+from gateway.api.throttle import AuthThrottle
 from gateway.ingest.state import IngestState
 from gateway.jobs.webhooks import WebhookWorker
 from gateway.keys import KeyRing
@@ -29,6 +30,8 @@ POOL_KEY: Final = web.AppKey("pool", asyncpg.Pool)
 CREDENTIALS_KEY: Final = web.AppKey("credentials", Credentials)
 #: customer JWT verification
 CUSTOMER_AUTH_KEY: Final = web.AppKey("customer_auth", CustomerAuthenticator)
+#: this process's count of authentication failures; tests may replace it before start-up
+THROTTLE_KEY: Final = web.AppKey("auth_throttle", AuthThrottle)
 #: the receipt/webhook/cursor signing key
 KEYRING_KEY: Final = web.AppKey("keyring", KeyRing)
 #: signs and checks the billing pull's page cursors

@@ -3,6 +3,10 @@
 Each function takes the request and answers the caller or raises AuthenticationError (401).
 Token look-ups go through the app's ``Credentials`` (``gateway.storage.credentials``), customer
 tokens through its ``CustomerAuthenticator``. Comparisons of secrets are constant-time.
+
+Every check passes the app's ``AuthThrottle`` (``gateway.api.throttle``) first, and reports its
+failures to it: a caller with too many recent failures gets TooManyRequestsError (429) before its
+token is looked at.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import hmac
 
 from aiohttp import web
 
-from gateway.api.appkeys import CREDENTIALS_KEY, CUSTOMER_AUTH_KEY, SETTINGS_KEY
+from gateway.api.appkeys import CREDENTIALS_KEY, CUSTOMER_AUTH_KEY, SETTINGS_KEY, THROTTLE_KEY
 from gateway.api.http import bearer_token
 from gateway.errors import AuthenticationError
 from gateway.storage.credentials import Client, Device
@@ -25,28 +29,46 @@ def check_admin(request: web.Request) -> None:
     token = bearer_token(request)
     if settings.admin_token is None:
         raise AuthenticationError("the admin API is disabled: METERPOORT_ADMIN_TOKEN is not set")
+    throttle = request.app[THROTTLE_KEY]
+    throttle.admit(request, token)
     expected = settings.admin_token.get_secret_value().encode("utf-8")
     # compare digests so the comparison time depends on neither token's length
     if not hmac.compare_digest(hash_token(token), hashlib.sha256(expected).digest()):
+        throttle.failed(request, token)
         raise AuthenticationError("invalid admin token")
 
 
 async def device_of(request: web.Request) -> Device:
     """The active device of the request's bearer token; AuthenticationError otherwise."""
-    device = await request.app[CREDENTIALS_KEY].device(bearer_token(request))
+    token = bearer_token(request)
+    throttle = request.app[THROTTLE_KEY]
+    throttle.admit(request, token)
+    device = await request.app[CREDENTIALS_KEY].device(token)
     if device is None:
+        throttle.failed(request, token)
         raise AuthenticationError("unknown or revoked device token")
     return device
 
 
 async def client_of(request: web.Request) -> Client:
     """The active data client of the request's bearer token; AuthenticationError otherwise."""
-    client = await request.app[CREDENTIALS_KEY].client(bearer_token(request))
+    token = bearer_token(request)
+    throttle = request.app[THROTTLE_KEY]
+    throttle.admit(request, token)
+    client = await request.app[CREDENTIALS_KEY].client(token)
     if client is None:
+        throttle.failed(request, token)
         raise AuthenticationError("unknown or revoked client token")
     return client
 
 
 async def customer_id_for(request: web.Request) -> str:
     """The authenticated customer's id for ``request`` (401 AuthenticationError otherwise)."""
-    return await request.app[CUSTOMER_AUTH_KEY].customer_id_for(request)
+    token = bearer_token(request)
+    throttle = request.app[THROTTLE_KEY]
+    throttle.admit(request, token)
+    try:
+        return await request.app[CUSTOMER_AUTH_KEY].authenticate(token)
+    except AuthenticationError:
+        throttle.failed(request, token)
+        raise

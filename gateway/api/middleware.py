@@ -62,6 +62,7 @@ PROBLEMS: dict[type[errors.GatewayError], ProblemType] = {
     errors.UnsupportedMediaTypeError: ProblemType(
         415, "unsupported-media-type", "Unsupported media type"
     ),
+    errors.TooManyRequestsError: ProblemType(429, "too-many-requests", "Too many requests"),
     errors.ServiceUnavailableError: ProblemType(503, "service-unavailable", "Service unavailable"),
     errors.DatabaseUnavailableError: DATABASE_UNAVAILABLE,
 }
@@ -156,6 +157,8 @@ def make_problem_middleware(retry_after_s: int, max_body_bytes: int) -> web.midd
                     metrics.DB_UNAVAILABLE.inc()
             elif isinstance(exc, errors.AuthenticationError):
                 headers["WWW-Authenticate"] = "Bearer"
+            elif isinstance(exc, errors.TooManyRequestsError):
+                headers["Retry-After"] = str(exc.retry_after_s)
             if problem.status >= 500:
                 log.error("request failed: %s %s", type(exc).__name__, exc.detail)
             return problem_response(request, problem, exc.detail, exc.extensions(), headers)

@@ -308,7 +308,22 @@ def document() -> dict[str, Any]:
     """The OpenAPI document (built once per process)."""
     doc = _base_document()
     doc["paths"].update(_module_paths())
+    _with_throttling(doc)
     return doc
+
+
+def _with_throttling(doc: dict[str, Any]) -> None:
+    # every operation that checks a token may refuse it unheard (gateway.api.throttle): said here
+    # once rather than beside each of the 401s
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            if "401" in responses:
+                responses["429"] = {
+                    "description": "too many failed authentications from this address or with "
+                    "this credential; retry after `Retry-After` seconds",
+                    **_PROBLEM,
+                }
 
 
 def _base_document() -> dict[str, Any]:

@@ -1,0 +1,58 @@
+"""The client's address, seen through the reverse proxies the operator trusts.
+
+Without ``trusted_proxies`` (``gateway.settings``) the client is the TCP peer and
+``X-Forwarded-For`` is ignored: anyone can write that header. When the peer is a trusted proxy,
+the header is read from the right (each proxy appends the address it got the request from), past
+every trusted proxy; the first address that is not one is the client. Whatever lies further left
+was written by the client itself and proves nothing.
+
+Hand-written rather than taken from aiohttp-remotes: its middleware rewrites ``remote`` on every
+request, while this runs only when an address is needed (a failed authentication, a throttled
+caller).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+
+from aiohttp import web
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+def client_address(request: web.Request, trusted: Sequence[IPNetwork]) -> IPAddress | None:
+    """The address of the client that sent ``request``, or None when the peer has none (a Unix
+    socket)."""
+    address = parse_address(request.remote)
+    if address is None or not is_trusted(address, trusted):
+        return address
+    hops = [h for value in request.headers.getall("X-Forwarded-For", ()) for h in value.split(",")]
+    for hop in reversed(hops):
+        forwarded = parse_address(hop.strip())
+        if forwarded is None:
+            # no trusted proxy writes that, so the nearest proxy is all that is known
+            break
+        address = forwarded
+        if not is_trusted(address, trusted):
+            break
+    return address
+
+
+def is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
+    """True when ``address`` lies in one of the ``trusted`` networks."""
+    return any(address in network for network in trusted)
+
+
+def parse_address(text: str | None) -> IPAddress | None:
+    """``text`` as an IP address (an IPv4-mapped IPv6 address as its IPv4 one), else None."""
+    if not text:
+        return None
+    try:
+        address = ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
