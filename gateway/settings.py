@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     portal_frame_ancestors: str = "'self'"
     #: request body limit (bytes); telegram batches are the largest legitimate bodies
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: seconds a client may take to send a request line and headers, from their first byte;
+    #: a slower client gets 408 and its connection closed (slowloris). Idle keep-alive
+    #: connections are not affected: the clock starts with the first byte of a request.
+    header_read_timeout_s: float = Field(default=10.0, gt=0)
+    #: longest pause (seconds) in the arrival of a request body while its handler waits for it;
+    #: a stalled upload gets 408 and its connection closed
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
     #: database pool size per process
     pool_min_size: int = Field(default=2, ge=0)
