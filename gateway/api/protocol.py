@@ -222,7 +222,9 @@ class GatewayRequestHandler(web.RequestHandler):
     def _body_late(self) -> None:
         self._body_timer = None
         deadline, payload = self._body_deadline, self._payload
-        if deadline is None or payload is None or payload.is_eof() or not self._handling:
+        if deadline is None or payload is None or not self._handling:
+            return
+        if payload.is_eof() or payload.exception() is not None:
             return
         if self._event_loop.time() < deadline:
             self._body_timer = self._event_loop.call_at(deadline, self._body_late)
@@ -258,9 +260,13 @@ class GatewayRequestHandler(web.RequestHandler):
         return response
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
-        """aiohttp's own error log, keeping the exception's type and stack but not its message
-        (aiohttp's parse errors quote header values and request lines)."""
+        """aiohttp's own error log. A body the client broke, met while aiohttp drains it after
+        the answer, is an INFO line; anything else keeps its type and stack but not its message
+        (aiohttp's errors quote header values, request lines and body bytes)."""
         exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError | HttpProcessingError):
+            log.info("closed a connection: its request body is broken")
+            return
         where = ""
         if isinstance(exc, BaseException):
             where = f" ({type(exc).__name__})\n" + "".join(traceback.format_tb(exc.__traceback__))

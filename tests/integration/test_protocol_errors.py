@@ -422,3 +422,27 @@ async def test_serve_answers_protocol_errors_as_problems_and_logs_no_secret(
     assert {e["level"] for e in refused} == {"INFO"}
     assert not [e for e in lines if e["level"] in ("WARNING", "ERROR", "CRITICAL")], stderr
     assert SECRET not in stderr
+
+
+async def test_a_broken_body_that_no_handler_reads_is_no_error(
+    gateway_client: Client, all_logs: pytest.LogCaptureFixture
+) -> None:
+    """A request refused before its body is read (here: a wrong token) whose gzip body is
+    garbage: aiohttp drains the body after the answer and meets the broken encoding there. That
+    is the client's fault: an INFO line, not an ERROR with a traceback."""
+    body = b"\x1f\x8b\x08\x00garbage" + SECRET.encode() * 10
+    conn = await Raw.open(gateway_client)
+    try:
+        await conn.send(
+            b"POST /v1/telegrams HTTP/1.1\r\nHost: g\r\nContent-Type: text/plain\r\n"
+            b"Authorization: Bearer wrong\r\nContent-Encoding: gzip\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        await asyncio.sleep(0.2)  # the handler has answered 401 before the body came
+        await conn.send(body)
+        assert_problem(await conn.response(), 401, "unauthorized")
+        assert await conn.closed_by_server(5.0)
+    finally:
+        conn.close()
+    assert not [r for r in all_logs.records if r.levelno >= logging.WARNING]
+    assert SECRET not in logged_text(all_logs)
