@@ -67,6 +67,11 @@ PROBLEMS = Counter(
     ["type"],
     registry=REGISTRY,
 )
+HTTP_CLIENT_ABORTS = Counter(
+    "meterpoort_http_client_aborts_total",
+    "Requests whose client closed the connection before the answer (e.g. mid-upload)",
+    registry=REGISTRY,
+)
 
 # --- ingest (written by gateway.ingest) ---------------------------------------------------------
 TELEGRAMS_RECEIVED = Counter(

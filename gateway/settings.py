@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     #: telegrams per request (413 beyond: the field device halves its batch); bounds the work
     #: and the answer one request can cause (the device sends 100 by default)
     max_telegrams_per_request: int = Field(default=1000, ge=1)
+    #: seconds a client may take to send a request line and headers, from their first byte;
+    #: a slower client gets 408 and its connection closed (slowloris). Idle keep-alive
+    #: connections are not affected: the clock starts with the first byte of a request.
+    header_read_timeout_s: float = Field(default=10.0, gt=0)
+    #: longest pause (seconds) in the arrival of a request body while its handler waits for it;
+    #: a stalled upload gets 408 and its connection closed
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
     #: database pool size per process
     pool_min_size: int = Field(default=2, ge=0)

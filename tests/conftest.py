@@ -14,7 +14,8 @@ Fixtures for other test modules:
 * ``pool`` — an asyncpg pool on ``database_url``
 * ``gateway_settings`` — Settings for that database, admin token ``ADMIN_TOKEN``
 * ``gateway_app`` — ``create_app(gateway_settings)`` (not started); tweak app keys before use
-* ``gateway_client`` — aiohttp TestClient: a real TCP server on a free port + ClientSession
+* ``gateway_client`` — aiohttp TestClient: a real TCP server on a free port + ClientSession,
+  served through the same runner as ``serve`` (``gateway.api.protocol.make_runner``)
 * ``admin_headers`` — ``{"Authorization": "Bearer <ADMIN_TOKEN>"}``
 """
 
@@ -27,6 +28,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -140,12 +142,21 @@ def gateway_app(gateway_settings: Settings) -> web.Application:
     return create_app(gateway_settings)
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's test server on the gateway's runner (``make_runner``, as ``serve`` uses)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        from gateway.api.protocol import make_runner
+
+        return make_runner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def gateway_client(
     gateway_app: web.Application,
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """The gateway served on a free TCP port, with a ClientSession pointed at it."""
-    server = TestServer(gateway_app, host="127.0.0.1", port=0)
+    server = GatewayTestServer(gateway_app, host="127.0.0.1", port=0)
     client: TestClient[web.Request, web.Application] = TestClient(server)
     await client.start_server()
     try:

@@ -3,8 +3,11 @@
 ``PROBLEMS`` is the one table mapping the gateway's error hierarchy (gateway/errors.py) to
 problem types, ``DOMAIN_PROBLEMS`` the consent domain's (consent/errors.py); aiohttp's HTTP
 exceptions map by status code (``HTTP_PROBLEMS``) and PostgreSQL connection failures to a 503
-with the configured ``Retry-After``. Anything else is a bug: logged with its stack,
-answered as a 500 problem that says nothing about it.
+with the configured ``Retry-After``. A client that hangs up before its answer is counted as a
+client abort, not as a database outage, and a body whose framing breaks mid-way is a 400.
+Anything else is a bug: logged with its stack, answered as a 500 problem that says nothing
+about it. Requests aiohttp cannot parse never reach a middleware: ``gateway.api.protocol``
+answers them with the same ``problem_body``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class ProblemType:
 
 
 INTERNAL = ProblemType(500, "internal-error", "Internal server error")
+REQUEST_TIMEOUT = ProblemType(408, "request-timeout", "Request timeout")
+INVALID_BODY = ProblemType(400, "invalid-body-framing", "Invalid body framing")
 DATABASE_UNAVAILABLE = ProblemType(503, "database-unavailable", "Database unavailable")
 
 #: The gateway's errors → problem types; the most specific class in an error's MRO wins.
@@ -83,12 +88,16 @@ HTTP_PROBLEMS: dict[int, ProblemType] = {
         ProblemType(404, "not-found", "Not found"),
         ProblemType(405, "method-not-allowed", "Method not allowed"),
         ProblemType(406, "not-acceptable", "Not acceptable"),
+        REQUEST_TIMEOUT,
         ProblemType(413, "payload-too-large", "Payload too large"),
         ProblemType(415, "unsupported-media-type", "Unsupported media type"),
         ProblemType(429, "too-many-requests", "Too many requests"),
         ProblemType(503, "service-unavailable", "Service unavailable"),
     )
 }
+
+#: status recorded for a request whose client hung up first (nginx's convention; never sent)
+CLIENT_CLOSED_REQUEST = 499
 
 # headers of an aiohttp HTTP exception worth keeping on the problem response
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
@@ -104,6 +113,28 @@ def problem_type_for(exc: errors.GatewayError | ConsentError) -> ProblemType:
     return INTERNAL
 
 
+def problem_body(
+    problem: ProblemType,
+    detail: str,
+    instance: str | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> bytes:
+    """The JSON of a problem answer (counted in ``meterpoort_problems_total``); ``instance``
+    is left out when the request target is unknown (it could not be parsed)."""
+    body: dict[str, Any] = {
+        "type": problem.uri,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    if extensions:
+        body.update(extensions)
+    metrics.PROBLEMS.labels(problem.slug).inc()
+    return json.dumps(body).encode("utf-8")
+
+
 def problem_response(
     request: web.Request,
     problem: ProblemType,
@@ -112,19 +143,9 @@ def problem_response(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """A problem+json response; ``instance`` is the request path (no query: it may hold data)."""
-    body: dict[str, Any] = {
-        "type": problem.uri,
-        "title": problem.title,
-        "status": problem.status,
-        "detail": detail,
-        "instance": request.path,
-    }
-    if extensions:
-        body.update(extensions)
-    metrics.PROBLEMS.labels(problem.slug).inc()
     return web.Response(
         status=problem.status,
-        body=json.dumps(body).encode("utf-8"),
+        body=problem_body(problem, detail, request.path, extensions),
         content_type=PROBLEM_CONTENT_TYPE,
         headers=headers,
     )
@@ -138,6 +159,8 @@ def _http_detail(exc: web.HTTPException, request: web.Request, max_body: int) ->
         return f"{request.method} is not allowed here; allowed: {allowed}"
     if exc.status == 413:
         return f"the request body is larger than the limit of {max_body} bytes"
+    if exc.status == 408:
+        return "the request body stalled; send it again without pauses"
     return exc.reason
 
 
@@ -175,7 +198,19 @@ def make_problem_middleware(retry_after_s: int, max_body_bytes: int) -> web.midd
             return problem_response(
                 request, problem, _http_detail(exc, request, max_body_bytes), headers=kept
             )
+        except web.RequestPayloadError:
+            # the chunked encoding or compression broke mid-body; its message quotes the bytes
+            log.info("refused a request: its body framing is broken")
+            return problem_response(
+                request, INVALID_BODY, "the body does not match its transfer or content encoding"
+            )
         except CONNECTION_ERRORS as exc:
+            if request.transport is None:
+                # aiohttp fails the body read with ConnectionResetError when the client hangs
+                # up; that is the client's doing, not a database outage. Nobody reads this answer.
+                metrics.HTTP_CLIENT_ABORTS.inc()
+                log.debug("client closed the connection before its answer")
+                return web.Response(status=CLIENT_CLOSED_REQUEST)
             metrics.DB_UNAVAILABLE.inc()
             log.warning("database unavailable: %s", type(exc).__name__)
             return problem_response(

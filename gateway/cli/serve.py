@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from gateway import metrics
 from gateway.api.app import create_app
+from gateway.api.protocol import make_runner
 from gateway.cli.common import data_dir_arg, with_data_dir
 from gateway.errors import ValidationError
 from gateway.settings import Settings
@@ -79,9 +80,7 @@ def _banner(settings: Settings, port: int) -> str:
 
 
 async def _serve_async(settings: Settings, reuse_port: bool, print_banner: bool) -> None:
-    runner = web.AppRunner(
-        create_app(settings), access_log=None, shutdown_timeout=settings.shutdown_timeout_s
-    )
+    runner = make_runner(create_app(settings), shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     try:
         site = web.TCPSite(
