@@ -40,6 +40,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,  # 57P01 server restarted under us
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # a kept connection the server ended while it was idle (57P01 at a restart) can be caught
+    # mid-way: asyncpg then refuses the next statement ("cannot switch to state"); the pool
+    # closes such a connection on release
+    asyncpg.InternalClientError,
 )
 
 

