@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(default=10, ge=1)
     #: seconds a request waits for a pooled connection before answering 503
     pool_acquire_timeout_s: float = Field(default=5.0, gt=0)
+    #: seconds one database statement may take before it is given up (the request answers 503):
+    #: without it a half-open or stalled link to PostgreSQL holds requests until TCP gives up,
+    #: hours later. Pooled connections only; migrations and the CLI are not bounded.
+    db_command_timeout_s: float = Field(default=30.0, gt=0)
     #: Retry-After (seconds) sent with 503 answers
     retry_after_s: int = Field(default=5, ge=1)
     #: seconds to let in-flight requests and batches finish on SIGTERM

@@ -513,15 +513,17 @@ class IndexMaintainer:
         conn, self._listen_conn = self._listen_conn, None
         if conn is None:
             return
-        if not conn.is_closed():
-            try:
+        try:
+            # a connection that died was handed back to the pool by asyncpg already: every
+            # call on it, is_closed() included, raises InterfaceError (release() is a no-op)
+            if not conn.is_closed():
                 await conn.remove_listener(CHANNEL, self._on_notification)
                 if self.on_devices_changed is not None:
                     await conn.remove_listener(DEVICE_CHANNEL, self._on_device_notification)
                 conn.remove_termination_listener(self._on_termination)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-                # a broken connection: the pool closes it on release instead of reusing it
-                log.warning("consent index: LISTEN connection unusable at release (%s)", exc)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            # a broken connection: the pool closes it on release instead of reusing it
+            log.warning("consent index: LISTEN connection unusable at release (%s)", exc)
         await self.pool.release(conn)
 
     async def _listener_guard(self) -> None:

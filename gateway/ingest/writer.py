@@ -220,6 +220,8 @@ class BatchWriter:
         # The writer keeps one pooled connection between flushes: releasing it after every
         # flush costs a reset round trip; on any failure it goes back to the pool (which
         # closes a broken one) and the next flush acquires afresh.
+        if self._conn is not None and not _usable(self._conn):
+            await self._release()
         if self._conn is None:
             try:
                 self._conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
@@ -261,3 +263,13 @@ class BatchWriter:
                 metrics.READINGS_STORED.labels(TABLE_GRANULARITY[table].value).inc(count)
         metrics.INGEST_BATCH_SIZE.observe(total)
         metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
+
+
+def _usable(conn: asyncpg.Connection) -> bool:
+    """False for a kept connection that died while idle (the database restarted, the link
+    dropped): asyncpg then takes it back into the pool by itself, and any call on it but a
+    release raises InterfaceError."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False

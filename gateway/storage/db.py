@@ -40,6 +40,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,  # 57P01 server restarted under us
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # a kept connection the server ended while it was idle (57P01 at a restart) can be caught
+    # mid-way: asyncpg then refuses the next statement ("cannot switch to state"); the pool
+    # closes such a connection on release
+    asyncpg.InternalClientError,
 )
 
 
@@ -132,12 +136,18 @@ def connect_kwargs() -> dict[str, Any]:
 
 
 async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
-    """An asyncpg pool sized from the settings."""
+    """An asyncpg pool sized from the settings, every statement bounded by
+    ``db_command_timeout_s``.
+
+    The bound also caps asyncpg's cancel request after a timeout (sent over a new connection):
+    when that cannot get through either, asyncpg closes the connection instead of reusing it.
+    """
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
         min_size=min(settings.pool_min_size, settings.pool_max_size),
         max_size=settings.pool_max_size,
         init=_init_connection,
+        command_timeout=settings.db_command_timeout_s,
         **connect_kwargs(),
     )
     return pool
@@ -161,6 +171,12 @@ async def acquire(pool: asyncpg.Pool, wait_s: float) -> AsyncIterator[asyncpg.Co
         ) from exc
     try:
         yield conn
+    except (TimeoutError, asyncio.CancelledError):
+        # A statement cut short may still run on the server, and before reusing the connection
+        # asyncpg would wait for its cancel request to get through: over a stalled link that
+        # wait outlasts the request. A connection in an unknown state is closed, never reused.
+        conn.terminate()
+        raise
     finally:
         # asyncpg shields the release itself, so a cancelled request still returns (or, if
         # its state is unknown, closes) the connection

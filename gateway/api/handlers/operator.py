@@ -13,6 +13,7 @@ from gateway import metrics
 from gateway.api.appkeys import OPENAPI_KEY, POOL_KEY
 from gateway.api.http import json_response
 from gateway.errors import DatabaseUnavailableError
+from gateway.storage import db
 
 #: seconds /readyz waits for the database before calling it unreachable
 READY_TIMEOUT_S = 2.0
@@ -28,9 +29,9 @@ async def readyz(request: web.Request) -> web.Response:
     pool = request.app[POOL_KEY]
     try:
         # the deadline covers waiting for a pooled connection too: an exhausted pool is "not
-        # ready", answered in bounded time
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            await pool.fetchval("SELECT 1")
+        # ready", answered in bounded time; db.acquire closes a connection cut off mid-query
+        async with asyncio.timeout(READY_TIMEOUT_S), db.acquire(pool, READY_TIMEOUT_S) as conn:
+            await conn.fetchval("SELECT 1")
     except TimeoutError as exc:
         raise DatabaseUnavailableError("the database did not answer in time") from exc
     return json_response({"status": "ready"})
