@@ -182,7 +182,10 @@ def make_problem_middleware(retry_after_s: int, max_body_bytes: int) -> web.midd
                 headers["WWW-Authenticate"] = "Bearer"
             elif isinstance(exc, errors.TooManyRequestsError):
                 headers["Retry-After"] = str(exc.retry_after_s)
-            if problem.status >= 500:
+            if isinstance(exc, errors.ServiceUnavailableError):
+                # an outage answers every request with it: worth a warning, not an error flood
+                log.warning("request refused: %s %s", type(exc).__name__, exc.detail)
+            elif problem.status >= 500:
                 log.error("request failed: %s %s", type(exc).__name__, exc.detail)
             return problem_response(request, problem, exc.detail, exc.extensions(), headers)
         except ConsentError as exc:
