@@ -66,13 +66,15 @@ class _Audit:
 
     def check(self) -> None:
         for source, line in self.lines:
-            secret = self.secret_in(line)
-            if secret is not None:
-                shown = line.replace(secret, f"<{secret[:4]}… {len(secret)} chars>")
-                self.findings.append(f"{source}: a secret: {shown[:300]}")
-            for what, pattern in _TELEGRAM:
-                if pattern.search(line):
-                    self.findings.append(f"{source}: {what}: {pattern.sub('<…>', line)[:300]}")
+            found = [what for what, pattern in _TELEGRAM if pattern.search(line)]
+            shown = line
+            while (secret := self.secret_in(shown)) is not None:
+                found.append("a secret")
+                shown = shown.replace(secret, f"<{secret[:4]}… {len(secret)} chars>")
+            if found:
+                for _what, pattern in _TELEGRAM:  # the report must not leak what it found
+                    shown = pattern.sub("<…>", shown)
+                self.findings.append(f"{source}: {', '.join(found)}: {shown[:300]}")
 
 
 _audit = _Audit()
