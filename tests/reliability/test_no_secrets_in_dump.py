@@ -16,6 +16,7 @@ import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -94,8 +95,8 @@ async def test_a_dump_after_a_whole_story_holds_no_secret_or_telegram(
     now = dt.datetime.now(UTC).replace(microsecond=0)
     secrets: dict[str, str] = {"admin token": ADMIN_TOKEN}
 
-    async def call(method: str, path: str, status: int, **kwargs: object) -> dict[str, object]:
-        resp = await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+    async def call(method: str, path: str, status: int, **kwargs: Any) -> Any:
+        resp = await client.request(method, path, **kwargs)
         text = await resp.text()
         assert resp.status == status, text
         return await resp.json() if resp.content_type == "application/json" else {"text": text}
@@ -185,7 +186,7 @@ async def test_a_dump_after_a_whole_story_holds_no_secret_or_telegram(
         assert str(got["text"]).strip(), f"the {granularity} pull returned nothing"
     await call("GET", "/v1/me/connections", 200, headers=dana)
     await call("GET", "/v1/me/export", 200, headers=dana)
-    consent_id = granted["consent"]["consent_id"]  # type: ignore[index]
+    consent_id = granted["consent"]["consent_id"]
     await call("POST", f"/v1/me/consents/{consent_id}/revoke", 200, headers=dana)
 
     dump = await pg_dump(database_url)

@@ -120,7 +120,7 @@ def _observing(fn: Callable[..., str]) -> Callable[..., str]:
 def _observe_secret_str() -> None:
     original = SecretStr.__init__
 
-    def init(self: SecretStr, secret_value: str) -> None:
+    def init(self: Any, secret_value: str) -> None:
         original(self, secret_value)
         if isinstance(secret_value, str):
             _audit.add_secret(secret_value)
