@@ -110,6 +110,23 @@ DB_WRITE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+# --- consent index (written by gateway.ingest.consent_index) -------------------------------------
+# How long a grant or an end takes to reach every process (SPEC §6): a change recorded at time T
+# (its granted_at/ended_at) is in this process's index from the applied time of the first reload
+# whose newest loaded change is at or after T. Per process, hence "livemax" over workers.
+CONSENT_INDEX_NEWEST_CHANGE = Gauge(
+    "meterpoort_consent_index_newest_change_timestamp_seconds",
+    "Unix time of the newest consent grant or end the consent index has loaded",
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+CONSENT_INDEX_APPLIED = Gauge(
+    "meterpoort_consent_index_applied_timestamp_seconds",
+    "Unix time at which the consent index's latest reload was applied",
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+
 # --- database pool (sampled by each worker every few seconds and at scrape time) --------------
 POOL_SIZE = Gauge(
     "meterpoort_db_pool_size",

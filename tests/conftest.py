@@ -42,6 +42,9 @@ from gateway.storage import db
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
+# SPEC §6: every log line of the session is audited for secrets and telegram data at its end
+pytest_plugins = ["tests.support.leak_audit"]
+
 
 def with_database(url: str, name: str) -> str:
     """``url`` pointing at database ``name`` instead (keeps user, host, socket query)."""

@@ -36,6 +36,7 @@ import asyncpg
 from consent.levels import Commodity, Granularity, Level
 from consent.model import Consent
 from consent.policy import CompiledPolicy, ConnectionState
+from gateway import metrics
 from gateway.storage.schema import consent_from_row
 from gateway.supervisor import stop
 
@@ -70,6 +71,9 @@ FROM consents c
 WHERE c.data_class = 'interval'
   AND coalesce(least(c.ended_at, c.expires_at), 'infinity') > now()
 """
+# the time of the newest grant or end a load sees (ended consents are not loaded, but their end
+# is a change the index follows): what tells how far behind the database a process is
+_NEWEST_CHANGE_QUERY = "SELECT max(greatest(c.granted_at, c.ended_at)) FROM consents c"
 
 
 @dataclass(slots=True, frozen=True)
@@ -339,28 +343,36 @@ def pick_route(routes: tuple[MeterRoute, ...], ts: int) -> MeterRoute | None:
 
 async def _fetch(
     conn: asyncpg.Connection, eans: list[str] | None
-) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-    """Joined route rows and consent rows (of ``eans``, or all) in one snapshot."""
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record], datetime | None]:
+    """Joined route rows, consent rows and the newest consent change (of ``eans``, or all) in
+    one snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         if eans is None:
-            return await conn.fetch(_ROUTE_QUERY), await conn.fetch(_CONSENT_QUERY)
+            return (
+                await conn.fetch(_ROUTE_QUERY),
+                await conn.fetch(_CONSENT_QUERY),
+                await conn.fetchval(_NEWEST_CHANGE_QUERY),
+            )
         return (
             await conn.fetch(_ROUTE_QUERY + " WHERE i.ean = ANY($1::text[])", eans),
             await conn.fetch(_CONSENT_QUERY + " AND c.ean = ANY($1::text[])", eans),
+            await conn.fetchval(_NEWEST_CHANGE_QUERY + " WHERE c.ean = ANY($1::text[])", eans),
         )
 
 
-async def load_all(conn: asyncpg.Connection, index: ConsentIndex) -> None:
-    """Fill ``index`` from the database in one REPEATABLE READ snapshot.
+async def load_all(conn: asyncpg.Connection, index: ConsentIndex) -> datetime | None:
+    """Fill ``index`` from the database in one REPEATABLE READ snapshot; the time of the newest
+    consent change loaded.
 
     The new entries are built in a worker thread and swapped in at once: with millions of
     connections the build takes seconds, and on the event loop it would stall every request
     for that long at each periodic reload (the loop still gets the interpreter every few
     milliseconds while the thread works). Readers see the old entries until the swap.
     """
-    rows, consents = await _fetch(conn, None)
+    rows, consents, newest = await _fetch(conn, None)
     fresh = await asyncio.to_thread(_build, rows, consents)
     index.adopt(fresh)
+    return newest
 
 
 def _build(
@@ -381,14 +393,18 @@ def _build(
     return fresh
 
 
-async def load_eans(conn: asyncpg.Connection, index: ConsentIndex, eans: Iterable[str]) -> None:
-    """Reload the entries of ``eans`` from the database."""
+async def load_eans(
+    conn: asyncpg.Connection, index: ConsentIndex, eans: Iterable[str]
+) -> datetime | None:
+    """Reload the entries of ``eans`` from the database; the time of their newest consent
+    change."""
     wanted = list(eans)
-    rows, consents = await _fetch(conn, wanted)
+    rows, consents, newest = await _fetch(conn, wanted)
     for ean in wanted:
         index.update_rows(
             ean, [r for r in rows if r["ean"] == ean], [c for c in consents if c["ean"] == ean]
         )
+    return newest
 
 
 class IndexMaintainer:
@@ -432,6 +448,8 @@ class IndexMaintainer:
         self.full_reloads = 0
         self.ean_reloads = 0
         self.last_full_reload = 0.0
+        #: Unix time of the newest consent grant or end loaded so far
+        self.newest_change = 0.0
 
     async def start(self) -> None:
         """Load the index, then start listening and the periodic reload."""
@@ -457,7 +475,7 @@ class IndexMaintainer:
         self._full_needed = False
         self._pending.clear()
         async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
-            await load_all(conn, self.index)
+            self._applied(await load_all(conn, self.index))
         if self.on_reloaded is not None:
             self.on_reloaded(None)
         self.full_reloads += 1
@@ -467,10 +485,17 @@ class IndexMaintainer:
         """Reload some EANs now (also what a NOTIFY leads to)."""
         wanted = list(eans)
         async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
-            await load_eans(conn, self.index, wanted)
+            self._applied(await load_eans(conn, self.index, wanted))
         if self.on_reloaded is not None:
             self.on_reloaded(wanted)
         self.ean_reloads += 1
+
+    def _applied(self, newest: datetime | None) -> None:
+        # the newest change so far: an EAN reload only sees its own EANs' changes
+        if newest is not None and newest.timestamp() > self.newest_change:
+            self.newest_change = newest.timestamp()
+            metrics.CONSENT_INDEX_NEWEST_CHANGE.set(self.newest_change)
+        metrics.CONSENT_INDEX_APPLIED.set(time.time())  # wall clock: compared across processes
 
     def notify(self, ean: str) -> None:
         """Schedule a reload of ``ean`` (called for NOTIFYs and by in-process consent changes)."""
