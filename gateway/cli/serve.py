@@ -28,6 +28,7 @@ from gateway.cli.common import data_dir_arg, with_data_dir
 from gateway.errors import ValidationError
 from gateway.settings import Settings
 from gateway.storage import db
+from gateway.supervisor import background
 
 log = logging.getLogger("gateway.cli")
 
@@ -79,7 +80,25 @@ def _banner(settings: Settings, port: int) -> str:
     )
 
 
-async def _serve_async(settings: Settings, reuse_port: bool, print_banner: bool) -> None:
+#: seconds between a worker's checks that its supervisor is still there
+PARENT_POLL_S = 1.0
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Stop the worker once its supervisor is gone. A supervisor killed outright (SIGKILL, OOM
+    killer) cannot pass a signal on, so its workers would keep the port and serve, unsupervised
+    and unstoppable by the service manager; a worker notices by being re-parented."""
+    while True:
+        await asyncio.sleep(PARENT_POLL_S)
+        if os.getppid() != parent_pid:
+            break
+    log.warning("the supervisor (pid %d) is gone: shutting this worker down", parent_pid)
+    stop.set()
+
+
+async def _serve_async(
+    settings: Settings, reuse_port: bool, print_banner: bool, parent_pid: int | None = None
+) -> None:
     runner = make_runner(create_app(settings), shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     try:
@@ -98,7 +117,11 @@ async def _serve_async(settings: Settings, reuse_port: bool, print_banner: bool)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        if parent_pid is None:
+            await stop.wait()
+        else:
+            async with background("parent-watch", _watch_parent(parent_pid, stop)):
+                await stop.wait()
         log.info("shutting down: finishing in-flight requests")
     finally:
         # stops accepting, lets in-flight handlers finish (shutdown_timeout), then runs the
@@ -110,7 +133,10 @@ def _worker_main(settings: Settings, index: int) -> None:
     """Entry point of one ``--workers`` process (spawned: a fresh interpreter)."""
     configure_logging(settings.log_level)
     logging.getLogger("gateway").info("worker started", extra={"worker": index})
-    asyncio.run(_serve_async(settings, reuse_port=True, print_banner=False))
+    parent_pid = os.getppid()
+    asyncio.run(
+        _serve_async(settings, reuse_port=True, print_banner=False, parent_pid=parent_pid)
+    )
 
 
 #: a worker that dies within this many seconds of its start counts as failing to start

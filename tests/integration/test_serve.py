@@ -331,3 +331,30 @@ def test_serve_on_a_busy_port_says_so(database_url: str, serve_dir: Path) -> Non
     assert result.returncode == 1
     assert "cannot listen for HTTP" in result.stderr
     assert "database" not in result.stderr.splitlines()[-1]
+
+
+def test_workers_stop_when_their_supervisor_is_killed_outright(serve_dir: Path) -> None:
+    """SIGKILL of the supervisor passes no signal on: its workers kept the port and served,
+    unsupervised, until someone found and killed them. Now each worker notices it was
+    re-parented and shuts down by itself."""
+    proc, base = start_serve(serve_dir, "--workers", "2")
+    try:
+        wait_ready(base, proc)
+        pids = worker_pids(base, 2)
+        workers = [psutil.Process(pid) for pid in pids]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers still running after their supervisor died: {alive}"
+        # the workers held the other ends of the pipes: closed now, so this returns
+        _, err = proc.communicate(timeout=10)
+        assert "the supervisor" in err and "is gone" in err
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+        # the embedded server was the supervisor's: nobody is left to stop it
+        pidfile = serve_dir / "var" / "pg" / "postmaster.pid"
+        if pidfile.exists():
+            postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+            postmaster.terminate()
+            postmaster.wait(timeout=30)
