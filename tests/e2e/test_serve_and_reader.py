@@ -32,7 +32,7 @@ import pytest
 from p1_reader.crc import crc16_arc, format_crc
 from p1_reader.encode import GasReading, format_telegram
 from p1_reader.spool import read_all
-from tests.support import make_ean
+from tests.support import leak_audit, make_ean
 
 REPO = Path(__file__).resolve().parents[2]
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -93,6 +93,7 @@ class Proc:
         async with asyncio.timeout(limit):
             code = await self.process.wait()
             await asyncio.gather(*self.pumps)
+        leak_audit.add_output(self.name, self.stderr)
         return code
 
     async def kill(self) -> None:
@@ -100,6 +101,7 @@ class Proc:
             self.process.kill()
         await self.process.wait()
         await asyncio.gather(*self.pumps)
+        leak_audit.add_output(self.name, self.stderr)
 
 
 async def _pump(stream: asyncio.StreamReader, into: list[str]) -> None:
@@ -114,6 +116,9 @@ async def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> dict[str, 
     assert code == 0, f"{' '.join(args)} failed ({code}): {proc.stderr}"
     assert len(proc.out) == 1, proc.out
     result: dict[str, Any] = json.loads(proc.out[0])
+    if isinstance(result.get("token"), str):
+        # minted in the child: no log line of the session may hold it either
+        leak_audit.add_secret(result["token"])
     return result
 
 

@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.api.middleware import make_problem_middleware, metrics_middleware
+from tests.support import leak_audit
 
 PROBLEM = "application/problem+json"
 
@@ -98,6 +99,7 @@ def start_serve(serve_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], st
 def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
+    leak_audit.add_output("serve", err)
     assert proc.returncode == 0, err
     return out, err
 
