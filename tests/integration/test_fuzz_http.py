@@ -210,13 +210,18 @@ JSON_VALUES = st.recursive(
 )
 
 
+#: deeper than any JSON decoder's recursion limit (CPython's is 1,000), and small enough for
+#: hypothesis to print a failing example (it warns, an error here, beyond 30 kB)
+MAX_DEPTH = 2000
+
+
 def deep(depth: int) -> bytes:
     return b'{"a":' * depth + b"1" + b"}" * depth
 
 
 RAW_BODIES = st.one_of(
-    st.integers(min_value=1, max_value=200_000).map(deep),
-    st.integers(min_value=1, max_value=200_000).map(lambda n: b"[" * n + b"]" * n),
+    st.integers(min_value=1, max_value=MAX_DEPTH).map(deep),
+    st.integers(min_value=1, max_value=MAX_DEPTH).map(lambda n: b"[" * n + b"]" * n),
     st.binary(max_size=200),
     st.sampled_from((b"", b"{", b'"\\u0000"', b'{"ean": "\\u0000"}', b"\xff\xfe", b"1" * 5000)),
 )
@@ -385,7 +390,7 @@ AUTHORIZATION = st.one_of(
             "BEARER x",
             "Basic dXNlcjpwdw==",
             "Bearer a b",
-            "Bearer " + "A" * 10_000,
+            "Bearer " + "A" * 9000,
             "Bearer \t x",
         )
     ),
