@@ -174,7 +174,15 @@ def new_consent(
     purpose_named(purpose, purposes)
     _require_aware("granted_at", granted_at)
     _require_aware("expires_at", expires_at)
-    limit = granted_at + max_lifetime
+    try:
+        limit = granted_at + max_lifetime
+    except OverflowError:
+        # a grant so late that its lifetime would end past year 9999 (a mistyped year): no
+        # consent can run that long, so it is refused like any other lifetime
+        raise ConsentLifetimeError(
+            f"granted_at {granted_at.isoformat()} is too late: its lifetime of"
+            f" {max_lifetime.days} days would end after the year 9999"
+        ) from None
     if expires_at is None:
         expires_at = limit
     elif expires_at > limit:

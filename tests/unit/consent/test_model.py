@@ -48,6 +48,12 @@ def test_lifetime_over_maximum_refused() -> None:
         make(expires_at=T + DEFAULT_MAX_LIFETIME + timedelta(seconds=1))
 
 
+def test_grant_whose_lifetime_ends_past_the_calendar_refused() -> None:
+    # found by tests/integration/test_fuzz_http.py: granted_at in 9999 was an OverflowError (500)
+    with pytest.raises(InvalidConsentError, match="after the year 9999"):
+        make(granted_at=datetime(9999, 12, 31, tzinfo=UTC))
+
+
 def test_expiry_before_grant_refused() -> None:
     with pytest.raises(InvalidConsentError, match="not after granted_at"):
         make(expires_at=T)
