@@ -68,6 +68,11 @@ MAX_CUSTOMER_ID_LEN = 128
 
 PublicKey = Ed25519PublicKey | EllipticCurvePublicKey
 
+#: What PyJWT can raise on a hostile token besides its own errors: RecursionError from json.loads
+#: on a deeply nested header or payload, OverflowError from int() on a claim like ``exp: 1e400``,
+#: ValueError and TypeError from claims of the wrong type. All of them mean "not a valid token".
+_UNREADABLE = (jwt.PyJWTError, RecursionError, OverflowError, ValueError, TypeError)
+
 
 @dataclass(frozen=True, slots=True)
 class TrustedKey:
@@ -248,13 +253,15 @@ class CustomerAuthenticator:
                 "not a customer token: customer endpoints take a JWT from the identity provider"
             )
         try:
+            # also refuses a 'crit' header naming an extension PyJWT does not implement
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError as exc:
-            raise AuthenticationError(f"malformed customer token: {exc}") from exc
+        except _UNREADABLE as exc:
+            raise AuthenticationError(self._describe(exc)) from exc
         alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+            shown = repr(alg)[:32] if isinstance(alg, str) else type(alg).__name__
             raise AuthenticationError(
-                f"customer token algorithm {alg!r} is not accepted (EdDSA or ES256 only)"
+                f"customer token algorithm {shown} is not accepted (EdDSA or ES256 only)"
             )
         if not self.configured:
             raise AuthenticationError(
@@ -270,7 +277,8 @@ class CustomerAuthenticator:
                 raise AuthenticationError(
                     f"customer token algorithm {alg} does not match its key ({candidates[0].alg})"
                 )
-            raise AuthenticationError(f"customer token key id {kid!r} is unknown")
+            known = None if kid is None else kid[:64]
+            raise AuthenticationError(f"customer token key id {known!r} is unknown")
         for key in usable:
             try:
                 claims = jwt.decode(
@@ -284,7 +292,7 @@ class CustomerAuthenticator:
                 )
             except jwt.InvalidSignatureError:
                 continue  # another key (e.g. a PEM key during rotation) may verify it
-            except jwt.PyJWTError as exc:
+            except _UNREADABLE as exc:
                 raise AuthenticationError(self._describe(exc)) from exc
             return _customer_id(claims)
         raise AuthenticationError("customer token signature does not verify")
@@ -351,7 +359,7 @@ class CustomerAuthenticator:
                 raise ValueError(f"JWKS larger than {JWKS_MAX_BYTES} bytes")
             return json.loads(body)
 
-    def _describe(self, exc: jwt.PyJWTError) -> str:
+    def _describe(self, exc: Exception) -> str:
         if isinstance(exc, jwt.ExpiredSignatureError):
             return "customer token expired"
         if isinstance(exc, jwt.ImmatureSignatureError):
@@ -364,7 +372,10 @@ class CustomerAuthenticator:
             return f"customer token lacks the {exc.claim!r} claim"
         if isinstance(exc, jwt.DecodeError):
             return f"malformed customer token: {exc}"
-        return f"invalid customer token: {exc}"
+        if isinstance(exc, jwt.PyJWTError):
+            return f"invalid customer token: {exc}"
+        # the messages of json and int() may quote the token's text
+        return "malformed customer token"
 
 
 def dev_kid(public_key: Ed25519PublicKey) -> str:

@@ -6,7 +6,8 @@ Handlers raise gateway errors; ``gateway.api.middleware`` turns them into proble
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+import re
+from typing import Any, Final, TypeVar
 
 import pydantic
 from aiohttp import web
@@ -21,6 +22,16 @@ from gateway.jsonenc import dumps
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
+#: Content-Encoding values whose bodies aiohttp has decoded before ``request.read()`` answers;
+#: any other value (br and zstd need optional packages, lists and unknown codings are passed
+#: through undecoded) would hand the raw coded bytes to a handler as if they were the body
+DECODED_CODINGS: Final = frozenset(("", "identity", "gzip", "deflate"))
+
+#: text PostgreSQL cannot store: U+0000, and lone surrogates (not encodable as UTF-8)
+UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+# JSON can only spell those as \u escapes: a body without one needs no walk over its values
+_UNSTORABLE_ESCAPE: Final = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
 
 def bearer_token(request: web.Request) -> str:
     """The token of an ``Authorization: Bearer <token>`` header; AuthenticationError otherwise."""
@@ -34,16 +45,64 @@ def bearer_token(request: web.Request) -> str:
     return token
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request body, decoded from its Content-Encoding; 415 for a coding the gateway does
+    not decode, 400 for a body its coding cannot decode (413 past the size limit, by aiohttp)."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in DECODED_CODINGS:
+        raise UnsupportedMediaTypeError(
+            f"content coding {coding[:32]!r} is not supported; send identity, gzip or deflate"
+        )
+    try:
+        return await request.read()
+    except web.RequestPayloadError as exc:
+        # aiohttp's decoder (or chunked framing) failed on the client's bytes; its message
+        # names the coding, never the bytes. The stream cannot be framed past this point, so the
+        # connection closes after the answer, and aiohttp must not drain the broken payload
+        # after it (it would log that as an unhandled exception and drop the connection)
+        request.protocol.close()
+        request.content.feed_eof()
+        reason = str(exc).rsplit(":", 1)[-1].strip()
+        raise BadRequestError(f"the body cannot be read: {reason}") from exc
+
+
+def unstorable_text(value: Any) -> bool:
+    """True when a string anywhere in ``value`` (a decoded JSON document, member names
+    included) holds text PostgreSQL refuses (``UNSTORABLE``)."""
+    # iterative: the document may be nested as deep as json.loads allows
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if UNSTORABLE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 415 for another media type, 400 for unreadable JSON."""
+    """The request body as JSON; 415 for another media type, 400 for unreadable JSON, JSON
+    nested too deep to parse, or strings PostgreSQL cannot store (U+0000, lone surrogates)."""
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaTypeError(f"expected a JSON body (application/json), got {ctype!r}")
-    raw = await request.read()
     try:
-        return json.loads(raw)
+        # RFC 8259 §8.1: JSON on the wire is UTF-8 (json.loads would also guess UTF-16/32)
+        text = (await read_body(request)).decode("utf-8-sig")
+        data = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequestError(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise BadRequestError("the body is JSON nested too deeply") from None
+    if _UNSTORABLE_ESCAPE.search(text) and unstorable_text(data):
+        raise BadRequestError(
+            "the body holds a NUL character (\\u0000) or a lone surrogate (\\ud800-\\udfff)"
+        )
+    return data
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:

@@ -66,6 +66,7 @@ CSV_HEADER: Final = (
 )
 
 _EAN_RE: Final = re.compile(r"[0-9]{18}")
+_DIGITS_RE: Final = re.compile(r"[0-9]{1,9}")
 _CURSOR_VERSION: Final = 1
 _CURSOR_MAC_BYTES: Final = 16
 #: columns of _json_columns
@@ -168,10 +169,10 @@ def parse_params(params: Mapping[str, str], eans: Sequence[str], tz: ZoneInfo) -
     limit = DEFAULT_LIMIT
     raw_limit = params.get("limit")
     if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-            errors.append(_field("limit", f"an integer from 1 to {MAX_LIMIT}"))
-        else:
-            limit = int(raw_limit)
+        try:
+            limit = page_size(raw_limit, MAX_LIMIT)
+        except ValueError as exc:
+            errors.append(_field("limit", str(exc)))
 
     if errors:
         names = ", ".join(dict.fromkeys(str(e.loc[1]) for e in errors))
@@ -186,6 +187,15 @@ def parse_params(params: Mapping[str, str], eans: Sequence[str], tz: ZoneInfo) -
         customer_id=customer_id,
         contract_id=contract_id,
     )
+
+
+def page_size(raw: str, maximum: int) -> int:
+    """A ``limit`` query parameter: an integer from 1 to ``maximum``; ValueError otherwise."""
+    # ASCII digits only, and few of them: str.isdigit() also takes '²' and int() refuses
+    # more than 4300 digits, both with a ValueError int() would raise unasked
+    if not _DIGITS_RE.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise ValueError(f"an integer from 1 to {maximum}")
+    return int(raw)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,6 +77,9 @@ def in_contract(measured: str, k: str = "k") -> str:
 #: (gateway.storage.readings_query spells JSON around raw column text)
 CUSTOMER_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@|=-]{0,127}")
 
+#: the largest value of a bigint column (sequence numbers): a bound for numbers clients send
+BIGINT_MAX: Final = 2**63 - 1
+
 #: the columns of a consent as services and the API read it
 CONSENT_COLUMNS: Final = (
     "ean, consent_id, customer_id, purpose, data_class, notice_version, channel, granted_at,"

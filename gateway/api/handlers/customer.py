@@ -41,10 +41,10 @@ from gateway.services import consents as consent_store
 from gateway.services import customers as customer_data
 from gateway.services import erasure, levels
 from gateway.services.receipts import issue_receipt
-from gateway.services.registry import Ean
+from gateway.services.registry import Ean, validate_ean
 from gateway.settings import Settings
 from gateway.storage.db import acquire
-from gateway.storage.schema import READING_TABLES, ReadingTable
+from gateway.storage.schema import BIGINT_MAX, READING_TABLES, ReadingTable
 from gateway.times import ApiTime
 
 #: the receipt channel of consents given through this API
@@ -101,7 +101,7 @@ class LogQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(default=LOG_PAGE_DEFAULT, ge=1, le=LOG_PAGE_MAX)
-    before_seq: int | None = Field(default=None, ge=1)
+    before_seq: int | None = Field(default=None, ge=1, le=BIGINT_MAX)
 
 
 class ExportQuery(BaseModel):
@@ -231,7 +231,7 @@ async def revoke_consent(request: web.Request) -> web.Response:
 async def put_level(request: web.Request) -> web.Response:
     """PUT /v1/me/connections/{ean}/level: set the remote-reading level."""
     customer = await customer_id_for(request)
-    ean = request.match_info["ean"]
+    ean = validate_ean(request.match_info["ean"])
     body = await read_model(request, LevelIn)
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:

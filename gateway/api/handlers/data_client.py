@@ -330,12 +330,10 @@ async def get_consents(request: web.Request) -> web.Response:
     limit = CONSENT_PAGE_DEFAULT
     raw_limit = params.get("limit")
     if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= CONSENT_PAGE_MAX:
-            errors.append(
-                FieldError(("query", "limit"), f"an integer from 1 to {CONSENT_PAGE_MAX}")
-            )
-        else:
-            limit = int(raw_limit)
+        try:
+            limit = readings_query.page_size(raw_limit, CONSENT_PAGE_MAX)
+        except ValueError as exc:
+            errors.append(FieldError(("query", "limit"), str(exc)))
     if errors:
         names = ", ".join(dict.fromkeys(str(e.loc[1]) for e in errors))
         raise ValidationError(f"invalid query parameters: {names}", errors)

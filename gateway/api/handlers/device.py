@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.api.appkeys import INGEST_KEY, SETTINGS_KEY
 from gateway.api.auth import device_of
-from gateway.api.http import json_response
+from gateway.api.http import json_response, read_body
 from gateway.errors import (
     BadRequestError,
     PayloadTooLargeError,
@@ -76,7 +76,7 @@ async def post_telegrams(request: web.Request) -> web.Response:
             f"expected raw telegrams as text/plain, got {request.content_type!r}"
         )
     # aiohttp enforces client_max_size (413) while reading
-    body = await request.read()
+    body = await read_body(request)
     limit = request.app[SETTINGS_KEY].max_telegrams_per_request
     parts = split_body(body, limit)
     if not parts:
