@@ -94,7 +94,9 @@ async def read_json(request: web.Request) -> Any:
         # RFC 8259 §8.1: JSON on the wire is UTF-8 (json.loads would also guess UTF-16/32)
         text = (await read_body(request)).decode("utf-8-sig")
         data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and the plain ValueError of an integer literal
+        # beyond Python's 4,300-digit conversion limit
         raise BadRequestError(f"the body is not valid JSON: {exc}") from exc
     except RecursionError:
         raise BadRequestError("the body is JSON nested too deeply") from None
