@@ -47,23 +47,16 @@ def bearer_token(request: web.Request) -> str:
 
 async def read_body(request: web.Request) -> bytes:
     """The request body, decoded from its Content-Encoding; 415 for a coding the gateway does
-    not decode, 400 for a body its coding cannot decode (413 past the size limit, by aiohttp)."""
+    not decode (400 for a body its coding cannot decode, 413 past the size limit: both raised
+    by aiohttp while reading)."""
     coding = request.headers.get("Content-Encoding", "").strip().lower()
     if coding not in DECODED_CODINGS:
         raise UnsupportedMediaTypeError(
             f"content coding {coding[:32]!r} is not supported; send identity, gzip or deflate"
         )
-    try:
-        return await request.read()
-    except web.RequestPayloadError as exc:
-        # aiohttp's decoder (or chunked framing) failed on the client's bytes; its message
-        # names the coding, never the bytes. The stream cannot be framed past this point, so the
-        # connection closes after the answer, and aiohttp must not drain the broken payload
-        # after it (it would log that as an unhandled exception and drop the connection)
-        request.protocol.close()
-        request.content.feed_eof()
-        reason = str(exc).rsplit(":", 1)[-1].strip()
-        raise BadRequestError(f"the body cannot be read: {reason}") from exc
+    # a body its coding or chunking cannot decode raises web.RequestPayloadError here: the
+    # middleware answers it (invalid-body-framing) and closes the connection
+    return await request.read()
 
 
 def unstorable_text(value: Any) -> bool:

@@ -202,7 +202,12 @@ def make_problem_middleware(retry_after_s: int, max_body_bytes: int) -> web.midd
                 request, problem, _http_detail(exc, request, max_body_bytes), headers=kept
             )
         except web.RequestPayloadError:
-            # the chunked encoding or compression broke mid-body; its message quotes the bytes
+            # the chunked encoding or compression broke mid-body; its message quotes the bytes.
+            # The stream cannot be framed past this point: the connection closes after the
+            # answer, and aiohttp must not drain the broken body after it (it would log that as
+            # an unhandled exception and drop the connection before the answer)
+            request.protocol.close()
+            request.content.feed_eof()
             log.info("refused a request: its body framing is broken")
             return problem_response(
                 request, INVALID_BODY, "the body does not match its transfer or content encoding"

@@ -65,6 +65,13 @@ PROTOCOL_PROBLEMS: tuple[tuple[type[HttpProcessingError], ProblemType, str], ...
         "the request target is not a valid URL",
     ),
     (
+        # before its base class below: aiohttp refuses codings it cannot decode (br without
+        # Brotli, zstd…) while parsing the head; gateway.api.http.read_body refuses the rest
+        http_exceptions.ContentEncodingError,
+        ProblemType(415, "unsupported-media-type", "Unsupported media type"),
+        "the body's Content-Encoding is not one the gateway reads (gzip, deflate or none)",
+    ),
+    (
         http_exceptions.PayloadEncodingError,
         ProblemType(400, "invalid-body-framing", "Invalid body framing"),
         "the body does not match its Content-Length or chunked encoding",

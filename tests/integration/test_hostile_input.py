@@ -35,6 +35,7 @@ BAD_REQUEST = PROBLEMS + "bad-request"
 INVALID = PROBLEMS + "validation-error"
 UNAUTHORIZED = PROBLEMS + "unauthorized"
 UNSUPPORTED = PROBLEMS + "unsupported-media-type"
+BROKEN_BODY = PROBLEMS + "invalid-body-framing"
 
 EAN = make_ean(1)
 METER = "E0000000000000001"
@@ -398,7 +399,7 @@ async def test_a_content_coding_the_body_does_not_match_is_4xx(
 ) -> None:
     headers = {**world.headers[who], "Content-Type": ctype, "Content-Encoding": coding}
     resp = await world.client.request(method, path, data=body, headers=headers)
-    await assert_problem(resp, BAD_REQUEST, UNSUPPORTED)
+    await assert_problem(resp, BROKEN_BODY, UNSUPPORTED)
     await assert_still_serving(world)
     # the broken payload is not left for aiohttp to trip over after the answer
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

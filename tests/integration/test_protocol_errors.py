@@ -157,6 +157,13 @@ MALFORMED: dict[str, tuple[bytes, int, str]] = {
         400,
         "malformed-request",
     ),
+    "a content coding aiohttp cannot decode": (
+        b"POST /v1/telegrams HTTP/1.1\r\nHost: g\r\n"
+        + AUTH
+        + b"\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
+        415,
+        "unsupported-media-type",
+    ),
     "bad chunk size": (
         b"POST /v1/telegrams HTTP/1.1\r\nHost: g\r\n"
         + AUTH
