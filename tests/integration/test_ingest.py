@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.api.appkeys import CLOCK_KEY, INGEST_KEY, SETTINGS_KEY
+from gateway.api.appkeys import CLOCK_KEY, INGEST_KEY, LISTEN_KEY, SETTINGS_KEY
 from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
 
@@ -576,3 +576,41 @@ async def test_a_flood_of_junk_frames_gets_a_bounded_answer(world: World) -> Non
     problem = await expect_problem(resp, 422)
     assert [x["index"] for x in problem["rejected"]] == list(range(50))
     assert "rejected_omitted" not in problem
+
+
+async def test_the_bearer_scheme_is_case_insensitive(world: World) -> None:
+    """RFC 7235: auth schemes are case-insensitive; some HTTP stacks on dongles send 'bearer'."""
+    w = world
+    start = dt.datetime(2026, 3, 1, tzinfo=UTC)
+    t = dt.datetime(2026, 3, 2, 12, 0, 5, tzinfo=UTC)
+    w.clock.now = t.timestamp() + 1
+    await add_meter(w, 120, "electricity", "C0", start)
+    device = await add_device(w, "C0")
+    token = device["Authorization"].split(" ", 1)[1]
+    for scheme in ("bearer", "BEARER", "BeArEr"):
+        headers = {**device, "Authorization": f"{scheme} {token}"}
+        resp = await w.client.post("/v1/telegrams", data=build_telegram("C0", t), headers=headers)
+        assert resp.status == 200, (scheme, await resp.text())
+
+
+async def test_a_meter_is_known_to_ingest_when_its_registration_answers(
+    gateway_app: web.Application, pool: asyncpg.Pool, admin_headers: dict[str, str]
+) -> None:
+    """Registration used to reach this process's index only through its NOTIFY, so a device
+    pushing right after it could meet 'unknown-meter', a rejection the device never retries.
+    Without LISTEN here, only the registration's own refresh can make the push succeed."""
+    clock = Clock()
+    gateway_app[CLOCK_KEY] = clock
+    gateway_app[LISTEN_KEY] = False
+    client: Client = TestClient(TestServer(gateway_app, host="127.0.0.1", port=0))
+    await client.start_server()
+    try:
+        w = World(client, pool, clock, admin_headers)
+        t = dt.datetime(2026, 3, 2, 12, 0, 5, tzinfo=UTC)
+        clock.now = t.timestamp() + 1
+        device = await add_device(w, "K0")
+        await add_meter(w, 121, "electricity", "K0", dt.datetime(2026, 3, 1, tzinfo=UTC))
+        resp = await client.post("/v1/telegrams", data=build_telegram("K0", t), headers=device)
+        assert resp.status == 200, await resp.text()
+    finally:
+        await client.close()

@@ -56,6 +56,9 @@ async def add_meter(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
         created = await registry.add_connection(conn, body)
+    # in force in this process before the answer: a device pushing right after would otherwise
+    # meet 'unknown-meter', a rejection it never retries (other processes follow the NOTIFY)
+    await request.app[INGEST_KEY].refresh([body.ean])
     return json_response(created, status=201)
 
 
