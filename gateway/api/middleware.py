@@ -49,6 +49,8 @@ class ProblemType:
 INTERNAL = ProblemType(500, "internal-error", "Internal server error")
 REQUEST_TIMEOUT = ProblemType(408, "request-timeout", "Request timeout")
 INVALID_BODY = ProblemType(400, "invalid-body-framing", "Invalid body framing")
+UNSUPPORTED_MEDIA_TYPE = ProblemType(415, "unsupported-media-type", "Unsupported media type")
+TOO_MANY_REQUESTS = ProblemType(429, "too-many-requests", "Too many requests")
 DATABASE_UNAVAILABLE = ProblemType(503, "database-unavailable", "Database unavailable")
 
 #: The gateway's errors → problem types; the most specific class in an error's MRO wins.
@@ -64,10 +66,8 @@ PROBLEMS: dict[type[errors.GatewayError], ProblemType] = {
     errors.NotFoundError: ProblemType(404, "not-found", "Not found"),
     errors.ConflictError: ProblemType(409, "conflict", "Conflict"),
     errors.PayloadTooLargeError: ProblemType(413, "payload-too-large", "Payload too large"),
-    errors.UnsupportedMediaTypeError: ProblemType(
-        415, "unsupported-media-type", "Unsupported media type"
-    ),
-    errors.TooManyRequestsError: ProblemType(429, "too-many-requests", "Too many requests"),
+    errors.UnsupportedMediaTypeError: UNSUPPORTED_MEDIA_TYPE,
+    errors.TooManyRequestsError: TOO_MANY_REQUESTS,
     errors.ServiceUnavailableError: ProblemType(503, "service-unavailable", "Service unavailable"),
     errors.DatabaseUnavailableError: DATABASE_UNAVAILABLE,
 }
@@ -90,8 +90,8 @@ HTTP_PROBLEMS: dict[int, ProblemType] = {
         ProblemType(406, "not-acceptable", "Not acceptable"),
         REQUEST_TIMEOUT,
         ProblemType(413, "payload-too-large", "Payload too large"),
-        ProblemType(415, "unsupported-media-type", "Unsupported media type"),
-        ProblemType(429, "too-many-requests", "Too many requests"),
+        UNSUPPORTED_MEDIA_TYPE,
+        TOO_MANY_REQUESTS,
         ProblemType(503, "service-unavailable", "Service unavailable"),
     )
 }

@@ -31,8 +31,10 @@ from aiohttp.streams import StreamReader
 from gateway.api.appkeys import SETTINGS_KEY
 from gateway.api.middleware import (
     INTERNAL,
+    INVALID_BODY,
     PROBLEM_CONTENT_TYPE,
     REQUEST_TIMEOUT,
+    UNSUPPORTED_MEDIA_TYPE,
     ProblemType,
     problem_body,
 )
@@ -40,6 +42,7 @@ from gateway.api.middleware import (
 log = logging.getLogger(__name__)
 
 _MALFORMED = ProblemType(400, "malformed-request", "Malformed request")
+_BAD_REQUEST_LINE = ProblemType(400, "bad-request-line", "Bad request line")
 
 #: aiohttp's parse errors → problem type and a detail that names the fault without quoting it
 #: (their messages quote the offending bytes, which may hold a token); the first match wins
@@ -56,24 +59,24 @@ PROTOCOL_PROBLEMS: tuple[tuple[type[HttpProcessingError], ProblemType, str], ...
     ),
     (
         http_exceptions.BadStatusLine,
-        ProblemType(400, "bad-request-line", "Bad request line"),
+        _BAD_REQUEST_LINE,
         "the request line is not 'METHOD target HTTP/1.x'",
     ),
     (
         http_exceptions.InvalidURLError,
-        ProblemType(400, "bad-request-line", "Bad request line"),
+        _BAD_REQUEST_LINE,
         "the request target is not a valid URL",
     ),
     (
         # before its base class below: aiohttp refuses codings it cannot decode (br without
         # Brotli, zstd…) while parsing the head; gateway.api.http.read_body refuses the rest
         http_exceptions.ContentEncodingError,
-        ProblemType(415, "unsupported-media-type", "Unsupported media type"),
+        UNSUPPORTED_MEDIA_TYPE,
         "the body's Content-Encoding is not one the gateway reads (gzip, deflate or none)",
     ),
     (
         http_exceptions.PayloadEncodingError,
-        ProblemType(400, "invalid-body-framing", "Invalid body framing"),
+        INVALID_BODY,
         "the body does not match its Content-Length or chunked encoding",
     ),
     (

@@ -48,35 +48,31 @@ class IngestState:
     async def _one_by_one(
         self, parts: Sequence[bytes], meter_ids: frozenset[str], now_s: int
     ) -> IngestResult:
-        total = IngestResult()
-        writes: list[tuple[int, IngestResult]] = []
-        for index, part in enumerate(parts):
-            one = self.pipeline.process((part,), meter_ids, now_s)
-            total.accepted += one.accepted
-            total.rejected.extend({**r, "index": index} for r in one.rejected)
-            for mine, theirs in zip(total.depths, one.depths, strict=True):
-                for depth, count in enumerate(theirs):
-                    mine[depth] += count
-            if one.rows:
-                total.rows += one.rows
-                writes.append((index, one))
+        ones = [self.pipeline.process((part,), meter_ids, now_s) for part in parts]
+        writes = [(index, one) for index, one in enumerate(ones) if one.rows]
         # concurrently: the writer merges them into one batch and bisects to the refused ones
         outcomes = await asyncio.gather(
             *(self.writer.write(one.batch) for _, one in writes), return_exceptions=True
         )
-        for (index, one), outcome in zip(writes, outcomes, strict=True):
+        refused: dict[int, RowsRefusedError] = {}
+        for (index, _), outcome in zip(writes, outcomes, strict=True):
             if isinstance(outcome, RowsRefusedError):
-                total.accepted -= one.accepted
-                total.rows -= one.rows
-                for mine, theirs in zip(total.depths, one.depths, strict=True):
-                    for depth, count in enumerate(theirs):
-                        mine[depth] -= count
-                total.rejected.append(
-                    {"index": index, "reason": "bad-value", "detail": str(outcome)}
-                )
+                refused[index] = outcome
             elif isinstance(outcome, BaseException):
                 raise outcome
-        total.rejected.sort(key=lambda r: r["index"])
+        total = IngestResult()
+        for index, one in enumerate(ones):
+            if index in refused:
+                total.rejected.append(
+                    {"index": index, "reason": "bad-value", "detail": str(refused[index])}
+                )
+                continue
+            total.accepted += one.accepted
+            total.rows += one.rows
+            total.rejected.extend({**r, "index": index} for r in one.rejected)
+            for mine, theirs in zip(total.depths, one.depths, strict=True):
+                for depth, count in enumerate(theirs):
+                    mine[depth] += count
         return total
 
     async def refresh(self, eans: list[str]) -> None:
