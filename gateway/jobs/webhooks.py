@@ -109,6 +109,7 @@ HEADER_KEY_ID: Final = "Meterpoort-Key-Id"
 SIGNATURE_SCHEME: Final = "ed25519"
 USER_AGENT: Final = "Meterpoort-Webhooks/1"
 _B64URL_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_")
+_WEBHOOK_ID_CHARS: Final = frozenset(string.printable) - frozenset(string.whitespace) - {"."}
 _ED25519_SIGNATURE_BYTES: Final = 64
 
 #: outcomes of one attempt, the ``outcome`` label of ``meterpoort_webhook_deliveries_total``
@@ -163,11 +164,14 @@ class WebhookSignatureError(GatewayError):
 def standard_signed_content(webhook_id: str, timestamp: int, body: bytes) -> bytes:
     """The bytes a ``v1a`` signature covers: ``b"<webhook_id>.<timestamp>." + body``.
 
-    ValueError for an id holding a ``.`` or anything but printable ASCII (the specification's
-    rule: with a dot in the id, the same content could be split into another id and timestamp).
+    ValueError for an empty id or one holding a ``.``, whitespace or non-ASCII (the
+    specification's rule is no ``.``: with one, the same content could be split into another id
+    and timestamp; the rest keeps the id a plain header token).
     """
-    if "." in webhook_id or not webhook_id.isascii() or not webhook_id.isprintable():
-        raise ValueError(f"a webhook id must be printable ASCII without '.': {webhook_id!r}")
+    if not webhook_id or not _WEBHOOK_ID_CHARS.issuperset(webhook_id):
+        raise ValueError(
+            f"a webhook id must be printable ASCII without '.' or spaces: {webhook_id!r}"
+        )
     return f"{webhook_id}.{timestamp}.".encode("ascii") + body
 
 
