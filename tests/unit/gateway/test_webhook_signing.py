@@ -6,7 +6,10 @@ import base64
 import datetime as dt
 import json
 import random
+import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -216,3 +219,35 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
 class _ZeroRandom(random.Random):
     def random(self) -> float:
         return 0.0
+
+
+def test_the_readme_verifier_accepts_a_signed_delivery_and_refuses_forgeries() -> None:
+    """The README's receiver example, run as written (it documents the scheme)."""
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Webhooks\n", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    ring = KeyRing(Ed25519PrivateKey.generate())
+    now = int(time.time())
+    headers = signed_headers(ring, event_id=EVENT_ID, body=body(), attempt=1, at=now)
+    namespace: dict[str, Any] = {"jwks": ring.jwks()}
+    exec(compile(example, "README.md", "exec"), namespace)
+    readme_verify = namespace["verify"]
+    readme_verify(headers, body())
+    for bad_headers, bad_body in [
+        (headers, body().replace(b"revoked", b"expired")),
+        ({**headers, "webhook-id": str(uuid.uuid4())}, body()),
+        ({**headers, "webhook-timestamp": str(now - 600)}, body()),
+        ({**headers, "webhook-id": f"{EVENT_ID}.{now}"}, body()),
+        (
+            signed_headers(
+                KeyRing(Ed25519PrivateKey.generate()),
+                event_id=EVENT_ID,
+                body=body(),
+                attempt=1,
+                at=now,
+            ),
+            body(),
+        ),
+    ]:
+        with pytest.raises(ValueError):
+            readme_verify(bad_headers, bad_body)
