@@ -9,7 +9,11 @@ others read its key. A generated key whose file has become readable by group or 
 refused (like ssh does), because whoever reads it can forge receipts.
 
 The served JWKS (``GET /v1/keys``) holds the signing key's public half; key ids are RFC 7638
-thumbprints, so they stay the same across restarts for as long as the key file does.
+thumbprints, so they stay the same across restarts for as long as the key file does. Each JWK also
+says what the key signs (``signs``: ``consent-receipts``, ``webhooks``) and, on a key that signs
+webhooks, carries its Standard Webhooks form (``whpk``: ``whpk_`` + standard base64 of the raw
+32-byte key), which any Standard Webhooks ``v1a`` verifier takes as is. RFC 7517 §4 lets a JWK
+carry members of its own; JWK consumers ignore the ones they do not know.
 
 Settings read here: ``signing_key_file``, ``data_dir``. Receipts themselves are issued by
 ``gateway.services.receipts``.
@@ -17,6 +21,7 @@ Settings read here: ``signing_key_file``, ``data_dir``. Receipts themselves are 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import secrets
@@ -31,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
+    PublicFormat,
     load_pem_private_key,
 )
 
@@ -42,6 +48,12 @@ from gateway.settings import Settings
 SIGNING_KEY_FILE = "signing-key.pem"
 #: dev customer-token key, generated in the data directory by the token CLI (or dev-mode serve)
 DEV_CUSTOMER_KEY_FILE = "dev-customer-key.pem"
+
+#: the prefix of a Standard Webhooks public key ("whpk_" + base64 of the raw Ed25519 key)
+WHPK_PREFIX = "whpk_"
+#: values of a served JWK's ``signs`` member
+SIGNS_RECEIPTS = "consent-receipts"
+SIGNS_WEBHOOKS = "webhooks"
 
 
 def _check_private_mode(path: Path) -> None:
@@ -105,6 +117,13 @@ def signing_key(settings: Settings) -> Ed25519PrivateKey:
     return load_or_create_ed25519(Path(settings.data_dir) / SIGNING_KEY_FILE)
 
 
+def standard_webhooks_public_key(public_key: Ed25519PublicKey) -> str:
+    """The key as Standard Webhooks serializes an asymmetric public key: ``whpk_`` followed by
+    the standard (padded, ``+/``) base64 of its raw 32 bytes; not base64url like a JWK's ``x``."""
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return WHPK_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
 def dev_customer_key(data_dir: Path) -> Ed25519PrivateKey:
     """The dev customer-token key of ``data_dir`` (generated on first use)."""
     return load_or_create_ed25519(Path(data_dir) / DEV_CUSTOMER_KEY_FILE)
@@ -124,9 +143,25 @@ class KeyRing:
     def public_keys(self) -> list[Ed25519PublicKey]:
         return [self.signing_key.public_key()]
 
+    @property
+    def webhook_signing_keys(self) -> tuple[Ed25519PrivateKey, ...]:
+        """The keys each webhook is signed with (a ``webhook-signature`` lists one signature per
+        key, so a rotation could sign with the old and the new key for a while; today: one)."""
+        return (self.signing_key,)
+
     def jwks(self) -> dict[str, Any]:
-        """The JWK Set served at ``GET /v1/keys`` (public halves only)."""
-        return {"keys": [public_jwk(k) for k in self.public_keys]}
+        """The JWK Set served at ``GET /v1/keys`` (public halves only), each key marked with
+        what it signs and, for webhook keys, its Standard Webhooks ``whpk_`` form."""
+        webhook_kids = {key_id(k.public_key()) for k in self.webhook_signing_keys}
+        keys: list[dict[str, Any]] = []
+        for public in self.public_keys:
+            jwk = public_jwk(public)
+            jwk["signs"] = [SIGNS_RECEIPTS]
+            if jwk["kid"] in webhook_kids:
+                jwk["signs"].append(SIGNS_WEBHOOKS)
+                jwk["whpk"] = standard_webhooks_public_key(public)
+            keys.append(jwk)
+        return {"keys": keys}
 
     def sign(self, receipt: Mapping[str, Any]) -> dict[str, Any]:
         """A signed receipt document for ``receipt``."""

@@ -1,21 +1,47 @@
 """Webhook delivery of the notification outbox (SPEC §4): signed, retried, at-least-once, in order.
 
-What a recipient receives, for each ``outbox_events`` row it is subscribed to (see
-``gateway.storage.outbox``)::
+Deliveries follow the Standard Webhooks specification (https://www.standardwebhooks.com, v1.0.0)
+with its asymmetric scheme ``v1a`` (Ed25519). What a recipient receives, for each
+``outbox_events`` row it is subscribed to (see ``gateway.storage.outbox``)::
 
     POST <webhook_url>
     Content-Type: application/json
-    Meterpoort-Event-Id: <event_id>            same on every retry: the idempotency key
-    Meterpoort-Timestamp: <unix seconds>       when this attempt was signed
-    Meterpoort-Key-Id: <kid>                   the JWK at GET /v1/keys that verifies it
-    Meterpoort-Signature: ed25519=<base64url Ed25519 signature over b"<timestamp>." + body>
-    Meterpoort-Delivery-Attempt: <n>
+    webhook-id: <event_id>                     same on every retry: the idempotency key
+    webhook-timestamp: <unix seconds>          when this attempt was signed
+    webhook-signature: v1a,<base64 Ed25519 signature over b"<id>.<timestamp>." + body>
+    Meterpoort-Delivery-Attempt: <n>           1 on the first attempt (not signed)
+    (deprecated, see below: Meterpoort-Event-Id, -Timestamp, -Key-Id, -Signature)
 
     {"data":{...},"ean":"…","event_id":"…","kind":"consent.ended","occurred_at":"…Z"}
 
 The body is compact JSON with sorted keys and identical on every attempt; only the timestamp and
-signature change. A recipient verifies the signature over the exact bytes it received, rejects
-timestamps far from its clock (replays), and dedupes on the event id.
+signatures change. ``webhook-signature`` is a space-separated list of ``v1a,<signature>``, one per
+key the gateway signs webhooks with (``KeyRing.webhook_signing_keys``: one today; during a key
+rotation both keys could sign); a recipient accepts the request when any one of them verifies
+with a key it trusts. The key to trust is published at ``GET /v1/keys``: the JWK whose ``signs``
+lists ``webhooks`` carries it as ``whpk`` (``whpk_`` + base64 of the raw 32-byte key, the form
+Standard Webhooks libraries take). Signatures and the key are standard base64 (``+/``, padded).
+
+A recipient therefore verifies with any Standard Webhooks ``v1a`` verifier, or by hand:
+
+1. ``webhook-timestamp`` is an integer within a tolerance of its clock (e.g. 5 minutes), so a
+   captured request cannot be replayed later;
+2. the signed bytes are ``f"{webhook_id}.{webhook_timestamp}.".encode() + body``, with ``body``
+   the exact bytes received (parsing and re-serialising the JSON breaks the signature);
+3. one ``v1a,…`` entry of ``webhook-signature`` verifies as Ed25519 over them;
+4. ``webhook-id`` is remembered for a while, and a second request with it is acknowledged but not
+   processed again (at-least-once delivery resends after a lost answer).
+
+The id is the event's UUID and never contains a ``.``, the separator of the signed content (the
+specification requires that, so an id and a timestamp cannot be shifted into each other).
+
+Deprecated headers: the scheme Meterpoort used before (``Meterpoort-Event-Id``,
+``Meterpoort-Timestamp``, ``Meterpoort-Key-Id`` naming the JWK, ``Meterpoort-Signature:
+ed25519=<base64url signature over b"<timestamp>." + body>``, verified by ``verify`` below) is still
+sent, signed by the same key, through the 0.2 releases and removed in 0.3.0. Recipients should move
+to the ``webhook-*`` headers. Sending both gives no signature that passes as the other scheme's:
+an old signature covers ``<digits>.{…``, where a ``v1a`` verifier needs an integer timestamp after
+the first ``.``; a ``v1a`` signature covers ``<uuid>.…``, where the old one needs digits before it.
 
 Delivery rules:
 
@@ -39,6 +65,7 @@ Settings: ``gateway.settings.WebhookSettings`` (environment ``METERPOORT_WEBHOOK
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import logging
 import random
@@ -46,7 +73,7 @@ import string
 import time
 import uuid
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -66,15 +93,23 @@ from gateway.storage import db, outbox
 
 log = logging.getLogger(__name__)
 
+# Standard Webhooks headers (the specification spells them in lower case)
+HEADER_WEBHOOK_ID: Final = "webhook-id"
+HEADER_WEBHOOK_TIMESTAMP: Final = "webhook-timestamp"
+HEADER_WEBHOOK_SIGNATURE: Final = "webhook-signature"
+#: the Standard Webhooks signature identifier of an Ed25519 signature
+STANDARD_SCHEME: Final = "v1a"
+HEADER_ATTEMPT: Final = "Meterpoort-Delivery-Attempt"
+# deprecated: the Meterpoort scheme, sent beside the standard one until 0.3.0
 HEADER_EVENT_ID: Final = "Meterpoort-Event-Id"
 HEADER_TIMESTAMP: Final = "Meterpoort-Timestamp"
 HEADER_SIGNATURE: Final = "Meterpoort-Signature"
 HEADER_KEY_ID: Final = "Meterpoort-Key-Id"
-HEADER_ATTEMPT: Final = "Meterpoort-Delivery-Attempt"
-#: the signature scheme prefix in ``Meterpoort-Signature``
+#: the signature scheme prefix in ``Meterpoort-Signature`` (deprecated)
 SIGNATURE_SCHEME: Final = "ed25519"
 USER_AGENT: Final = "Meterpoort-Webhooks/1"
 _B64URL_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_")
+_WEBHOOK_ID_CHARS: Final = frozenset(string.printable) - frozenset(string.whitespace) - {"."}
 _ED25519_SIGNATURE_BYTES: Final = 64
 
 #: outcomes of one attempt, the ``outcome`` label of ``meterpoort_webhook_deliveries_total``
@@ -126,13 +161,41 @@ class WebhookSignatureError(GatewayError):
 # --- signing (pure) -----------------------------------------------------------------------------
 
 
+def standard_signed_content(webhook_id: str, timestamp: int, body: bytes) -> bytes:
+    """The bytes a ``v1a`` signature covers: ``b"<webhook_id>.<timestamp>." + body``.
+
+    ValueError for an empty id or one holding a ``.``, whitespace or non-ASCII (the
+    specification's rule is no ``.``: with one, the same content could be split into another id
+    and timestamp; the rest keeps the id a plain header token).
+    """
+    if not webhook_id or not _WEBHOOK_ID_CHARS.issuperset(webhook_id):
+        raise ValueError(
+            f"a webhook id must be printable ASCII without '.' or spaces: {webhook_id!r}"
+        )
+    return f"{webhook_id}.{timestamp}.".encode("ascii") + body
+
+
+def standard_signatures(
+    keys: Iterable[Ed25519PrivateKey], webhook_id: str, timestamp: int, body: bytes
+) -> str:
+    """The ``webhook-signature`` header value: ``v1a,<base64 signature>`` per key, separated
+    by spaces (the specification's list, which lets a key rotation sign with both keys)."""
+    content = standard_signed_content(webhook_id, timestamp, body)
+    signatures = [
+        f"{STANDARD_SCHEME},{base64.b64encode(key.sign(content)).decode('ascii')}" for key in keys
+    ]
+    if not signatures:
+        raise ValueError("a webhook needs at least one signing key")
+    return " ".join(signatures)
+
+
 def signed_content(timestamp: int | str, body: bytes) -> bytes:
-    """The bytes a webhook signature covers: ``b"<timestamp>." + body``."""
+    """The bytes a deprecated ``Meterpoort-Signature`` covers: ``b"<timestamp>." + body``."""
     return f"{timestamp}.".encode("ascii") + body
 
 
 def sign(private_key: Ed25519PrivateKey, timestamp: int, body: bytes) -> str:
-    """The ``Meterpoort-Signature`` header value for ``body`` sent at ``timestamp``."""
+    """The deprecated ``Meterpoort-Signature`` header value for ``body`` sent at ``timestamp``."""
     return f"{SIGNATURE_SCHEME}={b64url(private_key.sign(signed_content(timestamp, body)))}"
 
 
@@ -145,7 +208,9 @@ def verify(
     now: float,
     tolerance_s: float = 300.0,
 ) -> None:
-    """Check a received webhook (what a recipient does); WebhookSignatureError if it fails.
+    """Check the deprecated ``Meterpoort-*`` headers of a received webhook (what a recipient of
+    the old scheme does); WebhookSignatureError if it fails. The ``webhook-*`` headers are
+    verified with any Standard Webhooks ``v1a`` verifier instead.
 
     ``timestamp`` and ``signature`` are the header values, ``body`` the exact bytes received,
     ``now`` the recipient's clock (unix seconds): a timestamp more than ``tolerance_s`` away is
@@ -197,15 +262,22 @@ def event_body(
 def signed_headers(
     ring: KeyRing, *, event_id: uuid.UUID, body: bytes, attempt: int, at: int
 ) -> dict[str, str]:
-    """The headers of one attempt, signed with the ring's signing key at unix time ``at``."""
+    """The headers of one attempt, signed with the ring's webhook keys at unix time ``at``."""
+    webhook_id = str(event_id)
     return {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        HEADER_EVENT_ID: str(event_id),
+        HEADER_WEBHOOK_ID: webhook_id,
+        HEADER_WEBHOOK_TIMESTAMP: str(at),
+        HEADER_WEBHOOK_SIGNATURE: standard_signatures(
+            ring.webhook_signing_keys, webhook_id, at, body
+        ),
+        HEADER_ATTEMPT: str(attempt),
+        # deprecated (removed in 0.3.0): the Meterpoort scheme, for recipients not yet moved
+        HEADER_EVENT_ID: webhook_id,
         HEADER_TIMESTAMP: str(at),
         HEADER_SIGNATURE: sign(ring.signing_key, at, body),
         HEADER_KEY_ID: ring.signing_kid,
-        HEADER_ATTEMPT: str(attempt),
     }
 
 

@@ -83,14 +83,18 @@ async def test_keys_are_served_as_a_jwks(client: Client) -> None:
     assert "max-age" in resp.headers["Cache-Control"]
     jwks = await resp.json()
     [jwk] = jwks["keys"]
-    assert set(jwk) == {"kty", "crv", "x", "kid", "use", "alg", "key_ops"}
+    assert set(jwk) == {"kty", "crv", "x", "kid", "use", "alg", "key_ops", "signs", "whpk"}
     assert (jwk["kty"], jwk["crv"], jwk["use"], jwk["key_ops"]) == (
         "OKP",
         "Ed25519",
         "sig",
         ["verify"],
     )
-    assert len(b64url_decode(jwk["x"])) == 32
+    raw = b64url_decode(jwk["x"])
+    assert len(raw) == 32
+    # one key signs both; webhook receivers take its Standard Webhooks form (standard base64)
+    assert jwk["signs"] == ["consent-receipts", "webhooks"]
+    assert jwk["whpk"] == "whpk_" + base64.b64encode(raw).decode()
 
 
 async def test_signing_key_is_generated_once_private_and_stable(

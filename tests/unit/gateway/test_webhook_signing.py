@@ -6,7 +6,10 @@ import base64
 import datetime as dt
 import json
 import random
+import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,15 +21,25 @@ from gateway.jobs.webhooks import (
     HEADER_KEY_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
+    HEADER_WEBHOOK_ID,
+    HEADER_WEBHOOK_SIGNATURE,
+    HEADER_WEBHOOK_TIMESTAMP,
     WebhookSignatureError,
     backoff_s,
     event_body,
     sign,
     signed_headers,
+    standard_signatures,
+    standard_signed_content,
     verify,
 )
-from gateway.keys import KeyRing
+from gateway.keys import KeyRing, standard_webhooks_public_key
 from gateway.settings import WebhookSettings
+from tests.support.standard_webhooks import (
+    WebhookVerificationError,
+    public_key_from_whpk,
+    verify_webhook,
+)
 
 EVENT_ID = uuid.UUID("0b5b1c1e-4a44-4a3c-9a55-5d3b3c6f2a10")
 OCCURRED = dt.datetime(2025, 3, 30, 1, 15, tzinfo=dt.timezone(dt.timedelta(hours=2)))
@@ -118,9 +131,61 @@ def test_verify_refuses_other_keys_stale_timestamps_and_malformed_headers() -> N
         verify(key.public_key(), timestamp=str(NOW), signature="ed25519=AAAA", body=body(), now=NOW)
 
 
-def test_signed_headers_name_the_event_key_and_attempt() -> None:
+def test_standard_signature_covers_id_timestamp_and_body() -> None:
+    key = Ed25519PrivateKey.generate()
+    content = standard_signed_content(str(EVENT_ID), NOW, body())
+    assert content == f"{EVENT_ID}.{NOW}.".encode() + body()
+    header = standard_signatures([key], str(EVENT_ID), NOW, body())
+    version, _, encoded = header.partition(",")
+    assert version == "v1a"
+    # standard base64 with padding (88 characters for 64 bytes), not base64url
+    assert len(encoded) == 88 and encoded.endswith("==")
+    key.public_key().verify(base64.b64decode(encoded, validate=True), content)
+    # Ed25519 is deterministic: the same content gives the same signature on every attempt
+    assert standard_signatures([key], str(EVENT_ID), NOW, body()) == header
+
+
+def test_standard_signatures_list_one_entry_per_key_each_verifying() -> None:
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    header = standard_signatures([new, old], str(EVENT_ID), NOW, body())
+    entries = header.split(" ")
+    assert len(entries) == 2 and all(e.startswith("v1a,") for e in entries)
+    headers = {
+        "webhook-id": str(EVENT_ID),
+        "webhook-timestamp": str(NOW),
+        "webhook-signature": header,
+    }
+    # a receiver that trusts either key accepts the request
+    for trusted in (old, new):
+        verify_webhook(headers, body(), [trusted.public_key()], now=NOW)
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(headers, body(), [Ed25519PrivateKey.generate().public_key()], now=NOW)
+    with pytest.raises(ValueError, match="at least one"):
+        standard_signatures([], str(EVENT_ID), NOW, body())
+
+
+@pytest.mark.parametrize("bad_id", ["msg.1", "", "é", "a b", "a\nb"])
+def test_a_webhook_id_with_a_dot_or_outside_printable_ascii_is_refused(bad_id: str) -> None:
+    with pytest.raises(ValueError, match="webhook id"):
+        standard_signed_content(bad_id, NOW, body())
+
+
+def test_whpk_is_standard_base64_of_the_raw_key() -> None:
+    public = Ed25519PrivateKey.generate().public_key()
+    whpk = standard_webhooks_public_key(public)
+    assert whpk.startswith("whpk_")
+    assert base64.b64decode(whpk.removeprefix("whpk_"), validate=True) == public.public_bytes_raw()
+    assert public_key_from_whpk(whpk).public_bytes_raw() == public.public_bytes_raw()
+
+
+def test_signed_headers_carry_standard_and_deprecated_headers() -> None:
     ring = KeyRing(Ed25519PrivateKey.generate())
     headers = signed_headers(ring, event_id=EVENT_ID, body=body(), attempt=3, at=NOW)
+    assert headers[HEADER_WEBHOOK_ID] == str(EVENT_ID)
+    assert headers[HEADER_WEBHOOK_TIMESTAMP] == str(NOW)
+    assert headers[HEADER_WEBHOOK_SIGNATURE].count("v1a,") == 1
+    public = ring.signing_key.public_key()
+    assert verify_webhook(headers, body(), [public], now=NOW + 10) == str(EVENT_ID)
     assert headers[HEADER_EVENT_ID] == str(EVENT_ID)
     assert headers[HEADER_TIMESTAMP] == str(NOW)
     assert headers[HEADER_KEY_ID] == key_id(ring.signing_key.public_key())
@@ -154,3 +219,35 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
 class _ZeroRandom(random.Random):
     def random(self) -> float:
         return 0.0
+
+
+def test_the_readme_verifier_accepts_a_signed_delivery_and_refuses_forgeries() -> None:
+    """The README's receiver example, run as written (it documents the scheme)."""
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Webhooks\n", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    ring = KeyRing(Ed25519PrivateKey.generate())
+    now = int(time.time())
+    headers = signed_headers(ring, event_id=EVENT_ID, body=body(), attempt=1, at=now)
+    namespace: dict[str, Any] = {"jwks": ring.jwks()}
+    exec(compile(example, "README.md", "exec"), namespace)
+    readme_verify = namespace["verify"]
+    readme_verify(headers, body())
+    for bad_headers, bad_body in [
+        (headers, body().replace(b"revoked", b"expired")),
+        ({**headers, "webhook-id": str(uuid.uuid4())}, body()),
+        ({**headers, "webhook-timestamp": str(now - 600)}, body()),
+        ({**headers, "webhook-id": f"{EVENT_ID}.{now}"}, body()),
+        (
+            signed_headers(
+                KeyRing(Ed25519PrivateKey.generate()),
+                event_id=EVENT_ID,
+                body=body(),
+                attempt=1,
+                at=now,
+            ),
+            body(),
+        ),
+    ]:
+        with pytest.raises(ValueError):
+            readme_verify(bad_headers, bad_body)
