@@ -236,7 +236,9 @@ async def access_log(
     returned, for many customers at once, ``detail.from``/``to`` its period range), so each entry
     shows only THIS customer's EANs of it, and only a read whose range meets one of the
     customer's contract windows on that EAN: the tenant before or after on the same EAN does not
-    see reads of the other's time (SPEC §3a). ``contracts``: rows with ``ean``,
+    see reads of the other's time (SPEC §3a). A customer's own read (``detail.reader`` =
+    ``customer``, the portal's charts) is only in that customer's log: it returned nothing of
+    anyone else's window, whatever range it named. ``contracts``: rows with ``ean``,
     ``contract_start``, ``contract_end``. ``before_seq`` pages backwards (the ``seq`` of the last
     entry of the previous page).
     """
@@ -254,7 +256,8 @@ async def access_log(
         "          OR (a.detail->>'from')::timestamptz < w.hi)"
         "   ORDER BY w.ean) AS shown) s"
         " WHERE ((a.kind = $1 AND (a.subject = $3"
-        "         OR (a.detail->'eans' ?| $4::text[] AND cardinality(s.shown) > 0)))"
+        "         OR (a.detail->'eans' ?| $4::text[] AND cardinality(s.shown) > 0"
+        "             AND a.detail->>'reader' IS DISTINCT FROM 'customer')))"
         "        OR (a.kind = $2 AND a.subject = $3))"
         "   AND ($5::bigint IS NULL OR a.seq < $5)"
         " ORDER BY a.seq DESC LIMIT $6",
