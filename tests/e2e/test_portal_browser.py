@@ -413,9 +413,15 @@ async def test_customer_grants_revokes_and_downloads_in_the_portal(
     assert sorted(k["ean"] for k in exported["connections"]) == sorted([E_EAN, G_EAN])
     reasons = {c["purpose"]: c["end_reason"] for c in exported["consents"]}
     assert reasons == {"dynamic-tariff-billing": "revoked", "energy-insights": None}
+    # before it, the page's own reads for the two consumption charts (the customer reads their
+    # daily readings: in their access log too)
     access_rows = page.locator("#access-log-table tbody tr")
-    await expect(access_rows).to_have_count(1)
+    await expect(access_rows).to_have_count(3)
     await expect(access_rows.nth(0)).to_contain_text("You downloaded your data")
+    for n in (1, 2):
+        await expect(access_rows.nth(n)).to_contain_text("You viewed your daily readings")
+    viewed = {await access_rows.nth(n).locator("td").nth(2).inner_text() for n in (1, 2)}
+    assert viewed == {E_EAN, G_EAN}
 
     # --- the billing system pulls consent changes: that read shows in the access log too
     async with pool.acquire() as conn:
@@ -432,7 +438,8 @@ async def test_customer_grants_revokes_and_downloads_in_the_portal(
     )
     assert resp.status == 200, await resp.text()
     await page.reload()  # the session keeps the token
-    await expect(access_rows).to_have_count(2)
+    # (the charts read again after the log was loaded: those reads show at the next load)
+    await expect(access_rows).to_have_count(4)
     await expect(access_rows.nth(0)).to_contain_text("Consents requested by Billing")
     await expect(access_rows.nth(0)).to_contain_text(E_EAN)
 
