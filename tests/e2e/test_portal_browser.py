@@ -896,7 +896,8 @@ async def browser_days(page: Page, lang: str, days: list[str]) -> list[str]:
     """How the browser writes these days in ``lang`` (its Intl, the date style of the page)."""
     texts: list[str] = await page.evaluate(
         """([days, loc]) => days.map((d) => new Intl.DateTimeFormat(loc, {
-            dateStyle: "medium", timeZone: "Europe/Amsterdam"}).format(new Date(d + "T12:00:00Z")))""",
+            dateStyle: "medium", timeZone: "Europe/Amsterdam",
+        }).format(new Date(d + "T12:00:00Z")))""",
         [days, "nl-NL" if lang == "nl" else "en-GB"],
     )
     return texts
@@ -905,7 +906,8 @@ async def browser_days(page: Page, lang: str, days: list[str]) -> list[str]:
 async def browser_times(page: Page, lang: str, instants: list[int]) -> list[str]:
     texts: list[str] = await page.evaluate(
         """([instants, loc]) => instants.map((ms) => new Intl.DateTimeFormat(loc, {
-            hour: "2-digit", minute: "2-digit", timeZone: "Europe/Amsterdam"}).format(new Date(ms)))""",
+            hour: "2-digit", minute: "2-digit", timeZone: "Europe/Amsterdam",
+        }).format(new Date(ms)))""",
         [instants, "nl-NL" if lang == "nl" else "en-GB"],
     )
     return texts
