@@ -10,6 +10,13 @@ screenshot of the result is checked for real rendering and kept at /tmp/portal.p
 A customer who moved (SPEC §3a) sees one card per contract: the ended one read-only (window, end
 reason, its consents' history, no grant, revoke or level controls), the current one editable.
 
+Consumption charts: the meters are fed through real ingest, and the bars' accessible names (day
+or quarter/hour, amounts in kWh/m³ per language) must equal the amounts computed here from the
+stored readings, for the daily bars and a day's interval profile, in English and Dutch; gaps are
+no bars; the bars and the day picker are driven with the keyboard. axe-core (npm, pinned in
+tests/package.json) is injected and must report no violation, signed out and in, in both
+languages, and with the charts drawn.
+
 The browser is the distribution's (``.ci/install-browser``); Playwright's browser download is
 never used. ``executable_path`` points at it.
 """
