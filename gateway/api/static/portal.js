@@ -1404,7 +1404,17 @@
       const x = c.left + index * slotWidth;
       const label = spec.tick(slot, index);
       if (label) {
-        ticks.push(svg("text", { x: x, y: c.height - 6, class: "tick", text: label }));
+        // a label near the right edge ends at its slot instead of starting there (not clipped)
+        const nearEnd = x > c.width - 90;
+        ticks.push(
+          svg("text", {
+            x: nearEnd ? x + slotWidth : x,
+            y: c.height - 6,
+            class: "tick",
+            "text-anchor": nearEnd ? "end" : "start",
+            text: label,
+          })
+        );
       }
       const period = byKey.get(slot.key);
       if (!period) return; // a gap: no bar
