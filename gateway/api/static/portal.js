@@ -1125,6 +1125,10 @@
   // between bars) with an accessible name holding its period and values, and a table under the
   // chart holds the same numbers. A period without a value (a missing meter reading) has no bar
   // and says so in the table: a gap, never a zero.
+  //
+  // The amounts come computed from GET /v1/me/consumption: a stored daily reading is the meter's
+  // registers at the first telegram of the local day (SPEC §3: the earliest measured reading of
+  // the period), so a day's amount is the increase from its reading to the next day's.
 
   const SVG_NS = "http://www.w3.org/2000/svg";
   const CHART_DAYS = 92; // "the last months": about three
