@@ -37,6 +37,7 @@ def setup_routes(app: web.Application) -> None:
             web.post("/v1/me/consents/{id}/revoke", customer.revoke_consent),
             web.get("/v1/me/permission-log", customer.get_permission_log),
             web.get("/v1/me/access-log", customer.get_access_log),
+            web.get("/v1/me/consumption", customer.get_consumption),
             web.get("/v1/me/export", customer.export),
             web.post("/v1/me/erasure", customer.request_erasure),
             *(web.get(path, portal.serve_asset) for path in portal.ASSETS),

@@ -236,7 +236,9 @@ async def access_log(
     returned, for many customers at once, ``detail.from``/``to`` its period range), so each entry
     shows only THIS customer's EANs of it, and only a read whose range meets one of the
     customer's contract windows on that EAN: the tenant before or after on the same EAN does not
-    see reads of the other's time (SPEC §3a). ``contracts``: rows with ``ean``,
+    see reads of the other's time (SPEC §3a). A customer's own read (``detail.reader`` =
+    ``customer``, the portal's charts) is only in that customer's log: it returned nothing of
+    anyone else's window, whatever range it named. ``contracts``: rows with ``ean``,
     ``contract_start``, ``contract_end``. ``before_seq`` pages backwards (the ``seq`` of the last
     entry of the previous page).
     """
@@ -254,7 +256,8 @@ async def access_log(
         "          OR (a.detail->>'from')::timestamptz < w.hi)"
         "   ORDER BY w.ean) AS shown) s"
         " WHERE ((a.kind = $1 AND (a.subject = $3"
-        "         OR (a.detail->'eans' ?| $4::text[] AND cardinality(s.shown) > 0)))"
+        "         OR (a.detail->'eans' ?| $4::text[] AND cardinality(s.shown) > 0"
+        "             AND a.detail->>'reader' IS DISTINCT FROM 'customer')))"
         "        OR (a.kind = $2 AND a.subject = $3))"
         "   AND ($5::bigint IS NULL OR a.seq < $5)"
         " ORDER BY a.seq DESC LIMIT $6",
@@ -313,21 +316,30 @@ async def iter_readings(
     table: ReadingTable,
     connection: Mapping[str, Any],
     prefetch: int = 1000,
+    periods: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> AsyncIterator[asyncpg.Record]:
     """The connection's readings in ``table`` within its contract window, by period, through a
-    server-side cursor (constant memory). ``conn`` must be inside a transaction."""
+    server-side cursor (constant memory). ``conn`` must be inside a transaction.
+
+    ``periods`` ``(first, last)``, both inclusive, narrows the result to those period starts
+    (the consumption chart); the export reads the whole window. The narrowed query is a
+    statement of its own, so the planner bounds the index scan on ``period_start`` with it
+    instead of filtering the connection's whole history."""
     columns = ", ".join(("ean", "period_start", "measured_at", *table.registers))
-    query = (
-        f"SELECT {columns} FROM {table.name} r WHERE r.ean = $1 AND {CONTRACT_WINDOW}"
-        " ORDER BY r.period_start"
-    )
-    async for row in conn.cursor(
-        query,
+    args: list[Any] = [
         connection["ean_num"],
         connection["contract_start"],
         connection["contract_end"],
-        prefetch=prefetch,
-    ):
+    ]
+    bounds = ""
+    if periods is not None:
+        bounds = " AND r.period_start >= $4 AND r.period_start <= $5"
+        args.extend(periods)
+    query = (
+        f"SELECT {columns} FROM {table.name} r WHERE r.ean = $1 AND {CONTRACT_WINDOW}{bounds}"
+        " ORDER BY r.period_start"
+    )
+    async for row in conn.cursor(query, *args, prefetch=prefetch):
         yield row
 
 

@@ -10,6 +10,13 @@ screenshot of the result is checked for real rendering and kept at /tmp/portal.p
 A customer who moved (SPEC §3a) sees one card per contract: the ended one read-only (window, end
 reason, its consents' history, no grant, revoke or level controls), the current one editable.
 
+Consumption charts: the meters are fed through real ingest, and the bars' accessible names (day
+or quarter/hour, amounts in kWh/m³ per language) must equal the amounts computed here from the
+stored readings, for the daily bars and a day's interval profile, in English and Dutch; gaps are
+no bars; the bars and the day picker are driven with the keyboard. axe-core (npm, pinned in
+tests/package.json) is injected and must report no violation, signed out and in, in both
+languages, and with the charts drawn.
+
 The browser is the distribution's (``.ci/install-browser``); Playwright's browser download is
 never used. ``executable_path`` points at it.
 """
@@ -41,6 +48,7 @@ from gateway.cli.token import mint_dev_token
 from gateway.services import clients, registry
 from gateway.settings import Settings
 from tests.support import insert_consent, make_ean
+from tests.support.telegram_builder import build_telegram
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -57,6 +65,8 @@ AMS = ZoneInfo("Europe/Amsterdam")
 CUSTOMER = "klant-4711"
 OTHER_CUSTOMER = "klant-0815"
 BRAND_RGB = (11, 79, 138)  # --brand in portal.css: the banner
+#: axe-core, pinned in tests/package.json and installed by `npm ci` (scripts/test)
+AXE = Path(__file__).resolve().parents[1] / "node_modules" / "axe-core" / "axe.min.js"
 
 Client = TestClient[web.Request, web.Application]
 
@@ -127,14 +137,19 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-async def new_page(browser: Browser, served: Portal, locale: str, errors: list[str]) -> Page:
+async def new_page(
+    browser: Browser, served: Portal, locale: str, errors: list[str], *, axe: bool = False
+) -> Page:
     """A page in a fresh context (own storage) that records page errors, console errors and
-    every URL it requests."""
+    every URL it requests. ``axe``: the page's Content-Security-Policy lets the test inject
+    axe-core (an inline script the policy refuses otherwise; the policy itself is checked in
+    ``test_portal_is_served_with_strict_headers_and_documented``)."""
     context = await browser.new_context(
         locale=locale,
         timezone_id="Europe/Amsterdam",
         viewport={"width": 1100, "height": 900},
         accept_downloads=True,
+        bypass_csp=axe,
     )
     context.set_default_timeout(STEP_MS)
     page = await context.new_page()
@@ -149,6 +164,27 @@ async def new_page(browser: Browser, served: Portal, locale: str, errors: list[s
     )
     page.on("request", lambda req: served.requests.append(req.url))
     return page
+
+
+async def axe_violations(page: Page) -> list[dict[str, Any]]:
+    """axe-core's violations on the page as it is now (every rule axe runs by default: WCAG
+    2.x A/AA and best practices), each with the selectors of the offending nodes."""
+    present = await asyncio.to_thread(AXE.exists)
+    assert present, f"{AXE} is missing: run `npm ci` in tests/ (scripts/test does)"
+    if not await page.evaluate("typeof window.axe === 'object'"):
+        await page.add_script_tag(path=str(AXE))
+    violations: list[dict[str, Any]] = await page.evaluate(
+        """async () => {
+            const result = await axe.run(document, { resultTypes: ["violations"] });
+            return result.violations.map((v) => ({
+                id: v.id,
+                impact: v.impact,
+                help: v.help,
+                nodes: v.nodes.map((n) => n.target.join(" ")),
+            }));
+        }"""
+    )
+    return violations
 
 
 # --- plain HTTP ----------------------------------------------------------------------------------
@@ -384,9 +420,15 @@ async def test_customer_grants_revokes_and_downloads_in_the_portal(
     assert sorted(k["ean"] for k in exported["connections"]) == sorted([E_EAN, G_EAN])
     reasons = {c["purpose"]: c["end_reason"] for c in exported["consents"]}
     assert reasons == {"dynamic-tariff-billing": "revoked", "energy-insights": None}
+    # before it, the page's own reads for the two consumption charts (the customer reads their
+    # daily readings: in their access log too)
     access_rows = page.locator("#access-log-table tbody tr")
-    await expect(access_rows).to_have_count(1)
+    await expect(access_rows).to_have_count(3)
     await expect(access_rows.nth(0)).to_contain_text("You downloaded your data")
+    for n in (1, 2):
+        await expect(access_rows.nth(n)).to_contain_text("You viewed your daily readings")
+    viewed = {await access_rows.nth(n).locator("td").nth(2).inner_text() for n in (1, 2)}
+    assert viewed == {E_EAN, G_EAN}
 
     # --- the billing system pulls consent changes: that read shows in the access log too
     async with pool.acquire() as conn:
@@ -403,7 +445,8 @@ async def test_customer_grants_revokes_and_downloads_in_the_portal(
     )
     assert resp.status == 200, await resp.text()
     await page.reload()  # the session keeps the token
-    await expect(access_rows).to_have_count(2)
+    # (the charts read again after the log was loaded: those reads show at the next load)
+    await expect(access_rows).to_have_count(4)
     await expect(access_rows.nth(0)).to_contain_text("Consents requested by Billing")
     await expect(access_rows.nth(0)).to_contain_text(E_EAN)
 
@@ -696,5 +739,387 @@ async def test_two_contracts_on_one_connection_are_two_cards(
         "SELECT level FROM contracts WHERE ean = $1 ORDER BY contract_start", MOVED_EAN
     )
     assert [r["level"] for r in levels] == ["daily", "monthly"]
+    assert errors == []
+    await page.context.close()
+
+
+# --- accessibility: axe-core in the real browser -------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+async def test_axe_finds_no_violations_signed_out_and_in(
+    served: Portal, browser: Browser, lang: str
+) -> None:
+    errors: list[str] = []
+    page = await new_page(browser, served, "nl-NL" if lang == "nl" else "en-GB", errors, axe=True)
+    await page.goto(served.base + "/portal")
+    await expect(page.locator("html")).to_have_attribute("lang", lang)
+    await expect(page.locator("#signin")).to_be_visible()
+    assert await axe_violations(page) == []
+
+    # signed in: two current contracts (electricity, gas), each with a level form, a grant
+    # form and a consumption chart area
+    await page.evaluate(
+        "(token) => { sessionStorage.setItem('meterpoort.token', token); }", served.token(CUSTOMER)
+    )
+    await page.reload()
+    await expect(page.locator("article.connection")).to_have_count(2)
+    await expect(page.locator(".usage .chart-area[aria-busy]")).to_have_count(0)
+    assert await axe_violations(page) == []
+    assert errors == []
+    await page.context.close()
+
+
+# --- consumption charts --------------------------------------------------------------------------
+
+E_METER, G_METER = "E0047114711", "G0047114711"
+
+
+def local_midnight(days_ago: int) -> dt.datetime:
+    day = (dt.datetime.now(AMS) - dt.timedelta(days=days_ago)).date()
+    return dt.datetime(day.year, day.month, day.day, tzinfo=AMS)
+
+
+def day_of(t: dt.datetime) -> str:
+    return t.astimezone(AMS).date().isoformat()
+
+
+async def feed_meters(served: Portal, admin_headers: dict[str, str]) -> dict[int, dt.datetime]:
+    """Interval consent on both connections (by phone, 12 days ago), then real ingest of the
+    customer's dongle: a telegram a little after every local midnight of the last 10 days but
+    one (day 4 has none), and on day 7 one every quarter of an hour but one (10:00). Registers
+    grow by a different amount at every telegram. Returns the days ``d[0]`` … ``d[10]`` (today).
+    """
+    client = served.client
+    for ean in (E_EAN, G_EAN):
+        resp = await client.post(
+            "/v1/admin/consents",
+            headers=admin_headers,
+            json={
+                "ean": ean,
+                "customer_id": CUSTOMER,
+                "purpose": "energy-insights",
+                "notice_version": "v1",
+                "channel": "phone",
+                "granted_at": local_midnight(12).isoformat(),
+            },
+        )
+        assert resp.status == 201, await resp.text()
+    resp = await client.post(
+        "/v1/admin/devices", headers=admin_headers, json={"meter_ids": [E_METER, G_METER]}
+    )
+    assert resp.status == 201, await resp.text()
+    device = {"Authorization": f"Bearer {(await resp.json())['token']}"}
+
+    d = {n: local_midnight(10 - n) for n in range(11)}
+    times = [d[n] + dt.timedelta(seconds=10) for n in range(10) if n != 4]
+    times += [
+        d[7] + dt.timedelta(minutes=15 * q, seconds=10)
+        for q in range(1, 96)
+        if q != 40  # 10:00
+    ]
+    times.sort()
+    telegrams = []
+    imported, exported, gas = 5_000_000, 200_000, 3_000_000
+    captured: dict[dt.datetime, int] = {}
+    for k, t in enumerate(times):
+        imported += 40 + k * 37 % 160
+        exported += k * 13 % 30
+        hour = t.replace(minute=0, second=0)
+        if hour not in captured:
+            gas += 15 + k * 7 % 90
+            captured[hour] = gas
+        telegrams.append(
+            build_telegram(
+                E_METER,
+                t,
+                import_wh=(imported // 2, imported - imported // 2),
+                export_wh=(exported - exported // 3, exported // 3),
+                gas=(G_METER, hour, captured[hour]),
+            )
+        )
+    resp = await client.post(
+        "/v1/telegrams", data=b"".join(telegrams), headers={**device, "Content-Type": "text/plain"}
+    )
+    outcome = await resp.json()
+    assert resp.status == 200 and outcome["rejected"] == [], outcome
+    return d
+
+
+def amount(value: int, lang: str, unit: str) -> str:
+    """Wh or dm³ as the page shows them: kWh / m³ with three decimals, the language's decimal
+    sign (no value in this test reaches a thousand, so no grouping)."""
+    assert 0 <= value < 1_000_000
+    text = f"{value // 1000}.{value % 1000:03d}"
+    return (text.replace(".", ",") if lang == "nl" else text) + "\u00a0" + unit
+
+
+async def stored_amounts(
+    pool: asyncpg.Pool,
+    table: str,
+    ean: str,
+    step: dt.timedelta | None,
+    lo: dt.datetime,
+    hi: dt.datetime,
+) -> dict[dt.datetime, tuple[int, ...]]:
+    """Consumption per period straight from the stored readings: the increase to the next
+    period's reading (``step`` None: the next local day), for periods starting in [lo, hi)."""
+    electricity = table.startswith("readings_e")
+    columns = (
+        "coalesce(import_t1_wh, 0) + coalesce(import_t2_wh, 0) AS a,"
+        " coalesce(export_t1_wh, 0) + coalesce(export_t2_wh, 0) AS b"
+        if electricity
+        else "volume_dm3 AS a, 0 AS b"
+    )
+    rows = await pool.fetch(
+        f"SELECT period_start, {columns} FROM {table} WHERE ean = $1 ORDER BY period_start",
+        int(ean),
+    )
+    by_start = {r["period_start"]: (r["a"], r["b"]) for r in rows}
+    out: dict[dt.datetime, tuple[int, ...]] = {}
+    for start, (a, b) in by_start.items():
+        if step is None:
+            local = start.astimezone(AMS).date() + dt.timedelta(days=1)
+            end = dt.datetime(local.year, local.month, local.day, tzinfo=AMS)
+        else:
+            end = start + step
+        after = by_start.get(end)
+        if after is None or not lo <= start < hi:
+            continue
+        out[start] = (after[0] - a, after[1] - b) if electricity else (after[0] - a,)
+    return out
+
+
+async def bar_names(chart: Any) -> list[tuple[str, str]]:
+    """``(data-period, accessible name)`` of every bar of a chart, in order."""
+    await expect(chart.locator(".bar").first).to_be_attached()
+    names: list[list[str]] = await chart.locator(".bar").evaluate_all(
+        "(bars) => bars.map((b) => [b.dataset.period, b.getAttribute('aria-label')])"
+    )
+    return [(period, name) for period, name in names]
+
+
+async def browser_days(page: Page, lang: str, days: list[str]) -> list[str]:
+    """How the browser writes these days in ``lang`` (its Intl, the date style of the page)."""
+    texts: list[str] = await page.evaluate(
+        """([days, loc]) => days.map((d) => new Intl.DateTimeFormat(loc, {
+            dateStyle: "medium", timeZone: "Europe/Amsterdam",
+        }).format(new Date(d + "T12:00:00Z")))""",
+        [days, "nl-NL" if lang == "nl" else "en-GB"],
+    )
+    return texts
+
+
+async def browser_times(page: Page, lang: str, instants: list[int]) -> list[str]:
+    texts: list[str] = await page.evaluate(
+        """([instants, loc]) => instants.map((ms) => new Intl.DateTimeFormat(loc, {
+            hour: "2-digit", minute: "2-digit", timeZone: "Europe/Amsterdam",
+        }).format(new Date(ms)))""",
+        [instants, "nl-NL" if lang == "nl" else "en-GB"],
+    )
+    return texts
+
+
+WORDS = {"en": ("import", "export"), "nl": ("afname", "teruglevering")}
+
+
+async def expected_daily(
+    page: Page, lang: str, amounts: dict[dt.datetime, tuple[int, ...]], unit: str
+) -> list[tuple[str, str]]:
+    days = [day_of(start) for start in amounts]
+    texts = await browser_days(page, lang, days)
+    out = []
+    for day, text, values in zip(days, texts, amounts.values(), strict=True):
+        out.append((day, f"{text}: {values_text(lang, values, unit)}"))
+    return out
+
+
+def values_text(lang: str, values: tuple[int, ...], unit: str) -> str:
+    if len(values) == 1:
+        return amount(values[0], lang, unit)
+    imp, exp = WORDS[lang]
+    return f"{imp} {amount(values[0], lang, unit)}, {exp} {amount(values[1], lang, unit)}"
+
+
+async def expected_profile(
+    page: Page,
+    lang: str,
+    day: dt.datetime,
+    amounts: dict[dt.datetime, tuple[int, ...]],
+    step: dt.timedelta,
+    unit: str,
+) -> list[tuple[str, str]]:
+    (day_text,) = await browser_days(page, lang, [day_of(day)])
+    starts = [int(s.timestamp() * 1000) for s in amounts]
+    ends = [int((s + step).timestamp() * 1000) for s in amounts]
+    begin = await browser_times(page, lang, starts)
+    finish = await browser_times(page, lang, ends)
+    return [
+        (str(ms), f"{day_text} {b}\u2013{f}: {values_text(lang, values, unit)}")
+        for ms, b, f, values in zip(starts, begin, finish, amounts.values(), strict=True)
+    ]
+
+
+async def date_field_order(page: Page) -> str:
+    """The order in which this chromium's date fields take typed digits: ``"dmy"`` or
+    ``"mdy"``. It follows the browser's own locale, not the page's language (Debian's chromium
+    under a C locale lays out month/day/year whatever the context's locale), so a scratch page
+    of the same context is asked once."""
+    scratch = await page.context.new_page()
+    try:
+        await scratch.set_content('<input type="date" id="probe">')
+        await scratch.focus("#probe")
+        await scratch.keyboard.type("01022003")
+        value = await scratch.eval_on_selector("#probe", "(e) => e.value")
+    finally:
+        await scratch.close()
+    assert value in ("2003-02-01", "2003-01-02"), value
+    return "dmy" if value == "2003-02-01" else "mdy"
+
+
+async def type_day(page: Page, field: Any, day: dt.datetime) -> None:
+    """Enter a day in a date field with the keyboard only, as a person would (the digits in
+    the field's order), then Enter, which submits its form."""
+    order = await date_field_order(page)
+    local = day.astimezone(AMS)
+    await field.focus()
+    await page.keyboard.type(local.strftime("%d%m%Y" if order == "dmy" else "%m%d%Y"))
+    await page.keyboard.press("Enter")
+
+
+async def test_consumption_charts_match_the_stored_readings(
+    served: Portal, browser: Browser, pool: asyncpg.Pool, admin_headers: dict[str, str]
+) -> None:
+    d = await feed_meters(served, admin_headers)
+    week_ago, today = d[0], d[10]
+    e_daily = await stored_amounts(pool, "readings_e_p1d", E_EAN, None, week_ago, today)
+    g_daily = await stored_amounts(pool, "readings_g_p1d", G_EAN, None, week_ago, today)
+    # gaps: no reading on day 4 (days 3 and 4 have no value), none yet today (day 9)
+    assert [day_of(s) for s in e_daily] == [day_of(d[n]) for n in (0, 1, 2, 5, 6, 7, 8)]
+    assert [day_of(s) for s in g_daily] == [day_of(d[n]) for n in (0, 1, 2, 5, 6, 7, 8)]
+    quarter, hour = dt.timedelta(minutes=15), dt.timedelta(hours=1)
+    e_profile = await stored_amounts(pool, "readings_e_pt15m", E_EAN, quarter, d[7], d[8])
+    g_profile = await stored_amounts(pool, "readings_g_pt1h", G_EAN, hour, d[7], d[8])
+    assert len(e_profile) == 96 - 2  # the quarters before and at 10:00 are gaps
+    assert len(g_profile) == 24
+
+    errors: list[str] = []
+    page = await new_page(browser, served, "en-GB", errors, axe=True)
+    await page.goto(f"{served.base}/portal#token={served.token(CUSTOMER)}")
+    elec = page.locator(f'article[data-ean="{E_EAN}"]')
+    gas = page.locator(f'article[data-ean="{G_EAN}"]')
+    e_chart = elec.locator(".usage > .chart-area")
+    g_chart = gas.locator(".usage > .chart-area")
+    await expect(elec.get_by_role("heading", name="Consumption per day")).to_be_visible()
+
+    # --- daily bars: one per day with a value, named with its day and values, in order
+    assert await bar_names(e_chart) == await expected_daily(page, "en", e_daily, "kWh")
+    assert await bar_names(g_chart) == await expected_daily(page, "en", g_daily, "m³")
+    # a gap is no bar and a "no meter reading" row in the table, never a zero
+    await e_chart.get_by_text("Show the values as a table").click()
+    gap_row = e_chart.locator(f'tr[data-period="{day_of(d[4])}"]')
+    await expect(gap_row).to_have_class("gap")
+    await expect(gap_row.locator("td")).to_have_text("no meter reading")
+    value_rows = e_chart.locator("tbody tr:not(.gap)")
+    await expect(value_rows).to_have_count(len(e_daily))
+    first_day, (imp, exp) = next(iter(e_daily.items()))
+    await expect(e_chart.locator(f'tr[data-period="{day_of(first_day)}"] td')).to_have_text(
+        [amount(imp, "en", "kWh"), amount(exp, "en", "kWh")]
+    )
+    # the text alternative: the chart's summary
+    await expect(e_chart.locator(".summary")).to_contain_text(
+        f"{len(e_daily)} of 92 periods have a value"
+    )
+
+    # --- keyboard: one tab stop per chart (the latest bar); arrows move, Enter opens the day
+    e_bars = e_chart.locator(".bar")
+    latest = e_bars.last
+    await expect(latest).to_have_attribute("tabindex", "0")
+    await expect(e_chart.locator('.bar[tabindex="0"]')).to_have_count(1)
+    await latest.focus()
+    await page.keyboard.press("ArrowLeft")
+    day7_bar = e_chart.locator(f'.bar[data-period="{day_of(d[7])}"]')
+    await expect(day7_bar).to_be_focused()
+    await page.keyboard.press("Home")
+    await expect(e_bars.first).to_be_focused()
+    await page.keyboard.press("End")
+    await expect(latest).to_be_focused()
+    await page.keyboard.press("ArrowLeft")
+    await page.keyboard.press("Enter")
+    await expect(day7_bar).to_be_focused()
+    e_profile_chart = elec.locator(".profile .chart-area")
+    await expect(elec.get_by_label("Day", exact=True)).to_have_value(day_of(d[7]))
+    assert await bar_names(e_profile_chart) == await expected_profile(
+        page, "en", d[7], e_profile, quarter, "kWh"
+    )
+
+    # the day picker with the keyboard: a day without 15-minute values, then "Next day"
+    await type_day(page, elec.get_by_label("Day", exact=True), d[6])
+    await expect(elec.get_by_label("Day", exact=True)).to_have_value(day_of(d[6]))
+    (d6_text,) = await browser_days(page, "en", [day_of(d[6])])
+    await expect(e_profile_chart).to_have_text(
+        f"There are no 15-minute or hourly values on {d6_text}."
+    )
+    await expect(elec.get_by_label("Day", exact=True)).to_be_focused()
+    next_day = elec.get_by_role("button", name="Next day")
+    for _ in range(8):  # through the field's segments, "Show day", "Previous day"
+        await page.keyboard.press("Tab")
+        if await next_day.evaluate("(b) => b === document.activeElement"):
+            break
+    await expect(next_day).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(elec.get_by_label("Day", exact=True)).to_have_value(day_of(d[7]))
+    await expect(next_day).to_be_focused()
+    assert await bar_names(e_profile_chart) == await expected_profile(
+        page, "en", d[7], e_profile, quarter, "kWh"
+    )
+
+    # gas: the hourly profile of day 7 through its own day picker
+    await type_day(page, gas.get_by_label("Day", exact=True), d[7])
+    g_profile_chart = gas.locator(".profile .chart-area")
+    assert await bar_names(g_profile_chart) == await expected_profile(
+        page, "en", d[7], g_profile, hour, "m³"
+    )
+    assert await axe_violations(page) == []
+
+    # --- in Dutch: the same numbers with a decimal comma, drawn from the answers the page has
+    consumption_reads = [u for u in served.requests if "/v1/me/consumption" in u]
+    await page.get_by_label("Language").select_option("nl")
+    await expect(elec.get_by_role("heading", name="Verbruik per dag")).to_be_visible()
+    await expect(e_chart.locator(".summary")).to_contain_text("van de 92 perioden")
+    assert await bar_names(e_chart) == await expected_daily(page, "nl", e_daily, "kWh")
+    assert await bar_names(g_chart) == await expected_daily(page, "nl", g_daily, "m³")
+    assert await bar_names(e_profile_chart) == await expected_profile(
+        page, "nl", d[7], e_profile, quarter, "kWh"
+    )
+    assert await bar_names(g_profile_chart) == await expected_profile(
+        page, "nl", d[7], g_profile, hour, "m³"
+    )
+    assert [u for u in served.requests if "/v1/me/consumption" in u] == consumption_reads
+    # the Dutch day picker, with the keyboard too
+    await type_day(page, gas.get_by_label("Dag", exact=True), d[6])
+    await expect(gas.get_by_label("Dag", exact=True)).to_have_value(day_of(d[6]))
+    await gas.get_by_role("button", name="Volgende dag").press("Enter")
+    assert await bar_names(g_profile_chart) == await expected_profile(
+        page, "nl", d[7], g_profile, hour, "m³"
+    )
+    await e_chart.locator("details").evaluate("(e) => { e.open = true; }")
+    assert await axe_violations(page) == []
+    await page.screenshot(path=str(SCREENSHOT.with_name("portal-chart.png")), full_page=True)
+
+    # --- every answer the page got is in the access log, the customer as the reader
+    reads = [u for u in served.requests if "/v1/me/consumption" in u]
+    audited = await pool.fetch(
+        "SELECT actor, detail->>'granularity' AS granularity FROM audit_log"
+        " WHERE kind = 'data.read' ORDER BY seq"
+    )
+    assert len(audited) == len(reads)
+    assert {r["actor"] for r in audited} == {f"customer:{CUSTOMER}"}
+    assert sorted(r["granularity"] for r in audited) == sorted(
+        ["P1D", "P1D", "PT15M", "PT15M", "PT1H", "PT1H"]
+    )
+    await page.reload()
+    access_rows = page.locator("#access-log-table tbody tr")
+    await expect(access_rows.first).to_contain_text("U heeft uw")
     assert errors == []
     await page.context.close()

@@ -218,6 +218,21 @@ async def test_customer_a_reads_nothing_of_customer_b(two: Two, name: str, path:
         assert two.alice_ean in text, name  # the read did return alice's own data
 
 
+async def test_customer_a_reads_no_consumption_of_customer_b(two: Two) -> None:
+    """Bob's EAN answers alice exactly like an EAN that exists nowhere; her own answers."""
+    path = "/v1/me/consumption?ean={ean}&granularity=PT15M&from=2020-01-01&to=2020-01-02"
+    answers = []
+    for ean in (two.bob_ean, make_ean(99)):
+        resp = await two.client.get(fill(path, ean, ""), headers=two.alice)
+        assert resp.status == 404, await resp.text()
+        assert resp.content_type == "application/problem+json"
+        answers.append((await resp.text()).replace(ean, "<ean>"))
+    assert answers[0] == answers[1]
+    resp = await two.client.get(fill(path, two.alice_ean, ""), headers=two.alice)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["ean"] == two.alice_ean
+
+
 async def test_customer_a_erasure_touches_nothing_of_customer_b(
     two: Two, pool: asyncpg.Pool
 ) -> None:
@@ -249,6 +264,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/me/permission-log", None),
     ("GET", "/v1/me/access-log", None),
     ("GET", "/v1/me/export", None),
+    ("GET", "/v1/me/consumption?ean={ean}&granularity=P1D&from=2020-01-01&to=2020-02-01", None),
     ("POST", "/v1/me/erasure", None),
 ]
 

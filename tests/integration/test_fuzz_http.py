@@ -484,6 +484,12 @@ VALID_QUERIES: dict[str, dict[str, str]] = {
     "/v1/me/permission-log": {"limit": "10"},
     "/v1/me/access-log": {"limit": "10", "before_seq": "100"},
     "/v1/me/export": {"format": "csv", "table": "p1d"},
+    "/v1/me/consumption": {
+        "ean": make_ean(1),  # the fuzz world's customer's connection
+        "granularity": "P1D",
+        "from": "2026-01-01",
+        "to": "2026-02-01",
+    },
 }
 
 

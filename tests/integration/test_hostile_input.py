@@ -327,6 +327,14 @@ QUERIES: list[tuple[str, str, str]] = [
     ("/v1/me/access-log", "limit={}", "customer"),
     ("/v1/me/permission-log", "limit={}", "customer"),
     ("/v1/me/export", "format=csv&table={}", "customer"),
+    ("/v1/me/consumption", "ean={}&granularity=P1D&from=2020-01-01&to=2020-02-01", "customer"),
+    (
+        "/v1/me/consumption",
+        "ean=" + EAN + "&granularity={}&from=2020-01-01&to=2020-02-01",
+        "customer",
+    ),
+    ("/v1/me/consumption", "ean=" + EAN + "&granularity=P1D&from={}&to=2020-02-01", "customer"),
+    ("/v1/me/consumption", "ean=" + EAN + "&granularity=P1D&from=2020-01-01&to={}", "customer"),
 ]
 UNSTORABLE_QUERY_TEXT = ["%00", "a%00b", "%ED%A0%80", "%FF", "%C0%80"]
 QUERY_VALUES = [

@@ -38,6 +38,7 @@ from gateway.errors import (
 )
 from gateway.jsonenc import json_default
 from gateway.services import consents as consent_store
+from gateway.services import consumption as consumption_data
 from gateway.services import customers as customer_data
 from gateway.services import erasure, levels
 from gateway.services.receipts import issue_receipt
@@ -118,6 +119,18 @@ class ExportQuery(BaseModel):
         if value is not None and value not in READING_TABLES:
             raise ValueError(f"not a reading table; one of: {', '.join(READING_TABLES)}")
         return value
+
+
+class ConsumptionQuery(BaseModel):
+    """Which consumption to chart: one connection, one granularity, periods starting in
+    ``[from, to)``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    ean: Ean
+    granularity: Literal["P1M", "P1D", "PT1H", "PT15M"]
+    from_: ApiTime = Field(alias="from")
+    to: ApiTime
 
 
 def _query(request: web.Request, model: type[pydantic.BaseModel]) -> Any:
@@ -270,6 +283,22 @@ async def get_access_log(request: web.Request) -> web.Response:
         )
     next_before = entries[-1]["seq"] if len(entries) == query.limit else None
     return json_response({"entries": entries, "next_before_seq": next_before})
+
+
+async def get_consumption(request: web.Request) -> web.Response:
+    """GET /v1/me/consumption: the customer's consumption per period on one of their
+    connections, from their stored readings (``gateway.services.consumption``); the read is
+    in their access log."""
+    customer = await customer_id_for(request)
+    query: ConsumptionQuery = _query(request, ConsumptionQuery)
+    settings = request.app[SETTINGS_KEY]
+    async with acquire(request.app[POOL_KEY], settings.pool_acquire_timeout_s) as conn:
+        answer = await consumption_data.consumption(
+            conn, customer, query.ean, query.granularity, query.from_, query.to
+        )
+    response = json_response(answer)
+    response.headers["Cache-Control"] = "no-store"  # personal data: no cache keeps a copy
+    return response
 
 
 class _ChunkWriter:

@@ -283,6 +283,91 @@ OPENAPI_PATHS: Final[dict[str, Any]] = {
             },
         }
     },
+    "/v1/me/consumption": {
+        "get": {
+            "summary": "Your consumption per period on one of your connections (the portal's "
+            "charts)",
+            "description": "Computed from your stored readings inside your contracts' windows "
+            "(SPEC §3a): a period's amount is the increase from its reading (the earliest "
+            "measured in the period, SPEC §3) to the next period's. Periods without both "
+            "readings, or with a meter exchange between them, are left out (gaps). The read is "
+            "in your access log.",
+            "security": _CUSTOMER,
+            "parameters": [
+                {"name": "ean", "in": "query", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "granularity",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"enum": ["P1M", "P1D", "PT1H", "PT15M"]},
+                    "description": "PT15M for electricity, PT1H for gas",
+                },
+                *(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "RFC 3339 with an offset, or YYYY-MM-DD (local midnight); "
+                        + text,
+                    }
+                    for name, text in (
+                        ("from", "periods starting at or after it"),
+                        (
+                            "to",
+                            "periods starting before it (at most 31 days of interval, 400 "
+                            "of daily periods)",
+                        ),
+                    )
+                ),
+            ],
+            "responses": {
+                "200": _ok(
+                    "amounts per period, gaps left out",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "ean": {"type": "string"},
+                            "commodity": {"enum": sorted(registry.COMMODITIES)},
+                            "granularity": {"enum": ["P1M", "P1D", "PT1H", "PT15M"]},
+                            "from": _TIME,
+                            "to": _TIME,
+                            "unit": {"enum": ["Wh", "dm3"]},
+                            "periods": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "period_start": _TIME,
+                                        "period_end": _TIME,
+                                        "contract_id": {"type": "string", "format": "uuid"},
+                                        "measured_from": _TIME,
+                                        "measured_to": _TIME,
+                                        "import_wh": {"type": "integer", "minimum": 0},
+                                        "export_wh": {"type": "integer", "minimum": 0},
+                                        "volume_dm3": {"type": "integer", "minimum": 0},
+                                    },
+                                    "required": ["period_start", "period_end", "contract_id"],
+                                },
+                            },
+                            "interval": {
+                                "type": ["object", "null"],
+                                "description": "first and last period of your stored interval "
+                                "readings on the connection (null: none)",
+                                "properties": {
+                                    "granularity": {"enum": ["PT1H", "PT15M"]},
+                                    "first": _TIME,
+                                    "last": _TIME,
+                                },
+                            },
+                        },
+                        "required": ["ean", "commodity", "granularity", "unit", "periods"],
+                    },
+                ),
+                **_problems(401, 404, 422, 503),
+            },
+        }
+    },
     "/v1/me/export": {
         "get": {
             "summary": "Everything held about you: JSON, or one reading table as CSV",

@@ -129,6 +129,37 @@
       exportIntro: "Alles wat wij over u bewaren, ook van beëindigde contracten, in een machineleesbaar bestand (JSON).",
       exportButton: "Download mijn gegevens",
       exportDone: "Uw gegevens zijn gedownload als {file}.",
+      usageTitle: "Verbruik per dag",
+      usageIntro_electricity: "Afname en teruglevering per dag over de laatste drie maanden, berekend uit uw dagstanden: het verschil tussen de meterstand aan het begin van de dag en die aan het begin van de volgende dag. Een dag zonder meterstand blijft leeg.",
+      usageIntro_gas: "Gasverbruik per dag over de laatste drie maanden, berekend uit uw dagstanden: het verschil tussen de meterstand aan het begin van de dag en die aan het begin van de volgende dag. Een dag zonder meterstand blijft leeg.",
+      usageKeys: "Met de pijltjestoetsen gaat u naar de vorige of volgende staaf; Enter toont die dag per kwartier of uur.",
+      usageKeysDay: "Met de pijltjestoetsen gaat u naar de vorige of volgende staaf.",
+      usageLoading: "Verbruik laden\u2026",
+      usageError: "Het verbruik kon niet worden geladen: {detail}",
+      usageEmpty: "Er zijn in deze periode geen meterstanden om verbruik uit te berekenen.",
+      usageSummary: "{count} van de {all} perioden hebben een waarde, {gaps} zonder meterstand. Totaal: {total}.",
+      usageBar: "{when}: {values}",
+      usageImport: "afname {value}",
+      usageExport: "teruglevering {value}",
+      usageNoData: "geen meterstand",
+      usageTable: "Toon de waarden als tabel",
+      legendImport: "Afname (boven de lijn)",
+      legendExport: "Teruglevering (onder de lijn)",
+      legendGas: "Gasverbruik",
+      colDate: "Datum",
+      colTime: "Tijd",
+      colImport: "Afname",
+      colExport: "Teruglevering",
+      colVolume: "Gasverbruik",
+      profileTitle_electricity: "Verbruik per kwartier op \u00e9\u00e9n dag",
+      profileTitle_gas: "Verbruik per uur op \u00e9\u00e9n dag",
+      profileIntro: "Alleen over de tijd waarin u toestemming gaf voor kwartier- of uurwaarden. Bewaard van {first} tot en met {last}.",
+      profileDay: "Dag",
+      profileShow: "Toon dag",
+      profilePrev: "Vorige dag",
+      profileNext: "Volgende dag",
+      profileEmpty: "Er zijn geen kwartier- of uurwaarden op {date}.",
+      event_read_self: "U heeft uw {granularity} bekeken",
       loading: "Bezig met laden\u2026",
       loaded: "Uw gegevens zijn geladen.",
       errorPrefix: "Dat lukte niet: {detail}",
@@ -251,6 +282,37 @@
       exportIntro: "Everything we hold about you, ended contracts included, in a machine-readable file (JSON).",
       exportButton: "Download my data",
       exportDone: "Your data has been downloaded as {file}.",
+      usageTitle: "Consumption per day",
+      usageIntro_electricity: "Import and export per day over the last three months, computed from your daily readings: the difference between the meter reading at the start of a day and the one at the start of the next day. A day without a meter reading stays empty.",
+      usageIntro_gas: "Gas consumption per day over the last three months, computed from your daily readings: the difference between the meter reading at the start of a day and the one at the start of the next day. A day without a meter reading stays empty.",
+      usageKeys: "Arrow keys move to the previous or next bar; Enter shows that day in 15-minute or hourly values.",
+      usageKeysDay: "Arrow keys move to the previous or next bar.",
+      usageLoading: "Loading consumption\u2026",
+      usageError: "The consumption could not be loaded: {detail}",
+      usageEmpty: "There are no meter readings in this period to compute consumption from.",
+      usageSummary: "{count} of {all} periods have a value, {gaps} without a meter reading. Total: {total}.",
+      usageBar: "{when}: {values}",
+      usageImport: "import {value}",
+      usageExport: "export {value}",
+      usageNoData: "no meter reading",
+      usageTable: "Show the values as a table",
+      legendImport: "Import (above the line)",
+      legendExport: "Export (below the line)",
+      legendGas: "Gas consumption",
+      colDate: "Date",
+      colTime: "Time",
+      colImport: "Import",
+      colExport: "Export",
+      colVolume: "Gas consumption",
+      profileTitle_electricity: "15-minute consumption on one day",
+      profileTitle_gas: "Hourly consumption on one day",
+      profileIntro: "Only for the time you consented to 15-minute or hourly values. Kept from {first} to {last}.",
+      profileDay: "Day",
+      profileShow: "Show day",
+      profilePrev: "Previous day",
+      profileNext: "Next day",
+      profileEmpty: "There are no 15-minute or hourly values on {date}.",
+      event_read_self: "You viewed your {granularity}",
       loading: "Loading\u2026",
       loaded: "Your data has been loaded.",
       errorPrefix: "That did not work: {detail}",
@@ -302,6 +364,12 @@
     permissionLog: null,
     accessLog: null,
     lastReceipt: null,
+    // consumption answers by request (a language switch or a re-render draws from here: no new
+    // request, so no new access-log entry) and the day chosen for each contract's profile
+    usage: new Map(),
+    usageDay: new Map(),
+    // contracts whose profile the customer asked for (drawn again after a re-render)
+    usageShown: new Set(),
   };
 
   const $ = (sel) => document.querySelector(sel);
@@ -488,6 +556,9 @@
     sessionStorage.removeItem(TOKEN_KEY);
     state.token = null;
     state.connections = state.permissionLog = state.accessLog = null;
+    state.usage.clear();
+    state.usageDay.clear();
+    state.usageShown.clear();
     $("#content").hidden = true;
     $("#signout").hidden = true;
     $("#signin").hidden = false;
@@ -684,6 +755,7 @@
       el("h3", { id: id + "-title", tabindex: "-1" }, headingText, badge ? [" ", badge] : null),
       el("dl", { class: "facts" }, facts),
       note,
+      phase === "upcoming" ? null : renderUsage(conn, id),
       levelEditable ? renderLevelForm(conn, id) : null,
       renderConsents(conn, id, current),
       // consents are granted on the contract in force now only
@@ -868,7 +940,9 @@
     });
     const form = el(
       "form",
-      { class: "grant-form", novalidate: true, "aria-labelledby": id + "-grant" },
+      // a named form is a landmark: its name includes the card's heading, so the grant forms
+      // of two cards are told apart (axe: landmark-unique)
+      { class: "grant-form", novalidate: true, "aria-labelledby": id + "-grant " + id + "-title" },
       el("div", { class: "field" }, el("label", { for: selectId, text: t("grantPurpose") }), select),
       notice,
       el(
@@ -1015,6 +1089,9 @@
 
   function accessWhat(row) {
     if (row.kind === "export") return t("event_export");
+    if (row.kind === "read" && typeof row.actor === "string" && row.actor.startsWith("customer:")) {
+      return t("event_read_self", { granularity: known("gran_", row.granularity || "P1D") });
+    }
     if (row.kind === "read") {
       const key = row.data === "consents" ? "event_read_consents" : "event_read";
       return t(key, { client: row.client_name || row.client_id || row.actor || "?" });
@@ -1037,6 +1114,410 @@
         },
       ],
       "access-log-title"
+    );
+  }
+
+  // ---- consumption charts ----------------------------------------------------------------------
+  //
+  // Bars drawn as inline SVG by this script. A bar chart is a few dozen lines of SVG; a charting
+  // library would be many times this whole page, and plain SVG keeps full control over what
+  // assistive technology gets: every bar is focusable (one tab stop per chart, arrow keys move
+  // between bars) with an accessible name holding its period and values, and a table under the
+  // chart holds the same numbers. A period without a value (a missing meter reading) has no bar
+  // and says so in the table: a gap, never a zero.
+  //
+  // The amounts come computed from GET /v1/me/consumption: a stored daily reading is the meter's
+  // registers at the first telegram of the local day (SPEC §3: the earliest measured reading of
+  // the period), so a day's amount is the increase from its reading to the next day's.
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const CHART_DAYS = 92; // "the last months": about three
+  const INTERVAL_OF = { electricity: "PT15M", gas: "PT1H" };
+  const STEP_MS = { PT15M: 15 * 60000, PT1H: 60 * 60000 };
+  const CHART = { width: 720, height: 200, left: 8, right: 8, top: 22, bottom: 24 };
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "text") node.textContent = value;
+      else node.setAttribute(name, String(value));
+    }
+    for (const child of children.flat()) if (child) node.append(child);
+    return node;
+  }
+
+  // plain dates (YYYY-MM-DD) are local days in Europe/Amsterdam, which is how the API reads them
+  function amsterdamDay(value) {
+    return new Intl.DateTimeFormat("en-CA", {
+      timeZone: "Europe/Amsterdam",
+      year: "numeric",
+      month: "2-digit",
+      day: "2-digit",
+    }).format(new Date(value));
+  }
+
+  function addDays(day, n) {
+    const [y, m, d] = day.split("-").map(Number);
+    return new Date(Date.UTC(y, m - 1, d + n)).toISOString().slice(0, 10);
+  }
+
+  // a plain day as text in the page's language (noon UTC is that day in Amsterdam)
+  function fmtDay(day) {
+    return fmtDate(day + "T12:00:00Z");
+  }
+
+  function fmtTime(ms) {
+    return new Intl.DateTimeFormat(locale(), {
+      hour: "2-digit",
+      minute: "2-digit",
+      timeZone: "Europe/Amsterdam",
+    }).format(new Date(ms));
+  }
+
+  // Wh and dm³ are integers; shown as kWh and m³ with three decimals: exact, and the same
+  // number of digits on every bar and in every language
+  function fmtAmount(value, unit) {
+    const number = new Intl.NumberFormat(locale(), {
+      minimumFractionDigits: 3,
+      maximumFractionDigits: 3,
+    }).format(value / 1000);
+    return number + "\u00a0" + (unit === "Wh" ? "kWh" : "m\u00b3");
+  }
+
+  // the amounts of one period: [{key, value}] (electricity import and export, or gas volume)
+  function amountsOf(period) {
+    if ("volume_dm3" in period) return [{ key: "volume", value: period.volume_dm3 }];
+    return [
+      { key: "import", value: period.import_wh },
+      { key: "export", value: period.export_wh },
+    ];
+  }
+
+  function valuesText(period, unit) {
+    return amountsOf(period)
+      .map((a) => {
+        const value = fmtAmount(a.value, unit);
+        return a.key === "volume" ? value : t(a.key === "import" ? "usageImport" : "usageExport", { value });
+      })
+      .join(", ");
+  }
+
+  function fetchUsage(conn, granularity, from, to) {
+    const key = [conn.contract_id, granularity, from, to].join("|");
+    if (!state.usage.has(key)) {
+      const query = new URLSearchParams({ ean: conn.ean, granularity, from, to });
+      const answer = api("GET", "v1/me/consumption?" + query.toString());
+      state.usage.set(key, answer);
+      // a failed request is asked again next time
+      answer.catch(() => state.usage.delete(key));
+    }
+    return state.usage.get(key);
+  }
+
+  // the days the daily chart covers: the last CHART_DAYS days of the contract up to today
+  function usageRange(conn) {
+    let to = addDays(amsterdamDay(Date.now()), 1);
+    if (conn.contract_end) {
+      const end = addDays(amsterdamDay(new Date(conn.contract_end).getTime() - 1), 1);
+      if (end < to) to = end;
+    }
+    let from = addDays(to, -CHART_DAYS);
+    const start = amsterdamDay(conn.contract_start);
+    if (start > from) from = start;
+    return { from, to };
+  }
+
+  function renderUsage(conn, id) {
+    const range = usageRange(conn);
+    const headingId = id + "-usage";
+    const daily = el("div", { class: "chart-area", id: id + "-daily", "aria-busy": "true" }, el("p", { text: t("usageLoading") }));
+    const profile = el("div", { class: "profile", id: id + "-profile" });
+    const wrap = el(
+      "div",
+      { class: "usage", "data-commodity": conn.commodity },
+      el("h4", { id: headingId, text: t("usageTitle") }),
+      el("p", { class: "hint", text: t("usageIntro_" + conn.commodity) }),
+      daily,
+      profile
+    );
+    if (range.from >= range.to) {
+      daily.replaceChildren(el("p", { text: t("usageEmpty") }));
+      daily.removeAttribute("aria-busy");
+      return wrap;
+    }
+    const onDay = (day) => {
+      state.usageDay.set(conn.contract_id, day);
+      state.usageShown.add(conn.contract_id);
+      showProfile(conn, id, profile, true);
+    };
+    fetchUsage(conn, "P1D", range.from, range.to).then(
+      (answer) => {
+        const slots = [];
+        for (let day = range.from; day < range.to; day = addDays(day, 1)) {
+          slots.push({ key: day, when: fmtDay(day), column: fmtDay(day) });
+        }
+        const byKey = new Map(answer.periods.map((p) => [amsterdamDay(p.period_start), p]));
+        const interval = answer.interval || null;
+        drawChart(daily, {
+          id: id + "-daily",
+          headingId,
+          slots,
+          byKey,
+          unit: answer.unit,
+          commodity: conn.commodity,
+          columnKey: "colDate",
+          tick: (slot, index) => (index === 0 || slot.key.endsWith("-01") ? fmtDay(slot.key) : null),
+          activate: interval ? (slot) => onDay(slot.key) : null,
+        });
+        if (interval) {
+          conn.interval = interval;
+          if (!state.usageDay.has(conn.contract_id)) {
+            state.usageDay.set(conn.contract_id, amsterdamDay(interval.last));
+          }
+          showProfile(conn, id, profile, state.usageShown.has(conn.contract_id));
+        }
+      },
+      (err) => usageFailed(daily, err)
+    );
+    return wrap;
+  }
+
+  function usageFailed(container, err) {
+    container.removeAttribute("aria-busy");
+    if (err instanceof ApiError && err.status === 401) {
+      handleError(err);
+      return;
+    }
+    const detail = err instanceof ApiError ? err.detail : String(err);
+    container.replaceChildren(el("p", { class: "error", text: t("usageError", { detail }) }));
+    if (!(err instanceof ApiError)) console.error(err);
+  }
+
+  // the day picker and, once a day is asked for (`load`), that day's profile
+  function showProfile(conn, id, container, load) {
+    const interval = conn.interval;
+    const first = amsterdamDay(interval.first);
+    const last = amsterdamDay(interval.last);
+    const day = state.usageDay.get(conn.contract_id) || last;
+    const headingId = id + "-profile-title";
+    const inputId = id + "-day";
+    const input = el("input", { type: "date", id: inputId, min: first, max: last, value: day, required: true });
+    const chart = el("div", { class: "chart-area", id: id + "-profile-chart" });
+    const form = el(
+      "form",
+      { class: "day-form", novalidate: true },
+      el("div", { class: "field" }, el("label", { for: inputId, text: t("profileDay") }), input),
+      el(
+        "div",
+        { class: "actions" },
+        el("button", { type: "submit", text: t("profileShow") }),
+        el("button", { type: "button", class: "secondary", "data-step": "-1", text: t("profilePrev"), onclick: () => step(-1) }),
+        el("button", { type: "button", class: "secondary", "data-step": "1", text: t("profileNext"), onclick: () => step(1) })
+      )
+    );
+    // the form is drawn again with the new day; the focus goes back to the control used
+    const choose = (value, focusSelector) => {
+      if (!/^\d{4}-\d{2}-\d{2}$/.test(value)) return;
+      state.usageDay.set(conn.contract_id, value);
+      state.usageShown.add(conn.contract_id);
+      showProfile(conn, id, container, true);
+      const target = container.querySelector(focusSelector);
+      if (target) target.focus();
+    };
+    const step = (n) => choose(addDays(input.value || day, n), '[data-step="' + n + '"]');
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      choose(input.value, "#" + inputId);
+    });
+    container.replaceChildren(
+      el("h4", { id: headingId, text: t("profileTitle_" + conn.commodity) }),
+      el("p", { class: "hint", text: t("profileIntro", { first: fmtDay(first), last: fmtDay(last) }) }),
+      form,
+      chart
+    );
+    if (!load) return;
+    const granularity = INTERVAL_OF[conn.commodity];
+    chart.setAttribute("aria-busy", "true");
+    chart.replaceChildren(el("p", { text: t("usageLoading") }));
+    fetchUsage(conn, granularity, day, addDays(day, 1)).then(
+      (answer) => {
+        const slots = [];
+        const step = STEP_MS[granularity];
+        const end = new Date(answer.to).getTime();
+        // from the day's local midnight to the next: 92, 96 or 100 quarters (23, 24, 25 hours)
+        for (let ms = new Date(answer.from).getTime(); ms < end; ms += step) {
+          const range = fmtTime(ms) + "\u2013" + fmtTime(ms + step);
+          slots.push({ key: ms, when: fmtDay(day) + " " + range, column: range });
+        }
+        const byKey = new Map(answer.periods.map((p) => [new Date(p.period_start).getTime(), p]));
+        if (answer.periods.length === 0) {
+          chart.removeAttribute("aria-busy");
+          chart.replaceChildren(el("p", { text: t("profileEmpty", { date: fmtDay(day) }) }));
+          return;
+        }
+        drawChart(chart, {
+          id: id + "-profile-chart",
+          headingId,
+          slots,
+          byKey,
+          unit: answer.unit,
+          commodity: conn.commodity,
+          columnKey: "colTime",
+          tick: (slot, index) => (new Date(slot.key).getMinutes() === 0 && index % (granularity === "PT15M" ? 16 : 4) === 0 ? fmtTime(slot.key) : null),
+          activate: null,
+        });
+      },
+      (err) => usageFailed(chart, err)
+    );
+  }
+
+  // one chart: `slots` (every period of the range, in order; {key, when, column}), `byKey` the
+  // periods that have a value; a bar per period with a value, a table row per slot
+  function drawChart(container, spec) {
+    const { slots, byKey, unit } = spec;
+    const present = slots.filter((slot) => byKey.has(slot.key));
+    container.removeAttribute("aria-busy");
+    if (present.length === 0) {
+      container.replaceChildren(el("p", { text: t("usageEmpty") }));
+      return;
+    }
+    const electricity = spec.commodity === "electricity";
+    let up = 0;
+    let down = 0;
+    const totals = { import: 0, export: 0, volume: 0 };
+    for (const slot of present) {
+      for (const a of amountsOf(byKey.get(slot.key))) {
+        totals[a.key] += a.value;
+        if (a.key === "export") down = Math.max(down, a.value);
+        else up = Math.max(up, a.value);
+      }
+    }
+    const c = CHART;
+    const plot = c.height - c.top - c.bottom;
+    const scale = up + down > 0 ? plot / (up + down) : 0;
+    const base = c.top + up * scale;
+    const slotWidth = (c.width - c.left - c.right) / slots.length;
+    const barWidth = Math.max(1, slotWidth * 0.72);
+    const summaryId = spec.id + "-summary";
+    const keysId = spec.id + "-keys";
+
+    const bars = [];
+    const ticks = [];
+    slots.forEach((slot, index) => {
+      const x = c.left + index * slotWidth;
+      const label = spec.tick(slot, index);
+      if (label) {
+        // a label near the right edge ends at its slot instead of starting there (not clipped)
+        const nearEnd = x > c.width - 90;
+        ticks.push(
+          svg("text", {
+            x: nearEnd ? x + slotWidth : x,
+            y: c.height - 6,
+            class: "tick",
+            "text-anchor": nearEnd ? "end" : "start",
+            text: label,
+          })
+        );
+      }
+      const period = byKey.get(slot.key);
+      if (!period) return; // a gap: no bar
+      const parts = [
+        // the whole column: a target for the pointer and the focus outline, also for a zero
+        svg("rect", { class: "hit", x: x, y: c.top - 4, width: slotWidth, height: plot + 8 }),
+      ];
+      for (const a of amountsOf(period)) {
+        const h = a.value * scale;
+        const y = a.key === "export" ? base : base - h;
+        parts.push(svg("rect", { class: a.key, x: x + (slotWidth - barWidth) / 2, y, width: barWidth, height: h }));
+      }
+      const name = t("usageBar", { when: slot.when, values: valuesText(period, unit) });
+      const bar = svg("g", { class: "bar", role: "img", "aria-label": name, tabindex: "-1", "data-period": slot.key }, parts);
+      if (spec.activate) {
+        bar.addEventListener("click", () => spec.activate(slot));
+      }
+      bar.addEventListener("focus", () => {
+        for (const other of bars) other.setAttribute("tabindex", other === bar ? "0" : "-1");
+      });
+      bars.push(bar);
+    });
+    // one tab stop per chart: the latest bar
+    bars[bars.length - 1].setAttribute("tabindex", "0");
+
+    const picture = svg(
+      "svg",
+      {
+        class: "chart",
+        viewBox: `0 0 ${c.width} ${c.height}`,
+        role: "group",
+        "aria-labelledby": spec.headingId,
+        "aria-describedby": summaryId + " " + keysId,
+      },
+      svg("text", { x: c.left, y: 14, class: "tick", text: fmtAmount(up, unit), "aria-hidden": "true" }),
+      svg("line", { class: "axis", x1: c.left, x2: c.width - c.right, y1: base, y2: base }),
+      svg("g", { "aria-hidden": "true" }, ticks),
+      bars
+    );
+    picture.addEventListener("keydown", (event) => {
+      const at = bars.indexOf(document.activeElement);
+      if (at < 0) return;
+      let next = null;
+      if (event.key === "ArrowRight" || event.key === "ArrowUp") next = Math.min(bars.length - 1, at + 1);
+      else if (event.key === "ArrowLeft" || event.key === "ArrowDown") next = Math.max(0, at - 1);
+      else if (event.key === "Home") next = 0;
+      else if (event.key === "End") next = bars.length - 1;
+      else if ((event.key === "Enter" || event.key === " ") && spec.activate) {
+        event.preventDefault();
+        const slot = slots.find((s) => String(s.key) === bars[at].getAttribute("data-period"));
+        spec.activate(slot);
+        return;
+      }
+      if (next === null) return;
+      event.preventDefault();
+      bars[next].focus();
+    });
+
+    const total = electricity
+      ? t("usageImport", { value: fmtAmount(totals.import, unit) }) + ", " + t("usageExport", { value: fmtAmount(totals.export, unit) })
+      : fmtAmount(totals.volume, unit);
+    const legend = electricity
+      ? [
+          el("li", {}, el("span", { class: "swatch import", "aria-hidden": "true" }), t("legendImport")),
+          el("li", {}, el("span", { class: "swatch export", "aria-hidden": "true" }), t("legendExport")),
+        ]
+      : [el("li", {}, el("span", { class: "swatch volume", "aria-hidden": "true" }), t("legendGas"))];
+    const columns = electricity ? ["colImport", "colExport"] : ["colVolume"];
+    const rows = slots.map((slot) => {
+      const period = byKey.get(slot.key);
+      const cells = period
+        ? amountsOf(period).map((a) => el("td", { class: "num", text: fmtAmount(a.value, unit) }))
+        : [el("td", { class: "gap", colspan: columns.length, text: t("usageNoData") })];
+      return el("tr", { "data-period": slot.key, class: period ? null : "gap" }, el("th", { scope: "row", text: slot.column }), cells);
+    });
+    container.replaceChildren(
+      el("p", {
+        id: summaryId,
+        class: "summary",
+        text: t("usageSummary", { count: present.length, all: slots.length, gaps: slots.length - present.length, total }),
+      }),
+      el("p", { id: keysId, class: "visually-hidden", text: t(spec.activate ? "usageKeys" : "usageKeysDay") }),
+      el("div", { class: "chart-frame" }, picture),
+      el("ul", { class: "legend" }, legend),
+      el(
+        "details",
+        { class: "chart-table" },
+        el("summary", { text: t("usageTable") }),
+        el(
+          "div",
+          { class: "table-wrap" },
+          el(
+            "table",
+            { "aria-labelledby": spec.headingId },
+            el("thead", {}, el("tr", {}, [el("th", { scope: "col", text: t(spec.columnKey) }), ...columns.map((k) => el("th", { scope: "col", text: t(k) }))])),
+            el("tbody", {}, rows)
+          )
+        )
+      )
     );
   }
 
