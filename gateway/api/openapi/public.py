@@ -1,0 +1,47 @@
+"""The public operation (``GET /v1/keys``, no authentication): its response models and entry
+(handler: ``gateway.api.handlers.public``)."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from pydantic import Field
+
+from gateway.api.openapi.common import Out
+from gateway.api.openapi.spec import JSON, Operation, Response
+
+TAG: Final = "public"
+
+
+class Jwk(Out):
+    """An RFC 8037 Ed25519 public key."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str = Field(description="public key, base64url")
+    kid: str = Field(description="RFC 7638 thumbprint; a signature's `kid` names its key")
+    use: Literal["sig"]
+    alg: Literal["EdDSA"]
+    key_ops: list[Literal["verify"]]
+
+
+class JwkSet(Out):
+    """The keys that verify consent receipts and webhooks (a rotated key stays listed beside
+    the new one for a while)."""
+
+    keys: list[Jwk]
+
+
+OPERATIONS: Final[list[Operation]] = [
+    Operation(
+        "GET",
+        "/v1/keys",
+        "getKeys",
+        TAG,
+        "Public keys that verify consent receipts and webhooks",
+        description="A JWK Set of Ed25519 (OKP) keys; a signature's `kid` names its key. "
+        "Receipt signatures are over the receipt's canonical JSON (sorted keys, no whitespace, "
+        "UTF-8). Cacheable for 5 minutes.",
+        responses={200: Response("JWK Set", {JSON: JwkSet})},
+    ),
+]
