@@ -23,7 +23,13 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, CheckContext, GenerationMode, Response
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Ok
 
@@ -67,6 +73,18 @@ def problem_json_for_client_errors(
     return None
 
 
+#: what every answer must satisfy: no 5xx, problem+json errors, and only statuses, media types
+#: and bodies the document declares for the operation
+CHECKS = [
+    not_a_server_error,
+    problem_json_for_client_errors,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+
+
 def scheme_of(operation: dict[str, Any]) -> str | None:
     security = operation.get("security") or [{}]
     return next(iter(security[0]), None)
@@ -94,9 +112,7 @@ def run_schemathesis(base_url: str, scheme: str | None, headers: dict[str, str])
             def fuzz(case: Case[Any]) -> None:
                 response = case.call(base_url=base_url, headers=headers, timeout=30)
                 try:
-                    case.validate_response(
-                        response, checks=[not_a_server_error, problem_json_for_client_errors]
-                    )
+                    case.validate_response(response, checks=CHECKS)
                 except (AssertionError, FailureGroup) as exc:
                     failures.append(
                         f"{case.as_curl_command(headers=headers, base_url=base_url)}"
