@@ -43,7 +43,15 @@ PROBLEM_TEXT: Final[Mapping[int, str]] = {
     413: "body over the size limit",
     415: "wrong media type or content coding",
     422: "invalid fields (listed in `errors`)",
+    431: "the request line or a header field is longer than the server accepts",
     503: "database unavailable; retry after `Retry-After` seconds",
+}
+
+#: what the HTTP layer answers for any operation before a handler runs (gateway.api.protocol):
+#: a request line or header that is not valid HTTP, or one longer than the parser accepts
+PROTOCOL_PROBLEMS: Final[Mapping[int, str]] = {
+    400: "the request line or a header is not valid HTTP",
+    431: PROBLEM_TEXT[431],
 }
 
 #: security scheme names (components/securitySchemes)
@@ -64,7 +72,8 @@ class Operation:
 
     ``operation_id``: stable camelCase (client generators name methods after it; never rename).
     ``problems``: error statuses the handler can answer, each with its meaning for this
-    operation ("" takes PROBLEM_TEXT's); 429 is added wherever 401 is (``assemble``).
+    operation ("" takes PROBLEM_TEXT's); ``assemble`` adds 429 wherever 401 is, and the
+    PROTOCOL_PROBLEMS every operation may answer.
     """
 
     method: str
@@ -185,6 +194,8 @@ def assemble(
                 out["content"] = {m: body(s, "serialization") for m, s in response.content.items()}
             responses[str(status)] = out
         errors = dict(op.problems)
+        for status, text in PROTOCOL_PROBLEMS.items():
+            errors.setdefault(status, text)
         if 401 in errors:
             # every operation that checks a token may refuse it unheard (gateway.api.throttle)
             errors.setdefault(
