@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 import jsonschema_rs
 import pytest
+from openapi_spec_validator import validate
 
 from consent.levels import Level
 from consent.model import Channel, EndReason, OnRevoke
@@ -24,6 +25,10 @@ OPS = [
     for method, op in operations.items()
 ]
 CAMEL = re.compile(r"[a-z][a-zA-Z0-9]*")
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    validate(DOC)
 
 
 def test_every_operation_has_an_id_a_declared_tag_and_a_typed_success_body() -> None:
