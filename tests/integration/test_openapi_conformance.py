@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,8 @@ class Conformance:
     #: (method, path template) → statuses seen
     seen: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     mismatches: list[str] = field(default_factory=list)
+    #: the headers of the last answer (case-insensitive)
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def validator(self, schema: dict[str, Any]) -> Any:
         # the schema's $refs point into the document's components
@@ -79,6 +81,7 @@ class Conformance:
             method, url, json=json_body, data=data, params=params, headers=sent
         )
         raw = await resp.read()
+        self.headers = resp.headers
         where = f"{method} {url} ({as_}) → {resp.status}"
         if resp.status != status:
             self.mismatches.append(f"{where}: expected {status}: {raw[:300]!r}")
@@ -350,6 +353,8 @@ async def customer(c: Conformance) -> None:
     # the portal's files
     for path in ("/portal", "/portal/portal.js", "/portal/portal.css"):
         await c.call("GET", path, 200, as_="none")
+        etag = {"If-None-Match": c.headers.get("ETag", "")}
+        await c.call("GET", path, 304, as_="none", headers=etag)
     # last: erasure removes what the scenarios above read
     await c.call("POST", "/v1/me/erasure", 200, as_="customer")
     await c.call("POST", "/v1/me/erasure", 401, as_="none")
