@@ -135,7 +135,9 @@ class DataClientList(Out):
     clients: list[DataClient]
 
 
-_EAN: Final = path_param("ean", EAN_SCHEMA, "EAN-18 connection code")
+_EAN: Final = path_param(
+    "ean", EAN_SCHEMA, "EAN-18 connection code with a valid GS1 check digit (else 422)"
+)
 
 
 def _id(what: str) -> dict[str, object]:

@@ -226,7 +226,9 @@ class Erasure(Out):
 
 #: commodity → the registers (CSV columns after measured_at) of its reading tables
 _REGISTERS: Final = {t.commodity: t.registers for t in READING_TABLES.values()}
-_EAN: Final = path_param("ean", EAN_SCHEMA, "EAN-18 of one of your connections")
+_EAN: Final = path_param(
+    "ean", EAN_SCHEMA, "EAN-18 of one of your connections (a bad check digit: 422)"
+)
 _LIMIT: Final = query_param(
     "limit",
     {"type": "integer", "minimum": 1, "maximum": LOG_PAGE_MAX, "default": LOG_PAGE_DEFAULT},
