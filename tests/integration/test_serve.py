@@ -263,12 +263,42 @@ async def test_openapi_lists_every_route(gateway_client: TestClient[Any, Any]) -
     doc = await resp.json()
     app = gateway_client.app
     assert app is not None
+    registered: set[tuple[str, str]] = set()
     for route in app.router.routes():
         if route.method == "HEAD":
             continue
         path = route.resource.canonical if route.resource is not None else ""
         assert path in doc["paths"], path
         assert route.method.lower() in doc["paths"][path], (route.method, path)
+        registered.add((route.method.lower(), path))
+    # and nothing else: every operation of the document is a route
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert documented == registered
+
+
+async def test_docs_page_shows_every_parameter(gateway_client: TestClient[Any, Any]) -> None:
+    resp = await gateway_client.get("/docs")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    page = await resp.text()
+
+    def operation(operation_id: str) -> str:
+        start = page.index(f"<article id='{operation_id}'")
+        return page[start : page.index("</article>", start)]
+
+    readings = operation("listReadings")
+    assert "<code class='m'>GET</code> <code>/v1/readings</code>" in readings
+    assert "<td><code>granularity</code></td><td>query</td><td>yes</td>" in readings
+    assert "<td><code>ean</code></td><td>query</td><td>no</td>" in readings
+    assert "href='#schema-ReadingsPage'" in readings and "application/x-ndjson" in readings
+    meter = operation("getMeter")
+    assert "<td><code>ean</code></td><td>path</td><td>yes</td>" in meter
+    assert "pattern <code>^[0-9]{18}$</code>" in meter
+    # request bodies and responses per status, linked to their schemas
+    registered_meter = operation("registerMeter")
+    assert "Request body (required)" in registered_meter
+    assert "href='#schema-ConnectionIn'" in registered_meter
+    assert "<td>409</td>" in registered_meter and "href='#schema-Problem'" in registered_meter
+    assert "id='schema-Reading'" in page and "<main>" in page and "<script" not in page
 
 
 async def test_readyz_and_database_outage_answer_503_with_retry_after(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import html
-import json
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +10,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.api.appkeys import OPENAPI_KEY, POOL_KEY
 from gateway.api.http import json_response
+from gateway.api.openapi import html
 from gateway.errors import DatabaseUnavailableError
 from gateway.storage import db
 
@@ -51,47 +50,14 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 async def docs(request: web.Request) -> web.Response:
-    """A small server-rendered page listing every endpoint with its schemas (no scripts, no CDN)."""
+    """The whole API document as one server-rendered page (``gateway.api.openapi.html``)."""
     doc = request.app[OPENAPI_KEY]
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(doc['info']['title'])} API</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
-        "padding:0 1rem}pre{background:#f4f4f4;padding:.5rem;overflow:auto;font-size:.8rem}"
-        "h2{border-top:1px solid #ccc;padding-top:1rem}code.m{font-weight:bold}</style></head>",
-        f"<body><h1>{html.escape(doc['info']['title'])} {html.escape(doc['info']['version'])}</h1>",
-        f"<p>{html.escape(doc['info']['description'])}</p>",
-        "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>.</p>",
-    ]
-    for path, operations in doc["paths"].items():
-        for method, op in operations.items():
-            parts.append(
-                f"<h2><code class='m'>{method.upper()}</code> <code>{html.escape(path)}</code></h2>"
-            )
-            parts.append(f"<p>{html.escape(op.get('summary', ''))}</p>")
-            if op.get("description"):
-                parts.append(f"<p>{html.escape(op['description'])}</p>")
-            security = op.get("security")
-            if security:
-                names = ", ".join(name for req in security for name in req)
-                parts.append(f"<p>Authentication: {html.escape(names)}</p>")
-            body = op.get("requestBody", {}).get("content", {})
-            for media, content in body.items():
-                parts.append(f"<h3>Request body ({html.escape(media)})</h3>")
-                parts.append(_pre(content.get("schema", {})))
-            for status, response in op.get("responses", {}).items():
-                described = html.escape(response.get("description", ""))
-                parts.append(f"<h3>{html.escape(str(status))}: {described}</h3>")
-                for media, content in response.get("content", {}).items():
-                    parts.append(f"<p>{html.escape(media)}</p>")
-                    parts.append(_pre(content.get("schema", {})))
-    parts.append("<h2>Schemas</h2>")
-    for name, schema in doc["components"]["schemas"].items():
-        parts.append(f"<h3 id='{html.escape(name)}'>{html.escape(name)}</h3>")
-        parts.append(_pre(schema))
-    parts.append("</body></html>")
-    return web.Response(text="".join(parts), content_type="text/html")
+    page = _PAGES.get(id(doc))
+    if page is None or page[0] is not doc:
+        page = _PAGES[id(doc)] = (doc, html.render(doc))
+    return web.Response(text=page[1], content_type="text/html")
 
 
-def _pre(schema: Any) -> str:
-    return f"<pre>{html.escape(json.dumps(schema, indent=2))}</pre>"
+#: the rendered page per document (one per process in practice): rendering takes milliseconds,
+#: and fuzzers and crawlers fetch it often
+_PAGES: dict[int, tuple[dict[str, Any], str]] = {}

@@ -1,8 +1,18 @@
-"""The data clients' paths (``GET /v1/readings``, ``GET /v1/consents``) in /openapi.json."""
+"""The data clients' operations (``GET /v1/readings``, ``GET /v1/consents``): their response
+models and entries (handlers: ``gateway.api.handlers.data_client``).
+
+``GET /v1/readings`` keeps its hand encoding (PostgreSQL spells the JSON, see
+``gateway.storage.readings_query``): ``Reading`` describes it and the conformance test validates
+real pages, NDJSON lines and the CSV header against it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+import uuid
+from typing import Final, Literal
+
+from pydantic import Field
 
 from gateway.api.handlers.data_client import (
     CONSENT_PAGE_DEFAULT,
@@ -11,178 +21,182 @@ from gateway.api.handlers.data_client import (
     JSON,
     NDJSON,
 )
+from gateway.api.openapi.common import ConsentEndReason, Ean18, Out, Reading
+from gateway.api.openapi.spec import (
+    EAN_SCHEMA,
+    TIME_PARAM,
+    UUID_SCHEMA,
+    Operation,
+    Response,
+    problems,
+    query_param,
+)
+from gateway.services.clients import GRANULARITIES
 from gateway.storage import readings_query
 from gateway.storage.schema import CUSTOMER_ID_RE
 
-_PROBLEM = {
-    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-}
+TAG: Final = "data-client"
 
 
-def _problems(*codes: int) -> dict[str, Any]:
-    return {str(c): {"description": "problem", **_PROBLEM} for c in codes}
+class ReadingsPage(Out):
+    """A page of readings; pass ``next_cursor`` (same parameters) for the next one."""
+
+    readings: list[Reading]
+    next_cursor: str | None = Field(description="null: this was the last page")
 
 
-#: a reading in the API (SPEC §5); also the readings of the customer export
-READING: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "ean": {"type": "string", "pattern": "^[0-9]{18}$"},
-        "contract_id": {
-            "type": "string",
-            "format": "uuid",
-            "description": "the supply contract in force on the connection when it was measured",
-        },
-        "customer_id": {"type": "string", "description": "that contract's customer"},
-        "commodity": {"enum": ["electricity", "gas"]},
-        "granularity": {"enum": ["P1M", "P1D", "PT1H", "PT15M"]},
-        "period_start": {"type": "string", "format": "date-time"},
-        "measured_at": {"type": "string", "format": "date-time"},
-        "registers": {
-            "oneOf": [
-                {
-                    "type": "object",
-                    "properties": {
-                        k: {"type": ["integer", "null"]}
-                        for k in ("import_t1_wh", "import_t2_wh", "export_t1_wh", "export_t2_wh")
-                    },
-                },
-                {"type": "object", "properties": {"volume_dm3": {"type": "integer"}}},
-            ]
-        },
-    },
-    "required": [
-        "ean",
-        "contract_id",
-        "customer_id",
-        "commodity",
-        "granularity",
-        "period_start",
-        "measured_at",
-        "registers",
-    ],
-}
+class ChangedConsent(Out):
+    """The consent a change is about, as it is now."""
+
+    consent_id: uuid.UUID
+    ean: Ean18
+    purpose: str
+    granted_at: dt.datetime
+    expires_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    end_reason: ConsentEndReason | None
+    state: Literal["active", "expired", "ended"]
 
 
-def _q(name: str, description: str, *, required: bool = False, **schema: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": required,
-        "description": description,
-        "schema": schema or {"type": "string"},
-    }
+class ConsentChange(Out):
+    """A grant, end or expiry of a consent for one of the client's purposes."""
+
+    event_id: uuid.UUID = Field(description="identifies the change (it may be listed twice)")
+    kind: Literal["granted", "ended", "expired"]
+    at: dt.datetime = Field(description="when it took effect")
+    changed_at: dt.datetime = Field(description="when it was recorded")
+    consent: ChangedConsent
 
 
-OPENAPI_PATHS: dict[str, Any] = {
-    "/v1/readings": {
-        "get": {
-            "summary": "Readings this client may see (billing pull)",
-            "description": (
-                "Daily and monthly readings of every connection; interval readings only where an "
-                "interval consent for one of the client's purposes covered the measurement (after "
-                "the consent ended: only for purposes that keep their data). Each reading carries "
-                "the supply contract in force on its connection when it was measured and that "
-                "contract's customer (`contract_id`, `customer_id`). Half-open range "
-                "[from, to) on period_start; a bare date is local midnight (Europe/Amsterdam). "
-                "`Accept: application/x-ndjson` or `text/csv` streams everything; JSON (default) "
-                "answers in pages with `next_cursor`. Every request is in the customers' access "
-                "logs."
+class ConsentChanges(Out):
+    """Changes ordered by change time; poll again with ``next_changed_since``."""
+
+    changes: list[ConsentChange]
+    next_changed_since: dt.datetime
+
+
+OPERATIONS: Final[list[Operation]] = [
+    Operation(
+        "GET",
+        "/v1/readings",
+        "listReadings",
+        TAG,
+        "Readings this client may see (billing pull)",
+        description=(
+            "Daily and monthly readings of every connection; interval readings only where an "
+            "interval consent for one of the client's purposes covered the measurement (after "
+            "the consent ended: only for purposes that keep their data). Each reading carries "
+            "the supply contract in force on its connection when it was measured and that "
+            "contract's customer (`contract_id`, `customer_id`). Half-open range "
+            "[from, to) on period_start; a bare date is local midnight (Europe/Amsterdam). "
+            "`Accept: application/x-ndjson` or `text/csv` streams everything; JSON (default) "
+            "answers in pages with `next_cursor`. Every request is in the customers' access "
+            "logs."
+        ),
+        security="clientToken",
+        parameters=(
+            query_param(
+                "granularity",
+                {"type": "string", "enum": list(GRANULARITIES)},
+                "one of the client's granularities (403 otherwise)",
+                required=True,
             ),
-            "security": [{"clientToken": []}],
-            "parameters": [
-                _q(
-                    "granularity",
-                    "P1M, P1D, PT1H or PT15M",
-                    required=True,
-                    enum=["P1M", "P1D", "PT1H", "PT15M"],
-                ),
-                _q("from", "RFC 3339 time or YYYY-MM-DD (inclusive)", required=True),
-                _q("to", "RFC 3339 time or YYYY-MM-DD (exclusive)", required=True),
-                {
-                    "name": "ean",
-                    "in": "query",
-                    "required": False,
-                    "description": "only these connections (repeatable)",
-                    "schema": {"type": "array", "items": {"type": "string"}},
-                    "style": "form",
-                    "explode": True,
+            query_param("from", TIME_PARAM, "start of the range (inclusive)", required=True),
+            query_param("to", TIME_PARAM, "end of the range (exclusive)", required=True),
+            {
+                "name": "ean",
+                "in": "query",
+                "required": False,
+                "description": "only these connections (repeatable)",
+                "schema": {
+                    "type": "array",
+                    "items": EAN_SCHEMA,
+                    "maxItems": readings_query.MAX_EANS,
                 },
-                _q(
-                    "customer_id",
-                    "only readings measured under this customer's contracts",
-                    type="string",
-                    pattern=f"^{CUSTOMER_ID_RE.pattern}$",
-                ),
-                _q(
-                    "contract_id",
-                    "only readings measured under this supply contract",
-                    type="string",
-                    format="uuid",
-                ),
-                _q("cursor", "JSON pages: next_cursor of the previous page, same parameters"),
-                _q(
-                    "limit",
-                    "JSON pages: page size",
-                    type="integer",
-                    minimum=1,
-                    maximum=readings_query.MAX_LIMIT,
-                    default=readings_query.DEFAULT_LIMIT,
-                ),
-            ],
-            "responses": {
-                "200": {
-                    "description": "readings ordered by (ean, period_start)",
-                    "content": {
-                        JSON: {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "readings": {"type": "array", "items": READING},
-                                    "next_cursor": {"type": ["string", "null"]},
-                                },
-                            }
-                        },
-                        NDJSON: {"schema": READING},
-                        CSV: {
-                            "schema": {
-                                "type": "string",
-                                "description": "header line: "
-                                f"`{readings_query.CSV_HEADER}`; empty fields are null",
-                            }
-                        },
+                "style": "form",
+                "explode": True,
+            },
+            query_param(
+                "customer_id",
+                {"type": "string", "pattern": f"^{CUSTOMER_ID_RE.pattern}$"},
+                "only readings measured under this customer's contracts",
+            ),
+            query_param(
+                "contract_id", UUID_SCHEMA, "only readings measured under this supply contract"
+            ),
+            query_param(
+                "cursor",
+                {"type": "string"},
+                "JSON pages: `next_cursor` of the previous page, same parameters",
+            ),
+            query_param(
+                "limit",
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": readings_query.MAX_LIMIT,
+                    "default": readings_query.DEFAULT_LIMIT,
+                },
+                "JSON pages: page size",
+            ),
+        ),
+        responses={
+            200: Response(
+                "readings ordered by (ean, period_start); NDJSON: one `Reading` per line",
+                {
+                    JSON: ReadingsPage,
+                    NDJSON: Reading,
+                    CSV: {
+                        "type": "string",
+                        "description": f"header line `{readings_query.CSV_HEADER}`, then one "
+                        "reading per line; empty fields are null or of the other commodity",
                     },
                 },
-                **_problems(400, 401, 403, 406, 422, 503),
+            )
+        },
+        problems=problems(
+            400,
+            401,
+            403,
+            406,
+            422,
+            503,
+            says={
+                400: "`cursor` is not one this API issued for these parameters",
+                403: "the client may not read this granularity",
+                422: "invalid query parameters (listed in `errors`); `cursor`/`limit` with a "
+                "stream",
             },
-        }
-    },
-    "/v1/consents": {
-        "get": {
-            "summary": "Consent changes for this client's purposes (reconciliation)",
-            "security": [{"clientToken": []}],
-            "parameters": [
-                _q(
-                    "changed_since",
-                    "RFC 3339; pass next_changed_since of the previous answer",
-                    required=True,
-                ),
-                _q(
-                    "limit",
-                    "most changes per answer",
-                    type="integer",
-                    minimum=1,
-                    maximum=CONSENT_PAGE_MAX,
-                    default=CONSENT_PAGE_DEFAULT,
-                ),
-            ],
-            "responses": {
-                "200": {
-                    "description": "changes ordered by change time; may repeat (event_id)",
-                    "content": {JSON: {"schema": {"type": "object"}}},
+        ),
+    ),
+    Operation(
+        "GET",
+        "/v1/consents",
+        "listConsentChanges",
+        TAG,
+        "Consent changes for this client's purposes (reconciliation)",
+        description="Grants, ends and expiries of interval consents for the client's "
+        "purposes recorded at or after `changed_since`, oldest first. Audited.",
+        security="clientToken",
+        parameters=(
+            query_param(
+                "changed_since",
+                TIME_PARAM,
+                "pass `next_changed_since` of the previous answer",
+                required=True,
+            ),
+            query_param(
+                "limit",
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": CONSENT_PAGE_MAX,
+                    "default": CONSENT_PAGE_DEFAULT,
                 },
-                **_problems(401, 422, 503),
-            },
-        }
-    },
-}
+                "most changes per answer (an instant is never split: a full page may hold more)",
+            ),
+        ),
+        responses={200: Response("the changes", {JSON: ConsentChanges})},
+        problems=problems(401, 422, 503),
+    ),
+]
