@@ -139,7 +139,11 @@ def _insert_sql(table: int, first: int = 1) -> str:
     columns = _E_COLUMNS if electricity else _G_COLUMNS
     values = _E_VALUES if electricity else _G_VALUES
     source = _unnest(first, 7, _E_ALIASES) if electricity else _unnest(first, 4, _G_ALIASES)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in ("measured_at", *columns.split(", ")))
+    # changed_xid: a replaced period counts as changed for the sync feed (migration 0012); the
+    # excluded row carries the column's default, the writing transaction's id
+    updates = ", ".join(
+        f"{c} = excluded.{c}" for c in ("measured_at", *columns.split(", "), "changed_xid")
+    )
     if table in INTERVAL_TABLES:
         where = INTERVAL_CONDITION
     else:
