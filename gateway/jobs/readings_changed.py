@@ -93,7 +93,7 @@ async def run_once(conn: asyncpg.Connection, config: WebhookSettings) -> int | N
                 )
                 sent += 1
             await conn.execute(
-                "UPDATE readings_changed_mark SET snapshot = $1::pg_snapshot, at = now()",
+                "UPDATE readings_changed_mark SET snapshot = $1::text::pg_snapshot, at = now()",
                 mark["current"],
             )
             return sent

@@ -502,7 +502,7 @@ def _changed_since(column: str, snapshot: str, args: list[object]) -> str:
     args.extend([snapshot_xmin(snapshot), snapshot])
     return (
         f" AND {column} >= ${len(args) - 1}::bigint"
-        f" AND NOT pg_visible_in_snapshot({column}::text::xid8, ${len(args)}::pg_snapshot)"
+        f" AND NOT pg_visible_in_snapshot({column}::text::xid8, ${len(args)}::text::pg_snapshot)"
     )
 
 
