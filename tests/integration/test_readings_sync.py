@@ -405,14 +405,31 @@ async def test_bad_and_foreign_tokens_are_refused(world: World) -> None:
 # --- readings.changed ---------------------------------------------------------------------------
 
 
+@dataclass
+class Inbox:
+    """A real webhook receiver: (arrival time, body + ``to``: the URL's query) per request."""
+
+    url: str
+    events: list[tuple[float, dict[str, Any]]]
+    arrived: asyncio.Event
+
+    async def wait_for(self, n: int) -> None:
+        async with asyncio.timeout(15):
+            while len(self.events) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
 @pytest.fixture
-async def inbox() -> AsyncIterator[tuple[str, list[tuple[float, dict[str, Any]]]]]:
+async def inbox() -> AsyncIterator[Inbox]:
     events: list[tuple[float, dict[str, Any]]] = []
+    arrived = asyncio.Event()
 
     async def hook(request: web.Request) -> web.Response:
         body = json.loads(await request.read())
         body["to"] = request.query_string
         events.append((asyncio.get_running_loop().time(), body))
+        arrived.set()
         return web.Response(status=204)
 
     app = web.Application()
@@ -422,22 +439,14 @@ async def inbox() -> AsyncIterator[tuple[str, list[tuple[float, dict[str, Any]]]
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", events
+        yield Inbox(f"http://127.0.0.1:{runner.addresses[0][1]}/hook", events, arrived)
     finally:
         await runner.cleanup()
 
 
-async def _wait_for(events: list[Any], n: int) -> None:
-    async with asyncio.timeout(15):
-        while len(events) < n:
-            await asyncio.sleep(0.05)
-
-
-async def test_readings_changed_webhook(
-    world: World, inbox: tuple[str, list[tuple[float, dict[str, Any]]]]
-) -> None:
+async def test_readings_changed_webhook(world: World, inbox: Inbox) -> None:
     w = world
-    url, events = inbox
+    url, events = inbox.url, inbox.events
     async with w.pool.acquire() as conn:
         await clients.add_client(
             conn,
@@ -454,7 +463,7 @@ async def test_readings_changed_webhook(
         )
     times = [BASE + dt.timedelta(seconds=30) + i * 5 * MINUTE for i in range(6)]
     await _send(w, "A1", times)
-    await _wait_for(events, 1)
+    await inbox.wait_for(1)
     await asyncio.sleep(1.5)  # a second event for the same changes would arrive by now
     assert len(events) == 1
     first = events[0][1]
@@ -471,7 +480,7 @@ async def test_readings_changed_webhook(
     # more changes, in two bursts within one interval: one event (the next window)
     await _send(w, "A1", [BASE + dt.timedelta(minutes=50)])
     await _send(w, "B1", [BASE + dt.timedelta(minutes=40)])
-    await _wait_for(events, 3)
+    await inbox.wait_for(3)
     await asyncio.sleep(1.5)
     assert len(events) == 3
     # each client learns only what it may see: meter A's readings (keep purpose) go to the

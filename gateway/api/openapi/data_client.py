@@ -87,7 +87,15 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "[from, to) on period_start; a bare date is local midnight (Europe/Amsterdam). "
                 "`Accept: application/x-ndjson` or `text/csv` streams everything; JSON (default) "
                 "answers in pages with `next_cursor`. Every request is in the customers' access "
-                "logs."
+                "logs. Incremental sync: `changed_since=0` (first pull; `from`/`to` then optional) "
+                "or `changed_since=<token>` returns only readings stored or replaced since the "
+                "pull that issued the token, deletions first as tombstones (`{deleted: true, ean, "
+                "commodity, granularity, first_period_start, last_period_start, reason}`: JSON "
+                "`deleted`, NDJSON lines, CSV rows with the extra columns `deleted, "
+                "last_period_start, reason`), and a new token: JSON `next_changed_since` on the "
+                "last page, streams the `Meterpoort-Changed-Token` response header. A token is "
+                "bound to the client and granularity; a bad one is a 400 problem. Readings may "
+                "repeat (upsert by ean and period_start)."
             ),
             "security": [{"clientToken": []}],
             "parameters": [
