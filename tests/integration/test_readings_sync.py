@@ -30,11 +30,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from consent.model import EndReason
+from consent.retention import RetentionPolicy
 from gateway.api.appkeys import CLOCK_KEY
 from gateway.ingest import sql as ingest_sql
-from gateway.services import clients
+from gateway.services import clients, erasure
 from gateway.services import consents as consent_store
 from gateway.settings import RetentionSettings, Settings, WebhookSettings
+from gateway.storage import tombstones
 from tests.conftest import ADMIN_TOKEN
 from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
@@ -353,6 +355,51 @@ async def test_readings_stored_while_a_client_pages_are_in_its_next_sync(world: 
     got = await pull(w, "json", page["next_changed_since"])
     assert [_key(r) for r in got.readings] == [
         (w.ean_a, _z(_period(earlier)), _z(earlier), _wh(earlier))
+    ]
+
+
+async def test_erasure_and_other_deletions_come_back_as_tombstones(world: World) -> None:
+    w = world
+    times = [BASE + i * 15 * MINUTE + dt.timedelta(seconds=20) for i in range(4)]
+    await _send(w, "A1", times)
+    await _send(w, "B1", times)
+    token = (await pull(w, "ndjson", "0")).token
+    async with w.pool.acquire() as conn:
+        result = await erasure.erase(conn, "cust-1", actor="admin", retention=RetentionPolicy())
+        assert result["erased"]["readings_e_pt15m"] == 4
+        async with conn.transaction():
+            # retention deletes by published rule: no tombstone
+            await tombstones.label(conn, tombstones.RETENTION)
+            await conn.execute(
+                "DELETE FROM readings_e_pt15m WHERE ean = $1 AND period_start = $2",
+                int(w.ean_b),
+                _period(times[3]),
+            )
+            # a deletion that names no reason; the period between the two deleted ones stays,
+            # so they are two ranges (a tombstone never covers a reading that still exists)
+            await conn.execute(
+                "DELETE FROM readings_e_pt15m WHERE ean = $1 AND period_start = ANY($2)",
+                int(w.ean_b),
+                [_period(times[0]), _period(times[2])],
+            )
+    got = await pull(w, "csv", token)
+    assert got.readings == []
+
+    def stone(ean: str, first: int, last: int, reason: str) -> dict[str, Any]:
+        return {
+            "deleted": True,
+            "ean": ean,
+            "commodity": "electricity",
+            "granularity": "PT15M",
+            "first_period_start": _z(_period(times[first])),
+            "last_period_start": _z(_period(times[last])),
+            "reason": reason,
+        }
+
+    assert got.deleted == [
+        stone(w.ean_a, 0, 3, "erasure"),
+        stone(w.ean_b, 0, 0, "deleted"),
+        stone(w.ean_b, 2, 2, "deleted"),
     ]
 
 
