@@ -26,6 +26,14 @@ merely to decode the same rows with asyncpg before any formatting in Python.)
 
 Rows are ordered by (ean, period_start): JSON pages continue after a keyset cursor, and the
 streams' EAN tracker (``EanTracker``) only has to look at EAN boundaries.
+
+Sync pulls (``changed_since``, migration 0012): the same visibility, plus "written by a
+transaction the token's snapshot did not see" (``_changed_since``: ``changed_xid >= xmin`` for
+the BRIN index, then ``pg_visible_in_snapshot``). A token (``CursorCodec.encode_token``) is the
+snapshot the issuing pull ran in, signed like a cursor and bound to the client and granularity;
+a sync pull's cursor carries its first page's snapshot, from which the last page makes the next
+token. Deletions come from ``reading_tombstones`` (``tombstones_sql``). The plain window pull's
+SQL is unchanged by all this (no per-row work added to the export).
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ from consent.model import EndReason
 from consent.retention import RetentionPolicy
 from gateway.api.appkeys import CLOCK_KEY
 from gateway.ingest import sql as ingest_sql
-from gateway.services import clients, erasure
+from gateway.jobs import readings_changed
+from gateway.services import clients, erasure, registry
 from gateway.services import consents as consent_store
 from gateway.settings import RetentionSettings, Settings, WebhookSettings
 from gateway.storage import tombstones
@@ -555,3 +556,62 @@ async def test_readings_changed_webhook(world: World, inbox: Inbox) -> None:
     # at most one per interval and client: the hooked client's two events are an interval apart
     hooked = [t for t, e in events if e["to"] == ""]
     assert hooked[1] - hooked[0] >= 0.9
+
+
+async def test_one_process_runs_the_readings_changed_job(pool: asyncpg.Pool) -> None:
+    """Several gateway processes run the job; one of them announces each window's changes."""
+    ean = make_ean(7)
+    async with pool.acquire() as conn:
+        await registry.add_connection(
+            conn,
+            registry.ConnectionIn(
+                ean=ean,
+                commodity="electricity",
+                meter_id="M7",
+                customer_id="cust-7",
+                contract_start=BASE - dt.timedelta(days=30),
+            ),
+        )
+        await clients.add_client(
+            conn,
+            clients.ClientIn(
+                name="hooked", granularities=["P1D"], webhook_url="http://127.0.0.1:9/hook"
+            ),
+        )
+        await conn.execute(
+            "INSERT INTO readings_e_p1d (ean, period_start, measured_at, import_t1_wh)"
+            " VALUES ($1, $2, $2, 1)",
+            int(ean),
+            BASE - dt.timedelta(days=2),
+        )
+    config = WebhookSettings(readings_changed_interval_s=3600)
+    # the last run (the migration's mark) was long ago
+    await pool.execute("UPDATE readings_changed_mark SET at = at - interval '2 hours'")
+
+    async def run() -> int | None:
+        async with pool.acquire() as conn:
+            return await readings_changed.run_once(conn, config)
+
+    results = await asyncio.gather(*(run() for _ in range(4)))
+    assert sorted(results, key=str) == [1, None, None, None]
+    # within the interval nothing runs again, even with new changes
+    await pool.execute("UPDATE readings_e_p1d SET import_t1_wh = 2, changed_xid = DEFAULT")
+    assert await run() is None
+    events = await pool.fetch("SELECT ean, payload FROM outbox_events")
+    assert [(e["ean"], e["payload"]["changes"]) for e in events] == [
+        (
+            "",
+            [
+                {
+                    "ean": ean,
+                    "granularity": "P1D",
+                    "first_period_start": _z(BASE - dt.timedelta(days=2)),
+                    "last_period_start": _z(BASE - dt.timedelta(days=2)),
+                }
+            ],
+        )
+    ]
+    # the next window has the change made in between, and only the client's own recipients
+    await pool.execute("UPDATE readings_changed_mark SET at = at - interval '2 hours'")
+    assert await run() == 1
+    assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries") == 2

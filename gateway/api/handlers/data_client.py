@@ -16,6 +16,11 @@ returned, so each customer's access log shows who read their data: pages log bef
 streams log when they end, also when the client went away mid-stream (then listing the EANs of
 every chunk handed to the transport — rather one too many than one too few).
 
+``changed_since=<token>`` (or ``0`` for a first pull) makes it a sync pull: only readings stored
+or replaced since the token's pull, deletions first as tombstones, and a new token (JSON: the
+last page's ``next_changed_since``; streams: the ``Meterpoort-Changed-Token`` header, sent before
+the body). README, "Billing: incremental sync".
+
 ``GET /v1/consents?changed_since=`` lists consent changes (grants, ends, expiries) for the
 client's purposes, oldest first, with ``next_changed_since`` for the next poll.
 """
