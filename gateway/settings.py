@@ -92,6 +92,11 @@ class WebhookSettings(BaseModel):
     expiry_lookback_s: float = Field(default=7 * 86400.0, gt=0)
     #: pause after a database error before the worker tries again
     error_pause_s: float = Field(default=5.0, gt=0)
+    #: ``readings.changed``: at most one per client per this many seconds (one job run)
+    readings_changed_interval_s: float = Field(default=60.0, gt=0)
+    #: ``readings.changed``: most (EAN, granularity) entries in one event; above it the event
+    #: says ``truncated`` and the client pulls ``changed_since``
+    readings_changed_max_entries: int = Field(default=1000, ge=1, le=100_000)
 
 
 class Settings(BaseSettings):

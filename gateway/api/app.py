@@ -42,6 +42,7 @@ from gateway.api.throttle import AuthThrottle
 from gateway.errors import ConfigurationError
 from gateway.ingest.state import running_ingest
 from gateway.jobs.partitions import maintain_partitions
+from gateway.jobs.readings_changed import readings_changed_loop
 from gateway.jobs.retention import retention_loop
 from gateway.jobs.webhooks import WebhookWorker
 from gateway.keys import KeyRing, signing_key
@@ -167,7 +168,13 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         # set during start-up, before the app is frozen; tests watch the worker's outcomes
         app[WEBHOOK_WORKER_KEY] = worker
         # an attempt cut short at shutdown keeps its lease; it is retried when the lease runs out
-        async with background("webhook-delivery", worker.run()):
+        changes = readings_changed_loop(
+            app[POOL_KEY], settings.webhook, settings.pool_acquire_timeout_s
+        )
+        async with (
+            background("webhook-delivery", worker.run()),
+            background("readings-changed", changes),
+        ):
             yield
 
 

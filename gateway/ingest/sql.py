@@ -133,20 +133,30 @@ def _level_condition(granularity: Granularity) -> str:
     )
 
 
+#: the writing transaction's id as stored in ``changed_xid``, once per statement
+_XID: Final = "(SELECT pg_current_xact_id()::text::bigint)"
+
+
 def _insert_sql(table: int, first: int = 1) -> str:
     """The upsert of one table's rows, its column arrays being parameters ``$first``…"""
     electricity = table in ELECTRICITY_TABLES
     columns = _E_COLUMNS if electricity else _G_COLUMNS
     values = _E_VALUES if electricity else _G_VALUES
     source = _unnest(first, 7, _E_ALIASES) if electricity else _unnest(first, 4, _G_ALIASES)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in ("measured_at", *columns.split(", ")))
+    # changed_xid: the writing transaction's id, so the sync feed finds new rows and replaced
+    # periods alike (migration 0012). An uncorrelated subquery is evaluated once per statement
+    # (an InitPlan), where the column default would call and cast per row.
+    updates = ", ".join(
+        f"{c} = excluded.{c}" for c in ("measured_at", *columns.split(", "), "changed_xid")
+    )
     if table in INTERVAL_TABLES:
         where = INTERVAL_CONDITION
     else:
         where = _level_condition(TABLE_GRANULARITY[table])
     return (
-        f"INSERT INTO {TABLE_NAMES[table]} AS t (ean, period_start, measured_at, {columns})"
-        f" SELECT v.ean, to_timestamp(v.ps), to_timestamp(v.ma), {values} FROM {source}"
+        f"INSERT INTO {TABLE_NAMES[table]} AS t"
+        f" (ean, period_start, measured_at, {columns}, changed_xid)"
+        f" SELECT v.ean, to_timestamp(v.ps), to_timestamp(v.ma), {values}, {_XID} FROM {source}"
         f"{where}"
         f" ON CONFLICT (ean, period_start) DO UPDATE SET {updates}"
         " WHERE excluded.measured_at < t.measured_at"

@@ -60,7 +60,7 @@ from consent.levels import INTERVAL_GRANULARITIES, LEVEL_GRANULARITIES, Level
 from consent.retention import Cutoffs, RetentionPolicy
 from gateway.errors import GatewayError
 from gateway.settings import RetentionSettings
-from gateway.storage import audit, db, locks, schema
+from gateway.storage import audit, db, locks, schema, tombstones
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,10 @@ async def _delete_batched(
     dry_run: bool,
 ) -> None:
     """Run ``delete_sql`` (taking ``$n`` = batch size last) until it deletes less than a batch;
-    each statement commits on its own, so locks stay short and progress survives a crash."""
+    each statement commits on its own, so locks stay short and progress survives a crash.
+
+    Retention is deletion by a published rule: the sync feed records no tombstones for it
+    (labelled; a DELETE on a leaf partition fires no tombstone trigger anyway)."""
     if dry_run:
         would: int = await conn.fetchval(count_sql, *args)
         report.rows_deleted += would
@@ -328,7 +331,9 @@ async def _delete_batched(
         report.delete_statements += would // policy.batch_rows + 1
         return
     while True:
-        deleted = _count(await conn.execute(delete_sql, *args, policy.batch_rows))
+        async with conn.transaction():
+            await tombstones.label(conn, tombstones.RETENTION)
+            deleted = _count(await conn.execute(delete_sql, *args, policy.batch_rows))
         report.delete_statements += 1
         report.rows_deleted += deleted
         if deleted < policy.batch_rows:

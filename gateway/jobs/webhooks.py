@@ -247,12 +247,13 @@ def verify(
 def event_body(
     *, event_id: uuid.UUID, kind: str, ean: str, occurred_at: dt.datetime, data: Mapping[str, Any]
 ) -> bytes:
-    """The JSON body of an event's webhook (compact, sorted keys: the same on every attempt)."""
+    """The JSON body of an event's webhook (compact, sorted keys: the same on every attempt);
+    ``ean`` is null for an event about many EANs (``readings.changed``)."""
     return canonical_json(
         {
             "event_id": str(event_id),
             "kind": kind,
-            "ean": ean,
+            "ean": ean or None,
             "occurred_at": rfc3339(occurred_at),
             "data": dict(data),
         }

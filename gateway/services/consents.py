@@ -36,7 +36,7 @@ from consent.model import (
     purpose_named,
 )
 from gateway.errors import ConflictError, FieldError, NotFoundError, ValidationError
-from gateway.storage import audit, outbox
+from gateway.storage import audit, outbox, tombstones
 from gateway.storage.schema import CONSENT_COLUMNS, INTERVAL_TABLE
 
 #: the length of an interval period per commodity
@@ -247,6 +247,7 @@ async def end_consent(
             keep_purposes=[p.name for p in table.values() if p.on_revoke is OnRevoke.KEEP],
             end=end,
             reason=reason,
+            purpose=row["purpose"],
         )
         ended = await conn.fetchrow(
             f"SELECT {CONSENT_COLUMNS} FROM consents WHERE ean = $1 AND consent_id = $2",
@@ -344,6 +345,7 @@ async def end_consents_of_contract(
             keep_purposes=keep,
             end=end,
             reason=reason,
+            purpose=row["purpose"],
         )
         await conn.execute(
             "INSERT INTO consent_events (ean, consent_id, kind, at, detail)"
@@ -399,6 +401,7 @@ async def _delete_uncovered(
     keep_purposes: list[str],
     end: dt.datetime,
     reason: EndReason,
+    purpose: str,
 ) -> int:
     # the UPDATE comes first: it takes the consent row lock ingest's FOR SHARE conflicts with
     await conn.execute(
@@ -409,6 +412,8 @@ async def _delete_uncovered(
         reason.value,
     )
     table, period = INTERVAL_TABLE[commodity], _INTERVAL_PERIOD[commodity]
+    # the sync feed's tombstones: only clients of this purpose could see what goes
+    await tombstones.label(conn, reason.value, purpose)
     # period_start > since - one period lets the primary key (and partition pruning) find the
     # rows: a reading measured at or after `since` is in a period starting after since - period
     status = await conn.execute(

@@ -19,7 +19,7 @@ from consent.model import EndReason, Purpose
 from consent.retention import RetentionPolicy, add_years
 from gateway.services.consents import end_consents_of_contract
 from gateway.services.customers import CONNECTION_COLUMNS, CONTRACT_WINDOW, CONTRACTS_FROM
-from gateway.storage import audit
+from gateway.storage import audit, tombstones
 from gateway.storage.schema import BILLING_TABLES, INTERVAL_TABLE, READING_TABLES
 
 
@@ -56,6 +56,7 @@ async def erase(
             )
             erased["consents_ended"] += len(ended)
             interval = INTERVAL_TABLE[commodity]
+            await tombstones.label(conn, tombstones.ERASURE)
             status = await conn.execute(
                 f"DELETE FROM {interval} r WHERE r.ean = $1 AND {CONTRACT_WINDOW}", *window
             )
@@ -69,6 +70,7 @@ async def erase(
             billing = BILLING_TABLES[commodity]
             if hold_until is not None and hold_until <= now:
                 for name in billing:
+                    await tombstones.label(conn, tombstones.ERASURE)
                     status = await conn.execute(
                         f"DELETE FROM {name} r WHERE r.ean = $1 AND {CONTRACT_WINDOW}", *window
                     )

@@ -26,7 +26,7 @@ import asyncpg
 from consent.levels import LEVEL_GRANULARITIES, Granularity, Level
 from gateway.errors import ConflictError, NotFoundError
 from gateway.services.customers import connection_of, customer_actor
-from gateway.storage import audit, outbox
+from gateway.storage import audit, outbox, tombstones
 from gateway.storage.schema import INTERVAL_TABLE, READING_TABLES
 
 
@@ -90,6 +90,7 @@ async def change_level(
         channel,
     )
     for name in forbidden_tables(connection["commodity"], level):
+        await tombstones.label(conn, tombstones.LEVEL_LOWERED)
         status = await conn.execute(
             f"DELETE FROM {name} r WHERE r.ean = $1 AND r.measured_at >= $2",
             connection["ean_num"],

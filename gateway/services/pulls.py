@@ -49,6 +49,47 @@ async def copy_readings(
     return int(status.rsplit(" ", 1)[-1])
 
 
+#: what a sync pull hands its caller before the first reading: the snapshot the pull runs in
+#: (the next token's) and the tombstones to send first
+SyncStart = Callable[[str, list[asyncpg.Record]], Awaitable[None]]
+
+
+async def sync_readings(
+    conn: asyncpg.Connection,
+    client: Client,
+    query: ReadingsQuery,
+    output: str,
+    sink: Callable[[bytes], Awaitable[None]],
+    *,
+    paged: bool,
+    on_start: SyncStart,
+) -> int:
+    """A ``changed_since`` pull (``query.sync``): in ONE repeatable-read snapshot, take the
+    snapshot (the next token), the tombstones (none on a continued page: the first page had
+    them, nor for ``changed_since=0``), then COPY the changed readings into ``sink``; returns
+    the number of readings. Tombstones come before readings so a client that applies the feed
+    in order never deletes a reading stored again after its deletion."""
+    purposes = sorted(client.purposes)
+    sql, args = readings_query.build_sql(
+        query, output, paged=paged, purposes=purposes, keep=readings_query.keep_purposes()
+    )
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # the transaction's snapshot (repeatable read: every statement below uses it)
+        snapshot: str = await conn.fetchval("SELECT pg_current_snapshot()::text")
+        await conn.execute(_SESSION_SQL)
+        tombstones: list[asyncpg.Record] = []
+        if query.since_snapshot is not None and query.after is None:
+            t_sql, t_args = readings_query.tombstones_sql(query, purposes)
+            tombstones = list(await conn.fetch(t_sql, *t_args))
+        await on_start(snapshot, tombstones)
+        if output == "json":
+            status = await conn.copy_from_query(sql, *args, output=sink, null="null")
+        else:
+            # the caller wrote the header (CSV_SYNC_HEADER) before the tombstone rows
+            status = await conn.copy_from_query(sql, *args, output=sink, format="csv")
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def log_read(
     conn: asyncpg.Connection,
     client: Client,
@@ -70,6 +111,7 @@ async def log_read(
             "to": query.end,
             "eans": eans,
             "readings": readings,
+            "changed_since": query.sync,
             "format": media,
             "complete": complete,
         },

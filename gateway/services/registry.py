@@ -37,7 +37,7 @@ from gateway.errors import (
     ValidationError,
 )
 from gateway.services.consents import end_consents_of_contract
-from gateway.storage import audit, locks
+from gateway.storage import audit, locks, tombstones
 from gateway.storage.schema import BILLING_TABLES, CUSTOMER_ID_RE, INTERVAL_TABLE
 from gateway.times import ApiTime
 
@@ -517,7 +517,7 @@ async def end_contract(
             # (add_contract's handover) its daily and monthly readings are the successor's
             # consumption and stay, to be his: only interval data goes
             deleted = await _delete_readings_between(
-                conn, ean, row["commodity"], at, row["contract_end"], billing=not successor
+                conn, ean, row["commodity"], at, row["contract_end"], reason, billing=not successor
             )
             await audit.append(
                 conn,
@@ -543,6 +543,7 @@ async def _delete_readings_between(
     commodity: str,
     since: dt.datetime,
     until: dt.datetime | None,
+    reason: str,
     *,
     billing: bool = True,
 ) -> int:
@@ -553,6 +554,7 @@ async def _delete_readings_between(
     for table in tables:
         # a reading measured at or after `since` is in a period starting less than a month
         # before it: the bound lets the primary key and partition pruning find the rows
+        await tombstones.label(conn, reason)
         status = await conn.execute(
             f"DELETE FROM {table} WHERE ean = $1::bigint AND measured_at >= $2"
             " AND ($3::timestamptz IS NULL OR measured_at < $3)"

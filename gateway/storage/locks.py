@@ -22,6 +22,8 @@ AUDIT: Final = _BASE + 3
 RETENTION: Final = _BASE + 7
 #: the webhook worker's sweep announcing expired consents (one process at a time)
 EXPIRY_SWEEP: Final = _BASE + 8
+#: the readings.changed job: one process looks for changes at a time (transaction lock)
+READINGS_CHANGED: Final = _BASE + 9
 #: outbox events of one EAN in commit order: the first of a two-int key (the second is
 #: hashtext(ean)), a key space apart from the bigint keys above
 OUTBOX_ORDER: Final = 0x6D747270
@@ -32,5 +34,6 @@ ALL: Final = {
     "audit": AUDIT,
     "retention": RETENTION,
     "expiry_sweep": EXPIRY_SWEEP,
+    "readings_changed": READINGS_CHANGED,
     "outbox_order": OUTBOX_ORDER,
 }

@@ -39,8 +39,14 @@ from gateway.storage import locks
 KIND_CONSENT_GRANTED: Final = "consent.granted"
 KIND_CONSENT_ENDED: Final = "consent.ended"
 KIND_LEVEL_CHANGED: Final = "level.changed"
+#: changed readings of many EANs, for one client (gateway.jobs.readings_changed); stored under
+#: the EAN ``NO_EAN`` (migration 0012)
+KIND_READINGS_CHANGED: Final = "readings.changed"
+NO_EAN: Final = ""
 #: every event kind; the outbox table's CHECK constraint lists the same
-KINDS: Final = frozenset({KIND_CONSENT_GRANTED, KIND_CONSENT_ENDED, KIND_LEVEL_CHANGED})
+KINDS: Final = frozenset(
+    {KIND_CONSENT_GRANTED, KIND_CONSENT_ENDED, KIND_LEVEL_CHANGED, KIND_READINGS_CHANGED}
+)
 _CONSENT_KINDS: Final = frozenset({KIND_CONSENT_GRANTED, KIND_CONSENT_ENDED})
 
 #: first key of the per-EAN advisory lock ('mtrp'); the second is hashtext(ean)
@@ -87,6 +93,7 @@ async def enqueue(
     kind: str,
     payload: Mapping[str, Any],
     occurred_at: dt.datetime | None = None,
+    client_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """Record a notification of ``kind`` about ``ean`` in the caller's transaction; returns its
     event id (the receivers' idempotency key).
@@ -94,6 +101,8 @@ async def enqueue(
     ``payload`` becomes the event's ``data`` (see ``consent_payload``/``level_payload``); for
     consent kinds it must carry the consent's ``purpose``, which selects the recipients.
     ``occurred_at`` is when the change took effect (default: the transaction's time).
+    ``client_id`` limits the recipients to that client (``readings.changed``: what changed is
+    what that client may see; its ``ean`` is ``NO_EAN``).
     ValueError for an unknown kind or a consent payload without a purpose; RuntimeError when
     called outside a transaction (the event would be announced even if the change rolled back).
     """
@@ -123,11 +132,13 @@ async def enqueue(
         "INSERT INTO webhook_deliveries (ean, event_id, client_id, seq)"
         " SELECT $1, $2, c.client_id, $3 FROM clients c"
         " WHERE c.webhook_url IS NOT NULL AND c.revoked_at IS NULL"
-        "   AND ($4::text IS NULL OR $4::text = ANY(c.purposes))",
+        "   AND ($4::text IS NULL OR $4::text = ANY(c.purposes))"
+        "   AND ($5::uuid IS NULL OR c.client_id = $5)",
         ean,
         event_id,
         row["seq"],
         purpose,
+        client_id,
     )
     return event_id
 

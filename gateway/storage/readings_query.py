@@ -26,6 +26,14 @@ merely to decode the same rows with asyncpg before any formatting in Python.)
 
 Rows are ordered by (ean, period_start): JSON pages continue after a keyset cursor, and the
 streams' EAN tracker (``EanTracker``) only has to look at EAN boundaries.
+
+Sync pulls (``changed_since``, migration 0012): the same visibility, plus "written by a
+transaction the token's snapshot did not see" (``_changed_since``: ``changed_xid >= xmin`` for
+the BRIN index, then ``pg_visible_in_snapshot``). A token (``CursorCodec.encode_token``) is the
+snapshot the issuing pull ran in, signed like a cursor and bound to the client and granularity;
+a sync pull's cursor carries its first page's snapshot, from which the last page makes the next
+token. Deletions come from ``reading_tombstones`` (``tombstones_sql``). The plain window pull's
+SQL is unchanged by all this (no per-row work added to the export).
 """
 
 from __future__ import annotations
@@ -37,14 +45,15 @@ import hmac
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from consent.levels import INTERVAL_GRANULARITIES
 from consent.model import DEFAULT_PURPOSES, OnRevoke, Purpose
 from gateway.errors import BadRequestError, FieldError, ValidationError
+from gateway.jsonenc import rfc3339
 from gateway.storage import schema
 from gateway.storage.schema import CUSTOMER_ID_RE
 from gateway.times import parse_time
@@ -57,8 +66,23 @@ MAX_LIMIT: Final = 10_000
 MAX_EANS: Final = 1000
 #: query parameters the endpoint knows (anything else is refused, so a typo is not ignored)
 KNOWN_PARAMS: Final = frozenset(
-    {"granularity", "from", "to", "ean", "customer_id", "contract_id", "cursor", "limit"}
+    {
+        "granularity",
+        "from",
+        "to",
+        "ean",
+        "customer_id",
+        "contract_id",
+        "cursor",
+        "limit",
+        "changed_since",
+    }
 )
+#: ``changed_since`` values meaning "everything so far" (a client's first sync pull)
+SYNC_FROM_START: Final = frozenset({"", "0"})
+#: the window of a sync pull without from/to: every period a reading table can hold
+NO_START: Final = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+NO_END: Final = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 
 CSV_HEADER: Final = (
     "ean,contract_id,customer_id,commodity,granularity,period_start,measured_at,"
@@ -68,6 +92,9 @@ CSV_HEADER: Final = (
 _EAN_RE: Final = re.compile(r"[0-9]{18}")
 _DIGITS_RE: Final = re.compile(r"[0-9]{1,9}")
 _CURSOR_VERSION: Final = 1
+_TOKEN_VERSION: Final = 1
+#: pg_snapshot's text form: xmin:xmax:xip,xip,…
+_SNAPSHOT_RE: Final = re.compile(r"[0-9]{1,20}:[0-9]{1,20}:(?:[0-9]{1,20}(?:,[0-9]{1,20})*)?")
 _CURSOR_MAC_BYTES: Final = 16
 #: columns of _json_columns
 _JSON_WIDTH: Final = 16
@@ -88,6 +115,15 @@ class ReadingsQuery:
     #: only readings of this customer's contracts / of this contract
     customer_id: str | None = None
     contract_id: uuid.UUID | None = None
+    #: a sync pull (``changed_since`` given): its raw value, bound into cursors
+    changed_since: str | None = None
+    #: the snapshot of the token (pg_snapshot text); None: everything so far
+    since_snapshot: str | None = None
+
+    @property
+    def sync(self) -> bool:
+        """Whether this is a ``changed_since`` pull."""
+        return self.changed_since is not None
 
     def fingerprint(self, client_id: uuid.UUID) -> str:
         """What a cursor is bound to: the client and the query (not the page size)."""
@@ -100,6 +136,7 @@ class ReadingsQuery:
                 ",".join(self.eans),
                 self.customer_id or "",
                 str(self.contract_id or ""),
+                "" if self.changed_since is None else "s:" + self.changed_since,
             )
         )
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
@@ -132,11 +169,19 @@ def parse_params(params: Mapping[str, str], eans: Sequence[str], tz: ZoneInfo) -
             )
         )
 
+    changed_since = params.get("changed_since")
     times: dict[str, dt.datetime] = {}
+    if changed_since is not None:
+        # a sync pull needs no window (the changes are what it asks for); one may narrow it
+        times = {"from": NO_START, "to": NO_END}
+        for name in ("customer_id", "contract_id"):
+            if name in params:
+                errors.append(_field(name, "not combinable with changed_since"))
     for name in ("from", "to"):
         raw = params.get(name)
         if raw is None or raw == "":
-            errors.append(_field(name, "required: RFC 3339 time or YYYY-MM-DD (local date)"))
+            if changed_since is None:
+                errors.append(_field(name, "required: RFC 3339 time or YYYY-MM-DD (local date)"))
             continue
         try:
             times[name] = parse_time(raw, tz)
@@ -186,6 +231,7 @@ def parse_params(params: Mapping[str, str], eans: Sequence[str], tz: ZoneInfo) -
         limit,
         customer_id=customer_id,
         contract_id=contract_id,
+        changed_since=changed_since,
     )
 
 
@@ -216,33 +262,92 @@ class CursorCodec:
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:_CURSOR_MAC_BYTES]
 
-    def encode(self, fingerprint: str, ean: int, period_start: str) -> str:
-        payload = json.dumps(
-            {"v": _CURSOR_VERSION, "q": fingerprint, "e": ean, "p": period_start},
-            separators=(",", ":"),
-        ).encode("ascii")
+    def encode(
+        self, fingerprint: str, ean: int, period_start: str, next_snapshot: str | None = None
+    ) -> str:
+        """A cursor after (ean, period_start); a sync pull's cursor also carries the snapshot
+        of its first page, from which its last page makes the next token."""
+        data: dict[str, object] = {"v": _CURSOR_VERSION, "q": fingerprint, "e": ean}
+        data["p"] = period_start
+        if next_snapshot is not None:
+            data["n"] = next_snapshot
+        return self._seal(data)
+
+    def decode(self, cursor: str, fingerprint: str) -> tuple[int, dt.datetime, str | None]:
+        """The keyset position of ``cursor`` and the snapshot it carries (sync pulls); raises
+        BadRequestError if it is not one of ours, was altered, or belongs to another client or
+        query."""
+        data = self._open(cursor, _bad_cursor)
+        if data.get("v") != _CURSOR_VERSION or "e" not in data:
+            raise _bad_cursor("it comes from another version of the API; start again")
+        if data.get("q") != fingerprint:
+            raise _bad_cursor(
+                "it was issued for other query parameters (granularity, from, to, ean, "
+                "changed_since) or another client; repeat the original parameters with it"
+            )
+        snapshot = data.get("n")
+        return (
+            int(data["e"]),
+            dt.datetime.fromisoformat(data["p"]),
+            snapshot if isinstance(snapshot, str) else None,
+        )
+
+    def encode_token(self, client_id: uuid.UUID, granularity: str, snapshot: str) -> str:
+        """A ``changed_since`` token: the snapshot a pull ran in, bound to the client and the
+        granularity (a token means nothing for another table)."""
+        return self._seal(
+            {"v": _TOKEN_VERSION, "t": _token_binding(client_id, granularity), "s": snapshot}
+        )
+
+    def decode_token(self, token: str, client_id: uuid.UUID, granularity: str) -> str | None:
+        """The snapshot of a ``changed_since`` token; None for ``0``/empty (everything so far).
+        BadRequestError for anything this API did not issue to this client for this
+        granularity."""
+        if token in SYNC_FROM_START:
+            return None
+        data = self._open(token, _bad_token)
+        snapshot = data.get("s")
+        if data.get("v") != _TOKEN_VERSION or not isinstance(snapshot, str):
+            raise _bad_token("it is not a changed_since token of this version of the API")
+        if data.get("t") != _token_binding(client_id, granularity):
+            raise _bad_token(
+                "it was issued to another client or for another granularity; start again "
+                "with changed_since=0"
+            )
+        if not _SNAPSHOT_RE.fullmatch(snapshot):  # not reached: we signed it
+            raise _bad_token("it holds no snapshot")
+        return snapshot
+
+    def _seal(self, data: Mapping[str, object]) -> str:
+        payload = json.dumps(data, separators=(",", ":")).encode("ascii")
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
-    def decode(self, cursor: str, fingerprint: str) -> tuple[int, dt.datetime]:
-        """The keyset position of ``cursor``; BadRequestError if it is not one of ours, was
-        altered, or belongs to another client or query."""
-        body, sep, mac = cursor.partition(".")
+    def _open(self, text: str, error: Callable[[str], BadRequestError]) -> dict[str, Any]:
+        body, sep, mac = text.partition(".")
         try:
             payload = _unb64(body)
             given = _unb64(mac)
         except ValueError:
-            raise _bad_cursor("it is not a cursor this API issued") from None
+            raise error("it is not one this API issued") from None
         if not sep or not hmac.compare_digest(given, self._mac(payload)):
-            raise _bad_cursor("it is not a cursor this API issued, or it was altered")
+            raise error("it is not one this API issued, or it was altered")
         data = json.loads(payload)
-        if data.get("v") != _CURSOR_VERSION:
-            raise _bad_cursor("it comes from another version of the API; start again")
-        if data.get("q") != fingerprint:
-            raise _bad_cursor(
-                "it was issued for other query parameters (granularity, from, to, ean) or "
-                "another client; repeat the original parameters with it"
-            )
-        return int(data["e"]), dt.datetime.fromisoformat(data["p"])
+        if not isinstance(data, dict):  # not reached: we signed it
+            raise error("it is not one this API issued")
+        return data
+
+
+def _token_binding(client_id: uuid.UUID, granularity: str) -> str:
+    return hashlib.sha256(f"sync|{client_id}|{granularity}".encode()).hexdigest()[:32]
+
+
+def _bad_token(why: str) -> BadRequestError:
+    return BadRequestError(f"invalid 'changed_since' parameter: {why}")
+
+
+def snapshot_xmin(snapshot: str) -> int:
+    """The xmin of a pg_snapshot's text form: every transaction id below it was visible."""
+    return int(snapshot.split(":", 1)[0])
 
 
 def _bad_cursor(why: str) -> BadRequestError:
@@ -346,6 +451,11 @@ def _csv_columns(commodity: str, granularity: str) -> str:
 
 
 _CSV_COLUMNS: Final = tuple(CSV_HEADER.split(","))
+#: a sync pull's CSV adds these: a reading row says ``false,,``; a tombstone row (see
+#: ``tombstone_csv``) says ``true,<last deleted period_start>,<reason>`` and carries the first
+#: deleted period in ``period_start``
+CSV_SYNC_COLUMNS: Final = ("deleted", "last_period_start", "reason")
+CSV_SYNC_HEADER: Final = CSV_HEADER + "," + ",".join(CSV_SYNC_COLUMNS)
 
 
 def build_sql(
@@ -364,6 +474,51 @@ def build_sql(
     ``paged`` adds ``LIMIT query.limit + 1`` (the extra row tells whether more follow).
     """
     args: list[object] = [query.start, query.end]
+    if output == "json":
+        names = [f"c{i}" for i in range(_JSON_WIDTH)]
+    else:
+        names = list(_CSV_COLUMNS)
+        if query.sync:
+            names += CSV_SYNC_COLUMNS
+    branches = []
+    for reading_table, from_where in _visible(query, args, purposes, keep):
+        commodity = reading_table.commodity
+        if output == "json":
+            columns = _json_columns(commodity, query.granularity)
+        else:
+            columns = _csv_columns(commodity, query.granularity)
+            if query.sync:
+                columns += ", 'false'::text, NULL::timestamptz, NULL::text"
+        branches.append(f"SELECT r.ean, r.period_start, {columns}{from_where}")
+    inner = " UNION ALL ".join(f"({b})" for b in branches)
+    limit = f" LIMIT {query.limit + 1}" if paged else ""
+    sql = (
+        f"SELECT {', '.join('u.' + n for n in names)}"
+        f" FROM ({inner}) AS u (sort_ean, sort_ps, {', '.join(names)})"
+        f" ORDER BY u.sort_ean, u.sort_ps{limit}"
+    )
+    return sql, args
+
+
+def _changed_since(column: str, snapshot: str, args: list[object]) -> str:
+    """SQL: ``column`` (a changed_xid) was written by a transaction ``snapshot`` did not see.
+
+    ``>= xmin`` first: every id below the snapshot's xmin was visible to it, and the comparison
+    lets the BRIN index skip what was written before; then the exact test, which also catches
+    transactions that were still running when the snapshot was taken and committed later.
+    """
+    args.extend([snapshot_xmin(snapshot), snapshot])
+    return (
+        f" AND {column} >= ${len(args) - 1}::bigint"
+        f" AND NOT pg_visible_in_snapshot({column}::text::xid8, ${len(args)}::text::pg_snapshot)"
+    )
+
+
+def _visible(
+    query: ReadingsQuery, args: list[object], purposes: Sequence[str], keep: Sequence[str]
+) -> list[tuple[schema.ReadingTable, str]]:
+    """Per reading table of the granularity, the ``FROM … WHERE …`` of the rows the client may
+    see (``r``: the reading, ``k``: its contract); ``args`` holds the window and gets the rest."""
     interval = query.granularity in INTERVAL_GRANULARITIES
     extra = ""
     visible = ""
@@ -392,31 +547,103 @@ def build_sql(
     if query.after is not None:
         args.extend(query.after)
         extra += f" AND (r.ean, r.period_start) > (${len(args) - 1}::bigint, ${len(args)})"
-    if output == "json":
-        names = [f"c{i}" for i in range(_JSON_WIDTH)]
-    else:
-        names = list(_CSV_COLUMNS)
-    branches = []
-    for reading_table in schema.GRANULARITY_TABLES[query.granularity]:
-        table, commodity = reading_table.name, reading_table.commodity
-        columns = (
-            _json_columns(commodity, query.granularity)
-            if output == "json"
-            else _csv_columns(commodity, query.granularity)
-        )
-        branches.append(
-            f"SELECT r.ean, r.period_start, {columns}"
+    if query.since_snapshot is not None:
+        extra += _changed_since("r.changed_xid", query.since_snapshot, args)
+    return [
+        (
+            reading_table,
             # the reading's contract: the one in force when it was measured (SPEC §3a)
-            f" FROM {table} r JOIN {_CONTRACTS} k ON k.ean_num = r.ean"
+            f" FROM {reading_table.name} r JOIN {_CONTRACTS} k ON k.ean_num = r.ean"
             f" AND {schema.in_contract('r.measured_at')}"
-            f" WHERE r.period_start >= $1 AND r.period_start < $2{extra}{visible}"
+            f" WHERE r.period_start >= $1 AND r.period_start < $2{extra}{visible}",
         )
-    inner = " UNION ALL ".join(f"({b})" for b in branches)
-    limit = f" LIMIT {query.limit + 1}" if paged else ""
+        for reading_table in schema.GRANULARITY_TABLES[query.granularity]
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# sync: tombstones and change summaries
+
+
+def _tombstones_from(query: ReadingsQuery, purposes: Sequence[str], args: list[object]) -> str:
+    """``FROM … WHERE …`` of the tombstones a sync pull reports (``t``; ``args`` holds the
+    window and gets the rest): ranges of the granularity deleted by transactions the token's
+    snapshot did not see, overlapping the window, of the requested EANs; interval ones only
+    where the client has the ended consent's purpose (nobody else could see those readings) or
+    none was named (erasure, contract end, lowered level)."""
+    assert query.since_snapshot is not None
+    args.extend([query.granularity, list(purposes)])
+    g, p = len(args) - 1, len(args)
+    where = _changed_since("t.changed_xid", query.since_snapshot, args)
+    if query.eans:
+        args.append([int(e) for e in query.eans])
+        where += f" AND t.ean = ANY(${len(args)}::bigint[])"
+    return (
+        " FROM reading_tombstones t JOIN reading_tables rt ON rt.table_name = t.table_name"
+        f" WHERE rt.granularity = ${g} AND t.last_period_start >= $1 AND t.first_period_start < $2"
+        f" AND (t.purpose IS NULL OR t.purpose = ANY(${p}::text[])){where}"
+    )
+
+
+def tombstones_sql(query: ReadingsQuery, purposes: Sequence[str]) -> tuple[str, list[object]]:
+    """The deletions a sync pull reports (``_tombstones_from``): ean (text), commodity,
+    first/last deleted period_start, reason; in EAN order."""
+    args: list[object] = [query.start, query.end]
     sql = (
-        f"SELECT {', '.join('u.' + n for n in names)}"
-        f" FROM ({inner}) AS u (sort_ean, sort_ps, {', '.join(names)})"
-        f" ORDER BY u.sort_ean, u.sort_ps{limit}"
+        "SELECT lpad(t.ean::text, 18, '0') AS ean, rt.commodity, t.first_period_start,"
+        " t.last_period_start, t.reason"
+        f"{_tombstones_from(query, purposes, args)}"
+        " ORDER BY t.ean, t.first_period_start, t.tombstone_id"
+    )
+    return sql, args
+
+
+def tombstone_json(row: Mapping[str, Any], granularity: str) -> bytes:
+    """One tombstone as the JSON object of NDJSON lines and of a JSON page's ``deleted``."""
+    return json.dumps(
+        {
+            "deleted": True,
+            "ean": row["ean"],
+            "commodity": row["commodity"],
+            "granularity": granularity,
+            "first_period_start": rfc3339(row["first_period_start"]),
+            "last_period_start": rfc3339(row["last_period_start"]),
+            "reason": row["reason"],
+        },
+        separators=(",", ":"),
+    ).encode("ascii")
+
+
+def tombstone_csv(row: Mapping[str, Any], granularity: str) -> bytes:
+    """One tombstone as a row of a sync pull's CSV (CSV_SYNC_HEADER); no field needs quoting
+    (digits, times, fixed words)."""
+    first = rfc3339(row["first_period_start"])
+    last = rfc3339(row["last_period_start"])
+    fields = [row["ean"], "", "", row["commodity"], granularity, first, "", "", "", "", "", ""]
+    return (",".join([*fields, "true", last, row["reason"]]) + "\n").encode("ascii")
+
+
+def changes_summary_sql(
+    query: ReadingsQuery, purposes: Sequence[str], keep: Sequence[str], limit: int
+) -> tuple[str, list[object]]:
+    """Per EAN, the first and last period_start of the client's visible readings and
+    tombstones of ``query.granularity`` changed since ``query.since_snapshot``: the body of a
+    ``readings.changed`` webhook. At most ``limit`` + 1 rows (the extra one says "more")."""
+    args: list[object] = [query.start, query.end]
+    parts = [
+        f"SELECT r.ean, r.period_start AS first_ps, r.period_start AS last_ps{from_where}"
+        for _table, from_where in _visible(query, args, purposes, keep)
+    ]
+    parts.append(
+        "SELECT t.ean, t.first_period_start, t.last_period_start"
+        + _tombstones_from(query, purposes, args)
+    )
+    inner = " UNION ALL ".join(f"({p})" for p in parts)
+    sql = (
+        "SELECT lpad(c.ean::text, 18, '0') AS ean, min(c.first_ps) AS first_period_start,"
+        " max(c.last_ps) AS last_period_start"
+        f" FROM ({inner}) AS c (ean, first_ps, last_ps) GROUP BY c.ean ORDER BY c.ean"
+        f" LIMIT {limit + 1}"
     )
     return sql, args
 

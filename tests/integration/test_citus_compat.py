@@ -25,6 +25,8 @@ REFERENCE_TABLES = {
     "audit_log",
     "clients",
     "meter_installations",
+    # one row: where the readings.changed job left off (migration 0012), coordinator-local
+    "readings_changed_mark",
 }
 
 

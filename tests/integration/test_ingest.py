@@ -127,7 +127,8 @@ async def wait_for(predicate: Any) -> None:
 
 async def stored(pool: asyncpg.Pool, table: str) -> set[tuple[Any, ...]]:
     rows = await pool.fetch(f"SELECT * FROM {table}")
-    return {tuple(r.values()) for r in rows}
+    # changed_xid (which transaction wrote the row, for sync pulls) is no reading value
+    return {tuple(v for k, v in r.items() if k != "changed_xid") for r in rows}
 
 
 async def count_all(pool: asyncpg.Pool) -> int:

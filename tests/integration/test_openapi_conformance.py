@@ -266,6 +266,7 @@ async def data_client(c: Conformance) -> None:
         headers={"Accept": "image/png"},
     )
     await c.call("GET", "/v1/readings", 401, as_="none", params={"granularity": "P1D", **span})
+    await sync_pulls(c)
     changes = await c.call(
         "GET",
         "/v1/consents",
@@ -276,6 +277,59 @@ async def data_client(c: Conformance) -> None:
     c.check(changes is not None and "next_changed_since" in changes, f"consents: {changes}")
     await c.call("GET", "/v1/consents", 422, as_="client", params={"limit": "0"})
     await c.call("GET", "/v1/consents", 401, as_="none", params={"changed_since": str(today)})
+
+
+async def sync_pulls(c: Conformance) -> None:
+    """``changed_since``: a first sync pull, then one after a deletion (a tombstone), in every
+    format."""
+    conn = await asyncpg.connect(c.database_url)
+    try:
+        # a reading of its own, deleted after the first sync pull (the others stay for the
+        # customer's scenario)
+        stray = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        stray -= dt.timedelta(days=20)
+        await conn.execute(
+            "INSERT INTO readings_g_p1d (ean, period_start, measured_at, volume_dm3)"
+            " VALUES ($1, $2, $2, 1)",
+            int(make_ean(2)),
+            stray,
+        )
+        first = await c.call(
+            "GET",
+            "/v1/readings",
+            200,
+            as_="client",
+            params={"granularity": "P1D", "changed_since": "0"},
+        )
+        token = (first or {}).get("next_changed_since")
+        c.check(bool(first and first["readings"]) and token is not None, f"first sync: {first}")
+        deleted = await conn.execute(
+            "DELETE FROM readings_g_p1d WHERE ean = $1 AND period_start = $2",
+            int(make_ean(2)),
+            stray,
+        )
+        c.check(deleted == "DELETE 1", f"the stray gas reading was not deleted: {deleted}")
+    finally:
+        await conn.close()
+    since = {"granularity": "P1D", "changed_since": token or ""}
+    page = await c.call("GET", "/v1/readings", 200, as_="client", params=since)
+    c.check(bool(page and page["deleted"]), f"no tombstone after a deletion: {page}")
+    lines = await c.call(
+        "GET", "/v1/readings", 200, as_="client", params=since, headers={"Accept": NDJSON}
+    )
+    c.check(bool(lines) and c.headers.get("Meterpoort-Changed-Token"), "NDJSON sync: no token")
+    csv = await c.call(
+        "GET", "/v1/readings", 200, as_="client", params=since, headers={"Accept": "text/csv"}
+    )
+    header = (csv or "").splitlines()[0] if csv else ""
+    c.check(header == readings_query.CSV_SYNC_HEADER, f"sync CSV header {header!r}")
+    await c.call(
+        "GET",
+        "/v1/readings",
+        400,
+        as_="client",
+        params={"granularity": "P1D", "changed_since": "nonsense"},
+    )
 
 
 async def customer(c: Conformance) -> None:

@@ -192,7 +192,9 @@ async def stored_rows(pool: asyncpg.Pool) -> Rows:
     """Every row of every readings table."""
     out: Rows = {}
     for table in TABLES:
-        out[table] = {tuple(r.values()) for r in await pool.fetch(f"SELECT * FROM {table}")}
+        rows = await pool.fetch(f"SELECT * FROM {table}")
+        # changed_xid (the writing transaction, for sync pulls) is no reading value
+        out[table] = {tuple(v for k, v in r.items() if k != "changed_xid") for r in rows}
     return out
 
 

@@ -16,6 +16,11 @@ returned, so each customer's access log shows who read their data: pages log bef
 streams log when they end, also when the client went away mid-stream (then listing the EANs of
 every chunk handed to the transport — rather one too many than one too few).
 
+``changed_since=<token>`` (or ``0`` for a first pull) makes it a sync pull: only readings stored
+or replaced since the token's pull, deletions first as tombstones, and a new token (JSON: the
+last page's ``next_changed_since``; streams: the ``Meterpoort-Changed-Token`` header, sent before
+the body). README, "Billing: incremental sync".
+
 ``GET /v1/consents?changed_since=`` lists consent changes (grants, ends, expiries) for the
 client's purposes, oldest first, with ``next_changed_since`` for the next poll.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -55,6 +61,8 @@ NDJSON: Final = "application/x-ndjson"
 CSV: Final = "text/csv"
 JSON: Final = "application/json"
 _OFFERED: Final = (JSON, NDJSON, CSV)
+#: a ``changed_since`` stream's next token, sent before the body (README, billing section)
+CHANGED_TOKEN_HEADER: Final = "Meterpoort-Changed-Token"
 
 #: GET /v1/consents: default and largest page
 CONSENT_PAGE_DEFAULT: Final = 1000
@@ -135,6 +143,10 @@ async def get_readings(request: web.Request) -> web.StreamResponse:
             f"this client may not read {query.granularity} readings (it may read: {allowed})"
         )
     media = negotiate(request.headers.get("Accept"))
+    codec = request.app[CURSOR_CODEC_KEY]
+    if query.changed_since is not None:
+        since = codec.decode_token(query.changed_since, client.client_id, query.granularity)
+        query = dataclasses.replace(query, since_snapshot=since)
     cursor = params.get("cursor")
     if media != JSON:
         stray = [n for n in ("cursor", "limit") if n in params]
@@ -144,9 +156,12 @@ async def get_readings(request: web.Request) -> web.StreamResponse:
                 [FieldError(("query", n), f"not used with Accept: {media}") for n in stray],
             )
         return await _stream(request, settings, pool, client, query, media)
+    next_snapshot = None
     if cursor is not None:
-        after = request.app[CURSOR_CODEC_KEY].decode(cursor, query.fingerprint(client.client_id))
-        query = dataclasses.replace(query, after=after)
+        ean, period_start, next_snapshot = codec.decode(cursor, query.fingerprint(client.client_id))
+        query = dataclasses.replace(query, after=(ean, period_start))
+    if query.sync:
+        return await _sync_page(request, settings, pool, client, query, next_snapshot)
     return await _page(request, settings, pool, client, query)
 
 
@@ -193,6 +208,73 @@ async def _page(
     return web.Response(body=body, content_type=JSON, headers={"Cache-Control": "no-store"})
 
 
+async def _sync_page(
+    request: web.Request,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    client: Client,
+    query: ReadingsQuery,
+    carried: str | None,
+) -> web.Response:
+    """A JSON page of a ``changed_since`` pull: ``{readings, deleted, next_cursor,
+    next_changed_since}``. Tombstones come on the first page; the token comes on the last, made
+    from the FIRST page's snapshot (carried in the cursor), so whatever changed while the
+    client paged is in the next sync (possibly twice: readings are idempotent by ean and
+    period_start)."""
+    codec = request.app[CURSOR_CODEC_KEY]
+    chunks: list[bytes] = []
+    started: list[str] = []
+    deleted: list[bytes] = []
+
+    async def collect(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    async def on_start(snapshot: str, tombstones: list[asyncpg.Record]) -> None:
+        started.append(snapshot)
+        deleted.extend(readings_query.tombstone_json(t, query.granularity) for t in tombstones)
+        tombstone_eans.update(t["ean"] for t in tombstones)
+
+    tombstone_eans: set[str] = set()
+    async with acquire(pool, settings.pool_acquire_timeout_s) as conn:
+        await pulls.sync_readings(
+            conn, client, query, "json", collect, paged=True, on_start=on_start
+        )
+        snapshot = carried if carried is not None else started[0]
+        lines = readings_query.encode_chunk(
+            b"".join(chunks), readings_query.has_gas_pad(query.granularity)
+        ).split(b"\n")
+        lines.pop()  # after the last newline
+        more = len(lines) > query.limit
+        del lines[query.limit :]
+        next_cursor = None
+        next_token = None
+        if more:
+            last = lines[-1]
+            start = last.index(b'"period_start":"') + 16
+            period_start = last[start : last.index(b'"', start)].decode("ascii")
+            next_cursor = codec.encode(
+                query.fingerprint(client.client_id), int(last[8:26]), period_start, snapshot
+            )
+        else:
+            next_token = codec.encode_token(client.client_id, query.granularity, snapshot)
+        eans = sorted({line[8:26].decode("ascii") for line in lines} | tombstone_eans)
+        await pulls.log_read(conn, client, query, eans, len(lines), JSON, complete=True)
+    body = b"".join(
+        (
+            b'{"readings":[',
+            b",".join(lines),
+            b'],"deleted":[',
+            b",".join(deleted),
+            b'],"next_cursor":',
+            json.dumps(next_cursor).encode("ascii"),
+            b',"next_changed_since":',
+            json.dumps(next_token).encode("ascii"),
+            b"}",
+        )
+    )
+    return web.Response(body=body, content_type=JSON, headers={"Cache-Control": "no-store"})
+
+
 async def _stream(
     request: web.Request,
     settings: Settings,
@@ -206,7 +288,8 @@ async def _stream(
     response = web.StreamResponse(
         headers={"Content-Type": content_type, "Cache-Control": "no-store"}
     )
-    tracker = EanTracker(b"" if csv else b'{"ean":"', skip_header=csv)
+    tracker = EanTracker(b"" if csv else b'{"ean":"', skip_header=csv and not query.sync)
+    tombstone_eans: set[str] = set()
     gas_pad = readings_query.has_gas_pad(query.granularity)
     carry = b""
     #: why the stream stopped early (the client went away, or a bug), None while all is well
@@ -245,19 +328,36 @@ async def _stream(
             failure = exc
             conn.terminate()
 
+    async def on_start(snapshot: str, tombstones: list[asyncpg.Record]) -> None:
+        # the token goes out before the body: a client keeps it once the stream ENDED well
+        response.headers[CHANGED_TOKEN_HEADER] = request.app[CURSOR_CODEC_KEY].encode_token(
+            client.client_id, query.granularity, snapshot
+        )
+        await response.prepare(request)
+        head = [(readings_query.CSV_SYNC_HEADER + "\n").encode("ascii")] if csv else []
+        for t in tombstones:
+            head.append(
+                readings_query.tombstone_csv(t, query.granularity)
+                if csv
+                else readings_query.tombstone_json(t, query.granularity) + b"\n"
+            )
+            tombstone_eans.add(t["ean"])
+        if head:
+            await response.write(b"".join(head))
+
     complete = False
     rows: int | None = None  # unknown unless COPY finished
     try:
         async with acquire(pool, settings.pool_acquire_timeout_s) as conn:
             try:
-                rows = await pulls.copy_readings(
-                    conn,
-                    client,
-                    query,
-                    "csv" if csv else "json",
-                    lambda chunk: send(chunk, conn),
-                    paged=False,
-                )
+                sink = functools.partial(send, conn=conn)
+                output = "csv" if csv else "json"
+                if query.sync:
+                    rows = await pulls.sync_readings(
+                        conn, client, query, output, sink, paged=False, on_start=on_start
+                    )
+                else:
+                    rows = await pulls.copy_readings(conn, client, query, output, sink, paged=False)
             except asyncpg.InterfaceError:
                 if failure is None:
                     raise
@@ -273,7 +373,9 @@ async def _stream(
     finally:
         # shielded: a cancelled request must not skip the access log
         await asyncio.shield(
-            _log_read_pooled(pool, settings, client, query, tracker, rows, media, complete)
+            _log_read_pooled(
+                pool, settings, client, query, tracker, tombstone_eans, rows, media, complete
+            )
         )
     if complete:
         if not response.prepared:  # no reading at all (CSV always has its header line)
@@ -288,12 +390,14 @@ async def _log_read_pooled(
     client: Client,
     query: ReadingsQuery,
     tracker: EanTracker,
+    tombstone_eans: set[str],
     rows: int | None,
     media: str,
     complete: bool,
 ) -> None:
+    eans = sorted(set(tracker.eans()) | tombstone_eans)
     async with acquire(pool, settings.pool_acquire_timeout_s) as conn:
-        await pulls.log_read(conn, client, query, tracker.eans(), rows, media, complete=complete)
+        await pulls.log_read(conn, client, query, eans, rows, media, complete=complete)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import datetime as dt
 import uuid
 from typing import Final, Literal
 
-from pydantic import Field
+from pydantic import Field, RootModel
 
 from gateway.api.handlers.data_client import (
     CONSENT_PAGE_DEFAULT,
@@ -21,7 +21,7 @@ from gateway.api.handlers.data_client import (
     JSON,
     NDJSON,
 )
-from gateway.api.openapi.common import ConsentEndReason, Ean18, Out, Reading
+from gateway.api.openapi.common import Commodity, ConsentEndReason, Ean18, Out, Reading
 from gateway.api.openapi.spec import (
     EAN_SCHEMA,
     TIME_PARAM,
@@ -43,6 +43,42 @@ class ReadingsPage(Out):
 
     readings: list[Reading]
     next_cursor: str | None = Field(description="null: this was the last page")
+
+
+class Tombstone(Out):
+    """Readings of one connection and granularity deleted since the sync token: every period
+    from ``first_period_start`` to ``last_period_start`` (both inclusive)."""
+
+    deleted: Literal[True]
+    ean: Ean18
+    commodity: Commodity
+    granularity: Literal["P1M", "P1D", "PT1H", "PT15M"]
+    first_period_start: dt.datetime
+    last_period_start: dt.datetime
+    reason: str = Field(
+        description="why: a consent end reason (revoked, expired, contract-ended, move-out, "
+        "switch), erasure, level-lowered, or deleted"
+    )
+
+
+class SyncPage(Out):
+    """A page of a ``changed_since`` pull: tombstones (first page), readings stored or replaced
+    since the token, and on the last page the token of the next sync pull."""
+
+    readings: list[Reading]
+    deleted: list[Tombstone]
+    next_cursor: str | None = Field(description="null: this was the last page")
+    next_changed_since: str | None = Field(
+        description="on the last page: pass it as `changed_since` next time"
+    )
+
+
+class ReadingsAnswer(RootModel[ReadingsPage | SyncPage]):
+    """A page of a window pull, or of a sync pull (``changed_since``)."""
+
+
+class ReadingsLine(RootModel[Reading | Tombstone]):
+    """One NDJSON line: a reading, or (sync pulls) a tombstone."""
 
 
 class ChangedConsent(Out):
@@ -91,7 +127,16 @@ OPERATIONS: Final[list[Operation]] = [
             "[from, to) on period_start; a bare date is local midnight (Europe/Amsterdam). "
             "`Accept: application/x-ndjson` or `text/csv` streams everything; JSON (default) "
             "answers in pages with `next_cursor`. Every request is in the customers' access "
-            "logs."
+            "logs.\n\nIncremental sync: `changed_since=0` (the first pull; `from`/`to` then "
+            "optional) or `changed_since=<token>` returns only the readings stored or replaced "
+            "since the pull that issued the token, deletions first as tombstones (JSON "
+            "`deleted`, NDJSON lines, CSV rows with the extra columns `deleted,"
+            "last_period_start,reason`), and a new token: JSON `next_changed_since` on the last "
+            "page; NDJSON and CSV in the `Meterpoort-Changed-Token` response header, sent before "
+            "the body. A token is bound to the client and granularity; a bad one is a 400 "
+            "problem. Readings may repeat (upsert by `ean` and `period_start`). Expiry by the "
+            "retention rules makes no tombstones; a consent that expires hides interval readings "
+            "without deleting them (see `GET /v1/consents`)."
         ),
         security="clientToken",
         parameters=(
@@ -101,8 +146,22 @@ OPERATIONS: Final[list[Operation]] = [
                 "one of the client's granularities (403 otherwise)",
                 required=True,
             ),
-            query_param("from", TIME_PARAM, "start of the range (inclusive)", required=True),
-            query_param("to", TIME_PARAM, "end of the range (exclusive)", required=True),
+            query_param(
+                "from",
+                TIME_PARAM,
+                "start of the range (inclusive); required unless `changed_since` is given",
+            ),
+            query_param(
+                "to",
+                TIME_PARAM,
+                "end of the range (exclusive); required unless `changed_since` is given",
+            ),
+            query_param(
+                "changed_since",
+                {"type": "string"},
+                "sync pull: `0` the first time, then the `next_changed_since` (JSON) or "
+                "`Meterpoort-Changed-Token` (streams) of the previous sync pull",
+            ),
             {
                 "name": "ean",
                 "in": "query",
@@ -142,14 +201,16 @@ OPERATIONS: Final[list[Operation]] = [
         ),
         responses={
             200: Response(
-                "readings ordered by (ean, period_start); NDJSON: one `Reading` per line",
+                "readings ordered by (ean, period_start); NDJSON: one `Reading` (sync pulls: "
+                "or `Tombstone`) per line",
                 {
-                    JSON: ReadingsPage,
-                    NDJSON: Reading,
+                    JSON: ReadingsAnswer,
+                    NDJSON: ReadingsLine,
                     CSV: {
                         "type": "string",
-                        "description": f"header line `{readings_query.CSV_HEADER}`, then one "
-                        "reading per line; empty fields are null or of the other commodity",
+                        "description": f"header line `{readings_query.CSV_HEADER}` (sync pulls: "
+                        f"`{readings_query.CSV_SYNC_HEADER}`), then one reading or tombstone per "
+                        "line; empty fields are null or of the other commodity",
                     },
                 },
             )
@@ -162,7 +223,7 @@ OPERATIONS: Final[list[Operation]] = [
             422,
             503,
             says={
-                400: "`cursor` is not one this API issued for these parameters",
+                400: "`cursor` or `changed_since` is not one this API issued for these parameters",
                 403: "the client may not read this granularity",
                 422: "invalid query parameters (listed in `errors`); `cursor`/`limit` with a "
                 "stream",
