@@ -289,7 +289,7 @@ async def test_docs_page_shows_every_parameter(gateway_client: TestClient[Any, A
     assert "<code class='m'>GET</code> <code>/v1/readings</code>" in readings
     assert "<td><code>granularity</code></td><td>query</td><td>yes</td>" in readings
     assert "<td><code>ean</code></td><td>query</td><td>no</td>" in readings
-    assert "href='#schema-ReadingsPage'" in readings and "application/x-ndjson" in readings
+    assert "href='#schema-ReadingsAnswer'" in readings and "application/x-ndjson" in readings
     meter = operation("getMeter")
     assert "<td><code>ean</code></td><td>path</td><td>yes</td>" in meter
     assert "pattern <code>^[0-9]{18}$</code>" in meter
