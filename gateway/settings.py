@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     #: without it a half-open or stalled link to PostgreSQL holds requests until TCP gives up,
     #: hours later. Pooled connections only; migrations and the CLI are not bounded.
     db_command_timeout_s: float = Field(default=30.0, gt=0)
+    #: seconds a streamed readings pull (NDJSON, CSV) may take as a whole: its COPY is one
+    #: statement that lasts as long as the client reads, so ``db_command_timeout_s`` would cut
+    #: every export over 30 s (5 million readings take about 25 s at B4's rate). Long, because
+    #: the client sets the pace; a dead database link is still found by TCP keepalive.
+    db_stream_timeout_s: float = Field(default=6 * 3600.0, gt=0)
     #: Retry-After (seconds) sent with 503 answers
     retry_after_s: int = Field(default=5, ge=1)
     #: seconds to let in-flight requests and batches finish on SIGTERM

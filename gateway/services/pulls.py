@@ -31,8 +31,10 @@ async def copy_readings(
     sink: Callable[[bytes], Awaitable[None]],
     *,
     paged: bool,
+    copy_timeout_s: float | None = None,
 ) -> int:
-    """Run the query's COPY into ``sink``; returns the number of rows (COPY's status)."""
+    """Run the query's COPY into ``sink``; returns the number of rows (COPY's status).
+    ``copy_timeout_s``: seconds the COPY may take (None: the pool's command timeout)."""
     sql, args = readings_query.build_sql(
         query,
         output,
@@ -43,9 +45,13 @@ async def copy_readings(
     async with conn.transaction(readonly=True):
         await conn.execute(_SESSION_SQL)
         if output == "json":
-            status = await conn.copy_from_query(sql, *args, output=sink, null="null")
+            status = await conn.copy_from_query(
+                sql, *args, output=sink, null="null", timeout=copy_timeout_s
+            )
         else:
-            status = await conn.copy_from_query(sql, *args, output=sink, format="csv", header=True)
+            status = await conn.copy_from_query(
+                sql, *args, output=sink, format="csv", header=True, timeout=copy_timeout_s
+            )
     return int(status.rsplit(" ", 1)[-1])
 
 
@@ -63,6 +69,7 @@ async def sync_readings(
     *,
     paged: bool,
     on_start: SyncStart,
+    copy_timeout_s: float | None = None,
 ) -> int:
     """A ``changed_since`` pull (``query.sync``): in ONE repeatable-read snapshot, take the
     snapshot (the next token), the tombstones (none on a continued page: the first page had
@@ -83,10 +90,14 @@ async def sync_readings(
             tombstones = list(await conn.fetch(t_sql, *t_args))
         await on_start(snapshot, tombstones)
         if output == "json":
-            status = await conn.copy_from_query(sql, *args, output=sink, null="null")
+            status = await conn.copy_from_query(
+                sql, *args, output=sink, null="null", timeout=copy_timeout_s
+            )
         else:
             # the caller wrote the header (CSV_SYNC_HEADER) before the tombstone rows
-            status = await conn.copy_from_query(sql, *args, output=sink, format="csv")
+            status = await conn.copy_from_query(
+                sql, *args, output=sink, format="csv", timeout=copy_timeout_s
+            )
     return int(status.rsplit(" ", 1)[-1])
 
 

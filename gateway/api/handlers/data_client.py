@@ -352,12 +352,23 @@ async def _stream(
             try:
                 sink = functools.partial(send, conn=conn)
                 output = "csv" if csv else "json"
+                # a stream lasts as long as the client reads: its own, longer bound
+                timeout = settings.db_stream_timeout_s
                 if query.sync:
                     rows = await pulls.sync_readings(
-                        conn, client, query, output, sink, paged=False, on_start=on_start
+                        conn,
+                        client,
+                        query,
+                        output,
+                        sink,
+                        paged=False,
+                        on_start=on_start,
+                        copy_timeout_s=timeout,
                     )
                 else:
-                    rows = await pulls.copy_readings(conn, client, query, output, sink, paged=False)
+                    rows = await pulls.copy_readings(
+                        conn, client, query, output, sink, paged=False, copy_timeout_s=timeout
+                    )
             except asyncpg.InterfaceError:
                 if failure is None:
                     raise
@@ -370,6 +381,14 @@ async def _stream(
     except ConnectionResetError:
         # the client went away: nothing to answer, but what was sent is logged below
         log.info("readings stream aborted by the client")
+    except BaseException:
+        if response.prepared and request.transport is not None:
+            # The status line and part of the body are out, so no error answer can follow.
+            # Closing the connection before the last chunk is how HTTP says "cut short": the
+            # client neither waits for more nor takes the part for the whole (aiohttp would
+            # otherwise end the body cleanly after the middleware's answer, or leave it open).
+            request.transport.close()
+        raise
     finally:
         # shielded: a cancelled request must not skip the access log
         await asyncio.shield(
