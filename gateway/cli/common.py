@@ -1,4 +1,5 @@
-"""What the commands share: the ``--data-dir`` option, running one database action, JSON out."""
+"""What the commands share: the ``--data-dir`` option, flags checked by the settings' own rules,
+running one database action, JSON out."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import argparse
 import asyncio
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
+import pydantic
 
 from gateway.jsonenc import dumps
 from gateway.settings import Settings
@@ -26,6 +28,27 @@ def data_dir_arg(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="embedded PostgreSQL data directory (default ./var; ignored with DATABASE_URL)",
     )
+
+
+def setting_type(name: str) -> Callable[[str], Any]:
+    """An argparse ``type`` for a flag that overrides setting ``name``: the text is checked by
+    the setting's own type and bounds (``gateway.settings``), so ``--port 99999`` is refused by
+    the parser, as ``METERPOORT_PORT=99999`` is by the settings, before anything starts."""
+    field = Settings.model_fields[name]
+    adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
+        Annotated[field.annotation, *field.metadata]  # type: ignore[arg-type]  # a type built at run time
+    )
+
+    def parse(text: str) -> Any:
+        try:
+            return adapter.validate_python(text)
+        except pydantic.ValidationError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {exc.errors()[0]['msg'].lower()}"
+            ) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
 
 
 def with_data_dir(args: argparse.Namespace, settings: Settings) -> Settings:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gateway",
         description="Meterpoort gateway: smart-meter consent and data-access service.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"meterpoort {importlib.metadata.version('meterpoort')}",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from gateway import metrics
 from gateway.api.app import create_app
 from gateway.api.protocol import make_runner
-from gateway.cli.common import data_dir_arg, with_data_dir
+from gateway.cli.common import data_dir_arg, setting_type, with_data_dir
 from gateway.errors import ValidationError
 from gateway.settings import Settings
 from gateway.storage import db
@@ -134,9 +134,7 @@ def _worker_main(settings: Settings, index: int) -> None:
     configure_logging(settings.log_level)
     logging.getLogger("gateway").info("worker started", extra={"worker": index})
     parent_pid = os.getppid()
-    asyncio.run(
-        _serve_async(settings, reuse_port=True, print_banner=False, parent_pid=parent_pid)
-    )
+    asyncio.run(_serve_async(settings, reuse_port=True, print_banner=False, parent_pid=parent_pid))
 
 
 #: a worker that dies within this many seconds of its start counts as failing to start
@@ -289,9 +287,16 @@ def add_parser(sub: Any) -> None:
     """Register ``serve`` and ``migrate``."""
     serve = sub.add_parser("serve", help="run the HTTP service (embedded PostgreSQL by default)")
     serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
+    serve.add_argument(
+        "--port", type=setting_type("port"), default=None, help="listen port (default 8080)"
+    )
     data_dir_arg(serve)
-    serve.add_argument("--workers", type=int, default=None, help="processes on one port")
+    serve.add_argument(
+        "--workers",
+        type=setting_type("workers"),
+        default=None,
+        help="processes on one port (1-64, default 1)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
