@@ -29,7 +29,7 @@ from gateway.storage import audit, db
 
 
 async def _verify(settings: Settings, expect_head: str | None) -> audit.VerifyResult:
-    async with db.database_url(settings) as dsn:
+    async with db.database_url(settings, create=False) as dsn:
         conn = await db.connect(dsn)
         try:
             exists = await conn.fetchval("SELECT to_regclass('audit_log') IS NOT NULL")
@@ -64,7 +64,7 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _prune(settings: Settings, before: dt.datetime, dry_run: bool) -> audit.PruneResult:
-    async with db.database_url(settings) as dsn:
+    async with db.database_url(settings, create=False) as dsn:
         conn = await db.connect(dsn)
         try:
             await db.migrate(conn)

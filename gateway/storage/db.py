@@ -217,13 +217,28 @@ class EmbeddedPostgres:
             self._server = None
 
 
+def has_embedded_cluster(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds an embedded PostgreSQL cluster (``EmbeddedPostgres``)."""
+    return (data_dir / "pg" / "PG_VERSION").is_file()
+
+
 @contextlib.asynccontextmanager
-async def database_url(settings: Settings) -> AsyncIterator[str]:
-    """The URL to use: ``DATABASE_URL``, or an embedded server started for the block's duration."""
+async def database_url(settings: Settings, *, create: bool = True) -> AsyncIterator[str]:
+    """The URL to use: ``DATABASE_URL``, or an embedded server started for the block's duration.
+
+    ``create=False`` (commands that read or change an existing registry): a data directory
+    without a cluster is a ConfigurationError, not a brand-new empty database, so a mistyped
+    ``--data-dir`` cannot register meters where no gateway will ever look.
+    """
     dsn = settings.database_dsn()
     if dsn is not None:
         yield dsn
         return
+    if not create and not has_embedded_cluster(settings.data_dir):
+        raise ConfigurationError(
+            f"no database in {settings.data_dir}: is --data-dir (or METERPOORT_DATA_DIR) right? "
+            "`python -m gateway migrate --data-dir DIR` or `serve` creates one there"
+        )
     server = EmbeddedPostgres(settings.data_dir)
     uri = await asyncio.to_thread(server.start)
     try:
@@ -234,8 +249,9 @@ async def database_url(settings: Settings) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def open_connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    """A migrated database connection for CLI commands (embedded server if no DATABASE_URL)."""
-    async with database_url(settings) as dsn:
+    """A migrated database connection for CLI commands (embedded server if no DATABASE_URL; its
+    cluster must exist already: ``database_url(create=False)``)."""
+    async with database_url(settings, create=False) as dsn:
         conn = await connect(dsn)
         try:
             await prepare_database(conn, settings)

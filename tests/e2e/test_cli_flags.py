@@ -1,12 +1,17 @@
-"""``python -m gateway``: a bad flag fails at once, before PostgreSQL starts; ``--version``."""
+"""``python -m gateway``: a bad flag fails at once, before PostgreSQL starts; a mistyped
+``--data-dir`` is an error, not a new empty database; ``--version``."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.support import make_ean
 
 
 def test_a_bad_port_fails_at_once_without_starting_postgres(tmp_path: Path) -> None:
@@ -29,3 +34,35 @@ def test_version() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.strip() == f"meterpoort {importlib.metadata.version('meterpoort')}"
+
+
+def _gateway(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # the embedded server
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+
+
+def test_a_mistyped_data_dir_is_an_error_not_a_new_database(tmp_path: Path) -> None:
+    typo = tmp_path / "no" / "such" / "dir"
+    meter = (
+        "admin", "meters", "add", "--data-dir", str(typo), "--ean", make_ean(1),
+        "--commodity", "electricity", "--meter-id", "M1", "--customer-id", "c1",
+        "--contract-start", "2024-01-01",
+    )  # fmt: skip
+    for command in (meter, ("audit", "verify", "--data-dir", str(typo))):
+        done = _gateway(*command)
+        assert done.returncode == 1, done.stderr
+        assert f"no database in {typo}" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "no").exists()  # nothing was created
+
+    # where a database exists (migrate made it), the same command registers the meter
+    home = tmp_path / "var"
+    assert _gateway("migrate", "--data-dir", str(home)).returncode == 0
+    done = _gateway(*(str(home) if a == str(typo) else a for a in meter))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ean"] == make_ean(1)
