@@ -37,6 +37,7 @@ from consent.levels import Commodity, Granularity, Level
 from consent.model import Consent
 from consent.policy import CompiledPolicy, ConnectionState
 from gateway import metrics
+from gateway.storage import db
 from gateway.storage.schema import consent_from_row
 from gateway.supervisor import stop
 
@@ -546,7 +547,7 @@ class IndexMaintainer:
                 if self.on_devices_changed is not None:
                     await conn.remove_listener(DEVICE_CHANNEL, self._on_device_notification)
                 conn.remove_termination_listener(self._on_termination)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+        except db.RETRYABLE_ERRORS as exc:
             # a broken connection: the pool closes it on release instead of reusing it
             log.warning("consent index: LISTEN connection unusable at release (%s)", exc)
         await self.pool.release(conn)
@@ -560,7 +561,7 @@ class IndexMaintainer:
             while self._listen_conn is None:
                 try:
                     await self._connect_listener()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except db.RETRYABLE_ERRORS as exc:
                     log.warning("consent index: LISTEN reconnect failed (%s); retrying", exc)
                     await asyncio.sleep(self.reconnect_delay_s)
             self._full_needed = True
@@ -578,7 +579,7 @@ class IndexMaintainer:
                 elif self._pending:
                     eans, self._pending = self._pending, set()
                     await self.reload_eans(eans)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except db.RETRYABLE_ERRORS as exc:
                 # keep the old entries (the database still enforces the interval rule) and try
                 # again with a full reload: we no longer know which EANs are pending
                 log.warning("consent index: reload failed (%s); retrying", exc)

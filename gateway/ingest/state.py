@@ -16,6 +16,7 @@ from gateway.ingest.consent_index import ConsentIndex, IndexMaintainer
 from gateway.ingest.pipeline import IngestPipeline, IngestResult
 from gateway.ingest.writer import BatchWriter, RowsRefusedError, RowWriter
 from gateway.settings import Settings
+from gateway.storage import db
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class IngestState:
             return
         try:
             await self.maintainer.reload_eans(eans)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except db.RETRYABLE_ERRORS as exc:
             log.warning("consent index: reload after a change deferred (%s)", type(exc).__name__)
             for ean in eans:
                 self.maintainer.notify(ean)

@@ -36,7 +36,6 @@ from typing import Any, Final
 
 import asyncpg
 
-from gateway.errors import DatabaseUnavailableError
 from gateway.jsonenc import rfc3339
 from gateway.settings import WebhookSettings
 from gateway.storage import db, locks, outbox, readings_query
@@ -46,12 +45,7 @@ log = logging.getLogger(__name__)
 _GRANULARITY_ORDER: Final = ("P1M", "P1D", "PT1H", "PT15M")
 
 #: errors the loop survives (logged, retried next interval)
-_LOOP_ERRORS: tuple[type[BaseException], ...] = (
-    *db.CONNECTION_ERRORS,
-    TimeoutError,
-    DatabaseUnavailableError,
-    asyncpg.PostgresError,
-)
+_LOOP_ERRORS = db.RETRYABLE_ERRORS
 
 
 async def run_once(conn: asyncpg.Connection, config: WebhookSettings) -> int | None:

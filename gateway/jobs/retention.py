@@ -622,12 +622,7 @@ async def run_retention_locked(
 # the in-process hourly job
 
 #: failures the hourly job logs and retries next round instead of ending the process
-_JOB_ERRORS: tuple[type[BaseException], ...] = (
-    *db.CONNECTION_ERRORS,
-    TimeoutError,
-    GatewayError,
-    asyncpg.PostgresError,
-)
+_JOB_ERRORS: tuple[type[BaseException], ...] = (*db.RETRYABLE_ERRORS, GatewayError)
 
 
 async def retention_loop(pool: asyncpg.Pool, settings: RetentionSettings, wait_s: float) -> None:

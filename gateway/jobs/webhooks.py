@@ -85,7 +85,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from consent.receipts import b64url, b64url_decode, canonical_json
 from gateway import metrics
-from gateway.errors import DatabaseUnavailableError, GatewayError
+from gateway.errors import GatewayError
 from gateway.jsonenc import rfc3339
 from gateway.keys import KeyRing
 from gateway.settings import WebhookSettings
@@ -146,12 +146,7 @@ for _outcome in (OUTCOME_DELIVERED, OUTCOME_RETRY, OUTCOME_FAILED, OUTCOME_DROPP
     DELIVERIES.labels(outcome=_outcome)  # every series exists from the start (rate() needs it)
 
 #: errors the worker loop survives (logged, retried after ``error_pause_s``)
-_LOOP_ERRORS: tuple[type[BaseException], ...] = (
-    *db.CONNECTION_ERRORS,
-    TimeoutError,
-    DatabaseUnavailableError,
-    asyncpg.PostgresError,
-)
+_LOOP_ERRORS = db.RETRYABLE_ERRORS
 
 
 class WebhookSignatureError(GatewayError):

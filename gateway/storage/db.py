@@ -46,6 +46,16 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
 )
 
+#: errors a background loop of ours survives (logs, then tries again later): the database is
+#: away, slow, or refused one statement. Anything else is a bug and stops the loop loudly.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    TimeoutError,  # a pool acquire or statement over its bound
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,  # a connection asyncpg already handed back after it broke
+    DatabaseUnavailableError,  # our own wording of the above (acquire)
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, cast
 
+import asyncpg
 import pytest
 
 from gateway.ingest.consent_index import ConsentIndex, IndexMaintainer
@@ -32,7 +33,17 @@ def state_with(maintainer: Any) -> IngestState:
     return IngestState(unused, unused, ConsentIndex(), cast(IndexMaintainer, maintainer), time.time)
 
 
-@pytest.mark.parametrize("error", [TimeoutError(), ConnectionResetError()])
+@pytest.mark.parametrize(
+    "error",
+    [
+        TimeoutError(),
+        ConnectionResetError(),
+        # what asyncpg raises for a kept connection the server ended mid-way (a restart)
+        asyncpg.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress"
+        ),
+    ],
+)
 async def test_a_reload_that_cannot_run_now_is_scheduled(error: BaseException) -> None:
     maintainer = BusyMaintainer(error)
     await state_with(maintainer).refresh(["871234567890123451", "871234567890123468"])
