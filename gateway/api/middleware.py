@@ -62,6 +62,9 @@ PROBLEMS: dict[type[errors.GatewayError], ProblemType] = {
     errors.InvalidEANError: ProblemType(422, "invalid-ean", "Invalid EAN"),
     errors.CsvImportError: ProblemType(422, "invalid-csv", "Invalid CSV import"),
     errors.AuthenticationError: ProblemType(401, "unauthorized", "Authentication required"),
+    errors.ClientCertificateRequiredError: ProblemType(
+        401, "client-certificate-required", "Client certificate required"
+    ),
     errors.ForbiddenError: ProblemType(403, "forbidden", "Forbidden"),
     errors.NotFoundError: ProblemType(404, "not-found", "Not found"),
     errors.ConflictError: ProblemType(409, "conflict", "Conflict"),

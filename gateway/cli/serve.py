@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from gateway import metrics
 from gateway.api.app import create_app
 from gateway.api.protocol import make_runner
+from gateway.api.tls import server_context
 from gateway.cli.common import data_dir_arg, setting_type, with_data_dir
 from gateway.errors import ValidationError
 from gateway.settings import Settings
@@ -70,13 +71,23 @@ def configure_logging(level: str) -> None:
 
 
 def _banner(settings: Settings, port: int) -> str:
-    base = f"http://{settings.host}:{port}"
+    scheme = "https" if settings.tls_cert_file is not None else "http"
+    base = f"{scheme}://{settings.host}:{port}"
+    workers = f"{settings.workers} worker(s)"
     return (
-        f"Meterpoort gateway serving on {base} ({settings.workers} worker(s))\n"
+        f"Meterpoort gateway serving on {base} ({workers}){_mtls_note(settings)}\n"
         f"  API      {base}/v1/\n"
         f"  docs     {base}/docs  (OpenAPI: {base}/openapi.json)\n"
         f"  metrics  {base}/metrics\n"
         f"  portal   {base}/portal"
+    )
+
+
+def _mtls_note(settings: Settings) -> str:
+    if settings.tls_client_ca_file is None:
+        return ""
+    return (
+        f"; devices and data clients need a client certificate from {settings.tls_client_ca_file}"
     )
 
 
@@ -99,6 +110,8 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
 async def _serve_async(
     settings: Settings, reuse_port: bool, print_banner: bool, parent_pid: int | None = None
 ) -> None:
+    # this process's own TLS context (cmd_serve checked the files before PostgreSQL started)
+    tls = server_context(settings)
     runner = make_runner(create_app(settings), shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     try:
@@ -108,6 +121,7 @@ async def _serve_async(
             settings.port,
             reuse_port=reuse_port or None,
             shutdown_timeout=settings.shutdown_timeout_s,
+            ssl_context=tls,
         )
         await site.start()
         if print_banner:
@@ -240,13 +254,24 @@ def _run_workers(settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Start (or use) PostgreSQL, migrate, and serve HTTP until SIGTERM/SIGINT."""
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "workers"):
+    for name in (
+        "host",
+        "port",
+        "data_dir",
+        "workers",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+    ):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
     settings = settings.model_copy(update=overrides)
     if settings.workers > 1 and settings.port == 0:
         raise ValidationError("--workers > 1 needs a fixed --port (all workers share it)")
+    # unusable TLS files are a configuration error now, not a traceback after the migrations
+    if server_context(settings) is not None:
+        log.info("serving HTTPS", extra={"mtls": settings.tls_client_ca_file is not None})
     embedded: db.EmbeddedPostgres | None = None
     if settings.database_dsn() is None:
         embedded = db.EmbeddedPostgres(settings.data_dir)
@@ -296,6 +321,31 @@ def add_parser(sub: Any) -> None:
         type=setting_type("workers"),
         default=None,
         help="processes on one port (1-64, default 1)",
+    )
+    tls = serve.add_argument_group("HTTPS (default: plain HTTP, e.g. behind a TLS proxy)")
+    tls.add_argument(
+        "--tls-cert",
+        dest="tls_cert_file",
+        metavar="FILE",
+        type=setting_type("tls_cert_file"),
+        default=None,
+        help="serve HTTPS with this certificate chain (PEM); needs --tls-key",
+    )
+    tls.add_argument(
+        "--tls-key",
+        dest="tls_key_file",
+        metavar="FILE",
+        type=setting_type("tls_key_file"),
+        default=None,
+        help="the certificate's private key (PEM, unencrypted)",
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        dest="tls_client_ca_file",
+        metavar="FILE",
+        type=setting_type("tls_client_ca_file"),
+        default=None,
+        help="mutual TLS: devices and data clients need a certificate from this CA (PEM)",
     )
     serve.set_defaults(func=cmd_serve)
 
