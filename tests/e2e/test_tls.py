@@ -95,15 +95,16 @@ async def serving(
     pki: Pki,
     workdir: Path,  # noqa: F811
 ) -> AsyncIterator[Gateway]:
-    """``serve`` with the server certificate, and with the client CA when the test is marked
-    ``mtls`` (indirect parameter)."""
+    """``serve`` with the server certificate; with the client CA (and two workers) when the
+    indirect parameter is True."""
     mtls: bool = getattr(request, "param", False)
     env = process_env(database_url)
     port = free_port()
     args = ["-m", "gateway", "serve", "--port", str(port), "--data-dir", str(workdir / "var")]
     args += ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
     if mtls:
-        args += ["--tls-client-ca", str(pki.ca.cert_file)]
+        # two workers: each builds its own TLS context in its spawned process
+        args += ["--tls-client-ca", str(pki.ca.cert_file), "--workers", "2"]
     proc = await Proc.start("serve-tls", args, env, workdir)
     base = f"https://127.0.0.1:{port}"
     try:

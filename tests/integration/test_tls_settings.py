@@ -95,7 +95,7 @@ def test_server_context_names_what_is_wrong(
 
 
 def test_tls_paths_are_checked_like_every_setting(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="(?i)path does not point to a file"):
+    with pytest.raises(ValueError, match=r"(?i)path does not point to a file"):
         Settings(tls_cert_file=tmp_path / "missing.pem")
 
 
