@@ -390,7 +390,7 @@ class Forwarder:
         self.stats.failures += 1
         if outcome.kind in (OutcomeKind.AUTH, OutcomeKind.CONFIG, OutcomeKind.TLS):
             if outcome.kind is OutcomeKind.TLS:
-                what = f"TLS with the gateway failed (check --ca-bundle): {outcome.detail}"
+                what = f"TLS with the gateway failed: {outcome.detail}"
             elif outcome.kind is OutcomeKind.AUTH:
                 what = f"gateway refused the device token: {outcome.status} {outcome.detail}"
             else:

@@ -23,6 +23,8 @@ import aiohttp
 from p1_reader.errors import TLSSetupError
 
 USER_AGENT = "meterpoort-p1-reader/0.1"
+#: the gateway's problem type for a device without a client certificate (mutual TLS)
+CERTIFICATE_REQUIRED = "https://meterpoort.nl/problems/client-certificate-required"
 #: longest gateway-supplied text kept in an outcome (it ends up in logs)
 _MAX_DETAIL = 200
 
@@ -36,7 +38,7 @@ class OutcomeKind(enum.Enum):
     AUTH = "auth"  # 401/403
     CONFIG = "config"  # other 4xx
     RETRY = "retry"  # 408/429/5xx/network
-    TLS = "tls"  # the gateway's certificate is not trusted: waits like AUTH/CONFIG
+    TLS = "tls"  # certificates: the gateway's not trusted, or ours missing; waits like AUTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,16 +181,25 @@ class GatewayClient:
             reason = getattr(exc.certificate_error, "verify_message", None) or str(
                 exc.certificate_error
             )
-            return Outcome(
-                OutcomeKind.TLS,
-                detail=f"the gateway's certificate is not trusted: {reason}"[:_MAX_DETAIL],
-            )
+            detail = f"the gateway's certificate is not trusted ({reason}): check --ca-bundle"
+            return Outcome(OutcomeKind.TLS, detail=detail[:_MAX_DETAIL])
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Outcome(OutcomeKind.RETRY, detail=f"{type(exc).__name__}: {exc}"[:_MAX_DETAIL])
         if status == 413:
             return Outcome(OutcomeKind.TOO_LARGE, status, detail)
         if status in (400, 422):
             return Outcome(OutcomeKind.REFUSED, status, detail)
+        if (
+            status == 401
+            and isinstance(problem, dict)
+            and problem.get("type") == CERTIFICATE_REQUIRED
+        ):
+            # the token may be fine: what is missing is ours to configure
+            return Outcome(
+                OutcomeKind.TLS,
+                status,
+                "the gateway wants this device's client certificate (--client-cert, --client-key)",
+            )
         if status in (401, 403):
             return Outcome(OutcomeKind.AUTH, status, detail)
         if status in (408, 429) or status >= 500:

@@ -255,7 +255,7 @@ async def test_forwarder_delivers_over_https_when_it_trusts_the_private_ca(
         workdir / "spool-untrusting",
         len(rs),
     )
-    assert "check --ca-bundle" in untrusting.stderr
+    assert "unable to get local issuer certificate): check --ca-bundle" in untrusting.stderr
     assert await nothing_stored(pool)
 
     # the CA bundle from the environment, as a systemd EnvironmentFile would give it
@@ -319,7 +319,9 @@ async def test_mutual_tls_needs_the_device_certificate_from_the_client_ca(
 
     # no client certificate: the gateway answers 401, stores nothing; the telegrams stay
     bare = await forward(serving, token, path, workdir / "spool-bare", *ca)
-    await keeps_failing(bare, "client-certificate-required", workdir / "spool-bare", len(rs))
+    await keeps_failing(
+        bare, "the gateway wants this device's client certificate", workdir / "spool-bare", len(rs)
+    )
     assert await nothing_stored(pool)
 
     # a certificate from another CA: the handshake fails, no request reaches the gateway
