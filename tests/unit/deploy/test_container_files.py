@@ -389,3 +389,18 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
     (provider,) = providers["providers"]
     dashboard_dir = provider["options"]["path"]
     assert mounted[f"{dashboard_dir}/meterpoort.json"] == "./grafana/meterpoort.json"
+
+
+def test_compose_env_example_lists_what_compose_interpolates() -> None:
+    used = set(re.findall(r"\$\{([A-Z_]+)", COMPOSE.read_text(encoding="utf-8")))
+    example = DEPLOY / "compose.env.example"
+    listed = {
+        line.split("=", 1)[0]
+        for line in example.read_text(encoding="utf-8").splitlines()
+        if re.match(r"[A-Z_]+=", line)
+    }
+    assert listed == used
+    ignored = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", "-q", str(DEPLOY / ".env")], check=False
+    )
+    assert ignored.returncode == 0, "git would commit deploy/.env"
