@@ -404,3 +404,36 @@ def test_compose_env_example_lists_what_compose_interpolates() -> None:
         ["git", "-C", str(REPO), "check-ignore", "-q", str(DEPLOY / ".env")], check=False
     )
     assert ignored.returncode == 0, "git would commit deploy/.env"
+
+
+def datasource_refs(node: Any) -> list[Any]:
+    """Every ``datasource`` value anywhere in a dashboard (panels, targets, template variables)."""
+    if isinstance(node, dict):
+        found = [node["datasource"]] if "datasource" in node else []
+        return found + [ref for value in node.values() for ref in datasource_refs(value)]
+    if isinstance(node, list):
+        return [ref for item in node for ref in datasource_refs(item)]
+    return []
+
+
+def test_dashboard_queries_the_provisioned_datasource() -> None:
+    # file provisioning does not resolve an export's "__inputs" (${DS_PROMETHEUS}): the
+    # dashboard must name the provisioned datasource's uid, or a variable of type datasource
+    datasources = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text()
+    )
+    uids = {source["uid"] for source in datasources["datasources"]}
+    dashboard = json.loads((DEPLOY / "grafana" / "meterpoort.json").read_text(encoding="utf-8"))
+    assert "__inputs" not in dashboard
+    names = [
+        v["name"]
+        for v in dashboard.get("templating", {}).get("list", [])
+        if v.get("type") == "datasource"
+    ]
+    # a datasource variable is referred to as $name or ${name}
+    variables = {f"${name}" for name in names} | {f"${{{name}}}" for name in names}
+    refs = datasource_refs(dashboard)
+    assert refs, "the dashboard names no datasource"
+    for ref in refs:
+        uid = ref.get("uid") if isinstance(ref, dict) else ref
+        assert uid in uids | variables or uid in ("-- Grafana --", "grafana"), ref
