@@ -16,6 +16,7 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -24,9 +25,12 @@ from prometheus_client.samples import Sample
 
 from gateway.api.app import create_app
 from gateway.cli.serve import JsonFormatter
-from gateway.settings import Settings
+from gateway.jobs.retention import RETENTION_LOCK_KEY, retention_loop
+from gateway.settings import RetentionSettings, Settings
+from gateway.supervisor import background
 from tests.conftest import GatewayTestServer
 from tests.integration.test_serve import (
+    free_port,
     get,
     get_retrying,
     serve_dir,  # noqa: F401 (a fixture)
@@ -247,3 +251,45 @@ def _check_drained(answers: list[tuple[int, str, int]], err: str, workers: int) 
     assert all(a[1].startswith(PROBLEM) for a in answers[-10:]), answers
     assert all(a[2] == 200 for a in answers), answers  # the listener kept serving meanwhile
     assert err.count("draining: /readyz answers 503") == workers, err
+
+
+def _sample(name: str, **labels: str) -> float:
+    from gateway import metrics
+
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_retention_runs_are_counted_and_the_last_success_stamped(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """The metrics MeterpoortRetentionFailing reads: ok runs stamp the time, a run that finds
+    the lock taken is 'skipped', one that cannot reach the database is 'failed'."""
+    fast = RetentionSettings(first_run_delay_s=0, run_every_s=0.05)
+
+    async def runs_until(outcome: str, job_pool: asyncpg.Pool) -> None:
+        before = _sample("meterpoort_retention_runs_total", outcome=outcome)
+        async with background("retention-test", retention_loop(job_pool, fast, 2.0)):
+            for _ in range(1500):  # 30 s
+                if _sample("meterpoort_retention_runs_total", outcome=outcome) > before:
+                    return
+                await asyncio.sleep(0.02)
+        raise AssertionError(f"no {outcome} retention run counted")
+
+    started = time.time()
+    await runs_until("ok", pool)
+    assert _sample("meterpoort_retention_last_success_timestamp_seconds") >= started
+
+    async with pool.acquire() as holder:  # another process holds the retention lock
+        await holder.execute("SELECT pg_advisory_lock($1)", RETENTION_LOCK_KEY)
+        stamped = _sample("meterpoort_retention_last_success_timestamp_seconds")
+        await runs_until("skipped", pool)
+        assert _sample("meterpoort_retention_last_success_timestamp_seconds") == stamped
+        await holder.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK_KEY)
+
+    dead = await asyncpg.create_pool(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", min_size=0, max_size=1
+    )
+    try:
+        await runs_until("failed", dead)
+    finally:
+        await dead.close()
