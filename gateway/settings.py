@@ -188,6 +188,13 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(default=5, ge=1)
     #: seconds to let in-flight requests and batches finish on SIGTERM
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    #: seconds between SIGTERM and closing the listener: /readyz answers 503 meanwhile while
+    #: requests are still served, so a load balancer stops sending new ones first (0: close at
+    #: once). SIGINT (Ctrl-C) skips the wait, and so does a second signal.
+    shutdown_drain_s: float = Field(default=5.0, ge=0)
+    #: one JSON line per request on the ``gateway.access`` logger (method, route template,
+    #: status, duration, request id, client address; never paths, query strings or bodies)
+    access_log: bool = True
     ingest_batch_max_delay_ms: int = Field(default=5, ge=0)
     ingest_batch_max_rows: int = Field(default=5000, ge=1)
     #: readings measured more than this many seconds ahead of the server clock are rejected
