@@ -232,6 +232,16 @@ def has_embedded_cluster(data_dir: Path) -> bool:
     return (data_dir / "pg" / "PG_VERSION").is_file()
 
 
+def require_database(settings: Settings) -> None:
+    """ConfigurationError naming the directory unless there is a database to use:
+    ``DATABASE_URL``, or an embedded cluster in ``data_dir``."""
+    if settings.database_dsn() is None and not has_embedded_cluster(settings.data_dir):
+        raise ConfigurationError(
+            f"no database in {settings.data_dir}: is --data-dir (or METERPOORT_DATA_DIR) right? "
+            "`python -m gateway migrate --data-dir DIR` or `serve` creates one there"
+        )
+
+
 @contextlib.asynccontextmanager
 async def database_url(settings: Settings, *, create: bool = True) -> AsyncIterator[str]:
     """The URL to use: ``DATABASE_URL``, or an embedded server started for the block's duration.
@@ -244,11 +254,8 @@ async def database_url(settings: Settings, *, create: bool = True) -> AsyncItera
     if dsn is not None:
         yield dsn
         return
-    if not create and not has_embedded_cluster(settings.data_dir):
-        raise ConfigurationError(
-            f"no database in {settings.data_dir}: is --data-dir (or METERPOORT_DATA_DIR) right? "
-            "`python -m gateway migrate --data-dir DIR` or `serve` creates one there"
-        )
+    if not create:
+        require_database(settings)
     server = EmbeddedPostgres(settings.data_dir)
     uri = await asyncio.to_thread(server.start)
     try:
