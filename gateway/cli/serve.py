@@ -25,6 +25,7 @@ from gateway import metrics
 from gateway.api.app import create_app
 from gateway.api.protocol import make_runner
 from gateway.cli.common import data_dir_arg, setting_type, with_data_dir
+from gateway.cli.config_reference import help_epilog
 from gateway.errors import ValidationError
 from gateway.settings import Settings
 from gateway.storage import db
@@ -285,8 +286,18 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_parser(sub: Any) -> None:
     """Register ``serve`` and ``migrate``."""
-    serve = sub.add_parser("serve", help="run the HTTP service (embedded PostgreSQL by default)")
-    serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP service (embedded PostgreSQL by default)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=help_epilog(),
+    )
+    serve.add_argument(
+        "--host",
+        type=setting_type("host"),
+        default=None,
+        help="listen address (default 127.0.0.1)",
+    )
     serve.add_argument(
         "--port", type=setting_type("port"), default=None, help="listen port (default 8080)"
     )
