@@ -122,7 +122,17 @@ async def test_contracts_commands(database_url: str, pool: asyncpg.Pool) -> None
     err = _usage([*add, "--start", "tomorrow"], database_url)
     assert "argument --start" in err and "YYYY-MM-DD" in err
     err = _usage(
-        ["admin", "contracts", "add", "--ean", "123", "--customer-id", "x", "--start", "2030-01-01"],
+        [
+            "admin",
+            "contracts",
+            "add",
+            "--ean",
+            "123",
+            "--customer-id",
+            "x",
+            "--start",
+            "2030-01-01",
+        ],
         database_url,
     )
     assert "argument --ean" in err and "EAN-18" in err
