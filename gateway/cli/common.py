@@ -135,6 +135,8 @@ class TimeArg:
 
     def resolve(self, tz: ZoneInfo) -> dt.datetime:
         """The instant in UTC; a local time is read in ``tz``. ValidationError out of range."""
+        # a wall-clock time that a DST change skips or repeats takes the offset in force before
+        # the change (fold=0), as the API's local dates do
         local = self.value if self.value.tzinfo is not None else self.value.replace(tzinfo=tz)
         try:
             return in_range(local.astimezone(dt.UTC))
