@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime as dt
 import json
 import logging
@@ -307,17 +308,16 @@ def _print_status(states: list[db.MigrationState]) -> int:
             note = "checksum not recorded yet: the next migrate records it"
         line = f"{entry.state:<8} {entry.version:<{width}}  {when:<25} {note}"
         print(line.rstrip())
-    counts = {state: sum(1 for s in states if s.state == state) for state in _STATE_NOTES}
-    pending = sum(1 for s in states if s.state == db.PENDING)
-    applied = sum(1 for s in states if s.state == db.APPLIED)
+    counts = collections.Counter(entry.state for entry in states)
     print(
-        f"{applied} applied, {pending} pending, {counts[db.CHANGED]} changed,"
-        f" {counts[db.UNKNOWN]} unknown",
+        ", ".join(
+            f"{counts[state]} {state}" for state in (db.APPLIED, db.PENDING, db.CHANGED, db.UNKNOWN)
+        ),
         flush=True,
     )
     if counts[db.CHANGED]:
         return STATUS_CHANGED
-    return STATUS_PENDING if pending else STATUS_UP_TO_DATE
+    return STATUS_PENDING if counts[db.PENDING] else STATUS_UP_TO_DATE
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
