@@ -107,13 +107,13 @@ meter_id_type.__name__ = "meter id"
 
 #: what every time argument accepts (named in help texts and errors)
 TIME_FORMATS: Final = (
-    "YYYY-MM-DD (local midnight), YYYY-MM-DDTHH:MM[:SS[.ffffff]] (local time), or either"
+    "YYYY-MM-DD (local midnight), YYYY-MM-DDTHH:MM[:SS[.ffffff]] (local time), or that time"
     " followed by Z or ±HH:MM (e.g. 2024-03-01T00:00:00Z, 2024-03-01T01:00+01:00);"
     " local = METERPOORT_TZ, default Europe/Amsterdam"
 )
 #: the short form for help texts
 TIME_HELP: Final = (
-    "YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS], optionally with Z or ±HH:MM; local = METERPOORT_TZ"
+    "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (local: METERPOORT_TZ), or such a time with Z or ±HH:MM"
 )
 
 # ISO 8601 extended format only: datetime.fromisoformat alone would also take week dates and
