@@ -19,10 +19,10 @@ import argparse
 import asyncio
 import datetime as dt
 import sys
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway.cli.common import TIME_HELP, TimeArg, data_dir_arg, parse_time_arg
 from gateway.errors import ConfigurationError, ValidationError
 from gateway.settings import Settings
 from gateway.storage import audit, db
@@ -47,11 +47,6 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     if args.data_dir is not None:
         settings = settings.model_copy(update={"data_dir": args.data_dir})
     expect_head: str | None = args.expect_head
-    if expect_head is not None:
-        try:
-            audit.parse_head(expect_head)
-        except ValueError as exc:
-            raise ValidationError(f"--expect-head: {exc}") from exc
     result = asyncio.run(_verify(settings, expect_head))
     print(result.summary(), flush=True)
     if not result.ok:
@@ -73,18 +68,27 @@ async def _prune(settings: Settings, before: dt.datetime, dry_run: bool) -> audi
             await conn.close()
 
 
-def _before_arg(value: str, settings: Settings) -> dt.datetime:
+def _before_arg(value: TimeArg, settings: Settings) -> dt.datetime:
     try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValidationError(
-            f"--before {value!r}: not an ISO 8601 date or time (e.g. 2018-01-01)"
-        ) from exc
-    if moment.tzinfo is None:  # a local date or time of the installation
-        moment = moment.replace(tzinfo=ZoneInfo(settings.tz))
+        moment = value.resolve(ZoneInfo(settings.tz))  # a local date or time of the installation
+    except ValidationError as exc:
+        raise ValidationError(f"--before {exc.detail}") from None
     if moment > dt.datetime.now(dt.UTC):
-        raise ValidationError(f"--before {value!r} is in the future: that would remove every row")
+        raise ValidationError(
+            f"--before {value.text!r} is in the future: that would remove every row"
+        )
     return moment
+
+
+def _head_arg(text: str) -> str:
+    try:
+        audit.parse_head(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (expected 64 hex digits)") from None
+    return text
+
+
+_head_arg.__name__ = "head hash"
 
 
 def cmd_audit_prune(args: argparse.Namespace, settings: Settings) -> int:
@@ -113,15 +117,11 @@ def add_parser(sub: Any) -> None:
         "verify",
         help="recompute the hash chain; print 'ok: N rows, head HASH' or the first broken row",
     )
-    verify.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="embedded PostgreSQL data directory (default ./var; ignored with DATABASE_URL)",
-    )
+    data_dir_arg(verify)
     verify.add_argument(
         "--expect-head",
         default=None,
+        type=_head_arg,
         metavar="HASH",
         help="a head hash printed earlier: fail unless the chain still contains it (catches a"
         " truncated tail)",
@@ -135,13 +135,9 @@ def add_parser(sub: Any) -> None:
         "--before",
         required=True,
         metavar="TIME",
-        help="ISO 8601 date or time; without an offset, local time of METERPOORT_TZ",
+        type=parse_time_arg,
+        help=TIME_HELP,
     )
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    prune.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="embedded PostgreSQL data directory (default ./var; ignored with DATABASE_URL)",
-    )
+    data_dir_arg(prune)
     prune.set_defaults(func=cmd_audit_prune)

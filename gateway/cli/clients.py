@@ -15,19 +15,13 @@ from typing import Any
 import asyncpg
 import pydantic
 
-from gateway.cli.common import data_dir_arg, print_json, run_db
-from gateway.errors import FieldError, ValidationError, validation_error
+from consent.model import DEFAULT_PURPOSES
+from gateway.cli.common import checked_type, data_dir_arg, print_json, run_db, uuid_type
+from gateway.errors import validation_error
 from gateway.services import clients
 from gateway.settings import Settings
 
-
-def _client_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise ValidationError(
-            f"{text[:64]!r} is not a client id", [FieldError(("arguments", "id"), "not a UUID")]
-        ) from None
+_client_id = uuid_type("a client id")
 
 
 def cmd_clients_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -54,7 +48,7 @@ def cmd_clients_add(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_clients_rotate(args: argparse.Namespace, settings: Settings) -> int:
     """Issue a new token; prints the client with it (the old token stops working)."""
-    client_id = _client_id(args.id)
+    client_id: uuid.UUID = args.id
 
     async def rotate(conn: asyncpg.Connection) -> clients.NewToken:
         return await clients.rotate_client(conn, client_id)
@@ -66,7 +60,7 @@ def cmd_clients_rotate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_clients_revoke(args: argparse.Namespace, settings: Settings) -> int:
     """Revoke a client's token; prints the revoked client."""
-    client_id = _client_id(args.id)
+    client_id: uuid.UUID = args.id
 
     async def revoke(conn: asyncpg.Connection) -> dict[str, Any]:
         return await clients.revoke_client(conn, client_id)
@@ -89,7 +83,11 @@ def add_admin_parser(admin_sub: Any) -> None:
     add = sub.add_parser(
         "add", help="register a client; prints {client_id, token, ...} (the token only this once)"
     )
-    add.add_argument("--name", required=True)
+    add.add_argument(
+        "--name",
+        required=True,
+        type=checked_type(clients.ClientName, "a client name (1 to 128 characters)"),
+    )
     add.add_argument(
         "--granularity",
         action="append",
@@ -98,19 +96,29 @@ def add_admin_parser(admin_sub: Any) -> None:
         help="a granularity it may read (repeatable)",
     )
     add.add_argument(
-        "--purpose", action="append", default=None, help="a consent purpose (repeatable)"
+        "--purpose",
+        action="append",
+        default=None,
+        choices=sorted(DEFAULT_PURPOSES),
+        help="a consent purpose (repeatable)",
     )
-    add.add_argument("--webhook-url", default=None, help="where consent ends are pushed")
+    add.add_argument(
+        "--webhook-url",
+        default=None,
+        metavar="URL",
+        type=checked_type(clients.WebhookUrl, "a webhook URL (absolute http:// or https://)"),
+        help="where consent ends are pushed (absolute http:// or https:// URL)",
+    )
     data_dir_arg(add)
     add.set_defaults(func=cmd_clients_add)
 
     rotate = sub.add_parser("rotate", help="issue a new token (prints it; the old one stops)")
-    rotate.add_argument("id", metavar="ID")
+    rotate.add_argument("id", metavar="ID", type=_client_id)
     data_dir_arg(rotate)
     rotate.set_defaults(func=cmd_clients_rotate)
 
     revoke = sub.add_parser("revoke", help="revoke a client's token")
-    revoke.add_argument("id", metavar="ID")
+    revoke.add_argument("id", metavar="ID", type=_client_id)
     data_dir_arg(revoke)
     revoke.set_defaults(func=cmd_clients_revoke)
 

@@ -15,27 +15,28 @@ from zoneinfo import ZoneInfo
 
 import pydantic
 
-from gateway.cli.common import data_dir_arg, print_json, run_db
-from gateway.errors import FieldError, ValidationError, validation_error
+from gateway.cli.common import (
+    TIME_HELP,
+    TimeArg,
+    customer_id_type,
+    data_dir_arg,
+    ean_type,
+    meter_id_type,
+    parse_time_arg,
+    print_json,
+    run_db,
+    uuid_type,
+)
+from gateway.errors import ValidationError, validation_error
 from gateway.services import contract_events_csv, devices, registry, registry_csv
 from gateway.settings import Settings
-from gateway.times import parse_time
 
 
-def _time_arg(value: str, name: str, tz: ZoneInfo) -> dt.datetime:
+def _time_arg(value: TimeArg, name: str, tz: ZoneInfo) -> dt.datetime:
     try:
-        return parse_time(value, tz)
-    except ValueError as exc:
-        raise ValidationError(f"--{name}: {exc}") from exc
-
-
-def _uuid_arg(value: str, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise ValidationError(
-            f"{name}: not a UUID", [FieldError(("arguments", name), "not a UUID")]
-        ) from None
+        return value.resolve(tz)
+    except ValidationError as exc:
+        raise ValidationError(f"--{name}: {exc.detail}") from None
 
 
 def _read_csv(path: str) -> str:
@@ -81,7 +82,7 @@ def cmd_meters_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_meters_end(args: argparse.Namespace, settings: Settings) -> int:
     at = _time_arg(args.at, "at", ZoneInfo(settings.tz))
-    ean = registry.validate_ean(args.ean)
+    ean: str = args.ean
     print_json(
         run_db(
             args, settings, lambda conn: registry.end_current_contract(conn, ean, at, args.reason)
@@ -91,7 +92,7 @@ def cmd_meters_end(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_meters_exchange(args: argparse.Namespace, settings: Settings) -> int:
-    ean = registry.validate_ean(args.ean)
+    ean: str = args.ean
     at = _time_arg(args.at, "at", ZoneInfo(settings.tz))
     try:
         change = registry.MeterExchangeIn.model_validate({"meter_id": args.meter_id, "at": at})
@@ -121,7 +122,7 @@ def cmd_contracts_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_contracts_end(args: argparse.Namespace, settings: Settings) -> int:
-    contract_id = _uuid_arg(args.contract_id, "contract_id")
+    contract_id: uuid.UUID = args.contract_id
     at = _time_arg(args.at, "at", ZoneInfo(settings.tz))
     print_json(
         run_db(
@@ -161,7 +162,7 @@ def cmd_devices_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_devices_rebind(args: argparse.Namespace, settings: Settings) -> int:
-    device_id = _uuid_arg(args.device_id, "device_id")
+    device_id: uuid.UUID = args.device_id
     try:
         new = devices.DeviceIn.model_validate({"meter_ids": args.meter_id})
     except pydantic.ValidationError as exc:
@@ -173,7 +174,7 @@ def cmd_devices_rebind(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_devices_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    device_id = _uuid_arg(args.device_id, "device_id")
+    device_id: uuid.UUID = args.device_id
     print_json(run_db(args, settings, lambda conn: devices.revoke_device(conn, device_id)))
     return 0
 
@@ -183,17 +184,28 @@ def cmd_devices_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ean_arg(parser: argparse.ArgumentParser) -> None:
+    # every command names the connection the same way: --ean, checked by the registry's rule
+    parser.add_argument(
+        "--ean", required=True, type=ean_type, help="the connection's EAN-18 (18 digits)"
+    )
+
+
 def add_admin_parser(admin_sub: Any) -> None:
     """Register ``admin meters …``, ``admin contracts …`` and ``admin devices …``."""
     meters = admin_sub.add_parser("meters", help="connections (EAN, meter, customer, contract)")
     meters_sub = meters.add_subparsers(dest="meters_command", required=True, metavar="ACTION")
     add = meters_sub.add_parser("add", help="register one connection; prints it as JSON")
-    add.add_argument("--ean", required=True)
+    _ean_arg(add)
     add.add_argument("--commodity", required=True, choices=sorted(registry.COMMODITIES))
-    add.add_argument("--meter-id", required=True)
-    add.add_argument("--customer-id", required=True)
-    add.add_argument("--contract-start", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
-    add.add_argument("--contract-end", default=None, help="RFC 3339 or YYYY-MM-DD (local)")
+    add.add_argument("--meter-id", required=True, type=meter_id_type)
+    add.add_argument("--customer-id", required=True, type=customer_id_type)
+    add.add_argument(
+        "--contract-start", required=True, type=parse_time_arg, metavar="TIME", help=TIME_HELP
+    )
+    add.add_argument(
+        "--contract-end", default=None, type=parse_time_arg, metavar="TIME", help=TIME_HELP
+    )
     data_dir_arg(add)
     add.set_defaults(func=cmd_meters_add)
 
@@ -207,8 +219,8 @@ def add_admin_parser(admin_sub: Any) -> None:
     imp.set_defaults(func=cmd_meters_import)
 
     end = meters_sub.add_parser("end", help="end a contract (ends its consents too)")
-    end.add_argument("ean")
-    end.add_argument("--at", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
+    _ean_arg(end)
+    end.add_argument("--at", required=True, type=parse_time_arg, metavar="TIME", help=TIME_HELP)
     end.add_argument("--reason", required=True, choices=sorted(registry.END_REASONS))
     data_dir_arg(end)
     end.set_defaults(func=cmd_meters_end)
@@ -218,9 +230,13 @@ def add_admin_parser(admin_sub: Any) -> None:
         help="a meter exchange: the installed meter leaves at --at, --meter-id is installed"
         " from then; prints the connection with its history",
     )
-    exchange.add_argument("--ean", required=True)
-    exchange.add_argument("--meter-id", required=True, help="the new meter's equipment id")
-    exchange.add_argument("--at", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
+    _ean_arg(exchange)
+    exchange.add_argument(
+        "--meter-id", required=True, type=meter_id_type, help="the new meter's equipment id"
+    )
+    exchange.add_argument(
+        "--at", required=True, type=parse_time_arg, metavar="TIME", help=TIME_HELP
+    )
     data_dir_arg(exchange)
     exchange.set_defaults(func=cmd_meters_exchange)
 
@@ -231,10 +247,12 @@ def add_admin_parser(admin_sub: Any) -> None:
     k_add = contracts_sub.add_parser(
         "add", help="register a contract (a move-in, a switch to us); prints it as JSON"
     )
-    k_add.add_argument("--ean", required=True)
-    k_add.add_argument("--customer-id", required=True)
-    k_add.add_argument("--start", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
-    k_add.add_argument("--end", default=None, help="RFC 3339 or YYYY-MM-DD (local)")
+    _ean_arg(k_add)
+    k_add.add_argument("--customer-id", required=True, type=customer_id_type)
+    k_add.add_argument(
+        "--start", required=True, type=parse_time_arg, metavar="TIME", help=TIME_HELP
+    )
+    k_add.add_argument("--end", default=None, type=parse_time_arg, metavar="TIME", help=TIME_HELP)
     k_add.add_argument(
         "--previous-end-reason",
         choices=sorted(registry.END_REASONS),
@@ -248,8 +266,8 @@ def add_admin_parser(admin_sub: Any) -> None:
     k_end = contracts_sub.add_parser(
         "end", help="end a contract (ends its consents too); prints it as JSON"
     )
-    k_end.add_argument("contract_id")
-    k_end.add_argument("--at", required=True, help="RFC 3339 or YYYY-MM-DD (local)")
+    k_end.add_argument("contract_id", type=uuid_type("a contract id"), metavar="CONTRACT_ID")
+    k_end.add_argument("--at", required=True, type=parse_time_arg, metavar="TIME", help=TIME_HELP)
     k_end.add_argument("--reason", required=True, choices=sorted(registry.END_REASONS))
     data_dir_arg(k_end)
     k_end.set_defaults(func=cmd_contracts_end)
@@ -270,20 +288,24 @@ def add_admin_parser(admin_sub: Any) -> None:
     dev_add = devices_sub.add_parser(
         "add", help="register a device; prints {device_id, token} (the token only this once)"
     )
-    dev_add.add_argument("--meter-id", action="append", required=True, help="repeatable")
+    dev_add.add_argument(
+        "--meter-id", action="append", required=True, type=meter_id_type, help="repeatable"
+    )
     data_dir_arg(dev_add)
     dev_add.set_defaults(func=cmd_devices_add)
 
     rebind = devices_sub.add_parser(
         "rebind", help="bind a device to other meter ids (its token stays valid)"
     )
-    rebind.add_argument("device_id")
-    rebind.add_argument("--meter-id", action="append", required=True, help="repeatable")
+    rebind.add_argument("device_id", type=uuid_type("a device id"), metavar="DEVICE_ID")
+    rebind.add_argument(
+        "--meter-id", action="append", required=True, type=meter_id_type, help="repeatable"
+    )
     data_dir_arg(rebind)
     rebind.set_defaults(func=cmd_devices_rebind)
 
     revoke = devices_sub.add_parser("revoke", help="revoke a device's token at once")
-    revoke.add_argument("device_id")
+    revoke.add_argument("device_id", type=uuid_type("a device id"), metavar="DEVICE_ID")
     data_dir_arg(revoke)
     revoke.set_defaults(func=cmd_devices_revoke)
 

@@ -1,4 +1,4 @@
-"""``python -m gateway retention run [--now RFC3339] [--dry-run] [--data-dir DIR]``.
+"""``python -m gateway retention run [--now TIME] [--dry-run] [--data-dir DIR]``.
 
 Runs retention and consent expiry once (``gateway.jobs.retention``), as the hourly in-process job
 does, and prints the report as one JSON object on stdout. With ``--dry-run`` nothing is changed
@@ -16,9 +16,10 @@ import asyncio
 import datetime as dt
 import json
 import sys
-from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from gateway.cli.common import TIME_HELP, TimeArg, data_dir_arg, parse_time_arg
 from gateway.errors import FieldError, ValidationError
 from gateway.jobs import retention
 from gateway.settings import Settings
@@ -28,19 +29,15 @@ from gateway.storage import db
 _FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 
 
-def parse_now(text: str) -> dt.datetime:
-    """An RFC 3339 timestamp with offset (``2030-01-01T00:00:00Z``) as an aware datetime."""
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise _now_error(f"{text!r} is not an RFC 3339 timestamp") from exc
-    if value.tzinfo is None:
-        raise _now_error(f"{text!r} has no UTC offset (add Z or +01:00)")
-    return value
-
-
 def _now_error(message: str) -> ValidationError:
     return ValidationError(f"--now: {message}", [FieldError(("--now",), message)])
+
+
+def _now_arg(value: TimeArg, settings: Settings) -> dt.datetime:
+    try:
+        return value.resolve(ZoneInfo(settings.tz))
+    except ValidationError as exc:
+        raise _now_error(exc.detail) from None
 
 
 async def _run(
@@ -63,7 +60,7 @@ def cmd_retention_run(args: argparse.Namespace, settings: Settings) -> int:
     """Run retention once; print the report (or that another process holds the lock)."""
     if args.data_dir is not None:
         settings = settings.model_copy(update={"data_dir": args.data_dir})
-    now = None if args.now is None else parse_now(args.now)
+    now = None if args.now is None else _now_arg(args.now, settings)
     report = asyncio.run(_run(settings, now, args.dry_run))
     out: dict[str, Any]
     if report is None:
@@ -85,16 +82,13 @@ def add_parser(sub: Any) -> None:
     run.add_argument(
         "--now",
         default=None,
-        metavar="RFC3339",
-        help="run as of this instant (default: the database clock; future only with --dry-run)",
+        metavar="TIME",
+        type=parse_time_arg,
+        help="run as of this instant (default: the database clock; future only with"
+        f" --dry-run): {TIME_HELP}",
     )
     run.add_argument(
         "--dry-run", action="store_true", help="change nothing; report what would be deleted"
     )
-    run.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="embedded PostgreSQL data directory (default ./var; ignored with DATABASE_URL)",
-    )
+    data_dir_arg(run)
     run.set_defaults(func=cmd_retention_run)

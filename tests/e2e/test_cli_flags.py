@@ -1,5 +1,7 @@
 """``python -m gateway``: a bad flag fails at once, before PostgreSQL starts; a mistyped
-``--data-dir`` is an error, not a new empty database; ``--version``."""
+``--data-dir`` is an error, not a new empty database; ``token customer`` needs the dev key a
+dev-mode gateway made; bad times name the formats; ``serve --help`` lists the settings;
+``--version``."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from gateway import keys
+from gateway.cli.config_reference import settings_docs
 from tests.support import make_ean
 
 
@@ -66,3 +70,47 @@ def test_a_mistyped_data_dir_is_an_error_not_a_new_database(tmp_path: Path) -> N
     done = _gateway(*(str(home) if a == str(typo) else a for a in meter))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ean"] == make_ean(1)
+
+    # token customer: the same refusal of a directory without a database ...
+    done = _gateway("token", "customer", "alice", "--data-dir", str(typo))
+    assert (done.returncode, done.stdout) == (1, "")
+    assert f"no database in {typo}" in done.stderr and "Traceback" not in done.stderr
+    # ... and of one without the dev key: a fresh key would sign tokens no gateway trusts
+    key = home / keys.DEV_CUSTOMER_KEY_FILE
+    done = _gateway("token", "customer", "alice", "--data-dir", str(home))
+    assert (done.returncode, done.stdout) == (1, "")
+    assert f"no dev customer key {key}" in done.stderr
+    assert "METERPOORT_DEV_MODE=1 python -m gateway serve" in done.stderr
+    assert not key.exists() and not (tmp_path / "no").exists()
+    keys.dev_customer_key(home)  # what serve with METERPOORT_DEV_MODE=1 does on start
+    done = _gateway("token", "customer", "alice", "--data-dir", str(home))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(".") == 2
+
+
+def test_a_bad_time_is_a_usage_error_naming_the_formats(tmp_path: Path) -> None:
+    done = _gateway(
+        "admin", "meters", "end", "--ean", make_ean(1), "--at", "31-12-2024",
+        "--reason", "move-out", "--data-dir", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "argument --at: '31-12-2024' is not a time: expected YYYY-MM-DD" in done.stderr
+    assert "Invalid isoformat" not in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_help_lists_the_settings_and_hides_secrets() -> None:
+    env = {**os.environ, "METERPOORT_ADMIN_TOKEN": "s3cret-admin-token-for-the-help-test"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    for doc in settings_docs():
+        assert f"{doc.env[0]}" in done.stdout
+    assert "METERPOORT_RETENTION_BATCH_ROWS  (default 10000)" in done.stdout
+    assert "METERPOORT_ADMIN_TOKEN  (default hidden)" in done.stdout
+    assert "s3cret" not in done.stdout

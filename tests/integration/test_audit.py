@@ -382,8 +382,8 @@ async def test_cli_names_a_gap_and_a_missing_anchored_head(
 
 async def test_cli_refuses_a_malformed_expected_head(database_url: str) -> None:
     code, out, err = await run_cli(database_url, "--expect-head", "nothex")
-    assert (code, out) == (1, "")
-    assert "--expect-head" in err and "not a hex string" in err
+    assert (code, out) == (2, "")  # a usage error, before any database work
+    assert "argument --expect-head" in err and "not a hex string" in err and "64 hex" in err
 
 
 async def test_awkward_details_survive_the_jsonb_round_trip(pool: asyncpg.Pool) -> None:

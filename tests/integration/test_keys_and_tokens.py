@@ -399,15 +399,29 @@ async def test_token_cli_prints_a_bare_token_trusted_only_in_dev_mode(
     tmp_path: Path, gateway_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data_dir = tmp_path / "dev"
+    database = gateway_settings.database_dsn()
+    assert database is not None
+    key_file = data_dir / keys.DEV_CUSTOMER_KEY_FILE
+
+    # no dev key yet: a key of its own would sign tokens no gateway trusts
     code, out, err = await run_cli(
-        tmp_path, "token", "customer", "alice", "--data-dir", str(data_dir)
+        tmp_path, "token", "customer", "alice", "--data-dir", str(data_dir), DATABASE_URL=database
+    )
+    assert (code, out) == (1, "")
+    assert f"no dev customer key {key_file}" in err and "METERPOORT_DEV_MODE=1" in err
+    assert not key_file.exists()
+
+    # a dev-mode gateway creates the key (its authenticator, as serve builds it)
+    dev_settings = gateway_settings.model_copy(update={"data_dir": data_dir, "dev_mode": True})
+    await CustomerAuthenticator(CustomerAuthConfig.from_settings(dev_settings)).close()
+    code, out, err = await run_cli(
+        tmp_path, "token", "customer", "alice", "--data-dir", str(data_dir), DATABASE_URL=database
     )
     assert code == 0, err
     assert out.endswith("\n") and out.count("\n") == 1
     token = out.strip()
     assert token.count(".") == 2 and " " not in token
     assert "METERPOORT_DEV_MODE=1" in err  # the hint goes to stderr, never stdout
-    key_file = data_dir / keys.DEV_CUSTOMER_KEY_FILE
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     assert 3500 < exp - dt.datetime.now(dt.UTC).timestamp() <= 3600
@@ -434,6 +448,7 @@ async def test_token_cli_prints_a_bare_token_trusted_only_in_dev_mode(
         "--ttl",
         "5m",
         METERPOORT_DEV_MODE="1",
+        DATABASE_URL=database,
     )
     assert code == 0 and err == ""
     assert await dev.authenticate(out2.strip()) == "bob"
@@ -453,4 +468,4 @@ async def test_token_cli_prints_a_bare_token_trusted_only_in_dev_mode(
             await c.close()
 
     code, out, err = await run_cli(tmp_path, "token", "customer", "carol", "--ttl", "1w")
-    assert code == 1 and out == "" and "--ttl" in err
+    assert code == 2 and out == "" and "argument --ttl" in err and "unit s, m, h or d" in err

@@ -1,9 +1,22 @@
-"""Migrations: applied in order, recorded, idempotent, safe to run concurrently."""
+"""Migrations: applied in order, recorded with their checksum, idempotent, safe to run
+concurrently; a file edited after it was applied stops migrate and serve; ``migrate --status``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import asyncpg
+import pytest
+
+from gateway.errors import ConfigurationError
 from gateway.storage import db
 from tests.conftest import with_database
 
@@ -125,3 +138,143 @@ async def test_0011_turns_each_connection_into_a_contract_and_an_installation(
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# checksums and `migrate --status`
+
+
+@contextlib.asynccontextmanager
+async def _fresh_database(server_url: str, name: str) -> AsyncIterator[str]:
+    admin = await asyncpg.connect(server_url)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _gateway(database_url: str, *args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERPOORT_")}
+    env["DATABASE_URL"] = database_url
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _lines(out: str) -> dict[str, str]:
+    """version → state of `migrate --status` output (the summary line left out)."""
+    rows = [line.split() for line in out.splitlines()[:-1]]
+    return {row[1]: row[0] for row in rows}
+
+
+async def test_status_shows_pending_then_applied_and_catches_a_changed_file(
+    postgres_server_url: str,
+) -> None:
+    shipped = db.load_migrations()
+    versions = [m.version for m in shipped]
+    async with _fresh_database(postgres_server_url, "meterpoort_mig_status") as url:
+        # an empty database: everything pending (exit 3), nothing created by looking
+        code, out, err = await _gateway(url, "migrate", "--status")
+        assert code == 3, err
+        assert _lines(out) == dict.fromkeys(versions, "pending")
+        assert out.splitlines()[-1] == f"0 applied, {len(versions)} pending, 0 changed, 0 unknown"
+        conn = await db.connect(url)
+        try:
+            assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
+
+            # an older release applied the first migrations, before checksums were recorded
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for m in shipped[:3]:
+                await conn.execute(m.sql)
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1)", m.version)
+            code, out, err = await _gateway(url, "migrate", "--status")
+            assert code == 3, err
+            states = _lines(out)
+            assert [states[v] for v in versions[:3]] == ["applied"] * 3
+            assert set(states[v] for v in versions[3:]) == {"pending"}
+            assert out.count("checksum not recorded yet") == 3
+
+            # migrate applies the rest and records every checksum (the old rows' from the files)
+            code, out, err = await _gateway(url, "migrate")
+            assert code == 0, err
+            assert json.loads(out) == {"applied": versions[3:]}
+            recorded = dict(await conn.fetch("SELECT version, checksum FROM schema_migrations"))
+            assert recorded == {
+                m.version: hashlib.sha256(m.sql.encode()).hexdigest() for m in shipped
+            }
+            code, out, err = await _gateway(url, "migrate", "--status")
+            assert code == 0, err
+            assert _lines(out) == dict.fromkeys(versions, "applied")
+            assert "not recorded" not in out
+
+            # a migration a newer release applied: shown, not an error (rolling upgrades)
+            await conn.execute("INSERT INTO schema_migrations VALUES ('9999_from_the_future')")
+            code, out, _ = await _gateway(url, "migrate", "--status")
+            assert code == 0 and _lines(out)["9999_from_the_future"] == "unknown"
+
+            # 0003's file is not the text that was applied any more (recorded: the old text's
+            # checksum); and 0012 is pending again, to see that nothing is applied
+            edited = shipped[2]
+            old_text = edited.sql.replace("CREATE", "create", 1)
+            await conn.execute(
+                "UPDATE schema_migrations SET checksum = $2 WHERE version = $1",
+                edited.version,
+                hashlib.sha256(old_text.encode()).hexdigest(),
+            )
+            await conn.execute("DELETE FROM schema_migrations WHERE version = $1", versions[-1])
+            code, out, err = await _gateway(url, "migrate", "--status")
+            assert code == 1, err
+            assert _lines(out)[edited.version] == "changed"
+            assert _lines(out)[versions[-1]] == "pending"
+            assert "migrate refuses to run" in out
+
+            file = f"gateway/storage/migrations/{edited.version}.sql"
+            for command in (("migrate",), ("serve", "--port", "0")):
+                code, out, err = await _gateway(url, *command)
+                assert code == 1, (command, err)
+                assert f"changed since they were applied: {file}" in err
+                assert "Traceback" not in err
+            with pytest.raises(ConfigurationError, match=edited.version):
+                await db.migrate(conn)
+            pending = "SELECT count(*) FROM schema_migrations WHERE version = $1"
+            assert await conn.fetchval(pending, versions[-1]) == 0  # nothing was applied
+
+            # the documented way out once the database matches the file: clear the checksum
+            await conn.execute(
+                "UPDATE schema_migrations SET checksum = NULL WHERE version = $1", edited.version
+            )
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1)", versions[-1])
+            assert await db.migrate(conn) == []
+            state = (await db.migration_status(conn))[2]
+            assert (state.version, state.state, state.checked) == (edited.version, "applied", True)
+        finally:
+            await conn.close()
+
+
+def test_status_of_a_data_dir_without_a_database_is_an_error(tmp_path: Path) -> None:
+    typo = tmp_path / "no" / "such"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate", "--status", "--data-dir", str(typo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 1 and f"no database in {typo}" in done.stderr
+    assert not (tmp_path / "no").exists()

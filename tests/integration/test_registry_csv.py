@@ -184,7 +184,17 @@ def test_cli_import_and_admin_commands(database_url: str, tmp_path: Path) -> Non
     assert dup.returncode == 1 and "already registered" in dup.stderr
 
     ended = _cli(
-        ["admin", "meters", "end", ean, "--at", "2024-06-01T00:00:00Z", "--reason", "move-out"],
+        [
+            "admin",
+            "meters",
+            "end",
+            "--ean",
+            ean,
+            "--at",
+            "2024-06-01T00:00:00Z",
+            "--reason",
+            "move-out",
+        ],
         database_url,
     )
     assert ended.returncode == 0, ended.stderr

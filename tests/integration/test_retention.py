@@ -725,8 +725,11 @@ async def test_cli_now_in_the_future_only_as_a_preview(
     assert json.loads(out)["tables"]["readings_e_pt15m"]["rows_deleted"] == 4
     assert await count_rows(conn, "readings_e_pt15m", "ean = 78") == 4
 
+    # a bare date is local midnight (METERPOORT_TZ): as much in the future
     code, out, err = await run_cli(database_url, "retention", "run", "--now", "2029-06-01")
-    assert code == 1 and "UTC offset" in err
+    assert code == 1 and "2029-05-31T22:00:00+00:00 is after the database clock" in err
+    code, out, err = await run_cli(database_url, "retention", "run", "--now", "next week")
+    assert code == 2 and "argument --now" in err and "YYYY-MM-DD" in err
 
 
 # ---------------------------------------------------------------------------------------------
