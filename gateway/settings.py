@@ -192,6 +192,9 @@ class Settings(BaseSettings):
     customer_jwks_cache_s: float = Field(default=300.0, gt=0)
     #: receipt/webhook Ed25519 signing key (PKCS#8 PEM); unset → ``<data_dir>/signing-key.pem``
     signing_key_file: Path | None = None
+    #: retired signing keys (``*.pem``, private or public halves), still published and still
+    #: verifying what they signed; unset → ``<data_dir>/retired-keys`` (docs/operations.md)
+    retired_signing_keys_dir: Path | None = None
     #: the PII controller named in consent receipts (Kantara ``piiControllers``)
     controller_name: str = "Meterpoort energy supplier"
     controller_contact: str = "Privacy officer"
