@@ -9,8 +9,9 @@ head first and prints ``{file, bytes, audit_head}``: the dump holds at least tha
 
 ``restore`` refuses a database that holds any gateway table (it never merges into or overwrites
 a live registry); with ``--data-dir`` it creates the embedded cluster there. After the archive is
-in, the migrations the archive lacks are applied (a dump of an older version) and the audit chain
-is verified; it prints ``{restored, migrations_applied, audit}`` and exits 1 if the chain is
+in, the migrations the archive lacks are applied (a dump of an older version), the source
+cluster's transaction ids are cleared (``dump.forget_transaction_ids``) and the audit chain is
+verified; it prints ``{restored, migrations_applied, audit}`` and exits 1 if the chain is
 broken. Neither command copies key files: the signing key is backed up beside the dump.
 """
 
@@ -67,6 +68,7 @@ async def _restore(settings: Settings, source: Path) -> tuple[list[str], audit.V
                 )
             await asyncio.to_thread(dump.restore, dsn, source)
             applied = await db.migrate(conn)
+            await dump.forget_transaction_ids(conn)
             return applied, await audit.verify(conn)
         finally:
             await conn.close()

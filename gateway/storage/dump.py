@@ -9,6 +9,16 @@ only builds their command lines (docs/operations.md shows the same commands for 
 The archive is the custom format (``--format=custom``): compressed, and ``pg_restore`` restores
 it all-or-nothing (``--single-transaction --exit-on-error``). The connection URL goes to the tool
 without its password, which travels in ``PGPASSWORD`` so it never shows in a process list.
+
+A restored database lives in another cluster, whose transaction ids have nothing to do with the
+ids the archive's rows carry (migration 0012 marks every reading with the id of the transaction
+that stored it, and ``readings_changed_mark`` holds a snapshot). Left as they are, ids from the
+source's "future" would make every restored reading look changed to every sync pull and stall
+the ``readings.changed`` job. ``forget_transaction_ids`` clears them: a restored reading then
+counts as stored before every sync token (NULL, like the rows from before migration 0012; a
+tombstone gets 0), and
+the job starts from the restored cluster's present. Sync tokens issued before the restore name
+snapshots of the old cluster; docs/operations.md says how to make clients start again.
 """
 
 from __future__ import annotations
@@ -21,7 +31,10 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+import asyncpg
+
 from gateway.errors import ConfigurationError
+from gateway.storage.schema import READING_TABLES
 
 #: pg_restore options of a restore into an empty database: all or nothing, objects owned by the
 #: restoring role (the original role may not exist there); privileges kept (audit_log's REVOKE)
@@ -84,3 +97,18 @@ def restore(dsn: str, source: Path) -> None:
     """Restore the archive ``source`` into the (empty) database at ``dsn``, all or nothing."""
     url, env = _without_password(dsn)
     _run([str(client_binary("pg_restore")), *RESTORE_OPTIONS, f"--dbname={url}", str(source)], env)
+
+
+async def forget_transaction_ids(conn: asyncpg.Connection) -> None:
+    """Clear the source cluster's transaction ids from a restored database (module docstring),
+    in one transaction. Rewrites every reading row: run it on a restore, not on a live system."""
+    async with conn.transaction():
+        for table in READING_TABLES:
+            await conn.execute(
+                f"UPDATE {table} SET changed_xid = NULL WHERE changed_xid IS NOT NULL"
+            )
+        # NOT NULL there; 0 is below every snapshot's xmin, so equally "before every token"
+        await conn.execute("UPDATE reading_tombstones SET changed_xid = 0")
+        await conn.execute(
+            "UPDATE readings_changed_mark SET snapshot = pg_current_snapshot(), at = now()"
+        )

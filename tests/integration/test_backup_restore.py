@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from gateway.api.app import create_app
 from gateway.cli.token import mint_dev_token
 from gateway.settings import Settings
 from gateway.storage import db
-from tests.support.billing_world import PURPOSE, build, page
+from tests.support.billing_world import PURPOSE, build, page, sync
 
 Client = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
@@ -73,9 +74,12 @@ def settings(gateway_settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def fresh_embedded(tmp_path: Path) -> AsyncIterator[Path]:
-    """A data directory for the restore; its embedded server is stopped at the end."""
-    data_dir = tmp_path / "restored"
+async def fresh_embedded() -> AsyncIterator[Path]:
+    """A data directory for the restore; its embedded server is stopped at the end. Not under
+    tmp_path: every pytest session resets /tmp/pytest-of-<user> to mode 0700, which locks the
+    embedded server's own user out of a cluster below it (tests/conftest.py does the same)."""
+    base = Path(tempfile.mkdtemp(prefix="meterpoort-restore-"))
+    data_dir = base / "restored"
     try:
         yield data_dir
     finally:
@@ -84,6 +88,7 @@ async def fresh_embedded(tmp_path: Path) -> AsyncIterator[Path]:
             server = db.EmbeddedPostgres(data_dir)
             await asyncio.to_thread(server.start)
             await asyncio.to_thread(server.stop)
+        shutil.rmtree(base)
 
 
 async def start(settings: Settings) -> Client:
@@ -108,8 +113,13 @@ def receipt_verifies(document: dict[str, Any], served: list[dict[str, Any]]) -> 
     return True
 
 
-async def table_digests(dsn: str) -> dict[str, tuple[int, str]]:
-    """(rows, md5 of the rows in key order) of every ordinary table, partitions included."""
+#: columns that hold transaction ids or snapshots of the cluster (cleared by restore)
+SKIP = frozenset({"changed_xid", "snapshot"})
+
+
+async def table_digests(dsn: str, skip: frozenset[str] = frozenset()) -> dict[str, tuple[int, str]]:
+    """(rows, md5 of the rows in text order) of every ordinary table, partitions included;
+    ``skip``: columns left out."""
     conn = await db.connect(dsn)
     try:
         names = [
@@ -121,9 +131,18 @@ async def table_digests(dsn: str) -> dict[str, tuple[int, str]]:
         ]
         found: dict[str, tuple[int, str]] = {}
         for name in names:
+            columns = [
+                f'"{r["attname"]}"'
+                for r in await conn.fetch(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass"
+                    " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    name,
+                )
+                if r["attname"] not in skip
+            ]
             row = await conn.fetchrow(
-                f"SELECT count(*) AS n, md5(coalesce(string_agg(t::text, $$|$$ ORDER BY t::text),"
-                f' $$$$)) AS d FROM "{name}" t'
+                "SELECT count(*) AS n, md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
+                f' AS d FROM (SELECT {", ".join(columns)} FROM "{name}") t'
             )
             assert row is not None
             found[name] = (row["n"], row["d"])
@@ -154,6 +173,9 @@ async def test_backup_restores_into_a_fresh_embedded_postgres(
         assert resp.status == 200, await resp.text()
         cursor = (await resp.json())["next_cursor"]
         assert cursor
+        resp = await sync(http, w, "0")
+        readings_seen = len((await resp.text()).splitlines())
+        assert resp.status == 200 and readings_seen >= 3
         original_kid = (await served_keys(http))[0]["kid"]
     finally:
         await http.close()
@@ -205,7 +227,16 @@ async def test_backup_restores_into_a_fresh_embedded_postgres(
     server = db.EmbeddedPostgres(fresh_embedded)
     restored_url = await asyncio.to_thread(server.start)
     try:
-        assert await table_digests(restored_url) == source_digests
+        # the same rows, but for the source cluster's transaction ids, which restore clears, and
+        # the readings.changed job's mark, which restore sets to the restored cluster's present
+        restored_rows = await table_digests(restored_url, SKIP)
+        source_rows = await table_digests(database_url, SKIP)
+        for digests in (restored_rows, source_rows):
+            assert digests.pop("readings_changed_mark")[0] == 1
+        assert restored_rows == source_rows
+        assert {n: rows for n, (rows, _) in (await table_digests(restored_url)).items()} == {
+            n: rows for n, (rows, _) in source_digests.items()
+        }
         on_restored = settings.model_copy(
             update={"database_url": SecretStr(restored_url), "data_dir": fresh_embedded}
         )
@@ -217,6 +248,11 @@ async def test_backup_restores_into_a_fresh_embedded_postgres(
             resp = await page(http, w, cursor=cursor)
             assert resp.status == 200, await resp.text()
             assert len((await resp.json())["readings"]) == 1
+            # a sync from the start, then from its token: nothing is "changed" again
+            resp = await sync(http, w, "0")
+            assert resp.status == 200 and len((await resp.text()).splitlines()) == readings_seen
+            resp = await sync(http, w, resp.headers["Meterpoort-Changed-Token"])
+            assert resp.status == 200 and await resp.text() == ""
         finally:
             await http.close()
 
