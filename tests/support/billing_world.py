@@ -25,6 +25,7 @@ TIMES = [NOW - dt.timedelta(minutes=62) + n * dt.timedelta(minutes=2) for n in r
 
 @dataclass
 class World:
+    client_id: str
     client_token: str
     alice: dict[str, str]
     readings_ean: str
@@ -43,7 +44,8 @@ async def build(http: Client, settings: Settings, admin: dict[str, str], hook: s
         headers=admin,
     )
     assert resp.status == 201, await resp.text()
-    client_token = (await resp.json())["token"]
+    added = await resp.json()
+    client_id, client_token = added["client_id"], added["token"]
     readings_ean, consent_ean = make_ean(71), make_ean(72)
     for ean, meter in ((readings_ean, "E71"), (consent_ean, "E72")):
         resp = await http.post(
@@ -82,7 +84,8 @@ async def build(http: Client, settings: Settings, admin: dict[str, str], hook: s
     )
     assert resp.status == 200, await resp.text()
     token = mint_dev_token(settings.data_dir, "alice", "meterpoort", dt.timedelta(minutes=30))
-    return World(client_token, {"Authorization": f"Bearer {token}"}, readings_ean, consent_ean)
+    alice = {"Authorization": f"Bearer {token}"}
+    return World(client_id, client_token, alice, readings_ean, consent_ean)
 
 
 async def page(http: Client, w: World, **params: str) -> Any:
