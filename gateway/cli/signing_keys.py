@@ -11,9 +11,10 @@ Neither touches the database.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import data_dir_arg, print_json, with_data_dir
+from gateway.cli.common import print_json, with_data_dir
 from gateway.errors import ConfigurationError
 from gateway.keys import SIGNING_KEY_FILE, key_ring, rotate_signing_key
 from gateway.settings import Settings
@@ -57,17 +58,27 @@ def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    # the keys live in the data directory whether or not the database does (DATABASE_URL)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data directory holding signing-key.pem and retired-keys/ (default ./var)",
+    )
+
+
 def add_parser(sub: Any) -> None:
     """Register ``keys list`` and ``keys rotate`` (called by ``gateway.cli.main``)."""
     parser = sub.add_parser("keys", help="the receipt/webhook/cursor signing key and its rotation")
     keys_sub = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     listing = keys_sub.add_parser("list", help="print the current and the retired key ids")
-    data_dir_arg(listing)
+    _data_dir_arg(listing)
     listing.set_defaults(func=cmd_keys_list)
     rotate = keys_sub.add_parser(
         "rotate",
         help="retire <data-dir>/signing-key.pem into the retired-keys directory and generate a "
         "new one (restart the gateways afterwards)",
     )
-    data_dir_arg(rotate)
+    _data_dir_arg(rotate)
     rotate.set_defaults(func=cmd_keys_rotate)
