@@ -8,6 +8,7 @@ The tree::
     │       ├── InvalidEANError       not an 18-digit EAN with a valid GS1 check digit
     │       └── CsvImportError        a registry CSV with bad rows (every row listed)
     ├── AuthenticationError           missing, unknown or revoked bearer token (401)
+    │   └── ClientCertificateRequiredError  mutual TLS: no verified client certificate (401)
     ├── ForbiddenError                authenticated, but not allowed to do this (403)
     ├── NotFoundError                 the addressed thing does not exist (404)
     ├── ConflictError                 the thing exists already / state does not allow it (409)
@@ -87,6 +88,11 @@ class CsvImportError(ValidationError):
 
 class AuthenticationError(GatewayError):
     """No bearer token, or one the gateway does not know (or was revoked)."""
+
+
+class ClientCertificateRequiredError(AuthenticationError):
+    """Mutual TLS is configured and the connection carries no client certificate; a device or
+    data client needs one in addition to its bearer token."""
 
 
 class ForbiddenError(GatewayError):

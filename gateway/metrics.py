@@ -12,34 +12,94 @@ died and were replaced (a counter never goes back). Gauges say how they combine
 (``multiprocess_mode``): pool sizes are summed over the live workers, values sampled from the
 database take the most recent sample, ``meterpoort_worker_info`` has one series per live worker.
 With one process (``--workers 1``, tests) it is the plain in-process registry.
+
+Process metrics (``process_*``: CPU, memory, file descriptors, start time) are per process, and
+prometheus-client's multiprocess files cannot hold them. With one process they come from its
+ProcessCollector (with ``python_info`` and ``python_gc_*``). With ``--workers N`` the worker that
+answers the scrape reads ``/proc/<pid>`` of every live worker (the pids ``meterpoort_worker_info``
+lists) and labels each series ``worker_pid``, as ``meterpoort_worker_info`` is: a scrape then
+shows every worker, not whichever one the kernel picked. The supervisor itself only forks and
+waits, so it is left out. ``python_gc_*`` is left out there too: the scraping worker could only
+report its own collector, which would jump between workers from scrape to scrape.
+``meterpoort_build_info`` (1, labelled with the version and Python) is computed at scrape time
+in both modes.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
+import platform
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 #: the environment variable prometheus-client's multiprocess mode reads (at import)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+#: the gauge with one series per live worker, whose ``worker_pid`` labels name the workers
+WORKER_INFO_NAME = "meterpoort_worker_info"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("meterpoort")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        return "unknown"
+
+
+class BuildInfoCollector(Collector):
+    """``meterpoort_build_info``: 1, labelled with the installed version and the Python version
+    (a collector, not a Gauge: constant per process, it needs no multiprocess file)."""
+
+    def __init__(self) -> None:
+        self._labels = [_version(), platform.python_version()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "meterpoort_build_info",
+            "1, labelled with the gateway's version and the Python version it runs on",
+            labels=["version", "python_version"],
+        )
+        family.add_metric(self._labels, 1.0)
+        yield family
+
+
+BUILD_INFO = BuildInfoCollector()
+# one process: the standard process, platform and GC collectors, in the gateway's registry
+REGISTRY.register(BUILD_INFO)
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
+
+WORKER_RESTARTS = Counter(
+    "meterpoort_worker_restarts_total",
+    "Worker processes the supervisor started again after one exited (serve --workers N)",
+    registry=REGISTRY,
+)
 
 #: media type of the text exposition format
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 WORKER_INFO = Gauge(
-    "meterpoort_worker_info",
+    WORKER_INFO_NAME,
     "1 per live gateway worker process, labelled with its process id",
     # not "pid": multiprocess mode uses that label name itself
     ["worker_pid"],
@@ -146,6 +206,12 @@ POOL_MAX_SIZE = Gauge(
     multiprocess_mode="livesum",
     registry=REGISTRY,
 )
+DB_UP = Gauge(
+    "meterpoort_db_up",
+    "1 when PostgreSQL answered a query at the latest scrape, 0 when it did not",
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 DB_UNAVAILABLE = Counter(
     "meterpoort_db_unavailable_total",
     "Requests answered 503 because PostgreSQL was unreachable or the pool exhausted",
@@ -162,6 +228,40 @@ DEVICES_REGISTERED = Counter(
     "meterpoort_devices_registered_total", "Devices registered", registry=REGISTRY
 )
 
+# --- consent, exports, retention ------------------------------------------------------------------
+CONSENT_EVENTS = Counter(
+    "meterpoort_consent_events_total",
+    "Consent events recorded (granted, ended: by the customer, a contract end, an expiry)",
+    ["kind"],
+    registry=REGISTRY,
+)
+READINGS_EXPORTED = Counter(
+    "meterpoort_readings_exported_total",
+    "Readings handed to data clients by GET /v1/readings, by format (json, ndjson, csv)",
+    ["format"],
+    registry=REGISTRY,
+)
+RETENTION_RUNS = Counter(
+    "meterpoort_retention_runs_total",
+    "Runs of the retention job by outcome (ok; skipped: another process held the lock; failed)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+RETENTION_LAST_SUCCESS = Gauge(
+    "meterpoort_retention_last_success_timestamp_seconds",
+    "Unix time of the latest retention run that completed (0: none since start)",
+    # "max", not live: the process that ran it may have exited since
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
+# every series exists from the start: rate() and the alert rules need them before the first event
+for _kind in ("granted", "ended"):
+    CONSENT_EVENTS.labels(_kind)
+for _format in ("json", "ndjson", "csv"):
+    READINGS_EXPORTED.labels(_format)
+for _outcome in ("ok", "skipped", "failed"):
+    RETENTION_RUNS.labels(_outcome)
+
 
 def sample_pool(pool: asyncpg.Pool) -> None:
     """Set the pool gauges from ``pool`` (this process's share in multiprocess mode)."""
@@ -176,9 +276,48 @@ def render() -> bytes:
     multiprocess mode the sum over every worker's files."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_WorkersCollector())
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+class _WorkersCollector(Collector):
+    """Multiprocess mode: every worker's metrics from the shared files, the process metrics of
+    every live worker labelled ``worker_pid``, ``python_info`` and ``meterpoort_build_info``."""
+
+    def collect(self) -> Iterable[Metric]:
+        shared = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(shared)  # type: ignore[no-untyped-call]
+        families = list(shared.collect())
+        pids = sorted(
+            {
+                sample.labels["worker_pid"]
+                for family in families
+                if family.name == WORKER_INFO_NAME
+                for sample in family.samples
+                if sample.value == 1
+            }
+        )
+        yield from families
+        yield from _per_worker(pids)
+        yield from PLATFORM_COLLECTOR.collect()
+        yield from BUILD_INFO.collect()
+
+
+def _per_worker(pids: list[str]) -> Iterable[Metric]:
+    """The ``process_*`` families of the processes ``pids``, one series per process labelled
+    ``worker_pid`` (a worker that exited meanwhile is left out: its /proc entry is gone)."""
+    merged: dict[str, Metric] = {}
+    for pid in pids:
+        collector = ProcessCollector(pid=functools.partial(str, pid), registry=None)
+        for family in collector.collect():
+            into = merged.get(family.name)
+            if into is None:
+                into = merged[family.name] = Metric(family.name, family.documentation, family.type)
+            for sample in family.samples:
+                labels = {**sample.labels, "worker_pid": pid}
+                into.add_sample(sample.name, labels, sample.value)
+    return merged.values()
 
 
 def prepare_multiprocess(directory: Path) -> None:

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    IPvAnyNetwork,
+    SecretStr,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consent.retention import RetentionPolicy
@@ -124,10 +132,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    #: HTTPS (``gateway.api.tls``): the server's certificate chain and its unencrypted private
+    #: key, PEM files, both or neither; unset: plain HTTP, for a TLS-terminating proxy in front
+    tls_cert_file: FilePath | None = None
+    tls_key_file: FilePath | None = None
+    #: mutual TLS: CA certificates (PEM) that issue device and data-client certificates; with it
+    #: (and HTTPS) ``POST /v1/telegrams`` and the data-client API also need a client certificate
+    #: this CA verifies; browsers and other callers connect without one
+    tls_client_ca_file: FilePath | None = None
     #: bearer token for ``/v1/admin/*``; unset → the admin API refuses every request
     admin_token: SecretStr | None = None
     #: reverse proxies in front of the gateway (addresses or networks; env: a JSON list): only
-    #: from these is ``X-Forwarded-For`` believed (``gateway.api.client_address``)
+    #: from these are ``X-Forwarded-For`` and ``X-Forwarded-Proto`` believed
+    #: (``gateway.api.client_address``)
     trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
     #: failed authentications allowed per client address, and per credential, within
     #: ``auth_failure_window_s`` before 429; after the burst, one more try per window/limit
@@ -171,6 +188,13 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(default=5, ge=1)
     #: seconds to let in-flight requests and batches finish on SIGTERM
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    #: seconds between SIGTERM and closing the listener: /readyz answers 503 meanwhile while
+    #: requests are still served, so a load balancer stops sending new ones first (0: close at
+    #: once). SIGINT (Ctrl-C) skips the wait, and so does a second signal.
+    shutdown_drain_s: float = Field(default=5.0, ge=0)
+    #: one JSON line per request on the ``gateway.access`` logger (method, route template,
+    #: status, duration, request id, client address; never paths, query strings or bodies)
+    access_log: bool = True
     ingest_batch_max_delay_ms: int = Field(default=5, ge=0)
     ingest_batch_max_rows: int = Field(default=5000, ge=1)
     #: readings measured more than this many seconds ahead of the server clock are rejected

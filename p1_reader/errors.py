@@ -12,7 +12,8 @@ The tree::
     │   ├── AuthenticationError  GCM tag does not verify (wrong key, wrong AAD, tampering)
     │   └── ReplayError          frame counter not above the last one seen
     ├── SerialPortError          the serial port cannot be opened or vanished
-    └── SpoolError               the spool directory cannot be used
+    ├── SpoolError               the spool directory cannot be used
+    └── TLSSetupError            the forwarder's CA bundle or client certificate cannot be used
 
 Every message says what is wrong and where (line number, OBIS code, byte offset).
 """
@@ -67,3 +68,10 @@ class SpoolError(P1Error):
     """The spool directory cannot be used (unreadable, corrupt beyond the tail, misconfigured)."""
 
     reason = "spool"
+
+
+class TLSSetupError(P1Error):
+    """The forwarder's TLS files (``--ca-bundle``, ``--client-cert``/``--client-key``) cannot
+    be read or do not fit together."""
+
+    reason = "tls-setup"

@@ -60,7 +60,7 @@ from p1_reader import spool as spool_mod
 from p1_reader.cliargs import add_key_arguments, parse_duration, parse_size
 from p1_reader.errors import P1Error
 from p1_reader.framing import Framer
-from p1_reader.gateway_client import GatewayClient, Outcome, OutcomeKind
+from p1_reader.gateway_client import GatewayClient, Outcome, OutcomeKind, tls_context
 from p1_reader.profiles import PROFILES
 from p1_reader.reader import P1Reader
 from p1_reader.spool import Spool, SpoolRecord
@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "P1_READER_TOKEN"
 GATEWAY_ENV = "P1_READER_GATEWAY"
+CA_BUNDLE_ENV = "P1_READER_CA_BUNDLE"
+CLIENT_CERT_ENV = "P1_READER_CLIENT_CERT"
+CLIENT_KEY_ENV = "P1_READER_CLIENT_KEY"
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,6 +97,9 @@ class ForwarderConfig:
     #: longest Retry-After honoured (a gateway asking for more is asked again after this)
     retry_after_max: float = 3600.0
     ca_bundle: str | None = None
+    #: mutual TLS: the device's certificate (PEM) and its key (PEM; None: in the certificate file)
+    client_cert: str | None = None
+    client_key: str | None = None
     #: on stop, how long a request in flight may take to finish
     stop_grace: float = 5.0
     #: INFO summary every this many seconds (0 = never)
@@ -190,6 +196,8 @@ class Forwarder:
             self.config.token,
             request_timeout=self.config.request_timeout,
             ca_bundle=self.config.ca_bundle,
+            client_cert=self.config.client_cert,
+            client_key=self.config.client_key,
             wall_clock=self._wall_clock,
         )
         if self.config.endpoint.startswith("http://"):
@@ -380,16 +388,20 @@ class Forwarder:
             self._acknowledge(records)
             return
         self.stats.failures += 1
-        if outcome.kind in (OutcomeKind.AUTH, OutcomeKind.CONFIG):
-            what = (
-                "refused the device token"
-                if outcome.kind is OutcomeKind.AUTH
-                else "refused the request (check --gateway)"
-            )
+        if outcome.kind in (OutcomeKind.AUTH, OutcomeKind.CONFIG, OutcomeKind.TLS):
+            if outcome.kind is OutcomeKind.TLS:
+                what = f"TLS with the gateway failed: {outcome.detail}"
+            elif outcome.kind is OutcomeKind.AUTH:
+                what = f"gateway refused the device token: {outcome.status} {outcome.detail}"
+            else:
+                what = (
+                    "gateway refused the request (check --gateway): "
+                    f"{outcome.status} {outcome.detail}"
+                )
             self._outage_started(
                 f"{outcome.kind.value}-{outcome.status}",
-                f"gateway {what}: {outcome.status} {outcome.detail}; keeping telegrams in the "
-                f"spool ({self.spool.pending} pending) and retrying every {config.auth_retry:g} s",
+                f"{what}; keeping telegrams in the spool ({self.spool.pending} pending) and "
+                f"retrying every {config.auth_retry:g} s",
                 logging.ERROR,
             )
             await self._sleep(config.auth_retry)
@@ -614,7 +626,26 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DURATION",
         help="send at least this often when telegrams are pending (default 5s)",
     )
-    parser.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for the gateway")
+    parser.add_argument(
+        "--ca-bundle",
+        metavar="FILE",
+        default=os.environ.get(CA_BUNDLE_ENV),
+        help=f"CA certificates (PEM) to trust for the gateway, e.g. a private CA (default "
+        f"${CA_BUNDLE_ENV}; else the system's)",
+    )
+    parser.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        default=os.environ.get(CLIENT_CERT_ENV),
+        help=f"mutual TLS: this device's certificate (PEM; default ${CLIENT_CERT_ENV})",
+    )
+    parser.add_argument(
+        "--client-key",
+        metavar="FILE",
+        default=os.environ.get(CLIENT_KEY_ENV),
+        help=f"its private key (PEM, unencrypted; default ${CLIENT_KEY_ENV}; else in the "
+        "--client-cert file)",
+    )
     parser.add_argument(
         "--send-all",
         action="store_true",
@@ -684,6 +715,8 @@ def config_from_args(args: argparse.Namespace) -> ForwarderConfig:
         raise P1Error(f"no gateway URL: use --gateway or ${GATEWAY_ENV}")
     if not args.gateway.startswith(("http://", "https://")):
         raise P1Error(f"gateway URL must start with https:// (or http://): {args.gateway!r}")
+    # the TLS files are checked now: a typo fails the start, before the spool opens
+    tls_context(args.ca_bundle, args.client_cert, args.client_key)
     return ForwarderConfig(
         gateway=args.gateway,
         token=_read_token(args),
@@ -695,6 +728,8 @@ def config_from_args(args: argparse.Namespace) -> ForwarderConfig:
         backoff_max=args.backoff_max,
         auth_retry=args.auth_retry,
         ca_bundle=args.ca_bundle,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
         stats_interval=args.stats_interval,
     )
 

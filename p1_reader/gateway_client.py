@@ -20,7 +20,11 @@ from typing import Any
 
 import aiohttp
 
+from p1_reader.errors import TLSSetupError
+
 USER_AGENT = "meterpoort-p1-reader/0.1"
+#: the gateway's problem type for a device without a client certificate (mutual TLS)
+CERTIFICATE_REQUIRED = "https://meterpoort.nl/problems/client-certificate-required"
 #: longest gateway-supplied text kept in an outcome (it ends up in logs)
 _MAX_DETAIL = 200
 
@@ -34,6 +38,7 @@ class OutcomeKind(enum.Enum):
     AUTH = "auth"  # 401/403
     CONFIG = "config"  # other 4xx
     RETRY = "retry"  # 408/429/5xx/network
+    TLS = "tls"  # certificates: the gateway's not trusted, or ours missing; waits like AUTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +117,13 @@ class GatewayClient:
         *,
         request_timeout: float,
         ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         # built before any connection so that an unreadable CA bundle fails the start, not the
         # first request
-        self._ssl: ssl.SSLContext | bool = True
-        if ca_bundle:
-            self._ssl = ssl.create_default_context(cafile=ca_bundle)
+        self._ssl: ssl.SSLContext | bool = tls_context(ca_bundle, client_cert, client_key) or True
         self.endpoint = endpoint
         self._token = token
         self._request_timeout = request_timeout
@@ -170,12 +175,31 @@ class GatewayClient:
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), now=self._wall_clock()
                 )
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # no retry fixes a certificate the forwarder does not trust (until the operator
+            # does); OpenSSL's reason says why, e.g. "unable to get local issuer certificate"
+            reason = getattr(exc.certificate_error, "verify_message", None) or str(
+                exc.certificate_error
+            )
+            detail = f"the gateway's certificate is not trusted ({reason}): check --ca-bundle"
+            return Outcome(OutcomeKind.TLS, detail=detail[:_MAX_DETAIL])
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Outcome(OutcomeKind.RETRY, detail=f"{type(exc).__name__}: {exc}"[:_MAX_DETAIL])
         if status == 413:
             return Outcome(OutcomeKind.TOO_LARGE, status, detail)
         if status in (400, 422):
             return Outcome(OutcomeKind.REFUSED, status, detail)
+        if (
+            status == 401
+            and isinstance(problem, dict)
+            and problem.get("type") == CERTIFICATE_REQUIRED
+        ):
+            # the token may be fine: what is missing is ours to configure
+            return Outcome(
+                OutcomeKind.TLS,
+                status,
+                "the gateway wants this device's client certificate (--client-cert, --client-key)",
+            )
         if status in (401, 403):
             return Outcome(OutcomeKind.AUTH, status, detail)
         if status in (408, 429) or status >= 500:
@@ -183,6 +207,41 @@ class GatewayClient:
         if 400 <= status < 500:
             return Outcome(OutcomeKind.CONFIG, status, detail)
         return Outcome(OutcomeKind.RETRY, status, f"unexpected status {status} {detail}".strip())
+
+
+def tls_context(
+    ca_bundle: str | None, client_cert: str | None, client_key: str | None
+) -> ssl.SSLContext | None:
+    """The client TLS context for these files, or None for the system's defaults (no private
+    CA, no client certificate); TLSSetupError naming the file and the fault otherwise.
+
+    ``client_key`` may be left out when ``client_cert`` holds the key too (one PEM file)."""
+    if client_key and not client_cert:
+        raise TLSSetupError("--client-key needs --client-cert (the certificate it belongs to)")
+    if not ca_bundle and not client_cert:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_bundle or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSSetupError(f"cannot use the CA bundle {ca_bundle}: {_tls_reason(exc)}") from None
+    if client_cert:
+        try:
+            # the password callback keeps OpenSSL from prompting on a terminal for an
+            # encrypted key: a service has nobody to answer it
+            context.load_cert_chain(client_cert, client_key or None, password=lambda: b"")
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSSetupError(
+                f"cannot use the client certificate {client_cert}"
+                + (f" with the key {client_key}" if client_key else "")
+                + f": {_tls_reason(exc)} (PEM; the key unencrypted and matching)"
+            ) from None
+    return context
+
+
+def _tls_reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.replace("_", " ").lower()
+    return exc.strerror or str(exc)
 
 
 async def _read_ok(response: aiohttp.ClientResponse) -> Outcome:

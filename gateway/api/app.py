@@ -27,6 +27,7 @@ from gateway.api.appkeys import (
     CREDENTIALS_KEY,
     CURSOR_CODEC_KEY,
     CUSTOMER_AUTH_KEY,
+    DRAINING_KEY,
     INGEST_KEY,
     KEYRING_KEY,
     LISTEN_KEY,
@@ -37,7 +38,11 @@ from gateway.api.appkeys import (
     WEBHOOK_WORKER_KEY,
 )
 from gateway.api.customer_auth import CustomerAuthConfig, CustomerAuthenticator
-from gateway.api.middleware import make_problem_middleware, metrics_middleware
+from gateway.api.middleware import (
+    echo_request_id,
+    make_metrics_middleware,
+    make_problem_middleware,
+)
 from gateway.api.throttle import AuthThrottle
 from gateway.errors import ConfigurationError
 from gateway.ingest.state import running_ingest
@@ -70,11 +75,14 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
-            metrics_middleware,
+            make_metrics_middleware(settings.access_log, settings.trusted_proxies),
             make_problem_middleware(settings.retry_after_s, settings.max_body_bytes),
         ],
     )
     app[SETTINGS_KEY] = settings
+    app[DRAINING_KEY] = asyncio.Event()
+    # every answer carries its request id, streamed ones and problems included
+    app.on_response_prepare.append(echo_request_id)
     # the signing key is loaded (or generated) now: a broken key file fails at start, not later
     ring = key_ring(settings)
     app[KEYRING_KEY] = ring

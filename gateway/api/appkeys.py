@@ -7,6 +7,7 @@ dependencies at the top of the file without a circle back to ``app``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -46,3 +47,5 @@ LISTEN_KEY: Final = web.AppKey("ingest_listen", bool)
 WEBHOOK_WORKER_KEY: Final = web.AppKey("webhook_worker", WebhookWorker)
 #: the OpenAPI document served at /openapi.json
 OPENAPI_KEY: Final[web.AppKey[dict[str, Any]]] = web.AppKey("openapi")
+#: set when shutdown begins: /readyz answers 503 while the listener still serves (the drain)
+DRAINING_KEY: Final = web.AppKey("draining", asyncio.Event)

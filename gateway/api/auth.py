@@ -4,6 +4,16 @@ Each function takes the request and answers the caller or raises AuthenticationE
 Token look-ups go through the app's ``Credentials`` (``gateway.storage.credentials``), customer
 tokens through its ``CustomerAuthenticator``. Comparisons of secrets are constant-time.
 
+Mutual TLS (``tls_client_ca_file``): devices and data clients must also have presented a
+client certificate in the TLS handshake, checked here for both before their token is looked at.
+The handshake (``gateway.api.tls``) already refused any certificate the CA does not verify, so a
+certificate present is a verified one. It is not bound to one device or client: the certificate
+shows the caller holds a key the operator's CA issued (its machine is one of the fleet), the
+token says which device or client it is. Binding them (subject CN = device id) would tie the
+CA's issuing to the registry's ids; an operator who wants that per-device revocation revokes the
+token. Customers and the admin API are not asked: browsers of the customer portal carry no
+client certificate.
+
 Every check passes the app's ``AuthThrottle`` (``gateway.api.throttle``) first, and reports its
 failures to it: a caller with too many recent failures gets TooManyRequestsError (429) before its
 token is looked at.
@@ -18,7 +28,7 @@ from aiohttp import web
 
 from gateway.api.appkeys import CREDENTIALS_KEY, CUSTOMER_AUTH_KEY, SETTINGS_KEY, THROTTLE_KEY
 from gateway.api.http import bearer_token
-from gateway.errors import AuthenticationError
+from gateway.errors import AuthenticationError, ClientCertificateRequiredError
 from gateway.storage.credentials import Client, Device
 from gateway.tokens import hash_token
 
@@ -38,8 +48,23 @@ def check_admin(request: web.Request) -> None:
         raise AuthenticationError("invalid admin token")
 
 
+def check_client_certificate(request: web.Request) -> None:
+    """With mutual TLS configured, raise ClientCertificateRequiredError unless the connection
+    presented a (verified) client certificate."""
+    if request.app[SETTINGS_KEY].tls_client_ca_file is None:
+        return
+    # "peercert" is the verified certificate, or None when the client sent none (CERT_OPTIONAL)
+    if not request.get_extra_info("peercert"):
+        raise ClientCertificateRequiredError(
+            "this endpoint needs a client certificate issued by the gateway's client CA, "
+            "presented in the TLS handshake, in addition to the bearer token"
+        )
+
+
 async def device_of(request: web.Request) -> Device:
-    """The active device of the request's bearer token; AuthenticationError otherwise."""
+    """The active device of the request's bearer token; AuthenticationError otherwise (also
+    without a client certificate where mutual TLS is configured)."""
+    check_client_certificate(request)
     token = bearer_token(request)
     throttle = request.app[THROTTLE_KEY]
     throttle.admit(request, token)
@@ -51,7 +76,9 @@ async def device_of(request: web.Request) -> Device:
 
 
 async def client_of(request: web.Request) -> Client:
-    """The active data client of the request's bearer token; AuthenticationError otherwise."""
+    """The active data client of the request's bearer token; AuthenticationError otherwise
+    (also without a client certificate where mutual TLS is configured)."""
+    check_client_certificate(request)
     token = bearer_token(request)
     throttle = request.app[THROTTLE_KEY]
     throttle.admit(request, token)

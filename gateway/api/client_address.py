@@ -1,10 +1,16 @@
-"""The client's address, seen through the reverse proxies the operator trusts.
+"""The client's address and scheme, seen through the reverse proxies the operator trusts.
 
 Without ``trusted_proxies`` (``gateway.settings``) the client is the TCP peer and
 ``X-Forwarded-For`` is ignored: anyone can write that header. When the peer is a trusted proxy,
 the header is read from the right (each proxy appends the address it got the request from), past
 every trusted proxy; the first address that is not one is the client. Whatever lies further left
 was written by the client itself and proves nothing.
+
+The scheme (``https`` or ``http``) is the connection's own, unless the peer is a trusted proxy
+that says otherwise in ``X-Forwarded-Proto``: its last value, the one the proxy nearest the
+gateway wrote (the TLS-terminating proxy sets it to the scheme its client used).
+``X-Forwarded-Host`` is not read: the gateway builds no absolute URL from the request (the
+OpenAPI ``servers`` entry is relative; receipts use ``public_base_url``) and sets no cookies.
 
 Hand-written rather than taken from aiohttp-remotes: its middleware rewrites ``remote`` on every
 request, while this runs only when an address is needed (a failed authentication, a throttled
@@ -38,6 +44,21 @@ def client_address(request: web.Request, trusted: Sequence[IPNetwork]) -> IPAddr
         if not is_trusted(address, trusted):
             break
     return address
+
+
+def request_scheme(request: web.Request, trusted: Sequence[IPNetwork]) -> str:
+    """``"https"`` or ``"http"``: how the client reached the gateway, through trusted proxies."""
+    if request.secure:
+        return "https"
+    address = parse_address(request.remote)
+    if address is None or not is_trusted(address, trusted):
+        return "http"
+    values = [
+        v for value in request.headers.getall("X-Forwarded-Proto", ()) for v in value.split(",")
+    ]
+    claimed = values[-1].strip().lower() if values else ""
+    # anything but the two schemes is not what a proxy writes: the connection's own then
+    return claimed if claimed in ("http", "https") else "http"
 
 
 def is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:

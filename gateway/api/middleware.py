@@ -1,4 +1,11 @@
-"""The two middlewares: request metrics/logging, and errors → RFC 9457 problem+json.
+"""The two middlewares: request metrics, ids and the access log; errors → RFC 9457 problem+json.
+
+Every request gets an id: the client's ``X-Request-Id`` when it is a plain token (at most 128
+letters, digits and ``._:-``), otherwise a fresh UUID4. Every answer echoes it as
+``X-Request-Id`` (``echo_request_id``, also on streamed answers and problems), and the access log
+(logger ``gateway.access``, one JSON line per request through ``serve``'s formatter) names it,
+with the method, the route template (never the path: it holds EANs), status, duration and the
+client address behind trusted proxies. No path, query string, header value or body is logged.
 
 ``PROBLEMS`` is the one table mapping the gateway's error hierarchy (gateway/errors.py) to
 problem types, ``DOMAIN_PROBLEMS`` the consent domain's (consent/errors.py); aiohttp's HTTP
@@ -14,8 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +32,18 @@ from aiohttp import web
 
 from consent.errors import ConsentEndedError, ConsentError
 from gateway import errors, metrics
+from gateway.api.client_address import IPNetwork, client_address
 from gateway.storage.db import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
+#: one line per request (``make_metrics_middleware``); its own logger so operators can route it
+access_log = logging.getLogger("gateway.access")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+#: the request's id (the client's, when acceptable, or a fresh one), set by the metrics middleware
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+# a client's id is kept only when it is a short plain token: it lands in logs and answers
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 PROBLEM_BASE = "https://meterpoort.nl/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -62,6 +80,9 @@ PROBLEMS: dict[type[errors.GatewayError], ProblemType] = {
     errors.InvalidEANError: ProblemType(422, "invalid-ean", "Invalid EAN"),
     errors.CsvImportError: ProblemType(422, "invalid-csv", "Invalid CSV import"),
     errors.AuthenticationError: ProblemType(401, "unauthorized", "Authentication required"),
+    errors.ClientCertificateRequiredError: ProblemType(
+        401, "client-certificate-required", "Client certificate required"
+    ),
     errors.ForbiddenError: ProblemType(403, "forbidden", "Forbidden"),
     errors.NotFoundError: ProblemType(404, "not-found", "Not found"),
     errors.ConflictError: ProblemType(409, "conflict", "Conflict"),
@@ -238,7 +259,12 @@ def make_problem_middleware(retry_after_s: int, max_body_bytes: int) -> web.midd
                 headers={"Retry-After": str(retry_after_s)},
             )
         except Exception:
-            log.exception("unexpected error answering %s %s", request.method, _route(request))
+            log.exception(
+                "unexpected error answering %s %s",
+                request.method,
+                _route(request),
+                extra={"request_id": request.get(REQUEST_ID_KEY)},
+            )
             return problem_response(
                 request, INTERNAL, "an unexpected error occurred; it has been logged"
             )
@@ -255,30 +281,57 @@ def _route(request: web.Request) -> str:
     return resource.canonical
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time every request by route template; debug-log it without personal data."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        elapsed = time.perf_counter() - started
-        route = _route(request)
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        metrics.HTTP_REQUEST_SECONDS.labels(route).observe(elapsed)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "request",
-                extra={
-                    "method": request.method,
-                    "route": route,
-                    "status": status,
-                    "ms": round(elapsed * 1000, 2),
-                },
-            )
+def request_id(request: web.BaseRequest) -> str:
+    """The id of ``request``: its ``X-Request-Id`` when that is a plain token, else a new UUID4."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _CLIENT_REQUEST_ID.fullmatch(given):
+        return given
+    return str(uuid.uuid4())
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the request id on every answer, including streamed ones (their
+    handler sends the head itself) and redirects raised as exceptions."""
+    rid = request.get(REQUEST_ID_KEY)
+    if rid is not None:
+        response.headers[REQUEST_ID_HEADER] = rid
+
+
+def make_metrics_middleware(
+    log_requests: bool, trusted_proxies: Sequence[IPNetwork]
+) -> web.middleware:  # type: ignore[valid-type]
+    """The outermost middleware: it gives the request its id, counts and times it by route
+    template and, with ``log_requests``, writes its access-log line."""
+
+    @web.middleware
+    async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        rid = request[REQUEST_ID_KEY] = request_id(request)
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route(request)
+            metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+            metrics.HTTP_REQUEST_SECONDS.labels(route).observe(elapsed)
+            if log_requests and access_log.isEnabledFor(logging.INFO):
+                client = client_address(request, trusted_proxies)
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "request_id": rid,
+                        "client": None if client is None else str(client),
+                    },
+                )
+
+    return metrics_middleware

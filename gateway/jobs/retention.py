@@ -58,6 +58,7 @@ import asyncpg
 
 from consent.levels import INTERVAL_GRANULARITIES, LEVEL_GRANULARITIES, Level
 from consent.retention import Cutoffs, RetentionPolicy
+from gateway import metrics
 from gateway.errors import GatewayError
 from gateway.settings import RetentionSettings
 from gateway.storage import audit, db, locks, schema, tombstones
@@ -236,6 +237,7 @@ async def _expire_one(
                 expires_at,
                 json.dumps({"reason": "expired"}),
             )
+            metrics.CONSENT_EVENTS.labels("ended").inc()
         await audit.append(
             conn,
             kind=audit.KIND_CONSENT_END,
@@ -634,9 +636,15 @@ async def retention_loop(pool: asyncpg.Pool, settings: RetentionSettings, wait_s
         try:
             async with db.acquire(pool, wait_s) as conn:
                 report = await run_retention_locked(conn, dt.datetime.now(dt.UTC), policy)
-            if report is not None and report.changed():
-                log.info("retention run", extra={"retention": report.as_json()})
+            if report is None:
+                metrics.RETENTION_RUNS.labels("skipped").inc()
+            else:
+                metrics.RETENTION_RUNS.labels("ok").inc()
+                metrics.RETENTION_LAST_SUCCESS.set_to_current_time()
+                if report.changed():
+                    log.info("retention run", extra={"retention": report.as_json()})
         except _JOB_ERRORS:
             # the next round retries; the audit row records any partial run
+            metrics.RETENTION_RUNS.labels("failed").inc()
             log.exception("retention run failed; retrying in %s s", settings.run_every_s)
         await asyncio.sleep(settings.run_every_s)

@@ -35,6 +35,7 @@ from consent.model import (
     new_consent,
     purpose_named,
 )
+from gateway import metrics
 from gateway.errors import ConflictError, FieldError, NotFoundError, ValidationError
 from gateway.storage import audit, outbox, tombstones
 from gateway.storage.schema import CONSENT_COLUMNS, INTERVAL_TABLE
@@ -174,6 +175,7 @@ async def create_consent(
             consent.granted_at,
             {"purpose": purpose, "notice_version": notice_version, "channel": channel.value},
         )
+        metrics.CONSENT_EVENTS.labels("granted").inc()
         await audit.append(
             conn,
             kind=audit.KIND_CONSENT_GRANT,
@@ -262,6 +264,7 @@ async def end_consent(
             end,
             {"reason": reason.value, "deleted_readings": deleted},
         )
+        metrics.CONSENT_EVENTS.labels("ended").inc()
         await audit.append(
             conn,
             kind=audit.KIND_CONSENT_REVOKE
@@ -355,6 +358,7 @@ async def end_consents_of_contract(
             end,
             {"reason": reason.value, "deleted_readings": deleted},
         )
+        metrics.CONSENT_EVENTS.labels("ended").inc()
         await audit.append(
             conn,
             kind=audit.KIND_CONSENT_END,

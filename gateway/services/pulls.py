@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from gateway import metrics
 from gateway.storage import audit, readings_query
 from gateway.storage.credentials import Client
 from gateway.storage.readings_query import ReadingsQuery
@@ -113,6 +114,9 @@ async def log_read(
 ) -> None:
     """The access-log row of one request (its own short transaction); ``readings`` is None
     for a stream that stopped early (its EANs are those of every chunk handed over)."""
+    # "application/json" → json, "application/x-ndjson" → ndjson, "text/csv" → csv
+    fmt = media.rpartition("/")[2].removeprefix("x-")
+    metrics.READINGS_EXPORTED.labels(fmt).inc(readings or 0)
     await audit_read(
         conn,
         client,

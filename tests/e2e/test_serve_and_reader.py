@@ -309,6 +309,7 @@ def process_env(database_url: str) -> dict[str, str]:
     }
     env["DATABASE_URL"] = database_url
     env["METERPOORT_ADMIN_TOKEN"] = ADMIN
+    env["METERPOORT_SHUTDOWN_DRAIN_S"] = "0"  # no load balancer to wait for
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 

@@ -377,6 +377,7 @@ def served(database_url: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         "DATABASE_URL": database_url,
         "METERPOORT_LOG_LEVEL": "DEBUG",
         "METERPOORT_RETENTION_ENABLED": "false",
+        "METERPOORT_SHUTDOWN_DRAIN_S": "0",  # no load balancer to wait for
         "METERPOORT_WEBHOOK_ENABLED": "false",
         "METERPOORT_HEADER_READ_TIMEOUT_S": str(HEADER_TIMEOUT_S),
     }

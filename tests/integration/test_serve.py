@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.api.middleware import make_problem_middleware, metrics_middleware
+from gateway.api.middleware import make_metrics_middleware, make_problem_middleware
 from tests.support import leak_audit
 
 PROBLEM = "application/problem+json"
@@ -50,9 +50,11 @@ def free_port() -> int:
         return port
 
 
-def get(url: str) -> tuple[int, dict[str, str], bytes]:
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=5
+        ) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
@@ -71,11 +73,16 @@ def wait_ready(base: str, proc: subprocess.Popen[str], timeout: float = 90) -> N
     raise AssertionError("serve did not become ready")
 
 
-def start_serve(serve_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+def start_serve(
+    serve_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """``serve`` on a free port; ``env``: settings beyond these tests' defaults."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["METERPOORT_ADMIN_TOKEN"] = "smoke-admin-token"
-    env["METERPOORT_RETENTION_ENABLED"] = "false"
+    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environ["METERPOORT_ADMIN_TOKEN"] = "smoke-admin-token"
+    environ["METERPOORT_RETENTION_ENABLED"] = "false"
+    environ["METERPOORT_SHUTDOWN_DRAIN_S"] = "0"  # test_observability tests the drain
+    environ.update(env or {})
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -88,7 +95,7 @@ def start_serve(serve_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], st
             str(serve_dir / "var"),
             *extra,
         ],
-        env=env,
+        env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -234,7 +241,7 @@ def test_serve_with_two_workers_on_one_port_restarts_a_dead_worker(serve_dir: Pa
     assert not (serve_dir / "var" / "pg" / "postmaster.pid").exists()
 
 
-def _die_at_once(settings: Any, index: int) -> None:
+def _die_at_once(settings: Any, index: int, restarted: bool = False) -> None:
     """A worker that fails right after its start (stands in for a broken deployment)."""
     raise SystemExit(3)
 
@@ -318,7 +325,9 @@ async def test_readyz_and_database_outage_answer_503_with_retry_after(
     async def bug(request: web.Request) -> web.Response:
         raise KeyError("secret-internal-detail")
 
-    app = web.Application(middlewares=[metrics_middleware, make_problem_middleware(7, 1024)])
+    app = web.Application(
+        middlewares=[make_metrics_middleware(True, []), make_problem_middleware(7, 1024)]
+    )
     app.router.add_get("/q", query)
     app.router.add_get("/r", restarting)
     app.router.add_get("/bug", bug)

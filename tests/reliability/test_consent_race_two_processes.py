@@ -179,6 +179,7 @@ async def gateways(
         "METERPOORT_ADMIN_TOKEN": ADMIN,
         "METERPOORT_DEV_MODE": "1",
         "METERPOORT_RETENTION_ENABLED": "false",
+        "METERPOORT_SHUTDOWN_DRAIN_S": "0",  # no load balancer to wait for
         "METERPOORT_WEBHOOK_ENABLED": "false",
         "METERPOORT_MAX_BODY_BYTES": str(4 * 1024 * 1024),
         "PYTHONPATH": str(REPO),

@@ -61,6 +61,7 @@ def start_serve(
         "DATABASE_URL": database_url,
         "METERPOORT_ADMIN_TOKEN": ADMIN_TOKEN,
         "METERPOORT_RETENTION_ENABLED": "false",
+        "METERPOORT_SHUTDOWN_DRAIN_S": "0",  # no load balancer to wait for
         "METERPOORT_WEBHOOK_ENABLED": "false",
         "METERPOORT_POOL_MAX_SIZE": "4",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),

@@ -64,17 +64,24 @@ TAGS: Final = [
     },
 ]
 
+#: devices and data clients on a gateway configured for mutual TLS (``gateway.api.auth``)
+MUTUAL_TLS_TEXT: Final = (
+    "; where the gateway is set up for mutual TLS, the connection must also present a client "
+    "certificate issued by its client CA (401 `client-certificate-required` otherwise)"
+)
+
 SECURITY_SCHEMES: Final = {
     "adminToken": {"type": "http", "scheme": "bearer", "description": "METERPOORT_ADMIN_TOKEN"},
     "deviceToken": {
         "type": "http",
         "scheme": "bearer",
-        "description": "token from POST /v1/admin/devices",
+        "description": "token from POST /v1/admin/devices" + MUTUAL_TLS_TEXT,
     },
     "clientToken": {
         "type": "http",
         "scheme": "bearer",
-        "description": "token from POST /v1/admin/clients (billing, other recipients)",
+        "description": "token from POST /v1/admin/clients (billing, other recipients)"
+        + MUTUAL_TLS_TEXT,
     },
     "customerToken": {
         "type": "http",

@@ -25,6 +25,7 @@ from gateway.api.openapi.common import Commodity, ConsentEndReason, Ean18, Out, 
 from gateway.api.openapi.spec import (
     EAN_SCHEMA,
     TIME_PARAM,
+    TOKEN_OR_CERTIFICATE_401,
     UUID_SCHEMA,
     Operation,
     Response,
@@ -224,6 +225,7 @@ OPERATIONS: Final[list[Operation]] = [
             503,
             says={
                 400: "`cursor` or `changed_since` is not one this API issued for these parameters",
+                401: TOKEN_OR_CERTIFICATE_401,
                 403: "the client may not read this granularity",
                 422: "invalid query parameters (listed in `errors`); `cursor`/`limit` with a "
                 "stream",
@@ -258,6 +260,6 @@ OPERATIONS: Final[list[Operation]] = [
             ),
         ),
         responses={200: Response("the changes", {JSON: ConsentChanges})},
-        problems=problems(401, 422, 503),
+        problems=problems(401, 422, 503, says={401: TOKEN_OR_CERTIFICATE_401}),
     ),
 ]

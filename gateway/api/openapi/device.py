@@ -13,7 +13,13 @@ from pydantic import Field
 
 from gateway.api.handlers.device import DETAIL_MAX
 from gateway.api.openapi.common import Out, Problem
-from gateway.api.openapi.spec import JSON, Operation, Response, problems
+from gateway.api.openapi.spec import (
+    JSON,
+    TOKEN_OR_CERTIFICATE_401,
+    Operation,
+    Response,
+    problems,
+)
 
 TAG: Final = "device"
 
@@ -81,6 +87,7 @@ OPERATIONS: Final[list[Operation]] = [
             503,
             says={
                 400: "the body holds no telegram, or its framing is broken",
+                401: TOKEN_OR_CERTIFICATE_401,
                 413: "the body is over the size limit or holds more telegrams than allowed",
                 422: "every telegram was rejected; nothing stored (`TelegramsRejected`)",
             },

@@ -49,7 +49,7 @@ OPERATIONS: Final[list[Operation]] = [
         "/readyz",
         "getReadiness",
         TAG,
-        "Readiness: the database answers within 2 seconds",
+        "Readiness: the database answers within 2 seconds and no shutdown has begun",
         responses={200: Response("ready", {JSON: Ready})},
         problems=problems(503),
     ),

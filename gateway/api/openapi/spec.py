@@ -47,6 +47,12 @@ PROBLEM_TEXT: Final[Mapping[int, str]] = {
     503: "database unavailable; retry after `Retry-After` seconds",
 }
 
+#: 401 of the device and data-client operations (``gateway.api.auth``)
+TOKEN_OR_CERTIFICATE_401: Final = (
+    "missing or invalid bearer token; on a gateway set up for mutual TLS also a connection "
+    "without a client certificate from its client CA (`client-certificate-required`)"
+)
+
 #: what the HTTP layer answers for any operation before a handler runs (gateway.api.protocol):
 #: a request line or header that is not valid HTTP, or one longer than the parser accepts
 PROTOCOL_PROBLEMS: Final[Mapping[int, str]] = {
