@@ -29,7 +29,7 @@ import subprocess
 import warnings
 from pathlib import Path
 from typing import Final
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -70,7 +70,8 @@ def _without_password(dsn: str) -> tuple[str, dict[str, str]]:
         host = f"[{host}]"
     netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
     clean = SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment)
-    return urlunsplit(clean), {"PGPASSWORD": parts.password}
+    # the URL's password is percent-encoded; the environment variable holds it as it is
+    return urlunsplit(clean), {"PGPASSWORD": unquote(parts.password)}
 
 
 def _run(argv: list[str], extra_env: dict[str, str]) -> None:
