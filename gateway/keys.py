@@ -15,8 +15,19 @@ webhooks, carries its Standard Webhooks form (``whpk``: ``whpk_`` + standard bas
 32-byte key), which any Standard Webhooks ``v1a`` verifier takes as is. RFC 7517 §4 lets a JWK
 carry members of its own; JWK consumers ignore the ones they do not know.
 
-Settings read here: ``signing_key_file``, ``data_dir``. Receipts themselves are issued by
-``gateway.services.receipts``.
+Key rotation: the operator puts a new key in place and moves the old one into the retired-keys
+directory (``retired_signing_keys_dir``, default ``<data_dir>/retired-keys``; ``python -m gateway
+keys rotate`` does both). Every ``*.pem`` there is a retired key, as its private half (PKCS#8,
+mode 0600) or only its public half (SPKI). New signatures always use the current key. A retired
+key stays in the JWKS, marked ``"retired": true``, so receipts and webhooks it signed keep
+verifying for as long as the operator keeps its file. A retired key's PRIVATE half also keeps the
+readings cursors and ``changed_since`` sync tokens it sealed valid (they are HMACs under a key
+derived from the private key, ``gateway.storage.readings_query.cursor_key``); with only the public
+half left, those tokens are refused with a 400 and the client starts its sync again. Removing a
+file withdraws the key (after a compromise: see docs/operations.md).
+
+Settings read here: ``signing_key_file``, ``retired_signing_keys_dir``, ``data_dir``. Receipts
+themselves are issued by ``gateway.services.receipts``.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
     load_pem_private_key,
+    load_pem_public_key,
 )
 
 from consent.receipts import key_id, public_jwk, sign_receipt
@@ -48,6 +60,8 @@ from gateway.settings import Settings
 SIGNING_KEY_FILE = "signing-key.pem"
 #: dev customer-token key, generated in the data directory by the token CLI (or dev-mode serve)
 DEV_CUSTOMER_KEY_FILE = "dev-customer-key.pem"
+#: retired signing keys, in the data directory unless ``retired_signing_keys_dir`` is set
+RETIRED_KEYS_DIR = "retired-keys"
 
 #: the prefix of a Standard Webhooks public key ("whpk_" + base64 of the raw Ed25519 key)
 WHPK_PREFIX = "whpk_"
@@ -117,6 +131,140 @@ def signing_key(settings: Settings) -> Ed25519PrivateKey:
     return load_or_create_ed25519(Path(settings.data_dir) / SIGNING_KEY_FILE)
 
 
+@dataclass(frozen=True, slots=True)
+class RetiredKey:
+    """A signing key that signs nothing new but still verifies what it signed: always its public
+    half; its private half too when the operator kept it (old cursors and sync tokens)."""
+
+    public_key: Ed25519PublicKey
+    private_key: Ed25519PrivateKey | None
+    path: Path
+
+    @property
+    def kid(self) -> str:
+        return key_id(self.public_key)
+
+
+def retired_keys_dir(settings: Settings) -> Path:
+    """Where retired signing keys live: ``retired_signing_keys_dir``, else the data directory's."""
+    configured: Path | None = settings.retired_signing_keys_dir
+    if configured is not None:
+        return Path(configured)
+    return Path(settings.data_dir) / RETIRED_KEYS_DIR
+
+
+def _load_retired(path: Path) -> RetiredKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read retired key file {path}: {exc.strerror}") from exc
+    if b"PRIVATE KEY" in data:
+        # a private half signs: the same rules as the current key's file
+        _check_private_mode(path)
+        private = _load_ed25519(path)
+        return RetiredKey(private.public_key(), private, path)
+    try:
+        public = load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"retired key file {path} is neither an unencrypted PEM private key nor a PEM "
+            f"public key: {exc}"
+        ) from exc
+    if not isinstance(public, Ed25519PublicKey):
+        raise ConfigurationError(
+            f"retired key file {path} holds a {type(public).__name__}, not Ed25519"
+        )
+    return RetiredKey(public, None, path)
+
+
+def retired_keys(settings: Settings, current: Ed25519PrivateKey) -> tuple[RetiredKey, ...]:
+    """The retired signing keys (``*.pem`` in ``retired_keys_dir``, by file name), without the
+    current key (a copy left there by mistake) and without duplicates; the private half wins
+    over a public-only copy of the same key. ConfigurationError for a file that is no Ed25519
+    key or a private one others can read: a start fails rather than dropping a key silently."""
+    directory = retired_keys_dir(settings)
+    if not directory.is_dir():
+        return ()
+    current_kid = key_id(current.public_key())
+    found: dict[str, RetiredKey] = {}
+    for path in sorted(directory.glob("*.pem")):
+        key = _load_retired(path)
+        if key.kid == current_kid:
+            continue
+        known = found.get(key.kid)
+        if known is None or (known.private_key is None and key.private_key is not None):
+            found[key.kid] = key
+    return tuple(found.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What ``rotate_signing_key`` did."""
+
+    old_kid: str
+    new_kid: str
+    retired_path: Path
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rotate_signing_key(settings: Settings) -> Rotation:
+    """Retire the data directory's signing key and put a new one in its place.
+
+    The old key is first hard-linked into the retired-keys directory as ``<kid>.pem`` (so it is
+    never missing from both places), then a new key, written privately beside it, replaces
+    ``signing-key.pem`` with one ``rename`` (so a process starting meanwhile reads the old key or
+    the new one, never a partial file). Running gateways keep the key they loaded until they are
+    restarted. ConfigurationError when ``signing_key_file`` is set (the operator provides that
+    file; the guide says how to rotate it) or when the data directory holds no signing key (a
+    mistyped ``--data-dir`` must not look like a rotation).
+    """
+    if settings.signing_key_file is not None:
+        raise ConfigurationError(
+            f"signing_key_file is set ({settings.signing_key_file}): that key is provided by you; "
+            f"put the new key there and the old one into {retired_keys_dir(settings)} "
+            "(docs/operations.md, key rotation)"
+        )
+    path = Path(settings.data_dir) / SIGNING_KEY_FILE
+    if not path.exists():
+        raise ConfigurationError(f"no signing key to rotate: {path} does not exist")
+    _check_private_mode(path)
+    old = _load_ed25519(path)
+    old_kid = key_id(old.public_key())
+    retired_dir = retired_keys_dir(settings)
+    retired_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    retired_path = retired_dir / f"{old_kid}.pem"
+    try:
+        os.link(path, retired_path)
+    except FileExistsError:
+        if retired_path.read_bytes() != path.read_bytes():
+            raise ConfigurationError(
+                f"{retired_path} exists and holds another file than {path}; move it away first"
+            ) from None
+    _fsync_dir(retired_dir)
+    new = Ed25519PrivateKey.generate()
+    pem = new.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return Rotation(old_kid, key_id(new.public_key()), retired_path)
+
+
 def standard_webhooks_public_key(public_key: Ed25519PublicKey) -> str:
     """The key as Standard Webhooks serializes an asymmetric public key: ``whpk_`` followed by
     the standard (padded, ``+/``) base64 of its raw 32 bytes; not base64url like a JWK's ``x``."""
@@ -129,11 +277,18 @@ def dev_customer_key(data_dir: Path) -> Ed25519PrivateKey:
     return load_or_create_ed25519(Path(data_dir) / DEV_CUSTOMER_KEY_FILE)
 
 
+def key_ring(settings: Settings) -> KeyRing:
+    """The installation's key ring: the current signing key and the retired ones."""
+    current = signing_key(settings)
+    return KeyRing(current, retired_keys(settings, current))
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRing:
-    """The gateway's signing key and what it serves about it."""
+    """The gateway's signing key, its retired predecessors, and what it serves about them."""
 
     signing_key: Ed25519PrivateKey
+    retired: tuple[RetiredKey, ...] = ()
 
     @property
     def signing_kid(self) -> str:
@@ -141,25 +296,27 @@ class KeyRing:
 
     @property
     def public_keys(self) -> list[Ed25519PublicKey]:
-        return [self.signing_key.public_key()]
+        """The current key's public half first, then the retired keys'."""
+        return [self.signing_key.public_key(), *(k.public_key for k in self.retired)]
 
     @property
     def webhook_signing_keys(self) -> tuple[Ed25519PrivateKey, ...]:
-        """The keys each webhook is signed with (a ``webhook-signature`` lists one signature per
-        key, so a rotation could sign with the old and the new key for a while; today: one)."""
+        """The keys each webhook is signed with: the current key only (a ``webhook-signature``
+        could list one signature per key; a retired key signs nothing new, see
+        docs/operations.md for how recipients move to the new key)."""
         return (self.signing_key,)
 
     def jwks(self) -> dict[str, Any]:
-        """The JWK Set served at ``GET /v1/keys`` (public halves only), each key marked with
-        what it signs and, for webhook keys, its Standard Webhooks ``whpk_`` form."""
-        webhook_kids = {key_id(k.public_key()) for k in self.webhook_signing_keys}
+        """The JWK Set served at ``GET /v1/keys`` (public halves only), current key first, each
+        key marked with what it signs (a retired key: what it signed, and ``"retired": true``)
+        and with its Standard Webhooks ``whpk_`` form (every key here signs or signed webhooks)."""
         keys: list[dict[str, Any]] = []
-        for public in self.public_keys:
+        for n, public in enumerate(self.public_keys):
             jwk = public_jwk(public)
-            jwk["signs"] = [SIGNS_RECEIPTS]
-            if jwk["kid"] in webhook_kids:
-                jwk["signs"].append(SIGNS_WEBHOOKS)
-                jwk["whpk"] = standard_webhooks_public_key(public)
+            jwk["signs"] = [SIGNS_RECEIPTS, SIGNS_WEBHOOKS]
+            jwk["whpk"] = standard_webhooks_public_key(public)
+            if n > 0:
+                jwk["retired"] = True
             keys.append(jwk)
         return {"keys": keys}
 
@@ -169,4 +326,13 @@ class KeyRing:
 
     def secret_material(self) -> bytes:
         """The raw private key, for deriving keys of other uses (e.g. readings page cursors)."""
-        return self.signing_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return _raw_private(self.signing_key)
+
+    def retired_secret_material(self) -> list[bytes]:
+        """The raw private keys of the retired keys that kept theirs: what cursors and sync
+        tokens sealed before a rotation are checked with."""
+        return [_raw_private(k.private_key) for k in self.retired if k.private_key is not None]
+
+
+def _raw_private(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())

@@ -282,6 +282,11 @@ class Settings(BaseSettings):
     """seconds the keys fetched from `customer_jwks_url` are cached"""
     signing_key_file: Path | None = None
     """receipt/webhook Ed25519 signing key (PKCS#8 PEM); unset: `<data_dir>/signing-key.pem`"""
+    retired_signing_keys_dir: Path | None = None
+    """retired signing keys (`*.pem`, private or public halves); unset: `<data_dir>/retired-keys`
+
+    Still published in `/v1/keys` and still verifying what they signed (docs/operations.md).
+    """
     controller_name: str = "Meterpoort energy supplier"
     """the PII controller named in consent receipts (Kantara `piiControllers`)"""
     controller_contact: str = "Privacy officer"

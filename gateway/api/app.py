@@ -50,7 +50,7 @@ from gateway.jobs.partitions import maintain_partitions
 from gateway.jobs.readings_changed import readings_changed_loop
 from gateway.jobs.retention import retention_loop
 from gateway.jobs.webhooks import WebhookWorker
-from gateway.keys import KeyRing, signing_key
+from gateway.keys import key_ring
 from gateway.settings import Settings
 from gateway.storage import db, readings_query
 from gateway.storage.credentials import Credentials
@@ -84,10 +84,11 @@ def create_app(settings: Settings) -> web.Application:
     # every answer carries its request id, streamed ones and problems included
     app.on_response_prepare.append(echo_request_id)
     # the signing key is loaded (or generated) now: a broken key file fails at start, not later
-    ring = KeyRing(signing_key(settings))
+    ring = key_ring(settings)
     app[KEYRING_KEY] = ring
     app[CURSOR_CODEC_KEY] = readings_query.CursorCodec(
-        readings_query.cursor_key(ring.secret_material())
+        readings_query.cursor_key(ring.secret_material()),
+        [readings_query.cursor_key(raw) for raw in ring.retired_secret_material()],
     )
     app[CUSTOMER_AUTH_KEY] = CustomerAuthenticator(CustomerAuthConfig.from_settings(settings))
     app[THROTTLE_KEY] = AuthThrottle.from_settings(settings)

@@ -20,7 +20,17 @@ from collections.abc import Sequence
 
 import pydantic
 
-from gateway.cli import audit, clients, config_reference, registry, retention, serve, token
+from gateway.cli import (
+    audit,
+    backup,
+    clients,
+    config_reference,
+    registry,
+    retention,
+    serve,
+    signing_keys,
+    token,
+)
 from gateway.cli.common import Command
 from gateway.errors import GatewayError, ValidationError
 from gateway.settings import Settings
@@ -48,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="OBJECT")
     registry.add_admin_parser(admin_sub)
     clients.add_admin_parser(admin_sub)
-    for module in (audit, token, retention, config_reference):
+    for module in (audit, token, retention, signing_keys, backup, config_reference):
         module.add_parser(sub)
     return parser
 

@@ -16,11 +16,13 @@ with its asymmetric scheme ``v1a`` (Ed25519). What a recipient receives, for eac
 
 The body is compact JSON with sorted keys and identical on every attempt; only the timestamp and
 signatures change. ``webhook-signature`` is a space-separated list of ``v1a,<signature>``, one per
-key the gateway signs webhooks with (``KeyRing.webhook_signing_keys``: one today; during a key
-rotation both keys could sign); a recipient accepts the request when any one of them verifies
-with a key it trusts. The key to trust is published at ``GET /v1/keys``: the JWK whose ``signs``
-lists ``webhooks`` carries it as ``whpk`` (``whpk_`` + base64 of the raw 32-byte key, the form
-Standard Webhooks libraries take). Signatures and the key are standard base64 (``+/``, padded).
+key the gateway signs webhooks with (``KeyRing.webhook_signing_keys``: the current key only; a
+retired key signs nothing new, docs/operations.md); a recipient accepts the request when any
+one of them verifies with a key it trusts. The key to trust is published at ``GET /v1/keys``:
+the first JWK whose ``signs`` lists ``webhooks`` (the current key; retired keys follow it,
+marked ``"retired": true``) carries it as ``whpk`` (``whpk_`` + base64 of the raw 32-byte key,
+the form Standard Webhooks libraries take). Signatures and the key are standard base64
+(``+/``, padded).
 
 A recipient therefore verifies with any Standard Webhooks ``v1a`` verifier, or by hand:
 

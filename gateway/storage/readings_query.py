@@ -253,14 +253,18 @@ class CursorCodec:
 
     The JSON holds the last row's (ean, period_start) and the fingerprint of the client and
     query it belongs to; a changed byte, another client's cursor or a cursor used with other
-    parameters is refused (BadRequestError, 400).
+    parameters is refused (BadRequestError, 400). New cursors and tokens are sealed with ``key``;
+    ``retired`` keys (those of retired signing keys) still open the ones sealed before a key
+    rotation.
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, retired: Sequence[bytes] = ()) -> None:
         self._key = key
+        self._keys = (key, *retired)
 
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_CURSOR_MAC_BYTES]
+    def _mac(self, payload: bytes, key: bytes | None = None) -> bytes:
+        mac = hmac.new(self._key if key is None else key, payload, hashlib.sha256)
+        return mac.digest()[:_CURSOR_MAC_BYTES]
 
     def encode(
         self, fingerprint: str, ean: int, period_start: str, next_snapshot: str | None = None
@@ -329,7 +333,9 @@ class CursorCodec:
             given = _unb64(mac)
         except ValueError:
             raise error("it is not one this API issued") from None
-        if not sep or not hmac.compare_digest(given, self._mac(payload)):
+        # every key is tried (no early exit), so timing does not tell which one sealed it
+        matches = [hmac.compare_digest(given, self._mac(payload, k)) for k in self._keys]
+        if not sep or not any(matches):
             raise error("it is not one this API issued, or it was altered")
         data = json.loads(payload)
         if not isinstance(data, dict):  # not reached: we signed it
@@ -369,8 +375,8 @@ def _unb64(text: str) -> bytes:
 
 def cursor_key(signing_key_material: bytes) -> bytes:
     """The cursor MAC key, derived from the installation's signing key (the same in every worker
-    process; rotating the signing key invalidates outstanding cursors, which only restarts a
-    paging client)."""
+    process). After a rotation the retired key's derived key still opens what it sealed, for as
+    long as the retired key's private half is kept (``gateway.keys``)."""
     return hmac.new(b"meterpoort readings cursor v1", signing_key_material, hashlib.sha256).digest()
 
 

@@ -24,6 +24,7 @@ import asyncpg
 import jsonschema_rs
 import pytest
 
+from gateway import keys
 from gateway.settings import Settings
 from gateway.storage import readings_query
 from gateway.storage.schema import READING_TABLES
@@ -38,7 +39,9 @@ NDJSON = "application/x-ndjson"
 
 @pytest.fixture
 def gateway_settings(gateway_settings: Settings) -> Settings:
-    """Dev mode: the gateway trusts the dev key the world's customer JWT is signed with."""
+    """Dev mode: the gateway trusts the dev key the world's customer JWT is signed with; a
+    retired signing key beside the current one, so ``/v1/keys`` serves both kinds of JWK."""
+    keys.load_or_create_ed25519(gateway_settings.data_dir / keys.RETIRED_KEYS_DIR / "old.pem")
     return gateway_settings.model_copy(update={"dev_mode": True})
 
 
@@ -146,7 +149,9 @@ async def operator(c: Conformance) -> None:
 
 
 async def public(c: Conformance) -> None:
-    await c.call("GET", "/v1/keys", 200, as_="none")
+    jwks = await c.call("GET", "/v1/keys", 200, as_="none")
+    retired = [bool(k.get("retired")) for k in (jwks or {}).get("keys", [])]
+    c.check(retired == [False, True], f"/v1/keys: not the current and a retired key: {jwks}")
 
 
 async def device(c: Conformance) -> None:

@@ -3,8 +3,9 @@
 Anyone may fetch it (no authentication): a receipt is only worth something if its holder can
 check it without asking us. Each key is an RFC 8037 OKP/Ed25519 JWK whose ``kid`` (its RFC 7638
 thumbprint) matches the ``kid`` of the signatures it verifies, with two members of our own (see
-``gateway.keys``): ``signs`` (``consent-receipts``, ``webhooks``) and, on the webhook key, ``whpk``,
-the ``whpk_`` form a Standard Webhooks verifier is configured with.
+``gateway.keys``): ``signs`` (``consent-receipts``, ``webhooks``) and ``whpk``, the ``whpk_`` form a
+Standard Webhooks verifier is configured with; retired keys (after a rotation) follow the current
+one, marked ``"retired": true``.
 """
 
 from __future__ import annotations

@@ -32,11 +32,16 @@ class Jwk(Out):
         description="on a key that signs webhooks: the key in the Standard Webhooks form "
         "(`whpk_` + standard base64 of the raw 32 bytes), for any `v1a` verifier",
     )
+    retired: Literal[True] | None = Field(
+        default=None,
+        description="present on a key that signs nothing new since a key rotation: it still "
+        "verifies the receipts and webhooks it signed; the key without it signs from now on",
+    )
 
 
 class JwkSet(Out):
-    """The keys that verify consent receipts and webhooks (a rotated key stays listed beside
-    the new one for a while)."""
+    """The keys that verify consent receipts and webhooks: the current key first, then the
+    retired ones (a rotated key stays listed, marked `retired`, while what it signed matters)."""
 
     keys: list[Jwk]
 
@@ -51,8 +56,8 @@ OPERATIONS: Final[list[Operation]] = [
         description="A JWK Set of Ed25519 (OKP) keys; a signature's `kid` names its key. "
         "Receipt signatures are over the receipt's canonical JSON (sorted keys, no whitespace, "
         "UTF-8). Webhooks are signed the Standard Webhooks way (`webhook-signature: v1a,…` over "
-        "`{webhook-id}.{webhook-timestamp}.{body}`) by the key whose `signs` lists `webhooks`. "
-        "Cacheable for 5 minutes.",
+        "`{webhook-id}.{webhook-timestamp}.{body}`) by the key whose `signs` lists `webhooks` and "
+        "that is not `retired`. Cacheable for 5 minutes.",
         responses={200: Response("JWK Set", {JSON: JwkSet})},
     ),
 ]
