@@ -20,6 +20,10 @@ from gateway.storage import db
 
 log = logging.getLogger(__name__)
 
+#: how often a process catches up with the change log (one indexed query when nothing changed):
+#: the bound on how long a change whose NOTIFY got lost stays unseen
+CATCH_UP_INTERVAL_S = 5.0
+
 
 @dataclass(slots=True)
 class IngestState:
@@ -103,9 +107,9 @@ async def running_ingest(
     clock: Callable[[], float] | None = None,
     on_devices_changed: Callable[[], None] | None = None,
 ) -> AsyncIterator[IngestState]:
-    """The consent index (loaded, and kept fresh by LISTEN unless ``listen`` is False), the
-    group-commit writer and the pipeline, for the duration of the block. On exit the writer
-    drains its in-flight batches first, while ``pool`` is still open."""
+    """The consent index (loaded, and kept fresh by LISTEN and catch-ups unless ``listen`` is
+    False), the group-commit writer and the pipeline, for the duration of the block. On exit
+    the writer drains its in-flight batches first, while ``pool`` is still open."""
     index = ConsentIndex()
     best = BestCache()
 
@@ -121,6 +125,8 @@ async def running_ingest(
         pool,
         index,
         listen=listen,
+        # without LISTEN a test wants this process stale until it says otherwise
+        catch_up_interval_s=CATCH_UP_INTERVAL_S if listen else None,
         acquire_timeout_s=settings.pool_acquire_timeout_s,
         on_devices_changed=on_devices_changed,
         on_reloaded=forget,
