@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,12 @@ class IngestState:
         Should the database refuse the request's rows for a data reason (see
         ``gateway.ingest.writer``), each telegram is written on its own so that only the one it
         refuses is rejected (``bad-value``) and the rest of the request is stored."""
-        now_s = int(self.clock())
+        # "processed now" in whole seconds, rounded UP: policies compare it with the ceilings
+        # of consent starts and ends (consent.policy), so a consent granted at 12:00:00.6 is in
+        # force for a telegram processed at 12:00:00.7 (truncating would wait for 12:00:01 and
+        # withhold the interval reading of a telegram pushed right after the grant's response),
+        # and one ending at 12:00:00.6 is over from 12:00:00.0 on (early, never late)
+        now_s = math.ceil(self.clock())
         result = self.pipeline.process(parts, meter_ids, now_s)
         if result.rows:
             try:
