@@ -11,6 +11,7 @@ index must answer exactly as one freshly loaded from the database does.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 import uuid
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
+from consent.levels import Commodity, Granularity
 from gateway.ingest.consent_index import (
     EVERYTHING,
     ConsentIndex,
@@ -335,5 +337,47 @@ async def test_a_huge_statement_is_one_full_reload_and_a_device_change_reaches_t
         await pool.execute("INSERT INTO index_changes (ean) VALUES ($1)", EVERYTHING)
         await maintainer.catch_up()
         assert maintainer.full_reloads == 2
+    finally:
+        await maintainer.stop()
+
+
+async def test_an_older_snapshot_never_overwrites_a_newer_reload(pool: asyncpg.Pool) -> None:
+    """A catch-up took its snapshot before a grant committed and is slow to finish; the grant's
+    own reload (what the answering process does before it answers) must not be undone by it."""
+    maintainer = IndexMaintainer(pool, ConsentIndex(), listen=False, catch_up_interval_s=None)
+    async with pool.acquire() as conn:
+        await add_connection(conn, random.Random(21), EANS[0], METERS[0])
+        await conn.execute("UPDATE contracts SET level = 'daily', contract_start = $1", T0)
+        await conn.execute("UPDATE meter_installations SET installed_from = $1", T0)
+    await maintainer.start()
+    try:
+        async with pool.acquire() as blocker, pool.acquire() as conn:
+            # a change the next catch-up will reload (so it re-reads this EAN, pre-grant)
+            await conn.execute("UPDATE contracts SET customer_id = 'cust-9'")
+            stall = blocker.transaction()
+            await stall.start()
+            # the catch-up takes its snapshot, then waits for this lock on its second relation
+            await blocker.execute("LOCK TABLE index_changes_mark IN ACCESS EXCLUSIVE MODE")
+            catching_up = asyncio.create_task(maintainer.catch_up())
+            await asyncio.sleep(0.3)
+            assert not catching_up.done()
+            k = await conn.fetchrow("SELECT * FROM contracts")
+            await conn.execute(
+                "INSERT INTO consents (ean, consent_id, contract_id, customer_id, purpose,"
+                " notice_version, channel, granted_at) VALUES ($1, $2, $3, $4,"
+                " 'dynamic-tariff-billing', 'v1', 'api', $5)",
+                EANS[0],
+                uuid.uuid4(),
+                k["contract_id"],
+                k["customer_id"],
+                NOW - dt.timedelta(days=1),
+            )
+            refreshing = asyncio.create_task(maintainer.reload_eans([EANS[0]]))
+            await asyncio.sleep(0.3)
+            await stall.rollback()
+            await asyncio.gather(catching_up, refreshing)
+        assert Granularity.PT15M in maintainer.index.granularities(
+            METERS[0], Commodity.ELECTRICITY, NOW - dt.timedelta(hours=1), NOW
+        )
     finally:
         await maintainer.stop()
