@@ -284,9 +284,8 @@ async def test_a_transaction_committing_after_the_catch_up_is_not_skipped(
             await t1.commit()
         await maintainer.catch_up()
         assert len(maintainer.index) == 2
-        # (with nothing kept, a prune may beat a catch-up to a change: then that catch-up is a
-        # full reload, which is right, so the count of full reloads is not asserted here)
         await assert_equals_full_build(pool, maintainer.index)
+        assert maintainer.full_reloads == 1
     finally:
         await maintainer.stop()
 
