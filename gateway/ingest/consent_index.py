@@ -10,10 +10,12 @@ Coherence across gateway processes:
   ``meterpoort_consent`` with the EAN (statement triggers from migrations 0002 and 0011; consent
   changes made here
   also NOTIFY explicitly);
-  each process LISTENs and reloads the EANs it is told about, coalescing bursts (a bulk import
-  becomes one full reload);
-* a periodic full reload is the safety net for anything missed (a LISTEN connection that dropped
-  is re-established and followed by a full reload, since notifications are not queued for it);
+  each process LISTENs and reloads the EANs it is told about, coalescing bursts;
+* the same triggers' twins append the EANs to a change log (migration 0013); every few seconds,
+  and after a lost LISTEN, a process catches up with what the log recorded since the snapshot
+  its index is current to (``IndexMaintainer.catch_up``). No periodic full reload: one only at
+  start and as a fallback;
+* the process that makes a change reloads its EANs before it answers (``IngestState.refresh``);
 * the database enforces the interval rule itself (gateway.ingest.sql ``INTERVAL_CONDITION``),
   so a stale index can at worst store *fewer* interval readings, never one at or after a
   consent's end.
@@ -408,11 +410,83 @@ async def load_eans(
     return newest
 
 
-class IndexMaintainer:
-    """Keeps a ConsentIndex coherent: LISTEN + coalesced EAN reloads + periodic full reloads.
+# --- catching up from the change log (migration 0013) ----------------------------------------
 
-    ``listen=False`` runs without LISTEN (only periodic reloads): what tests use to make one
-    process's cache deliberately stale.
+#: EANs of the change log: '' a device changed, '*' "reload everything" (a huge statement)
+DEVICES_CHANGED = ""
+EVERYTHING = "*"
+#: EANs reloaded per step of a catch-up (the loop serves requests between steps)
+CATCH_UP_CHUNK = 1000
+
+# The snapshot this transaction reads in (REPEATABLE READ: the one every later statement of the
+# transaction uses), and the horizon below which the change log may have been pruned.
+_SNAPSHOT_QUERY = """
+SELECT pg_current_snapshot()::text AS snapshot,
+       (SELECT pruned_below FROM index_changes_mark) AS pruned_below
+"""
+# The EANs changed by transactions ``$2`` did not see. ``>= xmin`` uses the index and skips what
+# every such snapshot saw; the exact test also catches transactions that were still running
+# when ``$2`` was taken and committed later (with a lower id than changes seen since): the
+# technique of the readings sync feed (gateway.storage.readings_query ``_changed_since``).
+_CHANGED_QUERY = """
+SELECT DISTINCT ean FROM index_changes
+WHERE changed_xid >= $1::bigint
+  AND NOT pg_visible_in_snapshot(changed_xid::text::xid8, $2::text::pg_snapshot)
+"""
+
+
+def snapshot_xmin(snapshot: str) -> int:
+    """The xmin of a pg_snapshot's text form (``xmin:xmax:xip,…``): every transaction below it
+    had ended when the snapshot was taken."""
+    return int(snapshot.split(":", 1)[0])
+
+
+async def prune_change_log(conn: asyncpg.Connection, keep_s: float) -> int:
+    """Delete change-log rows older than ``keep_s`` seconds; the number deleted.
+
+    What goes is cut by transaction id, not by time, so the recorded horizon is exact: X is the
+    lowest id among rows still young enough to keep, every row below X is deleted, and
+    ``pruned_below`` says so. A process whose snapshot's xmin is at or above X had seen every
+    deleted row; one below it reloads everything (``IndexMaintainer.catch_up``)."""
+    async with conn.transaction():
+        horizon = await conn.fetchval(
+            """
+            SELECT coalesce(
+                (SELECT min(changed_xid) FROM index_changes
+                 WHERE at >= now() - make_interval(secs => $1)),
+                (SELECT max(changed_xid) + 1 FROM index_changes))
+            """,
+            keep_s,
+        )
+        if horizon is None:
+            return 0
+        await conn.execute(
+            "UPDATE index_changes_mark SET pruned_below = greatest(pruned_below, $1)", horizon
+        )
+        status: str = await conn.execute(
+            "DELETE FROM index_changes WHERE changed_xid < $1", horizon
+        )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class IndexMaintainer:
+    """Keeps a ConsentIndex coherent across processes.
+
+    * at start, a full load in one snapshot, which becomes the *watermark*: the index reflects
+      every change that snapshot saw;
+    * LISTEN: a NOTIFY reloads its EANs at once (coalesced), the fast path;
+    * catch-up (``catch_up``): on a timer, after a lost LISTEN and when notifications pile up, the
+      EANs the change log (migration 0013) records since the watermark are reloaded, in one new
+      snapshot that becomes the watermark. One indexed query when nothing changed;
+    * a full reload only as the fallback: the watermark fell behind the pruned log, or a change
+      touched so many EANs that one load of everything is cheaper.
+
+    Every load runs under one lock, so loads apply in the order their snapshots were taken: an
+    older snapshot never overwrites what a newer one loaded (an in-process refresh after a grant
+    racing a catch-up that started before the grant committed).
+
+    ``listen=False`` and ``catch_up_interval_s=None`` leave the index to explicit calls: what
+    tests use to make one process's index deliberately stale.
     """
 
     def __init__(
@@ -420,10 +494,12 @@ class IndexMaintainer:
         pool: asyncpg.Pool,
         index: ConsentIndex,
         *,
-        full_reload_interval_s: float = 300.0,
+        catch_up_interval_s: float | None = 5.0,
         listen: bool = True,
         reconnect_delay_s: float = 1.0,
         acquire_timeout_s: float | None = None,
+        change_log_keep_s: float = 86400.0,
+        prune_interval_s: float = 3600.0,
         on_devices_changed: Callable[[], None] | None = None,
         on_reloaded: Callable[[list[str] | None], None] | None = None,
     ) -> None:
@@ -437,28 +513,40 @@ class IndexMaintainer:
         #: how long a reload waits for a pooled connection (None: as long as it takes)
         self.acquire_timeout_s = acquire_timeout_s
         self.index = index
-        self.full_reload_interval_s = full_reload_interval_s
+        self.catch_up_interval_s = catch_up_interval_s
+        #: how long the change log keeps a change (a process that could not catch up for that
+        #: long reloads everything), and how often this process prunes it
+        self.change_log_keep_s = change_log_keep_s
+        self.prune_interval_s = prune_interval_s
         self.listen = listen
         self.reconnect_delay_s = reconnect_delay_s
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
-        self._full_needed = False
+        self._catch_up_needed = False
+        self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._listen_conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
+        #: the snapshot (pg_snapshot text) the whole index is current to; None before the load
+        self.watermark: str | None = None
         self.full_reloads = 0
         self.ean_reloads = 0
+        self.catch_ups = 0
         self.last_full_reload = 0.0
+        self._last_prune = time.monotonic()
         #: Unix time of the newest consent grant or end loaded so far
         self.newest_change = 0.0
 
     async def start(self) -> None:
-        """Load the index, then start listening and the periodic reload."""
+        """Load the index, then start listening and the periodic catch-up."""
         if self.listen:
             await self._connect_listener()
         await self.reload_all()
         self._tasks.append(asyncio.create_task(self._apply_loop(), name="consent-index-apply"))
-        self._tasks.append(asyncio.create_task(self._periodic_loop(), name="consent-index-reload"))
+        if self.catch_up_interval_s is not None:
+            self._tasks.append(
+                asyncio.create_task(self._periodic_loop(), name="consent-index-catch-up")
+            )
         if self.listen:
             self._tasks.append(
                 asyncio.create_task(self._listener_guard(), name="consent-index-listen")
@@ -472,24 +560,84 @@ class IndexMaintainer:
         await self._release_listener()
 
     async def reload_all(self) -> None:
-        """Rebuild the whole index now."""
-        self._full_needed = False
-        self._pending.clear()
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
-            self._applied(await load_all(conn, self.index))
+        """Rebuild the whole index now, in one snapshot that becomes the watermark."""
+        async with self._lock, self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+            # whatever was notified so far committed before the snapshot below: it is covered
+            self._pending.clear()
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                mark = await conn.fetchrow(_SNAPSHOT_QUERY)
+                await self._load_all(conn)
+            self.watermark = mark["snapshot"]
         if self.on_reloaded is not None:
             self.on_reloaded(None)
+
+    async def _load_all(self, conn: asyncpg.Connection) -> None:
+        # inside the caller's REPEATABLE READ transaction: load_all's own becomes a savepoint
+        # of it, so the load reads the snapshot the watermark records
+        self._applied(await load_all(conn, self.index))
         self.full_reloads += 1
         self.last_full_reload = time.monotonic()
 
     async def reload_eans(self, eans: Iterable[str]) -> None:
-        """Reload some EANs now (also what a NOTIFY leads to)."""
+        """Reload some EANs now (what a NOTIFY leads to, and a change made in this process
+        before its answer). The watermark stays: the rest of the index is not re-read."""
         wanted = list(eans)
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._lock, self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
             self._applied(await load_eans(conn, self.index, wanted))
         if self.on_reloaded is not None:
             self.on_reloaded(wanted)
         self.ean_reloads += 1
+
+    async def catch_up(self) -> None:
+        """Apply every change the change log records since the watermark, in one snapshot that
+        becomes the new watermark (a full reload instead when that is the only safe or the
+        cheaper way)."""
+        devices_changed = False
+        async with self._lock, self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+            # whatever was notified so far committed before the snapshot below: it is covered
+            self._pending.clear()
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                mark = await conn.fetchrow(_SNAPSHOT_QUERY)
+                since = self.watermark
+                if since is None or snapshot_xmin(since) < mark["pruned_below"]:
+                    log.warning("consent index: behind the pruned change log; reloading all")
+                    changed: set[str] | None = None
+                else:
+                    records = await conn.fetch(_CHANGED_QUERY, snapshot_xmin(since), since)
+                    changed = {r["ean"] for r in records}
+                    devices_changed = DEVICES_CHANGED in changed
+                    changed.discard(DEVICES_CHANGED)
+                    if EVERYTHING in changed or len(changed) > max(
+                        FULL_RELOAD_THRESHOLD, len(self.index) // 2
+                    ):
+                        changed = None
+                if changed is None:
+                    devices_changed = True  # unknown: as after a lost LISTEN
+                    await self._load_all(conn)
+                else:
+                    await self._load_changed(conn, sorted(changed))
+            self.watermark = mark["snapshot"]
+            self.catch_ups += 1
+        if self.on_reloaded is not None and changed is None:
+            self.on_reloaded(None)
+        if devices_changed and self.on_devices_changed is not None:
+            self.on_devices_changed()
+
+    async def _load_changed(self, conn: asyncpg.Connection, eans: list[str]) -> None:
+        for start in range(0, len(eans), CATCH_UP_CHUNK):
+            chunk = eans[start : start + CATCH_UP_CHUNK]
+            self._applied(await load_eans(conn, self.index, chunk))
+            if self.on_reloaded is not None:
+                self.on_reloaded(chunk)
+        if eans:
+            self.ean_reloads += 1
+        else:
+            metrics.CONSENT_INDEX_APPLIED.set(time.time())  # current, though nothing changed
+
+    async def prune(self) -> int:
+        """Prune the change log (every process does now and then; the deletes are idempotent)."""
+        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+            return await prune_change_log(conn, self.change_log_keep_s)
 
     def _applied(self, newest: datetime | None) -> None:
         # the newest change so far: an EAN reload only sees its own EANs' changes
@@ -499,16 +647,17 @@ class IndexMaintainer:
         metrics.CONSENT_INDEX_APPLIED.set(time.time())  # wall clock: compared across processes
 
     def notify(self, ean: str) -> None:
-        """Schedule a reload of ``ean`` (called for NOTIFYs and by in-process consent changes)."""
+        """Schedule a reload of ``ean`` (called for NOTIFYs and by in-process consent changes);
+        a pile of them is served by one catch-up."""
         if len(self._pending) >= FULL_RELOAD_THRESHOLD:
-            self._full_needed = True
+            self._catch_up_needed = True
         else:
             self._pending.add(ean)
         self._wake.set()
 
     def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == "*":
-            self._full_needed = True
+            self._catch_up_needed = True
             self._wake.set()
         else:
             self.notify(str(payload))
@@ -553,7 +702,8 @@ class IndexMaintainer:
         await self.pool.release(conn)
 
     async def _listener_guard(self) -> None:
-        # Notifications sent while no LISTEN is active are lost: after re-listening, reload all.
+        # Notifications sent while no LISTEN is active are lost: after re-listening, catch up
+        # from the change log (it recorded them).
         while True:
             await self._lost.wait()
             log.warning("consent index: LISTEN connection lost; reconnecting")
@@ -564,7 +714,7 @@ class IndexMaintainer:
                 except db.RETRYABLE_ERRORS as exc:
                     log.warning("consent index: LISTEN reconnect failed (%s); retrying", exc)
                     await asyncio.sleep(self.reconnect_delay_s)
-            self._full_needed = True
+            self._catch_up_needed = True
             self._wake.set()
             if self.on_devices_changed is not None:
                 self.on_devices_changed()
@@ -574,21 +724,29 @@ class IndexMaintainer:
             await self._wake.wait()
             self._wake.clear()
             try:
-                if self._full_needed:
-                    await self.reload_all()
+                if self._catch_up_needed:
+                    self._catch_up_needed = False
+                    await self.catch_up()
                 elif self._pending:
                     eans, self._pending = self._pending, set()
                     await self.reload_eans(eans)
             except db.RETRYABLE_ERRORS as exc:
                 # keep the old entries (the database still enforces the interval rule) and try
-                # again with a full reload: we no longer know which EANs are pending
+                # again with a catch-up: it finds whatever was pending in the change log
                 log.warning("consent index: reload failed (%s); retrying", exc)
-                self._full_needed = True
+                self._catch_up_needed = True
                 await asyncio.sleep(self.reconnect_delay_s)
                 self._wake.set()
 
     async def _periodic_loop(self) -> None:
+        assert self.catch_up_interval_s is not None
         while True:
-            await asyncio.sleep(self.full_reload_interval_s)
-            self._full_needed = True
+            await asyncio.sleep(self.catch_up_interval_s)
+            self._catch_up_needed = True
             self._wake.set()
+            if time.monotonic() - self._last_prune >= self.prune_interval_s:
+                self._last_prune = time.monotonic()
+                try:
+                    await self.prune()
+                except db.RETRYABLE_ERRORS as exc:
+                    log.warning("consent index: change log prune failed (%s)", exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from gateway.settings import Settings
 from gateway.storage import db
 
 log = logging.getLogger(__name__)
+
+#: how often a process catches up with the change log (one indexed query when nothing changed):
+#: the bound on how long a change whose NOTIFY got lost stays unseen
+CATCH_UP_INTERVAL_S = 5.0
 
 
 @dataclass(slots=True)
@@ -37,7 +42,12 @@ class IngestState:
         Should the database refuse the request's rows for a data reason (see
         ``gateway.ingest.writer``), each telegram is written on its own so that only the one it
         refuses is rejected (``bad-value``) and the rest of the request is stored."""
-        now_s = int(self.clock())
+        # "processed now" in whole seconds, rounded UP: policies compare it with the ceilings
+        # of consent starts and ends (consent.policy), so a consent granted at 12:00:00.6 is in
+        # force for a telegram processed at 12:00:00.7 (truncating would wait for 12:00:01 and
+        # withhold the interval reading of a telegram pushed right after the grant's response),
+        # and one ending at 12:00:00.6 is over from 12:00:00.0 on (early, never late)
+        now_s = math.ceil(self.clock())
         result = self.pipeline.process(parts, meter_ids, now_s)
         if result.rows:
             try:
@@ -103,9 +113,9 @@ async def running_ingest(
     clock: Callable[[], float] | None = None,
     on_devices_changed: Callable[[], None] | None = None,
 ) -> AsyncIterator[IngestState]:
-    """The consent index (loaded, and kept fresh by LISTEN unless ``listen`` is False), the
-    group-commit writer and the pipeline, for the duration of the block. On exit the writer
-    drains its in-flight batches first, while ``pool`` is still open."""
+    """The consent index (loaded, and kept fresh by LISTEN and catch-ups unless ``listen`` is
+    False), the group-commit writer and the pipeline, for the duration of the block. On exit
+    the writer drains its in-flight batches first, while ``pool`` is still open."""
     index = ConsentIndex()
     best = BestCache()
 
@@ -121,6 +131,8 @@ async def running_ingest(
         pool,
         index,
         listen=listen,
+        # without LISTEN a test wants this process stale until it says otherwise
+        catch_up_interval_s=CATCH_UP_INTERVAL_S if listen else None,
         acquire_timeout_s=settings.pool_acquire_timeout_s,
         on_devices_changed=on_devices_changed,
         on_reloaded=forget,

@@ -27,6 +27,8 @@ REFERENCE_TABLES = {
     "meter_installations",
     # one row: where the readings.changed job left off (migration 0012), coordinator-local
     "readings_changed_mark",
+    # one row: below which transaction the index change log was pruned (migration 0013)
+    "index_changes_mark",
 }
 
 

@@ -472,6 +472,6 @@ async def request_erasure(request: web.Request) -> web.Response:
             actor=customer_data.customer_actor(customer),
             retention=retention(settings),
         )
-    for ean in eans:
-        await _refresh(request, ean)
+    # one reload of all of them: each refresh waits its turn behind the index's other loads
+    await request.app[INGEST_KEY].refresh(eans)
     return json_response(result)
