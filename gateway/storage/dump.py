@@ -113,3 +113,7 @@ async def forget_transaction_ids(conn: asyncpg.Connection) -> None:
         await conn.execute(
             "UPDATE readings_changed_mark SET snapshot = pg_current_snapshot(), at = now()"
         )
+        # the consent index's change log: a process catching up from it compares these ids with
+        # its own snapshot; forgetting them all (and saying so) makes each start from a full load
+        await conn.execute("DELETE FROM index_changes")
+        await conn.execute("UPDATE index_changes_mark SET pruned_below = 0")
