@@ -131,10 +131,18 @@ class IngestResult:
         out: dict[Granularity, int] = {}
         pairs = ((Granularity.PT15M, self.depths[0]), (Granularity.PT1H, self.depths[1]))
         for interval, counts in pairs:
-            for depth, count in enumerate(counts):
-                if not count:
-                    continue
-                for granularity in (Granularity.P1M, Granularity.P1D, interval)[depth:]:
+            # a reading at depth d is withheld from every granularity deeper than d
+            monthly = counts[0]
+            daily = monthly + counts[1]
+            finer = daily + counts[2]
+            if not finer:
+                continue  # the common case: every reading went as deep as interval data
+            for granularity, count in (
+                (Granularity.P1M, monthly),
+                (Granularity.P1D, daily),
+                (interval, finer),
+            ):
+                if count:
                     out[granularity] = out.get(granularity, 0) + count
         return out
 
