@@ -8,6 +8,8 @@ setuptools documents this in-tree wrapper for build requirements that depend on 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403 (the backend hooks this module passes through)
@@ -19,18 +21,29 @@ COMPILED = ("p1_reader/obis.py", "p1_reader/timestamps.py", "p1_reader/parser.py
 MYPYC_REQUIREMENT = "mypy>=1.10"
 
 
+_ENV = "METERPOORT_MYPYC"
+
+
 def wants_mypyc() -> bool:
     """True when ``METERPOORT_MYPYC`` asks for the compiled parser."""
-    return os.environ.get("METERPOORT_MYPYC", "").strip().lower() in ("1", "true", "yes")
+    return os.environ.get(_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def get_requires_for_build_wheel(config_settings: dict[str, object] | None = None) -> list[str]:
-    extra = [MYPYC_REQUIREMENT] if wants_mypyc() else []
-    return [*_setuptools.get_requires_for_build_wheel(config_settings), *extra]
+def _requires(hook: Callable[[Any], list[str]], config_settings: Any) -> list[str]:
+    if not wants_mypyc():
+        return hook(config_settings)
+    # setuptools runs setup.py to collect its requirements, before they are installed: it
+    # must not reach for mypyc then (setup.py compiles only when METERPOORT_MYPYC is set)
+    saved = os.environ.pop(_ENV)
+    try:
+        return [*hook(config_settings), MYPYC_REQUIREMENT]
+    finally:
+        os.environ[_ENV] = saved
 
 
-def get_requires_for_build_editable(
-    config_settings: dict[str, object] | None = None,
-) -> list[str]:
-    extra = [MYPYC_REQUIREMENT] if wants_mypyc() else []
-    return [*_setuptools.get_requires_for_build_editable(config_settings), *extra]
+def get_requires_for_build_wheel(config_settings: Any = None) -> list[str]:
+    return _requires(_setuptools.get_requires_for_build_wheel, config_settings)
+
+
+def get_requires_for_build_editable(config_settings: Any = None) -> list[str]:
+    return _requires(_setuptools.get_requires_for_build_editable, config_settings)
