@@ -15,7 +15,9 @@ from prometheus_client import Counter as PromCounter
 from consent.levels import Granularity
 from gateway import metrics
 from gateway.api.middleware import new_request_id
-from gateway.ingest.pipeline import IngestResult
+from gateway.ingest.best_cache import BestCache
+from gateway.ingest.consent_index import ConsentIndex
+from gateway.ingest.pipeline import EPOCHS_MAX, IngestPipeline, IngestResult
 from gateway.jsonenc import dumps, json_default
 
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -91,3 +93,15 @@ def test_shared_encoder_matches_json_dumps() -> None:
     for accepted in (1, 100):
         answer = b'{"accepted": %d, "rejected": []}' % accepted
         assert answer == dumps({"accepted": accepted, "rejected": []}).encode()
+
+
+def test_pipeline_epochs_are_the_timestamps_and_bounded() -> None:
+    pipeline = IngestPipeline(ConsentIndex(), BestCache())
+    base = dt.datetime(2026, 10, 25, 0, 0, tzinfo=dt.UTC)
+    for i in range(EPOCHS_MAX + 10):
+        t = base + dt.timedelta(seconds=7 * i)
+        assert pipeline._epoch(t) == int(t.timestamp())
+    assert 0 < len(pipeline._epochs) <= EPOCHS_MAX
+    # an equal instant in another zone is the same key and the same seconds
+    amsterdam = base.astimezone(dt.timezone(dt.timedelta(hours=2)))
+    assert pipeline._epochs.get(amsterdam, pipeline._epoch(amsterdam)) == int(base.timestamp())
