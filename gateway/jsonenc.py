@@ -28,6 +28,10 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
 
 
+# one encoder for the process: json.dumps(default=...) builds a new JSONEncoder on every call
+_ENCODER = json.JSONEncoder(default=json_default)
+
+
 def dumps(value: Any) -> str:
     """``value`` as JSON text with the shared encoder."""
-    return json.dumps(value, default=json_default)
+    return _ENCODER.encode(value)

@@ -80,6 +80,8 @@ _HEX: Final = "0123456789abcdefABCDEF"
 _HEX_B: Final = _HEX.encode()
 _PRINTABLE_ASCII: Final = bytes(range(0x20, 0x7F))
 _POW10: Final[tuple[int, ...]] = tuple(10**i for i in range(10))
+#: the tariff indicators meters send (``_tariff`` reads any other): one look-up, no calls
+_TARIFFS: Final[dict[str, int]] = {f"{n:04d}": n for n in range(1, 5)}
 
 # Raw code as sent → normalised code. Codes repeat in every telegram, so normalisation costs one
 # dict lookup per line. Bounded: garbage codes from corrupted input cannot grow it without limit.
@@ -205,7 +207,7 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
     if stamp is not None and ")(" in stamp:
         stamp = _first(stamp)
     tariff_raw = get(obis.TARIFF)
-    tariff = None if tariff_raw is None else _tariff(_first(tariff_raw))
+    tariff = None if tariff_raw is None else _TARIFFS.get(tariff_raw) or _tariff(_first(tariff_raw))
     meter_id: str | None = None
     for code in obis.METER_ID_CODES:
         first = get(code)

@@ -19,6 +19,7 @@ caller).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
@@ -66,6 +67,10 @@ def is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in trusted)
 
 
+# Remembered: the access log reads the client of every request, and ipaddress parsing cost
+# more than the rest of its line; the same peers (proxies, devices' NATs) recur. Addresses are
+# immutable, so sharing one object is safe. Bounded, least recently used out first.
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str | None) -> IPAddress | None:
     """``text`` as an IP address (an IPv4-mapped IPv6 address as its IPv4 one), else None."""
     if not text:

@@ -111,8 +111,9 @@ async def read_model(request: web.Request, model: type[M]) -> M:
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     """A JSON response; datetimes become RFC 3339 UTC strings, UUIDs strings."""
-    return web.Response(
-        status=status,
-        body=dumps(data).encode("utf-8"),
-        content_type="application/json",
-    )
+    return json_body_response(dumps(data).encode("utf-8"), status)
+
+
+def json_body_response(body: bytes, status: int = 200) -> web.Response:
+    """A JSON response of an already encoded ``body``."""
+    return web.Response(status=status, body=body, content_type="application/json")

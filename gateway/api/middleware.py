@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -281,12 +281,27 @@ def _route(request: web.Request) -> str:
     return resource.canonical
 
 
+def new_request_id() -> str:
+    """A fresh random UUID4 in its canonical text form.
+
+    Hand-formatted: ``str(uuid.uuid4())`` builds a UUID object (an int from the bytes, the
+    version bits set by integer arithmetic, then text from the int) and cost a tenth of the
+    middleware's time on a single-telegram request. The same 122 random bits from
+    ``os.urandom``; the version nibble is ``4`` and the variant nibble one of ``89ab``."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# the RFC 9562 variant (binary 10xx) of a random hex digit, keeping its two low bits
+_VARIANT: dict[str, str] = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
 def request_id(request: web.BaseRequest) -> str:
     """The id of ``request``: its ``X-Request-Id`` when that is a plain token, else a new UUID4."""
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _CLIENT_REQUEST_ID.fullmatch(given):
         return given
-    return str(uuid.uuid4())
+    return new_request_id()
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -318,8 +333,8 @@ def make_metrics_middleware(
         finally:
             elapsed = time.perf_counter() - started
             route = _route(request)
-            metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-            metrics.HTTP_REQUEST_SECONDS.labels(route).observe(elapsed)
+            metrics.HTTP_REQUESTS_BY(route, request.method, str(status)).inc()
+            metrics.HTTP_REQUEST_SECONDS_BY(route).observe(elapsed)
             if log_requests and access_log.isEnabledFor(logging.INFO):
                 client = client_address(request, trusted_proxies)
                 access_log.info(

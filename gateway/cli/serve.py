@@ -38,6 +38,11 @@ from gateway.supervisor import background
 log = logging.getLogger("gateway.cli")
 
 
+# one encoder for every line (json.dumps(default=...) builds a new one per call; the access
+# log writes a line per request)
+_LOG_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields.
 
@@ -58,7 +63,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _LOG_ENCODER.encode(entry)
 
 
 def configure_logging(level: str) -> None:

@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 # --- body splitting -----------------------------------------------------------------------------
 
 _BLANK: Final = b"\r\n \t\x00"
+#: measured times whose Unix seconds a pipeline remembers (``IngestPipeline._epoch``)
+EPOCHS_MAX: Final = 65536
 
 
 def split_body(body: bytes, limit: int | None = None) -> list[bytes]:
@@ -131,10 +133,18 @@ class IngestResult:
         out: dict[Granularity, int] = {}
         pairs = ((Granularity.PT15M, self.depths[0]), (Granularity.PT1H, self.depths[1]))
         for interval, counts in pairs:
-            for depth, count in enumerate(counts):
-                if not count:
-                    continue
-                for granularity in (Granularity.P1M, Granularity.P1D, interval)[depth:]:
+            # a reading at depth d is withheld from every granularity deeper than d
+            monthly = counts[0]
+            daily = monthly + counts[1]
+            finer = daily + counts[2]
+            if not finer:
+                continue  # the common case: every reading went as deep as interval data
+            for granularity, count in (
+                (Granularity.P1M, monthly),
+                (Granularity.P1D, daily),
+                (interval, finer),
+            ):
+                if count:
                     out[granularity] = out.get(granularity, 0) + count
         return out
 
@@ -194,6 +204,18 @@ class IngestPipeline:
         self.future_tolerance_s = future_tolerance_s
         self.horizon_s = horizon_s
         self.parse = parse
+        # measured time → Unix seconds. datetime.timestamp() was a tenth of the pipeline's own
+        # time per telegram; the parser hands out the same datetime object for a repeated
+        # timestamp text (meters share seconds, gas captures share hours), whose hash is kept
+        # in the object, so a look-up here costs a tenth of it. Bounded: cleared when full.
+        self._epochs: dict[datetime, int] = {}
+
+    def _epoch(self, t: datetime) -> int:
+        """``int(t.timestamp())``, remembered (the ``_epochs`` miss path)."""
+        if len(self._epochs) >= EPOCHS_MAX:
+            self._epochs.clear()
+        ts = self._epochs[t] = int(t.timestamp())
+        return ts
 
     def _time_problem(self, t: datetime | None, now_s: int, what: str) -> tuple[str, str]:
         """The (reason, detail) that rules out ``t`` (called once the fast check failed)."""
@@ -222,6 +244,8 @@ class IngestPipeline:
         gas = self.index.gas
         parse = self.parse
         entry_of = self.best.entry
+        epochs = self._epochs
+        epoch = self._epoch
         latest = now_s + self.future_tolerance_s
         earliest = now_s - self.horizon_s
         for index, part in enumerate(parts):
@@ -241,7 +265,7 @@ class IngestPipeline:
                 t = telegram.timestamp
                 if routes is None:
                     problem = ("unknown-meter", f"meter {meter_id} is not registered")
-                elif t is None or not earliest <= (ts := int(t.timestamp())) <= latest:
+                elif t is None or not earliest <= (ts := epochs.get(t) or epoch(t)) <= latest:
                     problem = self._time_problem(t, now_s, "telegram")
                 elif (
                     telegram.import_t1_wh is None
@@ -290,7 +314,7 @@ class IngestPipeline:
                     problem = problem or ("unknown-meter", f"gas meter {dev_id} is not registered")
                     continue
                 t = device.measured_at
-                if t is None or not earliest <= (ts := int(t.timestamp())) <= latest:
+                if t is None or not earliest <= (ts := epochs.get(t) or epoch(t)) <= latest:
                     problem = problem or self._time_problem(t, now_s, "gas capture")
                     continue
                 if device.value is None or device.unit != "dm3":

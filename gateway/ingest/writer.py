@@ -260,7 +260,7 @@ class BatchWriter:
         for table, count in zip(tables, written, strict=True):
             total += len(batch[table])
             if count:
-                metrics.READINGS_STORED.labels(TABLE_GRANULARITY[table].value).inc(count)
+                metrics.READINGS_STORED_BY(TABLE_GRANULARITY[table].value).inc(count)
         metrics.INGEST_BATCH_SIZE.observe(total)
         metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
 

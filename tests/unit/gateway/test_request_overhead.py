@@ -1,0 +1,107 @@
+"""The single-telegram path's cheap forms keep the behaviour of what they replaced: the
+hand-formatted request id, memoised metric series, the withheld counts, the shared encoder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections import Counter
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
+
+from consent.levels import Granularity
+from gateway import metrics
+from gateway.api.middleware import new_request_id
+from gateway.ingest.best_cache import BestCache
+from gateway.ingest.consent_index import ConsentIndex
+from gateway.ingest.pipeline import EPOCHS_MAX, IngestPipeline, IngestResult
+from gateway.jsonenc import dumps, json_default
+
+UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def test_request_ids_are_canonical_random_uuid4s() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        assert UUID4.fullmatch(rid), rid
+        parsed = uuid.UUID(rid)
+        assert str(parsed) == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # every variant digit and every digit of a random position turn up: the bits are random
+    assert {rid[19] for rid in ids} == set("89ab")
+    assert {rid[0] for rid in ids} == set("0123456789abcdef")
+
+
+def test_children_are_prometheus_own_series() -> None:
+    registry = CollectorRegistry()
+    counter = PromCounter("t_total", "test", ["reason"], registry=registry)
+    by = metrics.Children(counter)
+    assert by("a") is by("a") is counter.labels("a")
+    by("a").inc()
+    by("a").inc(2)
+    counter.labels("b").inc()
+    assert registry.get_sample_value("t_total", {"reason": "a"}) == 3
+    assert by("b") is counter.labels("b")
+
+
+def test_children_stop_memoising_past_the_bound() -> None:
+    registry = CollectorRegistry()
+    counter = PromCounter("u_total", "test", ["reason"], registry=registry)
+    by = metrics.Children(counter)
+    for i in range(metrics.Children.MAX + 5):
+        by(str(i)).inc()
+    assert len(by._children) == metrics.Children.MAX
+    assert registry.get_sample_value("u_total", {"reason": str(metrics.Children.MAX + 4)}) == 1
+
+
+def _withheld_by_rule(depths: list[list[int]]) -> dict[Granularity, int]:
+    """The rule spelt out: a reading at depth d is withheld from each granularity past d."""
+    out: Counter[Granularity] = Counter()
+    for interval, counts in zip((Granularity.PT15M, Granularity.PT1H), depths, strict=True):
+        for depth, count in enumerate(counts):
+            for granularity in (Granularity.P1M, Granularity.P1D, interval)[depth:]:
+                out[granularity] += count
+    return {g: n for g, n in out.items() if n}
+
+
+def test_withheld_counts_follow_the_depth_rule() -> None:
+    cases = [
+        [[0, 0, 0, 0], [0, 0, 0, 0]],
+        [[0, 0, 0, 7], [0, 0, 0, 3]],
+        [[1, 0, 0, 0], [0, 0, 0, 0]],
+        [[0, 2, 0, 5], [0, 0, 4, 1]],
+        [[3, 1, 2, 9], [1, 2, 3, 4]],
+    ]
+    for depths in cases:
+        result = IngestResult(depths=[list(d) for d in depths])
+        assert result.withheld == _withheld_by_rule(depths), depths
+
+
+def test_shared_encoder_matches_json_dumps() -> None:
+    value = {
+        "at": dt.datetime(2026, 3, 29, 1, 30, tzinfo=dt.UTC),
+        "id": uuid.UUID(int=5),
+        "ids": frozenset({"b", "a"}),
+        "text": "é\u2028",
+        "n": [1, 2.5, None, True],
+    }
+    assert dumps(value) == json.dumps(value, default=json_default)
+    # the ingest handler's pre-formatted common answer is what the encoder would write
+    for accepted in (1, 100):
+        answer = b'{"accepted": %d, "rejected": []}' % accepted
+        assert answer == dumps({"accepted": accepted, "rejected": []}).encode()
+
+
+def test_pipeline_epochs_are_the_timestamps_and_bounded() -> None:
+    pipeline = IngestPipeline(ConsentIndex(), BestCache())
+    base = dt.datetime(2026, 10, 25, 0, 0, tzinfo=dt.UTC)
+    for i in range(EPOCHS_MAX + 10):
+        t = base + dt.timedelta(seconds=7 * i)
+        assert pipeline._epoch(t) == int(t.timestamp())
+    assert 0 < len(pipeline._epochs) <= EPOCHS_MAX
+    # an equal instant in another zone is the same key and the same seconds
+    amsterdam = base.astimezone(dt.timezone(dt.timedelta(hours=2)))
+    assert pipeline._epochs.get(amsterdam, pipeline._epoch(amsterdam)) == int(base.timestamp())
