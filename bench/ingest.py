@@ -3,9 +3,12 @@
 B2  batched pushes: 100 telegrams per request, 10 000 meters (≈80 % with gas), 30 % with interval
     consent, 10-s telegram cadence; every acknowledged reading durable (the gateway answers only
     after its group commit). Figures: telegrams/s and request latency p50/p99.
-    Target ≥ 30 000 telegrams/s, p99 ≤ 100 ms.
+    Target ≥ 40 000 telegrams/s, p99 ≤ 100 ms.
 B3  one telegram per request, gateway requests/s ÷ a bare aiohttp POST handler (reads the body,
-    answers a small JSON) driven by the same client with the same bodies. Target ≥ 0.40.
+    answers a small JSON) driven by the same client with the same bodies. Target ≥ 0.50.
+
+The gateway logs as `serve` does (JSON lines on stderr, one access-log line per request; here
+into a file in the bench's temp dir): that is part of what a request costs in production.
 
 The bench starts PostgreSQL (embedded, in a temp dir; or DATABASE_URL), migrates, seeds the
 registry, devices and consents directly in SQL, runs the gateway (create_app) and the bare
@@ -87,6 +90,9 @@ async def serve(kind: str, dsn: str, port: int) -> None:
             pool_min_size=2,
             pool_max_size=8,
         )
+        from gateway.cli.serve import configure_logging
+
+        configure_logging(settings.log_level)  # as `serve`: the access log is part of the cost
         app = create_app(settings)
     else:
         app = bare_app()
@@ -102,17 +108,21 @@ async def serve(kind: str, dsn: str, port: int) -> None:
     await runner.cleanup()
 
 
-def start_server(kind: str, dsn: str, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--dsn", dsn, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def start_server(kind: str, dsn: str, port: int, log: Path) -> subprocess.Popen[str]:
+    """Start a server process; its stderr (the gateway's JSON log lines) goes to ``log``."""
+    with log.open("a") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", kind, "--dsn", dsn, "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if line.strip() != "READY":
         proc.kill()
-        raise RuntimeError(f"{kind} server did not start: {line!r}")
+        tail = log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{kind} server did not start: {line!r}\n{tail}")
     return proc
 
 
@@ -444,8 +454,8 @@ def main() -> None:
         dsn = asyncio.run(_create_database(base, name, args))
         gw_port, bare_port = free_port(), free_port()
         for _ in range(args.gateway_procs):
-            procs.append(start_server("gateway", dsn, gw_port))
-        procs.append(start_server("bare", dsn, bare_port))
+            procs.append(start_server("gateway", dsn, gw_port, Path(tmp) / "gateway.log"))
+        procs.append(start_server("bare", dsn, bare_port, Path(tmp) / "bare.log"))
         print(
             f"seeded {args.meters} meters, {args.consent_fraction:.0%} interval consent;"
             f" driving {args.requests} × 100-telegram and {args.single} × 1-telegram requests,"
@@ -529,7 +539,7 @@ def _report(out: dict[str, Any], rows: dict[str, int]) -> None:
         f"B2 gateway, 100 telegrams/request: {b2['telegrams_per_s']:,.0f} telegrams/s,"
         f" p50 {b2['p50_ms']:.1f} ms, p99 {b2['p99_ms']:.1f} ms,"
         f" {b2['requests']} requests, errors {b2['errors']}"
-        f"   [target ≥ 30 000/s, p99 ≤ 100 ms]"
+        f"   [target ≥ 40 000/s, p99 ≤ 100 ms]"
     )
     cpu = [b2[k] for k in ("cpu_gateway_s", "cpu_postgres_s", "cpu_driver_s")]
     known = sum(c for c in cpu if c == c)  # NaN: an external PostgreSQL, not measured
@@ -549,7 +559,7 @@ def _report(out: dict[str, Any], rows: dict[str, int]) -> None:
     print(
         f"B3 gateway, 1 telegram/request: {b3['requests_per_s']:,.0f} req/s (p99"
         f" {b3['p99_ms']:.1f} ms); bare aiohttp POST handler: {bare['requests_per_s']:,.0f} req/s"
-        f" → ratio {ratio:.2f}   [target ≥ 0.40]"
+        f" → ratio {ratio:.2f}   [target ≥ 0.50]"
     )
     print(f"   gateway CPU per single-telegram request: {b3['cpu_gateway_s']:.0f} µs")
     print("rows stored:", ", ".join(f"{k}={v}" for k, v in rows.items()))
