@@ -1,10 +1,9 @@
-"""Full loads of the consent index: built off the event loop, swapped in at once."""
+"""Full loads of the consent index: streamed, built off the event loop, swapped in at once."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from typing import Any
 
 import asyncpg
 import pytest
@@ -44,13 +43,13 @@ async def test_a_full_load_builds_in_a_worker_thread_and_swaps_in_place(
         )
 
     built_on: list[int] = []
-    original = consent_index.ConsentIndex.replace_rows
+    original = consent_index._CopyBuilder.feed
 
-    def recording(self: consent_index.ConsentIndex, *args: Any) -> None:
+    def recording(self: consent_index._CopyBuilder, chunk: bytes) -> None:
         built_on.append(threading.get_ident())
-        original(self, *args)
+        original(self, chunk)
 
-    monkeypatch.setattr(consent_index.ConsentIndex, "replace_rows", recording)
+    monkeypatch.setattr(consent_index._CopyBuilder, "feed", recording)
     index = consent_index.ConsentIndex()
     before = index.generation
     async with pool.acquire() as conn:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consent.levels import Commodity, Granularity
-from gateway.ingest.consent_index import ConsentIndex
+from gateway.ingest.consent_index import FAR_S, ConsentIndex
 from tests.support.index_rows import split_rows
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -154,8 +154,10 @@ def test_tenants_of_one_meter_get_their_own_contract_level_and_consents() -> Non
         idx.route("E1", Commodity.ELECTRICITY, before),
         idx.route("E1", Commodity.ELECTRICITY, after),
     )
-    assert r_a is not None and r_a.contract_id == a
-    assert r_b is not None and r_b.contract_id == b
+    # each tenant's route is its contract's window, with its own consents
+    s = int(move.timestamp())
+    assert r_a is not None and (r_a.lo_s, r_a.hi_s) == (int(T0.timestamp()), s) and r_a.windows
+    assert r_b is not None and (r_b.lo_s, r_b.hi_s) == (s, FAR_S) and not r_b.windows
     # A's consent covered A's time only; B starts at daily without it
     assert idx.granularities("E1", Commodity.ELECTRICITY, before, before) == {P1M, P1D, PT15M}
     assert idx.granularities("E1", Commodity.ELECTRICITY, after, after) == {P1M, P1D}
@@ -190,7 +192,8 @@ def test_stretches_without_installation_or_contract() -> None:
     assert idx.route("E1", Commodity.ELECTRICITY, T0 - timedelta(seconds=1)) is None
     for t in (T0, start - timedelta(seconds=1), end, end + timedelta(days=300)):
         gap = idx.route("E1", Commodity.ELECTRICITY, t)
-        assert gap is not None and gap.contract_id is None, t
+        assert gap is not None and not gap.under_contract, t
         assert idx.granularities("E1", Commodity.ELECTRICITY, t, t) == frozenset()
     inside = idx.route("E1", Commodity.ELECTRICITY, start)
-    assert inside is not None and inside.contract_id == k
+    assert inside is not None and inside.under_contract
+    assert (inside.lo_s, inside.hi_s) == (int(start.timestamp()), int(end.timestamp()))
