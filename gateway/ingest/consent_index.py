@@ -143,10 +143,12 @@ OUTSIDE = -1
 #: ... or inside a stretch where the meter was installed but nobody had a contract
 NO_CONTRACT = -2
 
-#: a route's policy: the level's depth (shared small ints: every connection without consent
-#: costs no object of its own), NO_CONTRACT, or, for a daily contract with interval consents, the
-#: consents' ``[granted, end)`` windows in epoch seconds (clipped to the route's window)
+#: a route's policy: the level's depth (every connection without consent costs no object of its
+#: own), NO_CONTRACT, or, for a daily contract with interval consents, the consents'
+#: ``[granted, end)`` windows in epoch seconds (clipped to the route's window)
 Policy = int | tuple[tuple[int, int], ...]
+#: a route's depth code when its policy has consent windows
+_WINDOWED = 9
 
 _DEPTHS: dict[str, int] = {"none": 0, "monthly": 1, "daily": 2}
 _GRANULARITIES: dict[tuple[bool, int], frozenset[Granularity]] = {
@@ -219,11 +221,12 @@ class ConsentIndex:
     """
 
     __slots__ = (
+        "_depth",
         "_free",
         "_hi",
         "_lo",
         "_older",
-        "_policy",
+        "_windows",
         "ean_nums",
         "electricity",
         "gas",
@@ -237,7 +240,10 @@ class ConsentIndex:
         self.ean_nums = array("q")
         self._lo = array("q")
         self._hi = array("q")
-        self._policy: list[Policy] = []
+        # per route: the policy's depth, or WINDOWED: its consent windows are in ``_windows``
+        # (a byte a route; the few routes with interval consent have a dict entry)
+        self._depth = array("b")
+        self._windows: dict[int, tuple[tuple[int, int], ...]] = {}
         self._older: dict[int, tuple[int, ...]] = {}
         self._free: list[int] = []
         #: bumped by every change; lets callers notice that the index moved on
@@ -251,10 +257,10 @@ class ConsentIndex:
         OUTSIDE the route's window, or NO_CONTRACT."""
         if ts < self._lo[route] or ts >= self._hi[route]:
             return OUTSIDE
-        policy = self._policy[route]
-        if policy.__class__ is int:
-            return policy
-        for start, end in policy:  # type: ignore[union-attr]
+        depth = self._depth[route]
+        if depth != _WINDOWED:
+            return depth
+        for start, end in self._windows[route]:
             if start <= ts < end and start <= now_s < end:
                 return 3
         return 2
@@ -286,7 +292,7 @@ class ConsentIndex:
         found = self.locate(self._table(commodity), meter_id, int(t.timestamp()))
         if found is None:
             return None
-        policy = self._policy[found]
+        policy = self.policy(found)
         return MeterRoute(
             self.ean_of(found),
             self.ean_nums[found],
@@ -343,7 +349,8 @@ class ConsentIndex:
             self.ean_nums,
             self._lo,
             self._hi,
-            self._policy,
+            self._depth,
+            self._windows,
             self._older,
             self._free,
         ) = (
@@ -352,7 +359,8 @@ class ConsentIndex:
             other.ean_nums,
             other._lo,
             other._hi,
-            other._policy,
+            other._depth,
+            other._windows,
             other._older,
             other._free,
         )
@@ -401,7 +409,8 @@ class ConsentIndex:
                 self._link(tables[gas], meter_id, kept)
             for route in gone:
                 self.ean_nums[route] = 0
-                self._policy[route] = 0
+                self._depth[route] = 0
+                self._windows.pop(route, None)
                 self._free.append(route)
         self._add_rows(fresh)
         self.generation += 1
@@ -434,13 +443,23 @@ class ConsentIndex:
         if self._free:
             route = self._free.pop()
             self.ean_nums[route], self._lo[route], self._hi[route] = ean_num, lo, hi
-            self._policy[route] = policy
-            return route
-        self.ean_nums.append(ean_num)
-        self._lo.append(lo)
-        self._hi.append(hi)
-        self._policy.append(policy)
-        return len(self._policy) - 1
+        else:
+            route = len(self._depth)
+            self.ean_nums.append(ean_num)
+            self._lo.append(lo)
+            self._hi.append(hi)
+            self._depth.append(0)
+        if isinstance(policy, int):
+            self._depth[route] = policy
+        else:
+            self._depth[route] = _WINDOWED
+            self._windows[route] = policy
+        return route
+
+    def policy(self, route: int) -> Policy:
+        """The policy of ``route``."""
+        depth = self._depth[route]
+        return self._windows[route] if depth == _WINDOWED else depth
 
     def _add_rows(self, rows: Iterable[_Row], pending: _Pending | None = None) -> None:
         """Add the routes of joined rows: the common case, one contract covering the whole
@@ -623,13 +642,13 @@ class _CopyBuilder:
         numbers = _hex_column(fields[1::2])
         index = self.index
         table = index.gas if gas else index.electricity
-        first = len(index._policy)
+        first = len(index._depth)
         index.ean_nums.extend(numbers[0::4])
         index._lo.extend(numbers[1::4])
         index._hi.extend(numbers[2::4])
-        index._policy.extend(numbers[3::4])  # small ints: shared objects
+        index._depth.extend(array("b", numbers[3::4]))
         size = len(table)
-        table.update(zip(meter_ids, range(first, len(index._policy)), strict=True))
+        table.update(zip(meter_ids, range(first, len(index._depth)), strict=True))
         if len(table) - size != len(meter_ids):  # the query rules it out (``_SINGLE``)
             raise RuntimeError("consent index: a meter came twice in the plain stream")
 

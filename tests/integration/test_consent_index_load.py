@@ -75,7 +75,7 @@ def _dump(index: consent_index.ConsentIndex) -> dict[tuple[bool, str], list[tupl
         for meter_id, head in table.items():
             routes = (head, *index._older.get(head, ()))
             out[gas, meter_id] = [
-                (index.ean_nums[r], index._lo[r], index._hi[r], index._policy[r]) for r in routes
+                (index.ean_nums[r], index._lo[r], index._hi[r], index.policy(r)) for r in routes
             ]
     return out
 
