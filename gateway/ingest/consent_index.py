@@ -2,7 +2,9 @@
 the contract's compiled storage policy.
 
 The ingest hot path asks it "which granularities may be stored for this meter's reading measured
-at t, processed now" with one dict look-up and a few datetime comparisons (bench/consent_check.py).
+at t, processed now" with one dict look-up and a few integer comparisons (bench/consent_check.py).
+It is compact (about 150 bytes a connection) and a full load streams it in with COPY (B5:
+2 million connections per gateway process in seconds and a few hundred MiB).
 
 Coherence across gateway processes:
 

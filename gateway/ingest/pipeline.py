@@ -17,7 +17,8 @@ Per telegram (``IngestPipeline.process``, pure apart from the in-memory caches i
   clock → ``future-timestamp``; older than the spool horizon → ``too-old``. A telegram is rejected
   when none of its bound readings passes (with the first reading's reason); otherwise it is
   accepted — also when the policy withholds every reading (level ``none``, nothing new).
-* **Policy.** ``consent.policy.CompiledPolicy.check(t, now)`` via the index (about 1 µs).
+* **Policy.** ``ConsentIndex.depth_s`` on the meter's newest route (integer comparisons; the
+  rule of ``consent.policy``, pre-computed).
 * **Buckets.** ``gateway.ingest.periods.Bucketer``: ``P1M``/``P1D`` at Amsterdam midnight, ``PT15M``
   (electricity) and ``PT1H`` (gas) on UTC quarter/hour boundaries.
 * **Improve?** The reading of a period is the one with the earliest measured time. ``BestCache``
