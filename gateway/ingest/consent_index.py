@@ -149,6 +149,8 @@ NO_CONTRACT = -2
 #: own), NO_CONTRACT, or, for a daily contract with interval consents, the consents'
 #: ``[granted, end)`` windows in epoch seconds (clipped to the route's window)
 Policy = int | tuple[tuple[int, int], ...]
+#: EANs up to which ``routes_of_many`` searches per EAN (each a few ms with 2 million routes)
+_SEARCHES = 16
 #: a route's depth code when its policy has consent windows
 _WINDOWED = 9
 
@@ -379,11 +381,17 @@ class ConsentIndex:
         self.update_rows(ean, join_rows(installations, contracts), consents)
 
     def update_rows(
-        self, ean: str, rows: Iterable[Mapping[str, Any]], consents: Iterable[Mapping[str, Any]]
+        self,
+        ean: str,
+        rows: Iterable[Mapping[str, Any]],
+        consents: Iterable[Mapping[str, Any]],
+        *,
+        old: Iterable[int] | None = None,
     ) -> None:
-        """Replace one EAN's routes with those of its joined rows (none: it is gone)."""
+        """Replace one EAN's routes with those of its joined rows (none: it is gone).
+        ``old``: the EAN's current routes, when the caller looked them up (``routes_of_many``)."""
         fresh = list(_seconds_rows(rows, consents))
-        gone = set(self._routes_of(int(ean)))
+        gone = set(self._routes_of(int(ean)) if old is None else old)
         if gone:
             # No route records its meter id (8 bytes a connection), so the meters holding the
             # EAN's old routes are looked for among the meters of its new rows: an EAN's
@@ -423,6 +431,18 @@ class ConsentIndex:
         needle = re.escape(ean_num.to_bytes(8, sys.byteorder, signed=True))
         raw = memoryview(self.ean_nums).cast("B")
         return [m.start() // 8 for m in re.finditer(needle, raw) if m.start() % 8 == 0]
+
+    def routes_of_many(self, eans: Iterable[str]) -> dict[str, list[int]]:
+        """The routes of several EANs; beyond a few, one pass over all routes (about 0.1 s
+        with 2 million) is cheaper than a search per EAN."""
+        wanted = {int(ean): ean for ean in eans}
+        if len(wanted) <= _SEARCHES:
+            return {ean: self._routes_of(number) for number, ean in wanted.items()}
+        found: dict[str, list[int]] = {ean: [] for ean in wanted.values()}
+        for route, number in enumerate(self.ean_nums):
+            if number in wanted:
+                found[wanted[number]].append(route)
+        return found
 
     def _chain(self, head: int) -> tuple[int, ...]:
         return (head, *self._older.get(head, ()))
@@ -715,7 +735,7 @@ async def load_eans(
 ) -> datetime | None:
     """Reload the entries of ``eans`` from the database; the time of their newest consent
     change."""
-    wanted = list(eans)
+    wanted = list(dict.fromkeys(eans))
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         rows = await conn.fetch(_ROUTE_QUERY + " WHERE i.ean = ANY($1::text[])", wanted)
         consents = await conn.fetch(_CONSENT_QUERY + " AND c.ean = ANY($1::text[])", wanted)
@@ -728,8 +748,9 @@ async def load_eans(
     consents_of: dict[str, list[asyncpg.Record]] = {}
     for c in consents:
         consents_of.setdefault(c["ean"], []).append(c)
+    current = index.routes_of_many(wanted)
     for ean in wanted:
-        index.update_rows(ean, rows_of.get(ean, []), consents_of.get(ean, []))
+        index.update_rows(ean, rows_of.get(ean, []), consents_of.get(ean, []), old=current[ean])
     return newest
 
 

@@ -81,7 +81,7 @@ def _dump(index: consent_index.ConsentIndex) -> dict[tuple[bool, str], list[tupl
 
 
 async def test_the_streamed_load_routes_a_varied_world_as_the_row_by_row_build(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Contracts over time with a gap, a meter exchange, a meter moving to another connection,
     consents on several levels (active, expiring, revoked, on an ended contract), a connection
@@ -193,12 +193,18 @@ async def test_the_streamed_load_routes_a_varied_world_as_the_row_by_row_build(
         reloaded = consent_index.ConsentIndex()
         await consent_index.load_all(conn, reloaded)
         await consent_index.load_eans(conn, reloaded, eans.values())
+        # and again, the EANs' routes found in one pass over all routes (as for many EANs)
+        monkeypatch.setattr(consent_index, "_SEARCHES", 0)
+        in_one_pass = consent_index.ConsentIndex()
+        await consent_index.load_all(conn, in_one_pass)
+        await consent_index.load_eans(conn, in_one_pass, eans.values())
 
     expected = _dump(by_records)
     assert len(expected) == 7
     assert _dump(streamed) == expected
     assert _dump(by_eans) == expected
     assert _dump(reloaded) == expected
+    assert _dump(in_one_pass) == expected
     assert len(reloaded.ean_nums) == len(streamed.ean_nums)
 
     e, g = Commodity.ELECTRICITY, Commodity.GAS
