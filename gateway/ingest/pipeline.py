@@ -278,7 +278,7 @@ class IngestPipeline:
                     valid = 1
                     e_depths[depth] += 1
                     if depth:
-                        ean = ean_nums[route]  # type: ignore[index]
+                        ean = ean_nums[route]  # type: ignore[index]  # no problem: a route
                         e = entry_of(ean)
                         # the common case: every period this reading could fill already holds
                         # a committed reading measured at or before it (see BestCache)
