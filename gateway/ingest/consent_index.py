@@ -30,7 +30,7 @@ import re
 import sys
 import time
 from array import array
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -80,60 +80,48 @@ WHERE c.data_class = 'interval'
 """
 # whole epoch seconds at or after a timestamp (what ``consent.policy._ceil_s`` computes)
 _S = "ceil(extract(epoch FROM {}))::bigint"
-_LIVE_CONSENT = (
-    "c.data_class = 'interval' AND coalesce(least(c.ended_at, c.expires_at), 'infinity') > now()"
-)
-# the common case: one contract covers the whole installation (contracts of an EAN never
-# overlap, so it is the installation's only row) ...
-_COVERS = (
-    "k.contract_start <= i.installed_from"
-    " AND (k.contract_end IS NULL OR coalesce(k.contract_end >= i.installed_until, false))"
-)
-# ... and the meter id needs no COPY text escape (none does in practice)
-_PLAIN_ID = r"i.meter_id !~ '[[:cntrl:]\\]'"
-# ... and the meter has no other installation (no other route: the plain stream's meter ids are
-# unique per commodity)
-_SINGLE = (
-    "NOT EXISTS (SELECT 1 FROM meter_installations o WHERE o.meter_id = i.meter_id"
-    " AND o.commodity = i.commodity AND o.installation_id <> i.installation_id)"
-)
-_INTO_DEPTH = "CASE k.level WHEN 'none' THEN 0 WHEN 'monthly' THEN 1 WHEN 'daily' THEN 2 END"
 # a bigint as 16 hex digits (two's complement): a column of them is one ``bytes.fromhex``
 _HEX = "lpad(to_hex({}), 16, '0')"
-#: the common case's routes of one commodity, without interval consent: two fields a row, the
-#: meter id and four numbers in hex (EAN number, window start and end, level depth)
-_PLAIN_QUERY = f"""
-SELECT i.meter_id,
-       {_HEX.format("n.ean_num")} || {_HEX.format(_S.format("i.installed_from"))}
-       || {_HEX.format(f"coalesce({_S.format('i.installed_until')}, {FAR_S})")}
-       || {_HEX.format(_INTO_DEPTH + "::bigint")}
-FROM meter_installations i
-JOIN connections n ON n.ean = i.ean
-JOIN contracts k ON k.ean = i.ean AND {_COVERS}
-WHERE i.commodity = '{{}}' AND {_PLAIN_ID} AND {_SINGLE}
-  AND NOT EXISTS (SELECT 1 FROM consents c WHERE c.contract_id = k.contract_id AND {_LIVE_CONSENT})
-"""
-#: every other joined row, with its contract's consent windows (``_copy_rows``)
+_INTO_DEPTH = "CASE k.level WHEN 'none' THEN 0 WHEN 'monthly' THEN 1 WHEN 'daily' THEN 2 END"
+#: ``_ROUTE_QUERY``'s join with the consent windows of each contract, as one COPY text stream
+#: of three columns. The common case, one contract covering the whole installation, no interval
+#: consent, a meter id without COPY escapes ("plain"), is ``E`` or ``G`` (the commodity) and
+#: four numbers in hex (EAN number, window start and end, level depth), the meter id, nothing:
+#: converted a chunk at a time in C-level passes (``_CopyBuilder``). Any other row is ``R``, the
+#: meter id and its fields space-separated (``_copy_rows``). One query: each would join all.
 _COPY_QUERY = f"""
-SELECT n.ean_num, (i.commodity = 'gas')::int, i.meter_id,
-       {_S.format("i.installed_from")}, {_S.format("i.installed_until")},
-       {_S.format("k.contract_start")}, {_S.format("k.contract_end")}, {_INTO_DEPTH}, w.spans
-FROM meter_installations i
-JOIN connections n ON n.ean = i.ean
-LEFT JOIN contracts k ON k.ean = i.ean
- AND k.contract_start < coalesce(i.installed_until, 'infinity')
- AND coalesce(k.contract_end, 'infinity') > i.installed_from
-LEFT JOIN (
-  SELECT c.contract_id,
-         string_agg({_S.format("c.granted_at")} || ' '
-                    || coalesce({_S.format("least(c.ended_at, c.expires_at)")}::text, '-'),
-                    ' ') AS spans
-  FROM consents c
-  WHERE {_LIVE_CONSENT}
-  GROUP BY c.contract_id
-) w ON w.contract_id = k.contract_id
-WHERE k.contract_id IS NULL OR NOT ({_COVERS}) OR NOT ({_PLAIN_ID}) OR NOT {_SINGLE}
-   OR w.spans IS NOT NULL
+SELECT CASE WHEN x.plain THEN x.kind || x.numbers ELSE 'R' END, x.meter_id,
+       CASE WHEN x.plain THEN '' ELSE x.fields END
+FROM (
+  SELECT i.meter_id,
+         k.contract_id IS NOT NULL AND w.spans IS NULL
+           AND k.contract_start <= i.installed_from
+           AND (k.contract_end IS NULL OR coalesce(k.contract_end >= i.installed_until, false))
+           AND i.meter_id !~ '[[:cntrl:]\\\\]' AS plain,
+         CASE i.commodity WHEN 'gas' THEN 'G' ELSE 'E' END AS kind,
+         {_HEX.format("i.ean::bigint")} || {_HEX.format(_S.format("i.installed_from"))}
+           || {_HEX.format(f"coalesce({_S.format('i.installed_until')}, {FAR_S})")}
+           || {_HEX.format("coalesce(" + _INTO_DEPTH + ", 0)")} AS numbers,
+         concat_ws(' ', i.ean, (i.commodity = 'gas')::int, {_S.format("i.installed_from")},
+                   coalesce({_S.format("i.installed_until")}::text, '-'),
+                   coalesce({_S.format("k.contract_start")}::text, '-'),
+                   coalesce({_S.format("k.contract_end")}::text, '-'),
+                   coalesce(({_INTO_DEPTH})::text, '-'), w.spans) AS fields
+  FROM meter_installations i
+  LEFT JOIN contracts k ON k.ean = i.ean
+   AND k.contract_start < coalesce(i.installed_until, 'infinity')
+   AND coalesce(k.contract_end, 'infinity') > i.installed_from
+  LEFT JOIN (
+    SELECT c.contract_id,
+           string_agg({_S.format("c.granted_at")} || ' '
+                      || coalesce({_S.format("least(c.ended_at, c.expires_at)")}::text, '-'),
+                      ' ') AS spans
+    FROM consents c
+    WHERE c.data_class = 'interval'
+      AND coalesce(least(c.ended_at, c.expires_at), 'infinity') > now()
+    GROUP BY c.contract_id
+  ) w ON w.contract_id = k.contract_id
+) x
 """
 # the time of the newest grant or end a load sees (ended consents are not loaded, but their end
 # is a change the index follows): what tells how far behind the database a process is
@@ -556,28 +544,24 @@ def _seconds_rows(
         )
 
 
-_NULL = b"\\N"
-
-
 def _copy_rows(lines: Iterable[bytes]) -> Iterator[_Row]:
-    """``_COPY_QUERY``'s text lines in the index's row shape."""
+    """``_COPY_QUERY``'s ``R`` lines in the index's row shape."""
     for line in lines:
-        ean_num, gas, meter_id, start, until, k_start, k_end, depth, spans = line.split(b"\t")
-        windows: list[tuple[int, int]] = []
-        if spans != _NULL:
-            numbers = spans.split(b" ")
-            for i in range(0, len(numbers), 2):
-                end = numbers[i + 1]
-                windows.append((int(numbers[i]), FAR_S if end == b"-" else int(end)))
+        _, meter_id, fields = line.split(b"\t")
+        ean, gas, start, until, k_start, k_end, depth, *spans = fields.split(b" ")
+        windows = [
+            (int(spans[i]), FAR_S if spans[i + 1] == b"-" else int(spans[i + 1]))
+            for i in range(0, len(spans), 2)
+        ]
         yield (
-            int(ean_num),
+            int(ean),
             gas == b"1",
             _text(meter_id),
             int(start),
-            FAR_S if until == _NULL else int(until),
-            None if k_start == _NULL else int(k_start),
-            FAR_S if k_end == _NULL else int(k_end),
-            0 if depth == _NULL else int(depth),
+            FAR_S if until == b"-" else int(until),
+            None if k_start == b"-" else int(k_start),
+            FAR_S if k_end == b"-" else int(k_end),
+            0 if depth == b"-" else int(depth),
             windows,
         )
 
@@ -629,80 +613,95 @@ def join_rows(
     return out
 
 
-def _hex_column(values: list[str]) -> array[int]:
-    """Numbers written as 16 hex digits (``_HEX``) as an array."""
-    column = array("q", bytes.fromhex("".join(values)))
+def _hex_column(digits: str) -> array[int]:
+    """Numbers written as 16 hex digits each (``_HEX``) as an array."""
+    column = array("q", bytes.fromhex(digits))
     if sys.byteorder == "little":  # the hex digits are big-endian
         column.byteswap()
     return column
 
 
 class _CopyBuilder:
-    """Builds a fresh index from the COPY streams of a full load, chunk by chunk, in worker
-    threads (each chunk is handed over as it arrives: the text of all rows is never held)."""
+    """Builds a fresh index from ``_COPY_QUERY``'s stream, chunk by chunk, in worker threads
+    (each chunk is handed over as it arrives: the text of all rows is never held)."""
 
     def __init__(self) -> None:
         self.index = ConsentIndex()
         self._carry = b""
         self._pending: _Pending = {}
 
-    def _lines(self, chunk: bytes) -> bytes:
-        """The complete lines of ``chunk`` (a line cut at its end waits for the next)."""
+    def feed(self, chunk: bytes) -> None:
+        """Add the complete lines of ``chunk`` (a line cut at its end waits for the next)."""
         data = self._carry + chunk if self._carry else chunk
         cut = data.rfind(b"\n") + 1
         self._carry = data[cut:]
-        return data[:cut]
+        lines = data[:cut].split(b"\n")
+        lines.pop()  # what follows the last newline
+        electricity = [line for line in lines if line[0] == _E]
+        gas = [line for line in lines if line[0] == _G]
+        self._plain(self.index.electricity, electricity)
+        self._plain(self.index.gas, gas)
+        if len(electricity) + len(gas) < len(lines):
+            other = (line for line in lines if line[0] == _R)
+            self.index._add_rows(_copy_rows(other), self._pending)
 
-    def feed_plain(self, gas: bool, chunk: bytes) -> None:
-        """Add ``_PLAIN_QUERY`` rows. Each column is converted in one C-level pass (split,
-        ``bytes.fromhex``, ``dict.update``): no Python code runs per row, which is what makes
-        2 million connections load in seconds (parsing each number was most of the time)."""
-        # fields end with a tab or a newline: one split for all (a regex split is 6× slower)
-        fields = self._lines(chunk).decode().replace("\t", "\n").split("\n")
-        fields.pop()  # what follows the last line's newline
-        meter_ids = fields[0::2]
-        numbers = _hex_column(fields[1::2])
+    def _plain(self, table: dict[str, int], lines: list[bytes]) -> None:
+        """Add plain lines (one commodity's). Each column is converted in one C-level pass
+        (split, ``bytes.fromhex``, ``dict.update``): no Python code runs per row, which is what
+        makes 2 million connections load in seconds (parsing each number was most of it)."""
+        if not lines:
+            return
+        fields = b"\t".join(lines).decode().split("\t")  # kind and numbers, meter id, ""
+        meter_ids = fields[1::3]
+        numbers = _hex_column("".join(fields[0::3]).translate(_NO_KIND))
         index = self.index
-        table = index.gas if gas else index.electricity
         first = len(index._depth)
         index.ean_nums.extend(numbers[0::4])
         index._lo.extend(numbers[1::4])
         index._hi.extend(numbers[2::4])
         index._depth.extend(array("b", numbers[3::4]))
+        routes = range(first, len(index._depth))
+        if not table.keys().isdisjoint(meter_ids):
+            # a meter installed more than once (moved, reinstalled): linked route by route
+            for meter_id, route in zip(meter_ids, routes, strict=True):
+                index._link(table, meter_id, [route])
+            return
         size = len(table)
-        table.update(zip(meter_ids, range(first, len(index._depth)), strict=True))
-        if len(table) - size != len(meter_ids):  # the query rules it out (``_SINGLE``)
-            raise RuntimeError("consent index: a meter came twice in the plain stream")
-
-    def feed(self, chunk: bytes) -> None:
-        """Add ``_COPY_QUERY`` rows."""
-        self.index._add_rows(_copy_rows(self._lines(chunk).splitlines()), self._pending)
+        table.update(zip(meter_ids, routes, strict=True))
+        if len(table) - size < len(meter_ids):  # such a meter twice in this chunk
+            seen: dict[str, list[int]] = {}
+            for meter_id, route in zip(meter_ids, routes, strict=True):
+                seen.setdefault(meter_id, []).append(route)
+            for meter_id, several in seen.items():
+                if len(several) > 1:
+                    del table[meter_id]
+                    index._link(table, meter_id, several)
 
     def finish(self) -> ConsentIndex:
-        if self._carry:  # a stream always ends with a newline; this is for safety
+        if self._carry:  # a COPY stream ends with a newline
             raise ValueError("consent index: COPY stream ended inside a row")
         self.index._cut_pending(self._pending)
         return self.index
+
+
+_E, _G, _R = b"EGR"
+#: drops the kind letters from plain lines' numbers (hex digits are lower case)
+_NO_KIND = str.maketrans("", "", "EG")
 
 
 async def _stream_all(conn: asyncpg.Connection) -> tuple[ConsentIndex, datetime | None]:
     """A new index of every route, and the newest consent change, in one snapshot."""
     builder = _CopyBuilder()
 
-    def plain(gas: bool) -> Callable[[bytes], Awaitable[None]]:
-        async def sink(chunk: bytes) -> None:
-            # asyncpg awaits the sink before reading on: the stream waits for the build
-            await asyncio.to_thread(builder.feed_plain, gas, chunk)
-
-        return sink
-
-    async def other(chunk: bytes) -> None:
+    async def sink(chunk: bytes) -> None:
+        # asyncpg awaits the sink before reading on: the stream waits for the build
         await asyncio.to_thread(builder.feed, chunk)
 
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        for gas, commodity in ((False, "electricity"), (True, "gas")):
-            await conn.copy_from_query(_PLAIN_QUERY.format(commodity), output=plain(gas))
-        await conn.copy_from_query(_COPY_QUERY, output=other)
+        # Every row is read: hash joins, in memory. Left to itself the planner may probe the
+        # contracts' GiST index once per installation (seconds per 100 000 rows).
+        await conn.execute("SET LOCAL enable_nestloop = off; SET LOCAL work_mem = '128MB'")
+        await conn.copy_from_query(_COPY_QUERY, output=sink)
         newest = await conn.fetchval(_NEWEST_CHANGE_QUERY)
     return await asyncio.to_thread(builder.finish), newest
 

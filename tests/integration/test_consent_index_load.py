@@ -93,7 +93,7 @@ async def test_the_streamed_load_routes_a_varied_world_as_the_row_by_row_build(
     def ago(days: float) -> dt.datetime:
         return now - dt.timedelta(days=days, microseconds=1_500)
 
-    eans = {n: make_ean(n) for n in range(1, 8)}
+    eans = {n: make_ean(n) for n in range(1, 10)}
     odd_meter = "M\\1\tx"
     async with pool.acquire() as conn:
 
@@ -153,6 +153,8 @@ async def test_the_streamed_load_routes_a_varied_world_as_the_row_by_row_build(
             (5, "gas"),
             (6, "electricity"),
             (7, "electricity"),
+            (8, "gas"),
+            (9, "gas"),
         ):
             await connection(n, commodity)
         # EAN 1: contract A, a gap, contract B (monthly); M1 exchanged for the odd meter
@@ -179,6 +181,11 @@ async def test_the_streamed_load_routes_a_varied_world_as_the_row_by_row_build(
         # EAN 7: the contract starts a few microseconds after the installation (same second)
         await contract(7, ago(20) + dt.timedelta(microseconds=3), None, "daily")
         await install(7, "electricity", "E7", ago(20), None)
+        # a gas meter moved between two connections, each time under one contract: plain rows
+        await contract(8, ago(60), ago(30), "daily")
+        await install(8, "gas", "G8", ago(60), ago(30))
+        await contract(9, ago(30), None, "monthly")
+        await install(9, "gas", "G8", ago(30), None)
 
         streamed = consent_index.ConsentIndex()
         await consent_index.load_all(conn, streamed)
@@ -200,7 +207,7 @@ async def test_the_streamed_load_routes_a_varied_world_as_the_row_by_row_build(
         await consent_index.load_eans(conn, in_one_pass, eans.values())
 
     expected = _dump(by_records)
-    assert len(expected) == 7
+    assert len(expected) == 8
     assert _dump(streamed) == expected
     assert _dump(by_eans) == expected
     assert _dump(reloaded) == expected
@@ -242,6 +249,8 @@ async def test_the_streamed_load_routes_a_varied_world_as_the_row_by_row_build(
         assert grans("M1", 25) == {P1M, P1D}  # the revoked consent is no more
         assert where(odd_meter, 1) == eans[1] and grans(odd_meter, 1) == {P1M}
         assert grans("G3", 1, g) == {P1M, P1D}
+        assert where("G8", 31, g) == eans[8] and grans("G8", 31, g) == {P1M, P1D}
+        assert where("G8", 29, g) == eans[9] and grans("G8", 29, g) == {P1M}
         assert where("E4", 1) == eans[4] and grans("E4", 1) == frozenset()
         assert grans("G5", 1, g) == {P1M, P1D, PT1H} and grans("G5", 6, g) == {P1M, P1D}
         no_contract = each.route("E6", e, ago(1))
