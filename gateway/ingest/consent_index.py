@@ -78,17 +78,18 @@ FROM consents c
 WHERE c.data_class = 'interval'
   AND coalesce(least(c.ended_at, c.expires_at), 'infinity') > now()
 """
-# whole epoch seconds at or after a timestamp (what ``consent.policy._ceil_s`` computes)
-_S = "ceil(extract(epoch FROM {}))::bigint"
-# a bigint as 16 hex digits (two's complement): a column of them is one ``bytes.fromhex``
-_HEX = "lpad(to_hex({}), 16, '0')"
+# whole epoch seconds at or after a timestamp (what ``consent.policy._ceil_s`` computes); in
+# double precision, which is exact here (a whole second stays whole, microseconds never round
+# to one) and much cheaper than extract's numeric
+_S = "ceil(date_part('epoch', {}))::bigint"
 _INTO_DEPTH = "CASE k.level WHEN 'none' THEN 0 WHEN 'monthly' THEN 1 WHEN 'daily' THEN 2 END"
 #: ``_ROUTE_QUERY``'s join with the consent windows of each contract, as one COPY text stream
-#: of three columns. The common case, one contract covering the whole installation, no interval
-#: consent, a meter id without COPY escapes ("plain"), is ``E`` or ``G`` (the commodity) and
-#: four numbers in hex (EAN number, window start and end, level depth), the meter id, nothing:
-#: converted a chunk at a time in C-level passes (``_CopyBuilder``). Any other row is ``R``, the
-#: meter id and its fields space-separated (``_copy_rows``). One query: each would join all.
+#: of three columns. The common case ("plain": one contract covering the whole installation, no
+#: interval consent, a meter id without COPY escapes) is ``E`` or ``G`` (the commodity) with
+#: four numbers as 64 hex digits (EAN number, window start and end, level depth), the meter id,
+#: nothing: converted a chunk at a time in C-level passes (``_CopyBuilder``). Any other row is
+#: ``R``, the meter id and its fields space-separated (``_copy_rows``). One query: each would
+#: join all rows again.
 _COPY_QUERY = f"""
 SELECT CASE WHEN x.plain THEN x.kind || x.numbers ELSE 'R' END, x.meter_id,
        CASE WHEN x.plain THEN '' ELSE x.fields END
@@ -99,9 +100,9 @@ FROM (
            AND (k.contract_end IS NULL OR coalesce(k.contract_end >= i.installed_until, false))
            AND i.meter_id !~ '[[:cntrl:]\\\\]' AS plain,
          CASE i.commodity WHEN 'gas' THEN 'G' ELSE 'E' END AS kind,
-         {_HEX.format("i.ean::bigint")} || {_HEX.format(_S.format("i.installed_from"))}
-           || {_HEX.format(f"coalesce({_S.format('i.installed_until')}, {FAR_S})")}
-           || {_HEX.format("coalesce(" + _INTO_DEPTH + ", 0)")} AS numbers,
+         encode(int8send(i.ean::bigint) || int8send({_S.format("i.installed_from")})
+                || int8send(coalesce({_S.format("i.installed_until")}, {FAR_S}))
+                || int8send(coalesce({_INTO_DEPTH}, 0)::bigint), 'hex') AS numbers,
          concat_ws(' ', i.ean, (i.commodity = 'gas')::int, {_S.format("i.installed_from")},
                    coalesce({_S.format("i.installed_until")}::text, '-'),
                    coalesce({_S.format("k.contract_start")}::text, '-'),
@@ -614,7 +615,7 @@ def join_rows(
 
 
 def _hex_column(digits: str) -> array[int]:
-    """Numbers written as 16 hex digits each (``_HEX``) as an array."""
+    """Numbers written as 16 hex digits each (big-endian ``int8send``) as an array."""
     column = array("q", bytes.fromhex(digits))
     if sys.byteorder == "little":  # the hex digits are big-endian
         column.byteswap()
