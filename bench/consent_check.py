@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consent.levels import Commodity
-from gateway.ingest.consent_index import ConsentIndex, pick_route
+from gateway.ingest.consent_index import ConsentIndex
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -101,21 +101,22 @@ def main() -> None:
         return time.perf_counter() - started
 
     def run_hot_path() -> float:
-        # what the pipeline does inline: dict look-up, the newest route's compiled policy
-        # (integer comparisons, -1 outside its installation and contract window)
+        # what the pipeline does inline: dict look-up of the meter's newest route, its depth
+        # (integer comparisons; negative outside its installation and contract window, or on a
+        # stretch without contract)
         routes = index.electricity
+        depth_s = index.depth_s
         now_s = int(now.timestamp())
         started = time.perf_counter()
         for meter_id, ts in pairs_s:
-            r = routes.get(meter_id)
-            if r is not None:
-                route = r[0]
-                depth = route.policy.depth_s(ts, now_s)
-                if depth < 0 or (depth == 0 and route.contract_id is None):
+            route = routes.get(meter_id)
+            if route is not None:
+                depth = depth_s(route, ts, now_s)
+                if depth < 0:
                     # outside the newest route's window, or no contract there: look further
-                    found = pick_route(r, ts)
-                    if found is not None and found.contract_id is not None:
-                        found.policy.depth_s(ts, now_s)
+                    found = index.locate(routes, meter_id, ts)
+                    if found is not None:
+                        depth_s(found, ts, now_s)
         return time.perf_counter() - started
 
     def run_dict() -> float:

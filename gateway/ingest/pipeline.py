@@ -17,7 +17,8 @@ Per telegram (``IngestPipeline.process``, pure apart from the in-memory caches i
   clock → ``future-timestamp``; older than the spool horizon → ``too-old``. A telegram is rejected
   when none of its bound readings passes (with the first reading's reason); otherwise it is
   accepted — also when the policy withholds every reading (level ``none``, nothing new).
-* **Policy.** ``consent.policy.CompiledPolicy.check(t, now)`` via the index (about 1 µs).
+* **Policy.** ``ConsentIndex.depth_s`` on the meter's newest route (integer comparisons; the
+  rule of ``consent.policy``, pre-computed).
 * **Buckets.** ``gateway.ingest.periods.Bucketer``: ``P1M``/``P1D`` at Amsterdam midnight, ``PT15M``
   (electricity) and ``PT1H`` (gas) on UTC quarter/hour boundaries.
 * **Improve?** The reading of a period is the one with the earliest measured time. ``BestCache``
@@ -53,7 +54,7 @@ from typing import Any, Final, Protocol
 
 from consent.levels import Granularity
 from gateway.ingest.best_cache import BestCache
-from gateway.ingest.consent_index import MeterRoute, pick_route
+from gateway.ingest.consent_index import NO_CONTRACT, OUTSIDE
 from gateway.ingest.periods import AMSTERDAM, Bucketer
 from gateway.ingest.sql import (
     E_PT15M,
@@ -110,10 +111,19 @@ class RouteSource(Protocol):
     """What the pipeline needs from the consent index."""
 
     @property
-    def electricity(self) -> dict[str, tuple[MeterRoute, ...]]: ...
+    def electricity(self) -> dict[str, int]: ...
 
     @property
-    def gas(self) -> dict[str, tuple[MeterRoute, ...]]: ...
+    def gas(self) -> dict[str, int]: ...
+
+    @property
+    def ean_nums(self) -> Sequence[int]: ...
+
+    def depth_s(self, route: int, ts: int, now_s: int) -> int: ...
+
+    def locate(self, table: dict[str, int], meter_id: str, ts: int) -> int | None: ...
+
+    def ean_of(self, route: int) -> str: ...
 
 
 @dataclass(slots=True)
@@ -150,19 +160,21 @@ class IngestResult:
 
 
 def _resolve(
-    routes: tuple[MeterRoute, ...],
-    route: MeterRoute,
+    index: RouteSource,
+    table: dict[str, int],
+    meter_id: str,
+    route: int,
     depth: int,
     ts: int,
     now_s: int,
     t: datetime,
-) -> tuple[MeterRoute, int, tuple[str, str] | None]:
-    """The ingest's off-path (the newest route stores nothing for ``ts``): the route whose
-    window holds ``ts`` and its depth, or why the reading belongs nowhere (SPEC §3a): the meter
-    was installed on no connection then (``unknown-meter``), or nobody had a contract there
-    (``no-contract``). A route storing nothing by level (``none``) passes through."""
-    if depth < 0:
-        found = pick_route(routes, ts)
+) -> tuple[int, int, tuple[str, str] | None]:
+    """The ingest's off-path (the newest route answered OUTSIDE or NO_CONTRACT for ``ts``): the
+    route whose window holds ``ts`` and its depth, or why the reading belongs nowhere (SPEC
+    §3a): the meter was installed on no connection then (``unknown-meter``), or nobody had a
+    contract there (``no-contract``). A route storing nothing by level (``none``) passes."""
+    if depth == OUTSIDE:
+        found = index.locate(table, meter_id, ts)
         if found is None:
             return (
                 route,
@@ -172,14 +184,15 @@ def _resolve(
                     f"the meter was installed on no registered connection at {t.isoformat()}",
                 ),
             )
-        route, depth = found, found.policy.depth_s(ts, now_s)
-    if route.contract_id is None:
+        route, depth = found, index.depth_s(found, ts, now_s)
+    if depth == NO_CONTRACT:
         return (
             route,
             0,
             (
                 "no-contract",
-                f"no supply contract was in force on connection {route.ean} at {t.isoformat()}",
+                f"no supply contract was in force on connection {index.ean_of(route)}"
+                f" at {t.isoformat()}",
             ),
         )
     return route, depth, None
@@ -240,8 +253,11 @@ class IngestPipeline:
         result = IngestResult()
         rejected = result.rejected
         e_depths, g_depths = result.depths
-        electricity = self.index.electricity
-        gas = self.index.gas
+        index_ = self.index
+        electricity = index_.electricity
+        gas = index_.gas
+        ean_nums = index_.ean_nums
+        depth_s = index_.depth_s
         parse = self.parse
         entry_of = self.best.entry
         epochs = self._epochs
@@ -261,9 +277,9 @@ class IngestPipeline:
             meter_id = telegram.meter_id
             if meter_id is not None and meter_id in meter_ids:
                 bound = True
-                routes = electricity.get(meter_id)
+                route = electricity.get(meter_id)
                 t = telegram.timestamp
-                if routes is None:
+                if route is None:
                     problem = ("unknown-meter", f"meter {meter_id} is not registered")
                 elif t is None or not earliest <= (ts := epochs.get(t) or epoch(t)) <= latest:
                     problem = self._time_problem(t, now_s, "telegram")
@@ -275,17 +291,18 @@ class IngestPipeline:
                     problem = ("bad-value", "telegram carries no import energy register")
                 else:
                     # the newest route first (one dict look-up, integer comparisons); only a
-                    # reading outside its window (-1) or on a stretch without a contract
-                    # looks further
-                    route = routes[0]
-                    depth = route.policy.depth_s(ts, now_s)
-                    if depth < 0 or (depth == 0 and route.contract_id is None):
-                        route, depth, problem = _resolve(routes, route, depth, ts, now_s, t)
+                    # reading outside its window or on a stretch without a contract looks
+                    # further
+                    depth = depth_s(route, ts, now_s)
+                    if depth < 0:
+                        route, depth, problem = _resolve(
+                            index_, electricity, meter_id, route, depth, ts, now_s, t
+                        )
                 if problem is None:
                     valid = 1
                     e_depths[depth] += 1
                     if depth:
-                        ean = route.ean_num
+                        ean = ean_nums[route]  # type: ignore[index]  # no problem: a route
                         e = entry_of(ean)
                         # the common case: every period this reading could fill already holds
                         # a committed reading measured at or before it (see BestCache)
@@ -309,8 +326,8 @@ class IngestPipeline:
                 if dev_id not in meter_ids:
                     continue
                 bound = True
-                routes = gas.get(dev_id)
-                if routes is None:
+                route = gas.get(dev_id)
+                if route is None:
                     problem = problem or ("unknown-meter", f"gas meter {dev_id} is not registered")
                     continue
                 t = device.measured_at
@@ -320,17 +337,16 @@ class IngestPipeline:
                 if device.value is None or device.unit != "dm3":
                     problem = problem or ("bad-value", f"gas meter {dev_id} sent no volume")
                     continue
-                route = routes[0]
-                depth = route.policy.depth_s(ts, now_s)
-                if depth < 0 or (depth == 0 and route.contract_id is None):
-                    route, depth, why = _resolve(routes, route, depth, ts, now_s, t)
+                depth = depth_s(route, ts, now_s)
+                if depth < 0:
+                    route, depth, why = _resolve(index_, gas, dev_id, route, depth, ts, now_s, t)
                     if why is not None:
                         problem = problem or why
                         continue
                 valid += 1
                 g_depths[depth] += 1
                 if depth:
-                    ean = route.ean_num
+                    ean = ean_nums[route]
                     e = entry_of(ean)
                     if e is None or not (
                         e[8] <= ts < e[7]

@@ -47,6 +47,7 @@ from consent.levels import Commodity, Granularity
 from gateway.api.app import create_app
 from gateway.api.appkeys import CLOCK_KEY, INGEST_KEY, LISTEN_KEY
 from gateway.ingest.best_cache import BestCache
+from gateway.ingest.consent_index import FAR_S
 from gateway.ingest.periods import AMSTERDAM, Bucketer
 from gateway.ingest.sql import (
     E_P1D,
@@ -377,7 +378,8 @@ def stale_still_offers_interval_rows(w: World, t: dt.datetime) -> None:
     pipeline builds interval rows for it: only the database guard keeps them out."""
     state = w.stale.app[INGEST_KEY]
     route = state.index.route(w.meter_id, Commodity.ELECTRICITY, t)
-    assert route is not None and route.contract_id == w.contract_a
+    # A's route, still open-ended: the stale process does not know of its end
+    assert route is not None and route.under_contract and route.hi_s == FAR_S
     now = w.clock.now()
     assert Granularity.PT15M in state.index.granularities(w.meter_id, Commodity.ELECTRICITY, t, now)
     probe = state.pipeline.process(
@@ -420,7 +422,8 @@ async def test_move_out_and_move_in_racing_ingest_in_two_gateways(world: World) 
     # the listening process follows at once: B's contract, daily, no consent
     fresh = w.fresh.app[INGEST_KEY].index
     route = fresh.route(w.meter_id, Commodity.ELECTRICITY, w.clock.now())
-    assert route is not None and route.contract_id == contract_b
+    # B's route: it starts at B's start
+    assert route is not None and route.under_contract and route.lo_s == int(t_end.timestamp())
     assert Granularity.PT15M not in fresh.granularities(
         w.meter_id, Commodity.ELECTRICITY, w.clock.now(), w.clock.now()
     )
@@ -766,7 +769,7 @@ async def test_new_tenant_gets_the_move_in_day_reading(
             if how == "refused-by-the-guard":
                 await push(t_end + dt.timedelta(seconds=5))  # the index still routes to A
             assert (await stored(pool, ean))[E_P1D] == []
-            moved_in = await registry.add_contract(
+            await registry.add_contract(
                 conn, registry.ContractIn(ean=ean, customer_id="cust-b", start=t_end)
             )
         if how == "refused-by-the-guard":
@@ -775,7 +778,10 @@ async def test_new_tenant_gets_the_move_in_day_reading(
 
         def routes_to_b() -> bool:
             route = state.index.route(meter_id, Commodity.ELECTRICITY, clock.now())
-            return route is not None and route.contract_id == moved_in["contract_id"]
+            # B's route: it starts at B's start (t_end: a whole second)
+            return (
+                route is not None and route.under_contract and route.lo_s == int(t_end.timestamp())
+            )
 
         await until(routes_to_b, "the gateway routes the meter to B")
         await push(t_end + dt.timedelta(seconds=60))

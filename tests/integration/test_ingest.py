@@ -26,7 +26,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consent.levels import Commodity
 from gateway.api.appkeys import CLOCK_KEY, INGEST_KEY, LISTEN_KEY, SETTINGS_KEY
+from gateway.ingest.consent_index import ConsentIndex
 from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
 
@@ -97,6 +99,13 @@ async def add_device(w: World, *meter_ids: str) -> dict[str, str]:
     assert resp.status == 201, await resp.text()
     token = (await resp.json())["token"]
     return {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+
+
+def has_windows(index: ConsentIndex, meter_id: str, commodity: Commodity) -> bool:
+    """Whether the meter's route of now carries interval consent windows (the index caught up
+    with a grant)."""
+    route = index.route(meter_id, commodity, dt.datetime.now(UTC))
+    return route is not None and bool(route.windows)
 
 
 async def add_consent(w: World, ean: str, n: int, granted: dt.datetime) -> str:
@@ -211,13 +220,13 @@ async def test_a_day_at_every_level(world: World, day: dt.date) -> None:
     state = w.client.app[INGEST_KEY]
 
     def ready() -> bool:
-        routes = state.index.electricity
+        index, now = state.index, dt.datetime.now(dt.UTC)
         return (
-            len(state.index) == 6
-            and routes["EN"][0].policy.base == frozenset()
-            and len(routes["EM"][0].policy.base) == 1
-            and bool(routes["EI"][0].policy.windows)
-            and bool(state.index.gas["GI"][0].policy.windows)
+            len(index) == 6
+            and index.granularities("EN", Commodity.ELECTRICITY, now, now) == frozenset()
+            and len(index.granularities("EM", Commodity.ELECTRICITY, now, now)) == 1
+            and has_windows(index, "EI", Commodity.ELECTRICITY)
+            and has_windows(index, "GI", Commodity.GAS)
         )
 
     await wait_for(ready)
@@ -293,8 +302,8 @@ async def small_world(world: World) -> AsyncIterator[tuple[World, dict[str, str]
     await wait_for(
         lambda: (
             len(state.index) == 2
-            and bool(state.index.electricity["E11"][0].policy.windows)
-            and bool(state.index.gas["G12"][0].policy.windows)
+            and has_windows(state.index, "E11", Commodity.ELECTRICITY)
+            and has_windows(state.index, "G12", Commodity.GAS)
         )
     )
     yield world, headers, e, g

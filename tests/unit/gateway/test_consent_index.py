@@ -6,8 +6,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consent.levels import Commodity, Granularity
-from gateway.ingest.consent_index import ConsentIndex
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from consent.levels import Commodity, Granularity, Level
+from consent.model import Consent, EndReason
+from consent.policy import ConnectionState, storable_granularities
+from gateway.ingest.consent_index import FAR_S, ConsentIndex
 from tests.support.index_rows import split_rows
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -154,8 +159,10 @@ def test_tenants_of_one_meter_get_their_own_contract_level_and_consents() -> Non
         idx.route("E1", Commodity.ELECTRICITY, before),
         idx.route("E1", Commodity.ELECTRICITY, after),
     )
-    assert r_a is not None and r_a.contract_id == a
-    assert r_b is not None and r_b.contract_id == b
+    # each tenant's route is its contract's window, with its own consents
+    s = int(move.timestamp())
+    assert r_a is not None and (r_a.lo_s, r_a.hi_s) == (int(T0.timestamp()), s) and r_a.windows
+    assert r_b is not None and (r_b.lo_s, r_b.hi_s) == (s, FAR_S) and not r_b.windows
     # A's consent covered A's time only; B starts at daily without it
     assert idx.granularities("E1", Commodity.ELECTRICITY, before, before) == {P1M, P1D, PT15M}
     assert idx.granularities("E1", Commodity.ELECTRICITY, after, after) == {P1M, P1D}
@@ -190,7 +197,78 @@ def test_stretches_without_installation_or_contract() -> None:
     assert idx.route("E1", Commodity.ELECTRICITY, T0 - timedelta(seconds=1)) is None
     for t in (T0, start - timedelta(seconds=1), end, end + timedelta(days=300)):
         gap = idx.route("E1", Commodity.ELECTRICITY, t)
-        assert gap is not None and gap.contract_id is None, t
+        assert gap is not None and not gap.under_contract, t
         assert idx.granularities("E1", Commodity.ELECTRICITY, t, t) == frozenset()
     inside = idx.route("E1", Commodity.ELECTRICITY, start)
-    assert inside is not None and inside.contract_id == k
+    assert inside is not None and inside.under_contract
+    assert (inside.lo_s, inside.hi_s) == (int(start.timestamp()), int(end.timestamp()))
+
+
+_times = st.integers(min_value=-5 * 86400, max_value=40 * 86400).map(
+    lambda s: T0 + timedelta(seconds=s)
+)
+
+
+@st.composite
+def _consents(draw: st.DrawFn) -> Consent:
+    granted = draw(_times)
+    expires = draw(st.none() | _times.filter(lambda t: t > granted))
+    ended = draw(st.none() | _times.filter(lambda t: t >= granted))
+    return Consent(
+        consent_id=uuid.uuid4(),
+        ean=EAN_E,
+        customer_id="c1",
+        purpose="energy-insights",
+        notice_version="v1",
+        granted_at=granted,
+        expires_at=expires,
+        ended_at=ended,
+        end_reason=None if ended is None else EndReason.REVOKED,
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    level=st.sampled_from(list(Level)),
+    commodity=st.sampled_from(list(Commodity)),
+    length=st.none() | st.integers(min_value=1, max_value=30 * 86400),
+    consents=st.lists(_consents(), max_size=3),
+    t=_times,
+    now=_times,
+)
+@example(  # a consent outliving its contract allows nothing once the contract ended
+    level=Level.DAILY,
+    commodity=Commodity.ELECTRICITY,
+    length=86400,
+    consents=[
+        Consent(uuid.UUID(int=1), EAN_E, "c1", "energy-insights", "v1", T0 + timedelta(hours=1))
+    ],
+    t=T0 + timedelta(hours=2),
+    now=T0 + timedelta(days=2),
+)
+def test_the_index_answers_as_the_reference_policy(
+    level: Level,
+    commodity: Commodity,
+    length: int | None,
+    consents: list[Consent],
+    t: datetime,
+    now: datetime,
+) -> None:
+    """The index's compact policies (depths, windows in epoch seconds) store exactly what the
+    rule of SPEC §3, ``consent.policy.storable_granularities``, allows."""
+    end = None if length is None else T0 + timedelta(seconds=length)
+    state = ConnectionState(EAN_E, commodity, level, T0, end, tuple(consents))
+    row = conn_row(EAN_E, "M1", commodity.value, level.value, T0, end)
+    consent_rows = [
+        {
+            "ean": EAN_E,
+            "granted_at": c.granted_at,
+            "expires_at": c.expires_at,
+            "ended_at": c.ended_at,
+        }
+        for c in consents
+    ]
+    idx = ConsentIndex()
+    idx.replace_all(*split_rows([row], consent_rows))
+    expected = storable_granularities(state, t, now)
+    assert idx.granularities("M1", commodity, t, now) == expected
