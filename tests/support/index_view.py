@@ -4,15 +4,17 @@ methods only (their internal layout is free to change)."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Iterable
 
 from consent.levels import Commodity, Granularity
 from gateway.ingest.consent_index import ConsentIndex
 
-#: (meter id, commodity, probe time) → (EAN, contract id, what may be stored) or None
+#: (meter id, commodity, probe time) → (EAN, under a contract, the route's window, what may be
+#: stored) or None. The index knows whether a contract was in force, not which one: the ingest
+#: statement finds that in the database.
 IndexView = dict[
-    tuple[str, Commodity, dt.datetime], tuple[str, uuid.UUID | None, frozenset[Granularity]] | None
+    tuple[str, Commodity, dt.datetime],
+    tuple[str, bool, tuple[int, int], frozenset[Granularity]] | None,
 ]
 
 
@@ -32,7 +34,8 @@ def index_view(
                     if route is None
                     else (
                         route.ean,
-                        route.contract_id,
+                        route.under_contract,
+                        (route.lo_s, route.hi_s),
                         index.granularities(meter, commodity, t, now),
                     )
                 )
