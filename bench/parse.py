@@ -48,7 +48,10 @@ from dsmr_parser import telegram_specifications as specs
 from dsmr_parser.parsers import TelegramParser
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
-TARGET = 25.0
+#: SPEC §6 B1: warm caches, and every telegram the first of its kind (the cold run has no
+#: target of its own: it is held to the warm one)
+TARGET_WARM = 40.0
+TARGET_FIRST_SIGHT = 25.0
 #: the modules the optional compiled build replaces (build_support/backend.py: COMPILED)
 COMPILED_MODULES = ("p1_reader.obis", "p1_reader.timestamps", "p1_reader.parser")
 
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             p.parse(text)
 
     n = len(telegrams)
+    target = TARGET_FIRST_SIGHT if opts.first_sight else TARGET_WARM
     if opts.first_sight:
         ours_run, label = ours_first_sight_once, "ours(first sight, no caches)"
     elif opts.cold:
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n} fixture telegrams: {', '.join(name for name, *_ in telegrams)}")
     print(
         f"{label}, {build}: {ours:,.0f}/s  dsmr_parser {theirs:,.0f}/s  ratio {ratio:.1f}x"
-        f" (median of interleaved rounds {median:.1f}x; target >= {TARGET:g})",
+        f" (median of interleaved rounds {median:.1f}x; target >= {target:g})",
         flush=True,
     )
     if is_compiled:
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--pure"],
             check=False,
         )
-    return 0 if ratio >= TARGET else 1
+    return 0 if ratio >= target else 1
 
 
 if __name__ == "__main__":
