@@ -16,9 +16,10 @@ Visibility, decided in SQL so no reading the client may not see ever reaches Pyt
   (``keep``); ``delete`` purposes' data is deleted at revocation anyway, this filter makes sure.
 
 Encoding: PostgreSQL writes each reading as ONE line of ``COPY … TO STDOUT``; the JSON text is
-spelled out by constant columns between the values, and ``encode_chunk`` removes COPY's column
-separators (tabs) and turns ``2024-03-01 12:00:00+00`` (TimeZone UTC) into RFC 3339
-``2024-03-01T12:00:00Z`` with three ``bytes.replace`` calls per chunk — no per-row Python work.
+spelled out by constant columns between the values. Times are written as UTC wall-clock
+``timestamp`` values (``2024-03-01 12:00:00``) followed by a constant starting with ``Z``, so
+``encode_chunk`` makes RFC 3339 ``2024-03-01T12:00:00Z`` of them and removes COPY's column
+separators (tabs) in ONE ``bytes.translate`` pass per chunk — no per-row Python work.
 NDJSON streams, CSV streams and JSON pages all come from this one encoder, so their content is
 the same by construction. (Measured with 1 M daily readings on the 2-core box: about 500 000
 lines/s with this scheme, 340 000/s when PostgreSQL concatenates the line itself, and 310 000/s
@@ -403,13 +404,14 @@ def _json_columns(commodity: str, granularity: str) -> str:
         # contract_id and customer_id, spelled once per contract (see _CONTRACTS)
         "k.json_tag",
         _lit(f'","commodity":"{commodity}","granularity":"{granularity}","period_start":"'),
-        "r.period_start",
-        _lit('","measured_at":"'),
-        "r.measured_at",
+        # UTC wall-clock time: no "+00" to rewrite, the "Z" comes with the next constant
+        "r.period_start AT TIME ZONE 'UTC'",
+        _lit('Z","measured_at":"'),
+        "r.measured_at AT TIME ZONE 'UTC'",
     ]
     if commodity == "electricity":
         parts += [
-            _lit('","registers":{"import_t1_wh":'),
+            _lit('Z","registers":{"import_t1_wh":'),
             "r.import_t1_wh",
             _lit(',"import_t2_wh":'),
             "r.import_t2_wh",
@@ -424,7 +426,7 @@ def _json_columns(commodity: str, granularity: str) -> str:
         # unused bigint columns print as 'null' right after the closing braces, and
         # encode_chunk removes that GAS_PAD; the empty text columns vanish with the tabs
         parts += [
-            _lit('","registers":{"volume_dm3":'),
+            _lit('Z","registers":{"volume_dm3":'),
             "r.volume_dm3",
             _lit("}}"),
             *("NULL::bigint", "''") * 3,
@@ -667,15 +669,21 @@ def has_gas_pad(granularity: str) -> bool:
 GAS_PAD: Final = b"}}nullnullnull\n"
 
 
-def encode_chunk(chunk: bytes, gas_pad: bool = False) -> bytes:
-    """COPY text output (``NULL 'null'``, TimeZone UTC) → NDJSON lines: drop the column
-    separators, RFC 3339 'Z' times, and (``gas_pad``) the padding of gas lines.
+#: ``encode_chunk``'s one pass: a timestamp's date/time space becomes RFC 3339's ``T``
+_SPACE_TO_T: Final = bytes.maketrans(b" ", b"T")
 
-    Safe because nothing else in the output holds a tab, a space or ``+00``: the constant
-    columns are written without them, EANs and registers are digits, and timestamps print as
-    ``YYYY-MM-DD HH:MM:SS[.ffffff]+00`` under ``TimeZone = UTC``.
+
+def encode_chunk(chunk: bytes, gas_pad: bool = False) -> bytes:
+    """COPY text output (``NULL 'null'``, DateStyle ISO) → NDJSON lines: drop the column
+    separators, make RFC 3339 times, and (``gas_pad``) drop the padding of gas lines.
+
+    Safe because nothing else in the output holds a tab or a space: the constant columns are
+    written without them, EANs and registers are digits, and times print as UTC wall-clock
+    ``YYYY-MM-DD HH:MM:SS[.ffffff]`` with their ``Z`` in the constant that follows. One
+    ``translate`` pass; the three ``replace`` passes it replaced were most of the export's CPU
+    (py-spy, bench/export.py).
     """
-    out = chunk.replace(b"\t", b"").replace(b" ", b"T").replace(b"+00", b"Z")
+    out = chunk.translate(_SPACE_TO_T, b"\t")
     return out.replace(GAS_PAD, b"}}\n") if gas_pad else out
 
 
