@@ -16,7 +16,12 @@ reference server in their own processes, and drives load from another process wi
 Devices are concentrators of 25 meters: a 100-telegram body holds 40 s of 25 meters' telegrams.
 
     python bench/ingest.py [--meters 10000] [--requests 1500] [--single 3000] [--concurrency 4]
-                           [--gateway-procs 2]
+                           [--gateway-procs 2] [--registry 2000000]
+
+``--registry N`` adds N more registered connections (a contract and a meter each, no device, as
+bench/registry.py seeds them) that push nothing: B5's third part, "B2 within 10 % of its
+10 000-connection figure" with 2 million connections in every gateway process's index. Compare
+with a run without it.
 
 Besides the rates, it prints the CPU time per telegram of the gateway processes, PostgreSQL and
 the load generator (from /proc), which hold on a machine shared with other work, and the rate
@@ -408,6 +413,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--consent-fraction", type=float, default=0.3)
     parser.add_argument(
+        "--registry",
+        type=int,
+        default=0,
+        help="more registered connections that push nothing (B5: B2 with 2 000 000)",
+    )
+    parser.add_argument(
         "--gateway-procs",
         type=int,
         default=2,
@@ -457,7 +468,9 @@ def main() -> None:
             procs.append(start_server("gateway", dsn, gw_port, Path(tmp) / "gateway.log"))
         procs.append(start_server("bare", dsn, bare_port, Path(tmp) / "bare.log"))
         print(
-            f"seeded {args.meters} meters, {args.consent_fraction:.0%} interval consent;"
+            f"seeded {args.meters} meters, {args.consent_fraction:.0%} interval consent"
+            + (f", {args.registry:,} silent connections besides" if args.registry else "")
+            + ";"
             f" driving {args.requests} × 100-telegram and {args.single} × 1-telegram requests,"
             f" concurrency {args.concurrency}, {args.gateway_procs} gateway process(es)"
             f" (cores: {os.cpu_count()})",
@@ -510,7 +523,45 @@ async def _create_database(base: str, name: str, args: argparse.Namespace) -> st
     finally:
         await conn.close()
     await seed(dsn, args.meters, args.consent_fraction)
+    if args.registry:
+        started = time.perf_counter()
+        await seed_registry(dsn, args.registry)
+        print(
+            f"added {args.registry:,} silent connections in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
     return dsn
+
+
+async def seed_registry(dsn: str, count: int) -> None:
+    """``count`` more connections, each with a contract and an installed meter (no consent, no
+    device), generated in SQL; EANs 8710… never collide with ``ean_of``'s 8706…/8716…."""
+    conn = await db.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO connections (ean, commodity) SELECT (871000000000000000 + i)::text,"
+            " CASE WHEN i % 2 = 0 THEN 'electricity' ELSE 'gas' END"
+            " FROM generate_series(1, $1::int) i",
+            count,
+        )
+        await conn.execute(
+            "INSERT INTO contracts (ean, customer_id, contract_start)"
+            " SELECT ean, 'r' || (ean_num - 871000000000000000),"
+            " now() - interval '400 days' FROM connections"
+            " WHERE ean_num > 871000000000000000 AND ean_num <= 871000000000000000 + $1::bigint",
+            count,
+        )
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+            " SELECT k.ean, n.commodity, 'R' || (k.ean_num - 871000000000000000), k.contract_start"
+            " FROM contracts k JOIN connections n ON n.ean = k.ean"
+            " WHERE k.ean_num > 871000000000000000"
+            " AND k.ean_num <= 871000000000000000 + $1::bigint",
+            count,
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
 
 
 async def _drop_database(base: str, name: str) -> None:
