@@ -124,6 +124,8 @@ API_DISABLED = Answer(
     "application/json",
 )
 NOT_FOUND = Answer(404, b"Not Found")
+#: not an answer: the dongle drops the connection (Wi-Fi gone, reboot)
+DROP = Answer(0, b"")
 
 
 @dataclass
@@ -152,6 +154,10 @@ class HomeWizardMeter:
         else:
             self.done.set()
             answer = self._last or NO_TELEGRAM
+        if answer is DROP:
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError  # nothing more to say on a dead connection
         return web.Response(
             status=answer.status, body=answer.body, content_type=answer.content_type
         )
