@@ -324,9 +324,13 @@ async def read_telegrams(
     backoff: Backoff | None = None,
     detect_timeout: float = 25.0,
     idle_timeout: float | None = 60.0,
+    poll_interval: float = 1.0,
     state: ReaderState | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """Yield validated plaintext telegrams (``/`` … ``!CRC`` CR LF) from a P1 port, forever.
+    """Yield validated plaintext telegrams (``/`` … ``!CRC`` CR LF) from a P1 source, forever.
+
+    ``port``: a serial device or a ``socket://``, ``rfc2217://`` or ``http://`` URL
+    (:mod:`p1_reader.sources`); ``poll_interval``: seconds between polls of an ``http://`` meter.
 
     ``profile``: ``auto``, ``dsmr2`` (9600 7E1) or ``dsmr4`` (115200 8N1). ``key``: 16-byte
     encryption key for DLMS-encrypted meters (frames are decrypted, authenticated and
@@ -343,6 +347,7 @@ async def read_telegrams(
         backoff=backoff,
         detect_timeout=detect_timeout,
         idle_timeout=idle_timeout,
+        poll_interval=poll_interval,
         state=state,
     )
     async with contextlib.aclosing(reader.telegrams()) as items:

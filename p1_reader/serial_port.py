@@ -119,6 +119,9 @@ class RemoteSerialConnection:
         """Wait for the next chunk (never empty); SerialPortError when the link is gone."""
         loop = asyncio.get_running_loop()
         while True:
+            # Cancelled (idle timeout, profile switch, stop), the worker's read still finishes
+            # within _REMOTE_POLL and its bytes are lost; every such path closes the connection
+            # anyway, and a reconnect starts a fresh telegram.
             try:
                 data = await loop.run_in_executor(None, self._read_blocking)
             except (serial.SerialException, OSError) as exc:

@@ -31,7 +31,6 @@ from typing import Protocol
 
 from p1_reader.profiles import SerialProfile
 
-
 #: pyserial's other URL handlers, passed to it unchanged as before (``hwgrep://`` finds a USB
 #: adapter by its id, ``spy://`` logs the traffic for debugging)
 _PYSERIAL_SCHEMES = frozenset({"hwgrep", "spy", "alt", "loop", "cp2110"})
