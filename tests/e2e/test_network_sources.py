@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -341,3 +343,33 @@ def test_key_is_refused_for_an_http_meter() -> None:
 def test_malformed_ports_are_refused(port: str) -> None:
     with pytest.raises(ValueError):
         P1Reader(port)
+
+
+# -- the ``read`` subcommand as a process -----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["socket", "http"])
+async def test_read_subcommand_on_a_network_dongle(kind: str) -> None:
+    dongle: TcpBridge | HomeWizardMeter
+    if kind == "socket":
+        dongle = TcpBridge([Script(KAIFA + AM550, drop=False)])
+    else:
+        dongle = HomeWizardMeter([telegram(KAIFA), telegram(KAIFA), telegram(AM550)])
+    async with dongle:
+        url = dongle.url
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p1_reader", "read", "--port", url,
+            "--poll-interval", "50ms", "--count", "2",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 4 * STEP)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [line["header"] for line in lines] == ["/KFM5KAIFA-METER", "/ISK5\\2M550T-1011"]
+    assert "opened " + url in err.decode()
