@@ -46,7 +46,7 @@ from p1_reader.framing import Frame, FrameKind, Framer
 from p1_reader.jsonout import telegram_to_json
 from p1_reader.parser import parse_telegram
 from p1_reader.profiles import DSMR2, DSMR4, PROFILES, SerialProfile
-from p1_reader.sources import Connection, LastTelegram, PortSpec, SourceKind, parse_port
+from p1_reader.sources import Connection, LastTelegram, SourceKind, parse_port
 from p1_reader.telegram import Telegram
 
 log = logging.getLogger(__name__)
@@ -237,9 +237,9 @@ class P1Reader:
         """Open the source; SourceError when it cannot be opened now."""
         # Each edge module is imported here, where a source of its kind is opened, and nowhere
         # above: the CLI registers every subcommand by importing its module, so a top-level
-        # import would load pyserial and aiohttp for the pure ``decode`` command too (and for
-        # ``forward --input``, which never opens a port).
-        spec: PortSpec = self._spec
+        # import would load pyserial for the pure ``decode`` command too (and for ``forward
+        # --input``, which never opens a port); a network source never loads pyserial either.
+        spec = self._spec
         if spec.kind is SourceKind.TCP:
             from p1_reader.tcp_stream import open_tcp_stream
 
