@@ -8,10 +8,12 @@ The layers, imports pointing from the later ones to the earlier ones only:
 
 pure
     ``errors``, ``crc``, ``obis``, ``timestamps``, ``telegram``, ``parser``, ``framing``,
-    ``decrypt``, ``encode``, ``jsonout``, ``thinning``, ``profiles``, ``cliargs``
+    ``decrypt``, ``encode``, ``jsonout``, ``thinning``, ``profiles``, ``sources`` (the
+    ``--port`` forms and the connection interface), ``cliargs``
 I/O edges
-    ``serial_port`` (the only module that imports pyserial), ``spool_format`` and ``spool``
-    (files), ``gateway_client`` (HTTP)
+    ``serial_port`` (the only module that imports pyserial: local and RFC 2217 ports),
+    ``tcp_stream`` (``socket://`` bridges), ``homewizard`` (a HomeWizard P1 meter's HTTP API),
+    ``spool_format`` and ``spool`` (files), ``gateway_client`` (HTTP)
 commands
     ``decode`` (pure apart from reading its files), ``reader`` (``read``), ``forwarder``
     (``forward``), ``simulate``; ``cli`` registers them all, so a command module imports the
@@ -28,6 +30,8 @@ from p1_reader.errors import (
     P1Error,
     ReplayError,
     SerialPortError,
+    SourceError,
+    SourceRefusedError,
     SpoolError,
     TimestampError,
     TooLargeError,
@@ -53,6 +57,8 @@ __all__ = [
     "P1Error",
     "ReplayError",
     "SerialPortError",
+    "SourceError",
+    "SourceRefusedError",
     "SpoolError",
     "Telegram",
     "TimestampError",

@@ -1,4 +1,4 @@
-"""Command-line vocabulary shared by the subcommands: key options, durations and sizes.
+"""Command-line vocabulary shared by the subcommands: source and key options, durations, sizes.
 
 Pure argparse helpers (no I/O, no serial port, no HTTP). They live apart from the commands that
 use them so that a pure command such as ``decode`` can offer ``--key`` without importing the
@@ -11,6 +11,8 @@ import argparse
 import re
 
 from p1_reader.decrypt import KEY_LEN, SMARTY_AUTH_KEY
+from p1_reader.profiles import PROFILES
+from p1_reader.sources import port_argument
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -52,6 +54,46 @@ def add_key_arguments(parser: argparse.ArgumentParser) -> None:
         dest="auth_key",
         const=None,
         help="the meter seals frames without AAD",
+    )
+
+
+#: ``--port`` help (``read`` and ``forward``)
+PORT_HELP = (
+    "where the telegrams come from: a serial device (/dev/ttyUSB0); socket://HOST:PORT for a "
+    "P1-to-Wi-Fi/Ethernet bridge or ser2net serving the raw stream over TCP; "
+    "rfc2217://HOST:PORT for an RFC 2217 serial server; http://HOST/api/v1/telegram for a "
+    "HomeWizard Wi-Fi P1 meter (local API switched on)"
+)
+
+
+def add_source_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    port_group: argparse._MutuallyExclusiveGroup | None = None,
+) -> None:
+    """``--port`` (required, unless it goes into ``port_group``), ``--profile`` and
+    ``--poll-interval`` (``read`` and ``forward``)."""
+    (port_group or parser).add_argument(
+        "--port",
+        type=port_argument,
+        required=port_group is None,
+        metavar="PORT",
+        help=PORT_HELP,
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("auto", *PROFILES),
+        default="auto",
+        help="serial line settings: dsmr2 = 9600 7E1 (DSMR 2.2/3), dsmr4 = 115200 8N1 "
+        "(DSMR 4/5), auto = detect (default). socket://: the bridge sets the line, auto only "
+        "decides whether to clear bit 7; http://: ignored",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=parse_duration,
+        default=1.0,
+        metavar="DURATION",
+        help="http:// meters: how often to ask for the last telegram (default 1s)",
     )
 
 

@@ -11,7 +11,9 @@ The tree::
     ├── DecryptionError          a DLMS general-glo-ciphering frame that cannot be opened
     │   ├── AuthenticationError  GCM tag does not verify (wrong key, wrong AAD, tampering)
     │   └── ReplayError          frame counter not above the last one seen
-    ├── SerialPortError          the serial port cannot be opened or vanished
+    ├── SourceError              the telegram source cannot be opened, vanished or went quiet
+    │   ├── SerialPortError      … a serial port (local, or remote over RFC 2217)
+    │   └── SourceRefusedError   … it answers but refuses us (HomeWizard API disabled, wrong URL)
     ├── SpoolError               the spool directory cannot be used
     └── TLSSetupError            the forwarder's CA bundle or client certificate cannot be used
 
@@ -60,8 +62,23 @@ class ReplayError(DecryptionError):
     reason = "replayed-frame"
 
 
-class SerialPortError(P1Error):
+class SourceError(P1Error):
+    """The telegram source (serial port, TCP stream, HTTP meter) cannot be read right now; the
+    reader reconnects with backoff."""
+
+    reason = "source"
+
+
+class SerialPortError(SourceError):
     reason = "serial-port"
+
+
+class SourceRefusedError(SourceError):
+    """The source is there but refuses us until someone changes its configuration (the
+    HomeWizard local API is switched off, the URL points elsewhere): retried at the longest
+    backoff and logged as an error, since waiting alone will not fix it."""
+
+    reason = "source-refused"
 
 
 class SpoolError(P1Error):

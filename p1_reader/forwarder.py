@@ -1,9 +1,10 @@
-"""``python -m p1_reader forward``: P1 port → spool → ``POST {gateway}/v1/telegrams``.
+"""``python -m p1_reader forward``: P1 source → spool → ``POST {gateway}/v1/telegrams``.
 
 Two tasks share one :class:`~p1_reader.spool.Spool`:
 
 reader → spool
-    telegrams from the serial port (or ``--input FILE|-``) are thinned (see below) and appended;
+    telegrams from the P1 source — a serial port, a network dongle (``--port URL``, see
+    :mod:`p1_reader.sources`) or ``--input FILE|-`` — are thinned (see below) and appended;
     the spool fsyncs per appended batch or once a second (``--fsync``).
 spool → gateway
     the oldest telegrams are posted in batches (``text/plain``, telegrams back to back, bearer
@@ -57,11 +58,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p1_reader import spool as spool_mod
-from p1_reader.cliargs import add_key_arguments, parse_duration, parse_size
+from p1_reader.cliargs import (
+    add_key_arguments,
+    add_source_arguments,
+    parse_duration,
+    parse_size,
+)
 from p1_reader.errors import P1Error
 from p1_reader.framing import Framer
 from p1_reader.gateway_client import GatewayClient, Outcome, OutcomeKind, tls_context
-from p1_reader.profiles import PROFILES
 from p1_reader.reader import P1Reader
 from p1_reader.spool import Spool, SpoolRecord
 from p1_reader.telegram import Telegram
@@ -547,14 +552,22 @@ async def file_source(
     framer.flush()
 
 
-async def serial_source(
-    port: str, profile: str, *, key: bytes | None, auth_key: bytes | None
+async def port_source(
+    reader: P1Reader,
 ) -> AsyncIterator[tuple[bytes, Telegram | None]]:
-    """Validated telegrams (with their parse) from a P1 serial port, reconnecting forever."""
-    reader = P1Reader(port, profile, key=key, auth_key=auth_key)
+    """Validated telegrams (with their parse) from a reader's source (serial port, network
+    dongle), reconnecting forever with the reader's backoff."""
     async with contextlib.aclosing(reader.telegrams()) as items:
         async for data, telegram in items:
             yield data, telegram
+
+
+async def serial_source(
+    port: str, profile: str, *, key: bytes | None, auth_key: bytes | None
+) -> AsyncIterator[tuple[bytes, Telegram | None]]:
+    """Validated telegrams (with their parse) from ``port``, reconnecting forever."""
+    async for item in port_source(P1Reader(port, profile, key=key, auth_key=auth_key)):
+        yield item
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,29 +575,25 @@ async def serial_source(
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``forward``: serial port (or file) → spool → gateway."""
+    """Register ``forward``: P1 source (or file) → spool → gateway."""
     parser = subparsers.add_parser(
         "forward",
-        help="forward telegrams from a P1 port to the gateway, spooling them on disk",
+        help="forward telegrams from a P1 port or network dongle to the gateway, spooling "
+        "them on disk",
         description=(
-            "Read telegrams from a P1 port (or a file), keep them in an on-disk spool and post "
-            "them to the gateway in batches; nothing is lost while the gateway is unreachable. "
+            "Read telegrams from a P1 port, a network dongle (socket://, rfc2217:// or a "
+            "HomeWizard's http:// URL) or a file, keep them in an on-disk spool and post them "
+            "to the gateway in batches; nothing is lost while the gateway is unreachable. "
             f"The token can also come from ${TOKEN_ENV}, the gateway URL from ${GATEWAY_ENV}."
         ),
     )
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--port", help="serial device, e.g. /dev/ttyUSB0")
+    add_source_arguments(parser, port_group=src)
     src.add_argument(
         "--input", metavar="FILE", help="read a telegram byte stream from FILE (or - for stdin)"
     )
     parser.add_argument(
         "--follow", action="store_true", help="--input: keep reading a growing file at its end"
-    )
-    parser.add_argument(
-        "--profile",
-        choices=("auto", *PROFILES),
-        default="auto",
-        help="serial line settings: dsmr2 (9600 7E1), dsmr4 (115200 8N1) or auto (default)",
     )
     add_key_arguments(parser)
     parser.add_argument(
@@ -751,7 +760,17 @@ async def _forward_main(args: argparse.Namespace, config: ForwarderConfig) -> in
             source = file_source(args.input, follow=args.follow)
             drained = args.exit_when_drained if args.exit_when_drained is not None else True
         else:
-            source = serial_source(args.port, args.profile, key=args.key, auth_key=args.auth_key)
+            try:
+                reader = P1Reader(
+                    args.port,
+                    args.profile,
+                    key=args.key,
+                    auth_key=args.auth_key,
+                    poll_interval=args.poll_interval,
+                )
+            except ValueError as exc:
+                raise P1Error(str(exc)) from exc
+            source = port_source(reader)
             drained = bool(args.exit_when_drained)
         try:
             await forwarder.run(source, exit_when_drained=drained)
@@ -780,5 +799,6 @@ __all__: Sequence[str] = (
     "add_parser",
     "backoff_delay",
     "file_source",
+    "port_source",
     "serial_source",
 )

@@ -36,3 +36,6 @@ DSMR2 = SerialProfile("dsmr2", 9600, "7E1", mask_7bit=True)
 #: DSMR 4 / 5, e-MUCS, Smarty: 115200 baud, 8N1
 DSMR4 = SerialProfile("dsmr4", 115200, "8N1", mask_7bit=False)
 PROFILES: dict[str, SerialProfile] = {p.name: p for p in (DSMR2, DSMR4)}
+
+#: bytes → bytes with bit 7 cleared (for ``bytes.translate``): what ``mask_7bit`` applies
+MASK_7BIT = bytes(b & 0x7F for b in range(256))

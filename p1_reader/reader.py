@@ -1,20 +1,30 @@
-"""Read telegrams from a P1 serial port: the supervised read loop and the ``read`` subcommand.
+"""Read telegrams from a P1 source: the supervised read loop and the ``read`` subcommand.
 
-The loop survives the port going away: when the device disappears (open fails, read raises,
-or no byte arrives for ``idle_timeout``) it logs ONE warning, retries with capped exponential
-backoff (debug-level lines only), and logs once more when bytes flow again.
+A source is a local serial port, a remote one (``rfc2217://``), a raw TCP stream from a
+P1-to-network bridge (``socket://``) or a HomeWizard P1 meter's local API (``http://``); see
+:mod:`p1_reader.sources`. The loop is the same for all of them and survives the source going
+away: when it disappears (open fails, read raises, the connection drops, or no byte arrives for
+``idle_timeout``) it logs ONE warning, retries with capped exponential backoff (debug-level lines
+only), and logs once more when bytes flow again. A source that answers but refuses us (the
+HomeWizard local API switched off) is logged as an error and retried at the longest backoff.
+Whatever a dropped connection left half-framed is discarded, never parsed.
 
 ``--profile auto`` opens at 115200 8N1 (DSMR 4/5) and waits for a telegram that validates; after
 ``detect_timeout`` (or early, when most bytes have bit 7 set, the signature of a 7E1 line read
 as 8N1) it tries 9600 7E1 (DSMR 2.2/3), alternating until a telegram validates, then keeps that
-profile for good (also across reconnects).
+profile for good (also across reconnects). On ``rfc2217://`` the same happens: the client sets
+the remote port's line. A ``socket://`` bridge has its own line settings, so there auto-detection
+only decides whether bit 7 is cleared (a bridge set to 8N1 in front of a 7E1 meter passes the
+parity bit on): it switches on the high-bit signature alone and never reconnects just because no
+telegram validated in time. An ``http://`` meter hands out text it already validated: no
+profile applies.
 
 With a key, the framer looks only for encrypted DLMS frames (0xDB …); without one, only for
 plaintext telegrams. Decrypted telegrams are parsed without a CRC requirement: the GCM tag
 already authenticated every byte.
 
-Importing this module does not import pyserial: :mod:`p1_reader.serial_port` is loaded only when
-a reader first opens its port (see :meth:`P1Reader.telegrams`).
+Importing this module does not import pyserial or aiohttp: :func:`p1_reader.sources.open_source`
+loads the edge module of a source kind when a reader first opens such a source.
 """
 
 from __future__ import annotations
@@ -28,19 +38,16 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from p1_reader.cliargs import add_key_arguments
+from p1_reader.cliargs import add_key_arguments, add_source_arguments
 from p1_reader.decrypt import SMARTY_AUTH_KEY, FrameDecryptor
-from p1_reader.errors import ChecksumError, P1Error, SerialPortError
+from p1_reader.errors import ChecksumError, P1Error, SourceError, SourceRefusedError
 from p1_reader.framing import Frame, FrameKind, Framer
 from p1_reader.jsonout import telegram_to_json
 from p1_reader.parser import parse_telegram
-from p1_reader.profiles import DSMR2, DSMR4, PROFILES
+from p1_reader.profiles import DSMR2, DSMR4, PROFILES, SerialProfile
+from p1_reader.sources import Connection, LastTelegram, SourceKind, parse_port
 from p1_reader.telegram import Telegram
-
-if TYPE_CHECKING:
-    from p1_reader.serial_port import SerialConnection
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,7 @@ class Backoff:
 class ReaderState:
     """Live counters and connection state of a reader (for logs, metrics and tests)."""
 
-    #: set while the port is open
+    #: set while the source is open
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     telegrams: int = 0
     rejected: int = 0
@@ -74,7 +81,12 @@ class ReaderState:
 
 
 class P1Reader:
-    """Supervised reader of one P1 port; :meth:`telegrams` yields validated telegrams."""
+    """Supervised reader of one P1 source; :meth:`telegrams` yields validated telegrams.
+
+    ``port``: a serial device or a URL (:mod:`p1_reader.sources`); ValueError when it is
+    neither, or when ``key`` is given for an HTTP meter (it hands out plaintext only).
+    ``poll_interval``: seconds between two polls of an HTTP meter.
+    """
 
     def __init__(
         self,
@@ -86,11 +98,24 @@ class P1Reader:
         backoff: Backoff | None = None,
         detect_timeout: float = 25.0,
         idle_timeout: float | None = 60.0,
+        poll_interval: float = 1.0,
         state: ReaderState | None = None,
     ) -> None:
         if profile != "auto" and profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}: use auto, {', '.join(PROFILES)}")
+        self._spec = parse_port(port)
+        if self._spec.kind is SourceKind.HTTP:
+            if key is not None:
+                raise ValueError(
+                    "--key does not apply to an http:// meter: it hands out plaintext telegrams"
+                )
+            # the dongle reads the P1 port itself and hands out text: nothing to detect or mask
+            profile = DSMR4.name
+        if poll_interval <= 0:
+            raise ValueError(f"poll interval must be positive, not {poll_interval}")
         self.port = port
+        self.poll_interval = poll_interval
+        self._last = LastTelegram()
         self._locked = None if profile == "auto" else PROFILES[profile]
         self._candidates = (DSMR4, DSMR2)
         self._candidate = 0
@@ -130,15 +155,11 @@ class P1Reader:
 
     async def telegrams(self) -> AsyncGenerator[tuple[bytes, Telegram], None]:
         """Yield (telegram bytes, parsed telegram) forever, reconnecting as needed."""
-        # Imported here, where the port is opened, and nowhere above: the CLI registers every
-        # subcommand by importing its module, so a top-level import would load pyserial for the
-        # pure ``decode`` command too (and for ``forward --input``, which never opens a port).
-        from p1_reader.serial_port import open_serial
-
         backoff = self.backoff
         delay = backoff.initial
         outage_since: float | None = None
         attempts = 0
+        refused: str | None = None
         wait_before_open = False
         while True:
             if wait_before_open:
@@ -147,9 +168,21 @@ class P1Reader:
             wait_before_open = True
             profile = self._locked or self._candidates[self._candidate]
             try:
-                conn = await open_serial(self.port, profile)
-            except SerialPortError as exc:
+                conn = await self._open(profile)
+            except SourceRefusedError as exc:
                 attempts += 1
+                # waiting does not fix a refusal: say so as an error, once, and ask rarely
+                delay = backoff.maximum
+                if outage_since is None or refused != str(exc):
+                    outage_since = outage_since or time.monotonic()
+                    log.error("%s; retrying every %g s", exc, backoff.maximum)
+                else:
+                    log.debug("retry %d: %s", attempts, exc)
+                refused = str(exc)
+                continue
+            except SourceError as exc:
+                attempts += 1
+                refused = None
                 if outage_since is None:
                     outage_since = time.monotonic()
                     log.warning(
@@ -162,10 +195,9 @@ class P1Reader:
             # during an outage a reopen is one more attempt, not news (recovery = bytes flow)
             log.log(
                 logging.INFO if outage_since is None else logging.DEBUG,
-                "opened %s at %s (%s)",
+                "opened %s (%s)",
                 self.port,
-                profile.describe(),
-                profile.name,
+                conn.describe(),
             )
             try:
                 async with contextlib.aclosing(self._read_connection(conn)) as items:
@@ -178,11 +210,12 @@ class P1Reader:
                                 attempts,
                             )
                             outage_since, attempts, delay = None, 0, backoff.initial
+                            refused = None
                         if item is not None:
                             yield item
                 # the connection ended without an error: a profile switch; reopen at once
                 wait_before_open = False
-            except SerialPortError as exc:
+            except SourceError as exc:
                 self.state.disconnects += 1
                 if outage_since is None:
                     outage_since = time.monotonic()
@@ -195,32 +228,55 @@ class P1Reader:
                     log.debug("%s failed again: %s", self.port, exc)
             finally:
                 self.state.connected.clear()
+                # a telegram cut off by the drop is counted as truncated and discarded here,
+                # never completed with what the next connection brings (nor parsed on its own)
                 self.framer.flush()
                 await conn.close()
 
+    async def _open(self, profile: SerialProfile) -> Connection:
+        """Open the source; SourceError when it cannot be opened now."""
+        # Each edge module is imported here, where a source of its kind is opened, and nowhere
+        # above: the CLI registers every subcommand by importing its module, so a top-level
+        # import would load pyserial for the pure ``decode`` command too (and for ``forward
+        # --input``, which never opens a port); a network source never loads pyserial either.
+        spec = self._spec
+        if spec.kind is SourceKind.TCP:
+            from p1_reader.tcp_stream import open_tcp_stream
+
+            return await open_tcp_stream(spec.text, profile)
+        if spec.kind is SourceKind.HTTP:
+            from p1_reader.homewizard import open_homewizard
+
+            return await open_homewizard(
+                spec.text, profile, poll_interval=self.poll_interval, last=self._last
+            )
+        from p1_reader.serial_port import open_serial
+
+        return await open_serial(spec.text, profile)
+
     async def _read_connection(
-        self, conn: SerialConnection
+        self, conn: Connection
     ) -> AsyncGenerator[tuple[bytes, Telegram] | None, None]:
         """Read one open connection. Yields None when bytes arrived but no telegram completed
-        (so the caller can see the port is alive), raises SerialPortError when the port fails or
-        stays silent for ``idle_timeout``, returns to switch the auto-detected profile."""
+        (so the caller can see the source is alive), raises SourceError when the source fails
+        or stays silent for ``idle_timeout``, returns to switch the auto-detected profile."""
         detecting = self._locked is None
+        # only where the profile sets the line may "no valid telegram in time" mean "wrong line"
+        timed = self._spec.kind.sets_line
         deadline = time.monotonic() + self.detect_timeout
         high_bit = 0
         while True:
             timeout = self.idle_timeout
-            if detecting:
+            if detecting and timed:
                 left = max(0.0, deadline - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
             try:
                 chunk = await asyncio.wait_for(conn.read(), timeout)
             except TimeoutError:
-                if detecting and time.monotonic() >= deadline:
+                if detecting and timed and time.monotonic() >= deadline:
                     self._switch_profile(conn, f"no valid telegram within {self.detect_timeout} s")
                     return
-                raise SerialPortError(
-                    f"no data from {conn.path} for {self.idle_timeout} s"
-                ) from None
+                raise SourceError(f"no data from {conn.path} for {self.idle_timeout} s") from None
             yielded = False
             for frame in self.framer.feed(chunk):
                 item = self._validate(frame)
@@ -230,7 +286,7 @@ class P1Reader:
                     self._locked = conn.profile
                     self.state.profile = conn.profile.name
                     detecting = False
-                    log.info("detected %s (%s)", conn.profile.name, conn.profile.describe())
+                    log.info("detected %s (%s)", conn.profile.name, conn.describe())
                 yielded = True
                 yield item
             if not yielded:
@@ -241,20 +297,18 @@ class P1Reader:
                     self._switch_profile(conn, f"{high_bit} bytes with bit 7 set")
                     return
 
-    def _switch_profile(self, conn: SerialConnection, why: str) -> None:
+    def _switch_profile(self, conn: Connection, why: str) -> None:
         self._candidate = (self._candidate + 1) % len(self._candidates)
         nxt = self._candidates[self._candidate]
         self._switches += 1
         # a silent meter makes detection alternate forever: say it once per profile, then quietly
         level = logging.INFO if self._switches <= len(self._candidates) else logging.DEBUG
+        if self._spec.kind.sets_line:
+            trying = nxt.describe()
+        else:
+            trying = "bit 7 cleared" if nxt.mask_7bit else "bit 7 kept"
         log.log(
-            level,
-            "%s at %s: %s; trying %s (%s)",
-            conn.path,
-            conn.profile.describe(),
-            why,
-            nxt.describe(),
-            nxt.name,
+            level, "%s (%s): %s; trying %s (%s)", conn.path, conn.describe(), why, trying, nxt.name
         )
 
 
@@ -270,9 +324,13 @@ async def read_telegrams(
     backoff: Backoff | None = None,
     detect_timeout: float = 25.0,
     idle_timeout: float | None = 60.0,
+    poll_interval: float = 1.0,
     state: ReaderState | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """Yield validated plaintext telegrams (``/`` … ``!CRC`` CR LF) from a P1 port, forever.
+    """Yield validated plaintext telegrams (``/`` … ``!CRC`` CR LF) from a P1 source, forever.
+
+    ``port``: a serial device or a ``socket://``, ``rfc2217://`` or ``http://`` URL
+    (:mod:`p1_reader.sources`); ``poll_interval``: seconds between polls of an ``http://`` meter.
 
     ``profile``: ``auto``, ``dsmr2`` (9600 7E1) or ``dsmr4`` (115200 8N1). ``key``: 16-byte
     encryption key for DLMS-encrypted meters (frames are decrypted, authenticated and
@@ -289,6 +347,7 @@ async def read_telegrams(
         backoff=backoff,
         detect_timeout=detect_timeout,
         idle_timeout=idle_timeout,
+        poll_interval=poll_interval,
         state=state,
     )
     async with contextlib.aclosing(reader.telegrams()) as items:
@@ -300,22 +359,17 @@ async def read_telegrams(
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``read``: serial port → JSON lines on stdout."""
+    """Register ``read``: P1 source → JSON lines on stdout."""
     parser = subparsers.add_parser(
         "read",
-        help="read telegrams from a P1 serial port and print them as JSON lines",
+        help="read telegrams from a P1 port or network dongle and print them as JSON lines",
         description=(
-            "Read DSMR telegrams from a P1 port and print one JSON object per telegram "
-            "(registers only, no power values). Rejected telegrams are logged to stderr."
+            "Read DSMR telegrams from a P1 port (a serial device, or a network dongle given as "
+            "a URL) and print one JSON object per telegram (registers only, no power values). "
+            "Rejected telegrams are logged to stderr."
         ),
     )
-    parser.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyUSB0")
-    parser.add_argument(
-        "--profile",
-        choices=("auto", *PROFILES),
-        default="auto",
-        help="dsmr2 = 9600 7E1 (DSMR 2.2/3), dsmr4 = 115200 8N1 (DSMR 4/5); default auto",
-    )
+    add_source_arguments(parser)
     add_key_arguments(parser)
     parser.add_argument(
         "--count",
@@ -350,21 +404,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=float,
         default=60.0,
         metavar="S",
-        help="reopen the port after this many seconds without a byte (default 60; 0 = never)",
+        help="reopen the source after this many seconds without a byte (an http:// meter: "
+        "without a new telegram) (default 60; 0 = never)",
     )
     parser.set_defaults(func=run_read)
 
 
 async def _read_main(args: argparse.Namespace) -> int:
-    reader = P1Reader(
-        args.port,
-        args.profile,
-        key=args.key,
-        auth_key=args.auth_key,
-        backoff=Backoff(initial=args.initial_backoff, maximum=args.max_backoff),
-        detect_timeout=args.detect_timeout,
-        idle_timeout=args.idle_timeout or None,
-    )
+    try:
+        reader = P1Reader(
+            args.port,
+            args.profile,
+            key=args.key,
+            auth_key=args.auth_key,
+            backoff=Backoff(initial=args.initial_backoff, maximum=args.max_backoff),
+            detect_timeout=args.detect_timeout,
+            idle_timeout=args.idle_timeout or None,
+            poll_interval=args.poll_interval,
+        )
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     count = 0
     out = sys.stdout
     async with contextlib.aclosing(reader.telegrams()) as items:

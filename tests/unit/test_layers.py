@@ -98,6 +98,9 @@ LAZY_ON_PURPOSE: dict[tuple[str, str], str] = {
     # pyserial loads only when a port is opened: the reader module is imported by the CLI for
     # every subcommand, and the pure ones (decode, forward --input) must run without it
     ("p1_reader.reader", "p1_reader.serial_port"): "pyserial only when a port opens",
+    # likewise the network sources: asyncio sockets and aiohttp only when such a source opens
+    ("p1_reader.reader", "p1_reader.tcp_stream"): "a socket:// source only when one opens",
+    ("p1_reader.reader", "p1_reader.homewizard"): "aiohttp only when an http:// meter opens",
 }
 
 GRAPH_CACHE: dict[str, list[tuple[str, int, bool]]] = {}

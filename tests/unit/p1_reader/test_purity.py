@@ -32,6 +32,7 @@ PURE = (
     "jsonout",
     "cliargs",
     "profiles",
+    "sources",
     "thinning",
     "decode",
 )
