@@ -31,6 +31,7 @@ from typing import Final
 import asyncpg
 
 from consent.levels import INTERVAL_GRANULARITIES
+from gateway.storage import db
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Compaction:
     partition: str
     index_bytes_before: int
     index_bytes_after: int
+    #: why the rebuild did not finish (an SQLSTATE, or "timeout"); None: it did
+    failed: str | None = None
 
 
 async def closed_partitions(
@@ -133,19 +136,40 @@ async def compact_closed_partitions(
     limit: int,
     *,
     dry_run: bool = False,
+    timeout_s: float = REINDEX_TIMEOUT_S,
 ) -> list[Compaction]:
     """Compact at most ``limit`` closed interval partitions (see ``closed_partitions``), one
-    after the other; with ``dry_run`` only list them (sizes: the current ones)."""
+    after the other; with ``dry_run`` only list them (sizes: the current ones).
+
+    A rebuild that fails or times out is reported (``failed``) and tried again on a later
+    run; it does not fail the caller, whose deletions are the legal obligation. Losing the
+    database does."""
     if limit <= 0:
         return []
     done: list[Compaction] = []
+    size = "SELECT pg_indexes_size($1::regclass)"
     for table_name, partition in await closed_partitions(conn, closed, expired, limit):
         if dry_run:
-            size: int = await conn.fetchval("SELECT pg_indexes_size($1::regclass)", partition)
-            done.append(Compaction(table_name, partition, size, size))
-        else:
-            done.append(await compact_partition(conn, table_name, partition))
+            current: int = await conn.fetchval(size, partition)
+            done.append(Compaction(table_name, partition, current, current))
+            continue
+        try:
+            done.append(await compact_partition(conn, table_name, partition, timeout_s=timeout_s))
+        except TimeoutError:  # before the connection errors: TimeoutError is an OSError
+            done.append(await _failed(conn, table_name, partition, "timeout"))
+        except db.CONNECTION_ERRORS:
+            raise
+        except asyncpg.PostgresError as exc:
+            done.append(await _failed(conn, table_name, partition, exc.sqlstate))
     return done
+
+
+async def _failed(
+    conn: asyncpg.Connection, table_name: str, partition: str, why: str
+) -> Compaction:
+    log.warning("compaction: rebuilding %s failed (%s); a later run retries", partition, why)
+    current: int = await conn.fetchval("SELECT pg_indexes_size($1::regclass)", partition)
+    return Compaction(table_name, partition, current, current, why)
 
 
 async def forget(conn: asyncpg.Connection, partition: str) -> None:

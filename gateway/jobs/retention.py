@@ -97,6 +97,8 @@ class TableReport:
     partitions_skipped: list[str] = field(default_factory=list)
     #: closed partitions whose indexes were rebuilt (gateway.jobs.compaction)
     partitions_compacted: list[str] = field(default_factory=list)
+    #: closed partitions whose rebuild failed or timed out (a later run retries)
+    partitions_not_compacted: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         """JSON form (audit detail, CLI output)."""
@@ -106,6 +108,7 @@ class TableReport:
             "partitions_dropped": list(self.partitions_dropped),
             "partitions_skipped": list(self.partitions_skipped),
             "partitions_compacted": list(self.partitions_compacted),
+            "partitions_not_compacted": list(self.partitions_not_compacted),
         }
 
 
@@ -589,12 +592,6 @@ async def run_retention(
             conn, cutoffs.consent_end, report, pol, now=now, dry_run=dry_run
         )
         await purge_outbox(conn, cutoffs.outbox, report, pol, dry_run=dry_run)
-        # last: a rebuild can take long, and the deletions above should not wait for it
-        if cutoffs.closed is not None:
-            for done in await compaction.compact_closed_partitions(
-                conn, cutoffs.closed, cutoffs.interval, pol.compactions_per_run, dry_run=dry_run
-            ):
-                report.table(done.table_name).partitions_compacted.append(done.partition)
         if cutoffs.audit is not None:
             pruned = await audit.prune(
                 conn,
@@ -604,6 +601,16 @@ async def run_retention(
                 dry_run=dry_run,
             )
             report.audit_rows_pruned = pruned.rows
+        # last: a rebuild can take long, and the deletions above should not wait for it
+        if cutoffs.closed is not None:
+            for done in await compaction.compact_closed_partitions(
+                conn, cutoffs.closed, cutoffs.interval, pol.compactions_per_run, dry_run=dry_run
+            ):
+                table = report.table(done.table_name)
+                if done.failed is None:
+                    table.partitions_compacted.append(done.partition)
+                else:
+                    table.partitions_not_compacted.append(done.partition)
         report.completed = True
     finally:
         # also after an error: what was deleted before it must be on record

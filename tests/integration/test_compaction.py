@@ -249,3 +249,33 @@ async def test_ingest_goes_on_while_a_rebuild_waits_for_an_old_reader(
     finally:
         await reader.close()
         await writer.close()
+
+
+async def test_a_rebuild_that_times_out_is_reported_and_finished_by_a_later_run(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    """A rebuild stuck behind an old reader past its time limit is cut off: it leaves its
+    invalid half-built index, the run reports the partition as not compacted (and does not
+    record it), and the next run cleans up and finishes it."""
+    await db.ensure_partitions(conn, dt.datetime(2025, 1, 1, tzinfo=UTC), NOW)
+    await seed(conn, dt.datetime(2025, 1, 10, tzinfo=UTC), 1, eans=10)
+    reader = await db.connect(database_url)
+    closed, expired = NOW - dt.timedelta(days=41), NOW.replace(year=2021)
+    try:
+        async with reader.transaction():
+            await reader.fetchval(f"SELECT count(*) FROM {JAN}")
+            cut = await compaction.compact_closed_partitions(
+                conn, closed, expired, 1, timeout_s=1.0
+            )
+        assert [(c.partition, c.failed) for c in cut] == [(JAN, "timeout")]
+    finally:
+        await reader.close()
+    invalid = "SELECT count(*) FROM pg_index WHERE indrelid = $1::regclass AND NOT indisvalid"
+    assert await conn.fetchval(invalid, JAN) >= 1
+    assert await conn.fetchval("SELECT count(*) FROM reading_compactions") == 0
+
+    again = await compaction.compact_closed_partitions(conn, closed, expired, 1)
+    assert [(c.partition, c.failed) for c in again] == [(JAN, None)]
+    assert await conn.fetchval(invalid, JAN) == 0
+    recorded = await conn.fetchval("SELECT partition FROM reading_compactions")
+    assert recorded == JAN
