@@ -28,6 +28,11 @@ class RetentionPolicy:
     batch_rows: int = 10_000
     #: how long dropping a partition may wait for its table lock (ms)
     lock_timeout_ms: int = 5_000
+    #: readings measured longer ago than this many days are refused by ingest (the gateway's
+    #: spool horizon): interval partitions whose periods end before then are closed
+    spool_horizon_days: int = 40
+    #: closed interval partitions whose indexes one run rebuilds (0: none)
+    compactions_per_run: int = 1
 
     @property
     def consent_proof_years(self) -> int:
@@ -63,6 +68,9 @@ class Cutoffs:
     outbox: dt.datetime
     #: audit rows recorded before this go; None: the policy keeps the trail
     audit: dt.datetime | None = None
+    #: interval partitions whose periods all end at or before this can receive no more
+    #: readings (the spool horizon, and a day for writes in flight): they are compacted
+    closed: dt.datetime | None = None
 
     @classmethod
     def at(cls, now: dt.datetime, policy: RetentionPolicy) -> Cutoffs:
@@ -75,4 +83,5 @@ class Cutoffs:
             consent_end=years_before(now, policy.interval_years + policy.consent_extra_years),
             outbox=now - dt.timedelta(days=policy.outbox_days),
             audit=None if policy.audit_years is None else years_before(now, policy.audit_years),
+            closed=now - dt.timedelta(days=policy.spool_horizon_days + 1),
         )

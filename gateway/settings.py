@@ -61,14 +61,25 @@ class RetentionSettings(BaseModel):
     """rows per DELETE statement (each its own short transaction)"""
     lock_timeout_ms: int = Field(default=5_000, ge=1)
     """ms dropping a partition may wait for its table lock before trying next run"""
+    compactions_per_run: int = Field(default=1, ge=0)
+    """closed interval partitions whose indexes one run rebuilds (0: none)
+
+    A month of interval readings is beyond the spool horizon: no reading can arrive for it any
+    more, so its indexes are rebuilt once, packed (`REINDEX TABLE CONCURRENTLY`: ingest goes
+    on; it reads the partition twice). One per hourly run works through a backlog of 4 years
+    of months in days; afterwards two partitions close each month.
+    """
     run_every_s: float = Field(default=3600.0, gt=0)
     """seconds between runs of the in-process job"""
     first_run_delay_s: float = Field(default=60.0, ge=0)
     """seconds after start-up before the first run"""
 
-    def policy(self) -> RetentionPolicy:
-        """The job parameters."""
+    def policy(self, *, spool_horizon_days: int = 40) -> RetentionPolicy:
+        """The job parameters; ``spool_horizon_days``: ``Settings.spool_horizon_days`` (its
+        default here), which says when an interval partition is closed."""
         return RetentionPolicy(
+            spool_horizon_days=spool_horizon_days,
+            compactions_per_run=self.compactions_per_run,
             interval_years=self.interval_years,
             daily_years=self.daily_years,
             consent_extra_years=self.consent_extra_years,

@@ -189,6 +189,11 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    job = retention_loop(app[POOL_KEY], settings.retention, settings.pool_acquire_timeout_s)
+    job = retention_loop(
+        app[POOL_KEY],
+        settings.retention,
+        settings.pool_acquire_timeout_s,
+        settings.spool_horizon_days,
+    )
     async with background("retention", job):
         yield

@@ -43,7 +43,7 @@ def _now_arg(value: TimeArg, settings: Settings) -> dt.datetime:
 async def _run(
     settings: Settings, now: dt.datetime | None, dry_run: bool
 ) -> retention.RetentionReport | None:
-    policy = settings.retention.policy()
+    policy = settings.retention.policy(spool_horizon_days=settings.spool_horizon_days)
     async with db.open_connection(settings) as conn:
         db_now: dt.datetime = await conn.fetchval("SELECT now()")
         if now is None:

@@ -17,6 +17,10 @@ Per telegram (``IngestPipeline.process``, pure apart from the in-memory caches i
   clock → ``future-timestamp``; older than the spool horizon → ``too-old``. A telegram is rejected
   when none of its bound readings passes (with the first reading's reason); otherwise it is
   accepted — also when the policy withholds every reading (level ``none``, nothing new).
+* **Range.** A register above ``schema.REGISTER_MAX`` (the int4 columns of migration 0014;
+  beyond any DSMR meter's range) → ``bad-value`` naming it, before the reading can join a write
+  batch: the database would refuse the value, and the writer would have to bisect the batch to
+  find whose it was.
 * **Policy.** ``ConsentIndex.depth_s`` on the meter's newest route (integer comparisons; the
   rule of ``consent.policy``, pre-computed).
 * **Buckets.** ``gateway.ingest.periods.Bucketer``: ``P1M``/``P1D`` at Amsterdam midnight, ``PT15M``
@@ -62,6 +66,7 @@ from gateway.ingest.sql import (
     Batch,
     new_batch,
 )
+from gateway.storage.schema import REGISTER_MAX
 from p1_reader.errors import P1Error
 from p1_reader.parser import parse_telegram
 from p1_reader.telegram import DEVICE_TYPE_GAS, Telegram
@@ -198,6 +203,34 @@ def _resolve(
     return route, depth, None
 
 
+#: the energy registers of a telegram with the OBIS code each comes from (C.D.E: the parser
+#: also reads them from channel B=1)
+_ENERGY_REGISTERS: Final = (
+    ("import_t1_wh", "1.8.1"),
+    ("import_t2_wh", "1.8.2"),
+    ("export_t1_wh", "2.8.1"),
+    ("export_t2_wh", "2.8.2"),
+    ("import_total_wh", "1.8.0"),
+    ("export_total_wh", "2.8.0"),
+)
+
+
+def _register_problem(telegram: Telegram) -> tuple[str, str]:
+    """The reason a telegram with an energy register above ``REGISTER_MAX`` is rejected (the
+    rare path: the check itself is inline). Its value is beyond any DSMR meter's range, so the
+    telegram is refused as a whole rather than stored in part."""
+    too_large = [
+        code
+        for name, code in _ENERGY_REGISTERS
+        if (value := getattr(telegram, name)) is not None and value > REGISTER_MAX
+    ]
+    return (
+        "bad-value",
+        f"energy register {', '.join(too_large)} is above {REGISTER_MAX} Wh, the largest"
+        " register value stored (DSMR's F9(3,3) reaches 999999999 Wh)",
+    )
+
+
 class IngestPipeline:
     """Parse, check and bucket telegrams into candidate rows (no I/O)."""
 
@@ -264,6 +297,7 @@ class IngestPipeline:
         epoch = self._epoch
         latest = now_s + self.future_tolerance_s
         earliest = now_s - self.horizon_s
+        top = REGISTER_MAX
         for index, part in enumerate(parts):
             try:
                 telegram = parse(part)
@@ -289,6 +323,15 @@ class IngestPipeline:
                     and telegram.import_total_wh is None
                 ):
                     problem = ("bad-value", "telegram carries no import energy register")
+                elif (
+                    (telegram.import_t1_wh or 0) > top
+                    or (telegram.import_t2_wh or 0) > top
+                    or (telegram.export_t1_wh or 0) > top
+                    or (telegram.export_t2_wh or 0) > top
+                    or (telegram.import_total_wh or 0) > top
+                    or (telegram.export_total_wh or 0) > top
+                ):
+                    problem = _register_problem(telegram)
                 else:
                     # the newest route first (one dict look-up, integer comparisons); only a
                     # reading outside its window or on a stretch without a contract looks
@@ -336,6 +379,13 @@ class IngestPipeline:
                     continue
                 if device.value is None or device.unit != "dm3":
                     problem = problem or ("bad-value", f"gas meter {dev_id} sent no volume")
+                    continue
+                if device.value > top:
+                    problem = problem or (
+                        "bad-value",
+                        f"gas meter {dev_id}: the volume is above {REGISTER_MAX} dm3, the largest"
+                        " register value stored (DSMR's F8(3,3) reaches 99999999 dm3)",
+                    )
                     continue
                 depth = depth_s(route, ts, now_s)
                 if depth < 0:

@@ -30,6 +30,10 @@ Rules per data class (defaults in ``consent.retention``; settings
   recorded more than that many years ago, through ``gateway.audit.prune`` (an ``audit.prune``
   row announces the removal, so ``audit verify`` still checks the rest of the chain).
 
+Compaction (no deletion): an interval partition beyond the spool horizon can receive no more
+readings; the run rebuilds its indexes once, packed (``gateway.jobs.compaction``), at most
+``compactions_per_run`` partitions per run, after everything else.
+
 Consent expiry: a consent whose ``expires_at`` has passed is already treated as ended by every
 reader (the policy compares ``expires_at``); this job makes the history say so: it records an
 ``ended`` consent event (reason ``expired``, ``at = expires_at``), sets ``ended_at``/``end_reason``
@@ -60,6 +64,7 @@ from consent.levels import INTERVAL_GRANULARITIES, LEVEL_GRANULARITIES, Level
 from consent.retention import Cutoffs, RetentionPolicy
 from gateway import metrics
 from gateway.errors import GatewayError
+from gateway.jobs import compaction
 from gateway.settings import RetentionSettings
 from gateway.storage import audit, db, locks, schema, tombstones
 
@@ -90,6 +95,10 @@ class TableReport:
     partitions_dropped: list[str] = field(default_factory=list)
     #: partitions due to be dropped whose table lock did not come free in time (next run)
     partitions_skipped: list[str] = field(default_factory=list)
+    #: closed partitions whose indexes were rebuilt (gateway.jobs.compaction)
+    partitions_compacted: list[str] = field(default_factory=list)
+    #: closed partitions whose rebuild failed or timed out (a later run retries)
+    partitions_not_compacted: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         """JSON form (audit detail, CLI output)."""
@@ -98,6 +107,8 @@ class TableReport:
             "delete_statements": self.delete_statements,
             "partitions_dropped": list(self.partitions_dropped),
             "partitions_skipped": list(self.partitions_skipped),
+            "partitions_compacted": list(self.partitions_compacted),
+            "partitions_not_compacted": list(self.partitions_not_compacted),
         }
 
 
@@ -149,6 +160,11 @@ class RetentionReport:
                 "daily_contract_end": audit.format_timestamp(self.cutoffs.contract_end),
                 "consent_end": audit.format_timestamp(self.cutoffs.consent_end),
                 "outbox_created": audit.format_timestamp(self.cutoffs.outbox),
+                "closed_period_end": (
+                    None
+                    if self.cutoffs.closed is None
+                    else audit.format_timestamp(self.cutoffs.closed)
+                ),
             },
             "tables": {name: t.as_json() for name, t in sorted(self.tables.items())},
             "connections_purged": self.connections_purged,
@@ -305,6 +321,7 @@ async def _drop_partition(
             await conn.execute(f"SET LOCAL lock_timeout = {int(policy.lock_timeout_ms)}")
             await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {part.name}")
             await conn.execute(f"DROP TABLE {part.name}")
+            await compaction.forget(conn, part.name)
     except asyncpg.LockNotAvailableError:
         log.warning("retention: partition %s is busy; it will be dropped on a later run", part.name)
         return False
@@ -584,6 +601,16 @@ async def run_retention(
                 dry_run=dry_run,
             )
             report.audit_rows_pruned = pruned.rows
+        # last: a rebuild can take long, and the deletions above should not wait for it
+        if cutoffs.closed is not None:
+            for done in await compaction.compact_closed_partitions(
+                conn, cutoffs.closed, cutoffs.interval, pol.compactions_per_run, dry_run=dry_run
+            ):
+                table = report.table(done.table_name)
+                if done.failed is None:
+                    table.partitions_compacted.append(done.partition)
+                else:
+                    table.partitions_not_compacted.append(done.partition)
         report.completed = True
     finally:
         # also after an error: what was deleted before it must be on record
@@ -627,10 +654,13 @@ async def run_retention_locked(
 _JOB_ERRORS: tuple[type[BaseException], ...] = (*db.RETRYABLE_ERRORS, GatewayError)
 
 
-async def retention_loop(pool: asyncpg.Pool, settings: RetentionSettings, wait_s: float) -> None:
+async def retention_loop(
+    pool: asyncpg.Pool, settings: RetentionSettings, wait_s: float, spool_horizon_days: int
+) -> None:
     """Run retention and consent expiry every ``run_every_s`` until cancelled (every process
-    tries; the advisory lock lets one work). ``wait_s``: how long to wait for a connection."""
-    policy = settings.policy()
+    tries; the advisory lock lets one work). ``wait_s``: how long to wait for a connection;
+    ``spool_horizon_days``: ``Settings.spool_horizon_days`` (when a partition is closed)."""
+    policy = settings.policy(spool_horizon_days=spool_horizon_days)
     await asyncio.sleep(settings.first_run_delay_s)
     while True:
         try:

@@ -79,6 +79,10 @@ CUSTOMER_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@|=-]{0,127}")
 
 #: the largest value of a bigint column (sequence numbers): a bound for numbers clients send
 BIGINT_MAX: Final = 2**63 - 1
+#: the largest register value a reading holds (Wh, dm³): the electricity registers are int4
+#: (migration 0014), above DSMR's largest (F9(3,3) kWh: 999,999,999 Wh; F8(3,3) m³: 99,999,999
+#: dm³); ingest refuses a telegram carrying more, gas included, so every register has one range
+REGISTER_MAX: Final = 2**31 - 1
 
 #: the columns of a consent as services and the API read it
 CONSENT_COLUMNS: Final = (

@@ -29,6 +29,9 @@ REFERENCE_TABLES = {
     "readings_changed_mark",
     # one row: below which transaction the index change log was pruned (migration 0013)
     "index_changes_mark",
+    # which closed partitions had their indexes rebuilt (migration 0014), coordinator-local:
+    # the retention job that reads and writes it runs on the coordinator
+    "reading_compactions",
 }
 
 

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from consent.levels import Commodity
 from gateway.api.appkeys import CLOCK_KEY, INGEST_KEY, LISTEN_KEY, SETTINGS_KEY
 from gateway.ingest.consent_index import ConsentIndex
+from gateway.storage.schema import REGISTER_MAX
 from tests.support import make_ean
 from tests.support.telegram_builder import build_telegram
 
@@ -508,6 +509,50 @@ async def test_a_poisoned_register_is_refused_alone_and_everyone_else_is_stored(
         assert [x["reason"] for x in problem["rejected"]] == ["bad-value"]
     daily = await stored(w.pool, "readings_e_p1d")
     assert {row[0] for row in daily} == {int(e) for e in eans[1:]}
+
+
+async def test_a_register_beyond_int4_is_refused_by_name_and_the_rest_is_stored(
+    world: World,
+) -> None:
+    """The electricity registers are int4 since migration 0014. A telegram carrying a register
+    above that range (valid DSMR syntax, beyond any real meter) is rejected alone with a reason
+    naming the register, before its rows meet the database; the same request's other telegrams
+    and the other devices' concurrent telegrams are stored. The largest value that fits is
+    stored exactly. (Without the pipeline's check the database refuses the value: the writer
+    bisects and the telegram is rejected with a bare SQLSTATE; before 0014 it was stored.)"""
+    w = world
+    start = dt.datetime(2026, 3, 1, tzinfo=UTC)
+    days = [dt.datetime(2026, 3, d, 12, 0, 5, tzinfo=UTC) for d in (2, 3, 4)]
+    w.clock.now = days[-1].timestamp() + 1
+    eans = [await add_meter(w, 130 + n, "electricity", f"Q{n}", start) for n in range(3)]
+    devices = [await add_device(w, f"Q{n}") for n in range(3)]
+    top = REGISTER_MAX
+    # device 0: day 2 carries an export register one above int4; days 1 and 3 the largest fit
+    mixed = b"".join(
+        build_telegram("Q0", t, import_wh=(top, 7), export_wh=(0, top + (i == 1)))
+        for i, t in enumerate(days)
+    )
+    bodies = [mixed] + [b"".join(build_telegram(f"Q{n}", t) for t in days) for n in (1, 2)]
+    responses = await asyncio.gather(
+        *(
+            w.client.post("/v1/telegrams", data=body, headers=device)
+            for body, device in zip(bodies, devices, strict=True)
+        )
+    )
+    assert [r.status for r in responses] == [200] * 3
+    answers = [await r.json() for r in responses]
+    assert answers[0]["accepted"] == 2
+    (rejected,) = answers[0]["rejected"]
+    assert (rejected["index"], rejected["reason"]) == (1, "bad-value")
+    assert f"energy register 2.8.2 is above {REGISTER_MAX} Wh" in rejected["detail"]
+    assert all(a == {"accepted": 3, "rejected": []} for a in answers[1:])
+    daily = await w.pool.fetch(
+        "SELECT ean, period_start, import_t1_wh, export_t2_wh FROM readings_e_p1d"
+        " ORDER BY ean, period_start"
+    )
+    mine = [(r["import_t1_wh"], r["export_t2_wh"]) for r in daily if r["ean"] == int(eans[0])]
+    assert mine == [(top, top), (top, top)]  # days 1 and 3, exact
+    assert sum(1 for r in daily if r["ean"] != int(eans[0])) == 6
 
 
 async def test_rows_the_database_refuses_cost_only_their_own_telegram(world: World) -> None:

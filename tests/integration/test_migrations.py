@@ -8,10 +8,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -278,3 +280,174 @@ def test_status_of_a_data_dir_without_a_database_is_an_error(tmp_path: Path) -> 
     )
     assert done.returncode == 1 and f"no database in {typo}" in done.stderr
     assert not (tmp_path / "no").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 0014: int4 electricity registers
+
+_E_REGISTERS = ("import_t1_wh", "import_t2_wh", "export_t1_wh", "export_t2_wh")
+#: docs/operations.md's query for the rows that stop 0014 (read from the guide: it stays true)
+_OUT_OF_RANGE_QUERY = re.search(
+    r"```sql\n-- before migration 0014: [^\n]*\n(.*?)```",
+    (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text(encoding="utf-8"),
+    re.DOTALL,
+)[1]  # type: ignore[index]
+
+
+async def _database_at(url: str, below: str) -> asyncpg.Connection:
+    """A connection to ``url`` with every migration before ``below`` applied (as a release
+    that shipped only those would have left it)."""
+    conn = await db.connect(url)
+    await conn.execute(
+        "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for m in db.load_migrations():
+        if m.version < below:
+            await conn.execute(m.sql)
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1)", m.version)
+    return conn
+
+
+async def _column_types(conn: asyncpg.Connection, column: str) -> dict[str, str]:
+    """relation → type of ``column`` for every reading table and partition that has it."""
+    rows = await conn.fetch(
+        "SELECT c.relname, format_type(a.atttypid, a.atttypmod) AS type FROM pg_attribute a"
+        " JOIN pg_class c ON c.oid = a.attrelid WHERE a.attname = $1 AND NOT a.attisdropped"
+        " AND c.relkind IN ('r', 'p') AND c.relname LIKE 'readings\\_%'",
+        column,
+    )
+    return {r["relname"]: r["type"] for r in rows}
+
+
+async def test_0014_makes_the_electricity_registers_int4_and_keeps_every_value(
+    postgres_server_url: str,
+) -> None:
+    """Upgrading a 0013 database with readings in monthly, yearly and DEFAULT partitions: every
+    value comes through unchanged (NULL registers of totals-only meters, DSMR's largest
+    register, int4's largest), on the parents and every partition the registers are int4, gas
+    keeps bigint, a partition created afterwards is int4 too, and an electricity row takes
+    16 bytes less heap (72 instead of 88: no padding)."""
+    import datetime as dt
+
+    async with _fresh_database(postgres_server_url, "meterpoort_mig_0014") as url:
+        conn = await _database_at(url, "0014")
+        try:
+            start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+            await db.ensure_partitions(conn, start, start + dt.timedelta(days=31))
+            values = [
+                (1, 2, 3, 4),
+                (999_999_999, 0, 999_999_999, 0),  # DSMR F9(3,3): 999,999.999 kWh
+                (2**31 - 1, 2**31 - 1, 2**31 - 1, 2**31 - 1),
+                (123_456, None, 7, None),  # a totals-only meter
+            ]
+            q = dt.timedelta(minutes=15)
+            inserted: dict[str, list[tuple[Any, ...]]] = {}
+            for table, first in (
+                ("readings_e_pt15m", start),
+                ("readings_e_pt15m", dt.datetime(2031, 6, 1, tzinfo=dt.UTC)),  # DEFAULT
+                ("readings_e_p1d", start),
+                ("readings_e_p1m", start),
+            ):
+                rows = [
+                    (871687140000000001 + i, first + i * q, first + i * q + q / 3, *v)
+                    for i, v in enumerate(values)
+                ]
+                await conn.executemany(
+                    f"INSERT INTO {table} (ean, period_start, measured_at,"
+                    f" {', '.join(_E_REGISTERS)}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    rows,
+                )
+                inserted.setdefault(table, []).extend(rows)
+            await conn.execute(
+                "INSERT INTO readings_g_pt1h (ean, period_start, measured_at, volume_dm3)"
+                " VALUES (871687140000000009, $1, $1, 99999999)",
+                start,
+            )
+            # a month of one meter's quarters, to see what a row costs in the heap
+            bulk = "readings_e_pt15m_y2025m01"
+            await conn.execute(
+                f"INSERT INTO {bulk} (ean, period_start, measured_at, {', '.join(_E_REGISTERS)})"
+                " SELECT 871687140000000100, t, t, 4000000, 3000000, 20000, 10000"
+                " FROM generate_series($1::timestamptz, $1 + interval '30 days', interval"
+                " '15 minutes') t",
+                start + dt.timedelta(hours=1),
+            )
+            # the bytes of one stored row (its heap tuple, header and alignment included):
+            # the relation's size would also count the empty pages PostgreSQL adds ahead while
+            # it rewrites a table (up to 64 at the end: much of a small table's size)
+            per_row = (
+                f"SELECT array_agg(DISTINCT pg_column_size(r.*)) FROM {bulk} r"
+                " WHERE ean = 871687140000000100"
+            )
+            heap_before = await conn.fetchval(per_row)
+            checksum = "SELECT md5(string_agg(r::text, ',' ORDER BY r::text)) FROM {} r"
+            before = {
+                t: await conn.fetchval(checksum.format(t))
+                for t in ("readings_e_pt15m", "readings_e_p1d", "readings_e_p1m")
+            }
+
+            assert await db.migrate(conn) == [
+                m.version for m in db.load_migrations() if m.version >= "0014"
+            ]
+
+            for table, rows in inserted.items():
+                got = await conn.fetch(
+                    f"SELECT ean, period_start, measured_at, {', '.join(_E_REGISTERS)}"
+                    f" FROM {table} WHERE ean < 871687140000000100"
+                )
+                assert set(rows) <= {tuple(r) for r in got}, table
+            for table, digest in before.items():
+                assert await conn.fetchval(checksum.format(table)) == digest, table
+            for column in _E_REGISTERS:
+                types = await _column_types(conn, column)
+                assert "readings_e_pt15m_default" in types and bulk in types
+                assert "readings_e_p1d_y2025" in types and "readings_e_p1m_default" in types
+                assert set(types.values()) == {"integer"}, types
+            assert set((await _column_types(conn, "volume_dm3")).values()) == {"bigint"}
+            assert await conn.fetchval("SELECT volume_dm3 FROM readings_g_pt1h") == 99_999_999
+
+            # a partition created after the upgrade copies the parent's columns
+            await db.ensure_partitions(
+                conn, start.replace(year=2026), start.replace(year=2026, day=2)
+            )
+            later = await _column_types(conn, "export_t2_wh")
+            assert later["readings_e_pt15m_y2026m01"] == "integer"
+            assert later["readings_e_p1d_y2026"] == "integer"
+
+            heap_after = await conn.fetchval(per_row)
+            assert (heap_before, heap_after) == ([88], [72])
+        finally:
+            await conn.close()
+
+
+async def test_0014_fails_whole_on_a_register_beyond_int4(postgres_server_url: str) -> None:
+    """A stored register above the int4 range (ingest took up to 18 digits before 0014): the
+    migration stops with PostgreSQL's out-of-range error and changes nothing; the operator
+    finds the rows as docs/operations.md says, deals with them and runs it again."""
+    import datetime as dt
+
+    async with _fresh_database(postgres_server_url, "meterpoort_mig_0014_range") as url:
+        conn = await _database_at(url, "0014")
+        try:
+            at = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+            await conn.execute(
+                "INSERT INTO readings_e_p1m (ean, period_start, measured_at, import_t1_wh)"
+                " VALUES (871687140000000001, $1, $1, 5), (871687140000000002, $1, $1, $2)",
+                at,
+                2**31,
+            )
+            with pytest.raises(asyncpg.NumericValueOutOfRangeError):
+                await db.migrate(conn)
+            assert await conn.fetchval("SELECT max(version) FROM schema_migrations") < "0014"
+            assert set((await _column_types(conn, "import_t1_wh")).values()) == {"bigint"}
+            assert await conn.fetchval("SELECT to_regclass('reading_compactions')") is None
+            # the query docs/operations.md gives finds it
+            found = await conn.fetch(_OUT_OF_RANGE_QUERY)
+            assert [tuple(r) for r in found] == [("readings_e_p1m", 871687140000000002, at)]
+            await conn.execute("DELETE FROM readings_e_p1m WHERE import_t1_wh > 2147483647")
+            assert await db.migrate(conn) == [
+                m.version for m in db.load_migrations() if m.version >= "0014"
+            ]
+        finally:
+            await conn.close()

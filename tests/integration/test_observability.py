@@ -268,7 +268,7 @@ async def test_retention_runs_are_counted_and_the_last_success_stamped(
 
     async def runs_until(outcome: str, job_pool: asyncpg.Pool) -> None:
         before = _sample("meterpoort_retention_runs_total", outcome=outcome)
-        async with background("retention-test", retention_loop(job_pool, fast, 2.0)):
+        async with background("retention-test", retention_loop(job_pool, fast, 2.0, 40)):
             for _ in range(1500):  # 30 s
                 if _sample("meterpoort_retention_runs_total", outcome=outcome) > before:
                     return

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.services import registry
 from gateway.services.clients import Granularity
+from gateway.storage.schema import REGISTER_MAX
 
 Commodity = Literal["electricity", "gas"]
 Ean18 = Annotated[str, Field(pattern="^[0-9]{18}$", description="EAN-18 connection code")]
@@ -65,19 +66,23 @@ class Problem(BaseModel):
 # readings
 
 
+#: a register value: what ingest stores (the int4 columns of migration 0014)
+Register = Annotated[int, Field(ge=0, le=REGISTER_MAX)]
+
+
 class ElectricityRegisters(Out):
     """Electricity meter registers in Wh; null where the meter has no T1/T2 split."""
 
-    import_t1_wh: int | None
-    import_t2_wh: int | None
-    export_t1_wh: int | None
-    export_t2_wh: int | None
+    import_t1_wh: Register | None
+    import_t2_wh: Register | None
+    export_t1_wh: Register | None
+    export_t2_wh: Register | None
 
 
 class GasRegisters(Out):
     """The gas meter register in dm³."""
 
-    volume_dm3: int
+    volume_dm3: Register
 
 
 def _registers_one_of(schema: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from gateway.ingest.best_cache import BestCache
 from gateway.ingest.consent_index import ConsentIndex
 from gateway.ingest.pipeline import IngestPipeline, split_body
 from gateway.ingest.sql import E_P1D, E_P1M, E_PT15M, G_P1D, G_P1M, G_PT1H, merge_into, new_batch
+from gateway.storage.schema import REGISTER_MAX
 from tests.support.index_rows import split_rows
 from tests.support.telegram_builder import build_telegram
 
@@ -318,25 +319,46 @@ def test_best_cache_forgets_what_a_registry_change_may_have_undone() -> None:
 
 
 @pytest.mark.parametrize(
-    "registers",
+    ("registers", "named"),
     [
-        {"import_wh": (9_999_999_999_999_999_999_999_999, 5)},  # beyond int8: the DB would fail
-        {"import_wh": (10**18, 5)},  # 19 digits in Wh
-        {"export_wh": (0, 10**18)},
-        {"import_wh": (10**18, 0), "totals_only": True},
+        ({"import_wh": (9_999_999_999_999_999_999_999_999, 5)}, None),  # beyond the parser's
+        ({"import_wh": (10**18, 5)}, None),  # 18 digits: refused while parsing
+        ({"import_wh": (REGISTER_MAX + 1, 5)}, "1.8.1"),  # beyond int4 (migration 0014)
+        ({"import_wh": (5, REGISTER_MAX + 1)}, "1.8.2"),
+        ({"export_wh": (REGISTER_MAX + 1, 0)}, "2.8.1"),
+        ({"export_wh": (0, 10**17)}, "2.8.2"),
+        ({"import_wh": (REGISTER_MAX + 1, 0), "totals_only": True}, "1.8.0"),
+        ({"export_wh": (REGISTER_MAX, 1), "totals_only": True}, "2.8.0"),
     ],
 )
-def test_registers_beyond_18_digits_are_refused_before_any_batch(
-    pipeline: IngestPipeline, registers: dict[str, Any]
+def test_registers_beyond_what_is_stored_are_refused_before_any_batch(
+    pipeline: IngestPipeline, registers: dict[str, Any], named: str | None
 ) -> None:
     r = pipeline.process([build_telegram("E1", NOW, **registers)], BOUND, NOW_S)
     assert [x["reason"] for x in r.rejected] == ["bad-value"] and r.rows == 0
-    # the largest 18-digit register is a reading like any other
-    ok = pipeline.process([build_telegram("E1", NOW, import_wh=(10**18 - 1, 0))], BOUND, NOW_S)
+    if named is not None:
+        detail = r.rejected[0]["detail"]
+        assert f"energy register {named} is above {REGISTER_MAX} Wh" in detail, detail
+    # the largest register stored is a reading like any other, stored exactly
+    ok = pipeline.process(
+        [build_telegram("E1", NOW, import_wh=(REGISTER_MAX, 0), export_wh=(0, REGISTER_MAX))],
+        BOUND,
+        NOW_S,
+    )
     assert ok.accepted == 1 and ok.rows > 0
+    assert {row[3:] for row in ok.batch[E_P1D].values()} == {(REGISTER_MAX, 0, 0, REGISTER_MAX)}
 
 
-def test_a_gas_volume_beyond_18_digits_is_refused(pipeline: IngestPipeline) -> None:
-    bad = build_telegram("ZZ", NOW, gas=("G1", NOW - timedelta(minutes=5), 10**18))
+@pytest.mark.parametrize("volume", [10**18, REGISTER_MAX + 1])
+def test_a_gas_volume_beyond_what_is_stored_is_refused(
+    pipeline: IngestPipeline, volume: int
+) -> None:
+    bad = build_telegram("ZZ", NOW, gas=("G1", NOW - timedelta(minutes=5), volume))
     r = pipeline.process([bad], BOUND, NOW_S)
     assert [x["reason"] for x in r.rejected] == ["bad-value"] and r.rows == 0
+    if volume == REGISTER_MAX + 1:
+        assert f"above {REGISTER_MAX} dm3" in r.rejected[0]["detail"]
+    top = build_telegram("ZZ", NOW, gas=("G1", NOW - timedelta(minutes=5), REGISTER_MAX))
+    ok = pipeline.process([top], BOUND, NOW_S)
+    assert ok.accepted == 1
+    assert {row[3] for row in ok.batch[G_P1D].values()} == {REGISTER_MAX}
