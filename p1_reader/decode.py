@@ -68,7 +68,7 @@ def decode_bytes(
     """Frame ``data`` and decode every frame; the framer's stats tell what was skipped."""
     framer = Framer()
     frames = framer.feed(data)
-    framer.flush()
+    frames += framer.finish()  # the file ended: its last telegram may lack a final line end
     return list(_decode_frames(frames, require_crc, key, auth_key)), framer
 
 

@@ -75,6 +75,23 @@ MBUS_UNITS: Final = {
 #: Smarty water channels ``(00000.000)``): gas, warm water, water
 VOLUME_DEVICE_TYPES: Final = frozenset({3, 6, 7})
 
+#: DSMR 4.0 introduced the P1 version object ``1-3:0.2.8`` and the CRC together
+CRC_FROM_VERSION: Final = 40
+
+
+def claims_dsmr4(version: str | None, belgian: bool) -> bool:
+    """True when a telegram says it is DSMR 4+ and so must carry a CRC: its first
+    ``1-3:0.2.8`` value (``version``, None when absent) is 40 or higher or unreadable (fail
+    towards checking), or it carries the Belgian ``0-0:96.1.4`` (``belgian``). The header's
+    fifth character says nothing: ``/XXX5`` is the IEC 62056-21 baud-rate letter, sent by
+    DSMR 2.2/3 meters too (``/ISk5\\2MT382``)."""
+    if belgian:
+        return True
+    if version is None:
+        return False
+    return not version.isdecimal() or int(version) >= CRC_FROM_VERSION
+
+
 #: M-Bus channels B (DSMR 5.0.2 §7.3: up to 4 devices)
 MBUS_CHANNELS: Final = (1, 2, 3, 4)
 

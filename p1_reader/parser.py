@@ -332,14 +332,10 @@ def _first(rest: str) -> str:
 
 def _claims_dsmr4(values: dict[str, str]) -> bool:
     """True when the telegram says it is DSMR 4+ (and so must carry a CRC)."""
-    if obis.BE_VERSION in values:
-        return True
     version = values.get(obis.VERSION)
-    if version is None:
-        return False
-    version = _first(version)
-    # an unreadable version is treated as "claims DSMR 4+": fail towards checking
-    return not version.isdecimal() or int(version) >= 40
+    return obis.claims_dsmr4(
+        None if version is None else _first(version), obis.BE_VERSION in values
+    )
 
 
 def _tariff(raw: str) -> int | None:
