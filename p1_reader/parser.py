@@ -46,7 +46,9 @@ Values
 Timestamps
     The parser never raises for a timestamp. An unset, placeholder or malformed telegram or
     capture time becomes None (see :mod:`p1_reader.timestamps`) while the raw text stays in
-    ``objects``; callers that must have a time use :func:`telegram_timestamp_or_raise`.
+    ``objects``; callers that must have a time use :func:`telegram_timestamp_or_raise`. Times
+    follow the zone rules; ``Telegram.dst_flag_mismatch`` says that the telegram time's or an
+    M-Bus capture time's S/W flag contradicted the calendar (the time is right regardless).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from . import obis
 from .crc import crc16_arc
 from .errors import ChecksumError, FrameError, TimestampError, TooLargeError, ValueFormatError
 from .telegram import MbusDevice, RawObjects, Telegram
-from .timestamps import parse_tst, parse_tst_or_raise
+from .timestamps import TstReading, parse_tst_checked, parse_tst_or_raise
 
 __all__ = [
     "MAX_TELEGRAM_BYTES",
@@ -109,6 +111,7 @@ _MBUS: Final = tuple(
     for t, ids, readings, legacy in [obis.mbus_codes(ch)]
 )
 _MBUS_CODES: Final = frozenset().union(*(m[-1] for m in _MBUS))
+_NO_TIME: Final[TstReading] = (None, False)
 
 
 def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Telegram:
@@ -206,6 +209,7 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
     stamp = get(obis.TIMESTAMP)
     if stamp is not None and ")(" in stamp:
         stamp = _first(stamp)
+    timestamp, dst_flag_mismatch = _NO_TIME if stamp is None else parse_tst_checked(stamp)
     tariff_raw = get(obis.TARIFF)
     tariff = None if tariff_raw is None else _TARIFFS.get(tariff_raw) or _tariff(_first(tariff_raw))
     meter_id: str | None = None
@@ -244,16 +248,20 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
         for ch, type_code, id_codes, reading_codes, legacy_code, channel_codes in _MBUS:
             if channel_codes.isdisjoint(present):
                 continue
-            device = _mbus_device(ch, values, type_code, id_codes, reading_codes, legacy_code, text)
+            device, flag_wrong = _mbus_device(
+                ch, values, type_code, id_codes, reading_codes, legacy_code, text
+            )
             if device is not None:
                 devices.append(device)
+            if flag_wrong:
+                dst_flag_mismatch = True
         mbus = tuple(devices)
 
-    # positional: keyword passing of 14 fields costs measurably more on the hot path
+    # positional: keyword passing of 15 fields costs measurably more on the hot path
     return Telegram(
         header.rstrip("\r"),  # header
         version or None,  # version
-        None if stamp is None else parse_tst(stamp),  # timestamp
+        timestamp,
         meter_id,
         regs[0],  # import_t1_wh
         regs[1],  # import_t2_wh
@@ -265,6 +273,7 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
         mbus,
         objects,
         crc_valid,
+        dst_flag_mismatch,
     )
 
 
@@ -410,8 +419,9 @@ def _mbus_device(
     reading_codes: tuple[str, ...],
     legacy_code: str,
     text: str,
-) -> MbusDevice | None:
-    """The device on one channel; None when the channel says nothing (e.g. only ``96.1.1()``)."""
+) -> tuple[MbusDevice | None, bool]:
+    """The device on one channel, None when the channel says nothing (e.g. only
+    ``96.1.1()``); and whether its capture time's S/W flag contradicts the calendar."""
     get = values.get
     type_raw = get(type_code)
     device_type: int | None = None
@@ -446,11 +456,11 @@ def _mbus_device(
         if len(parts) >= 7:
             stamp, unit, number = parts[0], parts[5], parts[6]
 
-    measured_at = None if stamp is None else parse_tst(stamp)
+    measured_at, flag_wrong = _NO_TIME if stamp is None else parse_tst_checked(stamp)
     if not number:
         if device_type is None and meter_id is None and stamp is None:
-            return None
-        return MbusDevice(channel, device_type, meter_id, measured_at, None, None)
+            return None, flag_wrong
+        return MbusDevice(channel, device_type, meter_id, measured_at, None, None), flag_wrong
     if unit:
         spec = obis.MBUS_UNITS.get(unit) or obis.MBUS_UNITS.get(unit.lower())
         if spec is None:
@@ -460,7 +470,7 @@ def _mbus_device(
     elif device_type is None or device_type in obis.VOLUME_DEVICE_TYPES:
         spec = obis.MBUS_UNITS["m3"]  # unit-less value on a gas/water channel: m3
     else:
-        return MbusDevice(channel, device_type, meter_id, measured_at, None, None)
+        return MbusDevice(channel, device_type, meter_id, measured_at, None, None), flag_wrong
     # the common case: 'ddddd.ddd' m3 → dm3 is the digits without the dot
     if (
         spec[1] == 3
@@ -469,7 +479,8 @@ def _mbus_device(
         and (digits := number[:-4] + number[-3:]).isdecimal()
         and len(digits) <= REGISTER_DIGITS
     ):
-        return MbusDevice(channel, device_type, meter_id, measured_at, int(digits), spec[0])
+        device = MbusDevice(channel, device_type, meter_id, measured_at, int(digits), spec[0])
+        return device, flag_wrong
     amount = _scaled(number, spec[1])
     if amount is None:
         raise ValueFormatError(
@@ -477,7 +488,7 @@ def _mbus_device(
         )
     return MbusDevice(
         channel, device_type, meter_id, measured_at, _in_range(amount, source, text), spec[0]
-    )
+    ), flag_wrong
 
 
 def _line_number(text: str, needle: str) -> int:

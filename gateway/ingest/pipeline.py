@@ -136,6 +136,8 @@ class IngestResult:
     rows: int = 0
     #: readings per commodity (0 electricity, 1 gas) and policy depth (0 nothing .. 3 interval)
     depths: list[list[int]] = field(default_factory=lambda: [[0, 0, 0, 0], [0, 0, 0, 0]])
+    #: parsed telegrams whose S/W flag contradicts the calendar (``Telegram.dst_flag_mismatch``)
+    dst_flag_mismatches: int = 0
 
     @property
     def withheld(self) -> dict[Granularity, int]:
@@ -270,6 +272,8 @@ class IngestPipeline:
             except P1Error as exc:
                 rejected.append({"index": index, "reason": exc.reason, "detail": str(exc)})
                 continue
+            if telegram.dst_flag_mismatch:
+                result.dst_flag_mismatches += 1
             bound = False
             valid = 0
             problem: tuple[str, str] | None = None

@@ -41,12 +41,8 @@ def test_single_telegram() -> None:
     assert (obj["export_t1_wh"], obj["export_t2_wh"]) == (1285951, 2876514)
     assert obj["mbus"] == [
         {
-            "channel": 1,
-            "device_type": 3,
-            "meter_id": "G0039001700460117",
-            "measured_at": "2018-11-06T13:00:10Z",
-            "value": 1569646,
-            "unit": "dm3",
+            "channel": 1, "device_type": 3, "meter_id": "G0039001700460117",
+            "measured_at": "2018-11-06T13:00:10Z", "value": 1569646, "unit": "dm3",
         }
     ]
 
@@ -61,11 +57,8 @@ def test_stream_file_with_garbage_and_a_truncated_telegram() -> None:
     stream = FIXTURES / "streams" / "synthetic_mixed.txt"
     code, objs, err = decode(stream)
     assert [o["header"] for o in objs] == [
-        "/KFM5KAIFA-METER",
-        "/ISK5\\2M550T-1012",
-        "/FLU5\\253769484_A",
-        "/ISK5\\2M550T-1011",
-        "/ISk5\\2MT382-1004",
+        "/KFM5KAIFA-METER", "/ISK5\\2M550T-1012", "/FLU5\\253769484_A",
+        "/ISK5\\2M550T-1011", "/ISk5\\2MT382-1004",
     ]
     # the complete telegrams are decoded, but a truncated one is bad input
     assert code == 1

@@ -201,7 +201,9 @@ async def new_device(client: Client, admin: dict[str, str], *meter_ids: str) -> 
 
 
 @pytest.fixture
-async def world(gateway_client: Client, pool: asyncpg.Pool, admin_headers: dict[str, str]) -> World:
+async def world(
+    gateway_client: Client, pool: asyncpg.Pool, admin_headers: dict[str, str]
+) -> World:
     await register(gateway_client, admin_headers, E_EAN, "electricity", E_ID)
     await register(gateway_client, admin_headers, G_EAN, "gas", G_ID)
     await register(gateway_client, admin_headers, OTHER_EAN, "electricity", OTHER_ID)

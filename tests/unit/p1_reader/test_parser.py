@@ -508,3 +508,30 @@ def test_a_register_has_at_most_18_digits(line: str) -> None:
     fixed = body2 + f"{crc16_arc(body2):04X}\r\n".encode()
     parsed = parser_mod.parse_telegram(fixed)
     assert parsed is not None
+
+
+# -- timestamps follow the zone rules; a contradicting S/W flag is reported --------------------
+
+
+def test_summer_flag_in_february_follows_the_calendar() -> None:
+    # the Iskra IE sample, a real telegram: 0-0:1.0.0(230202132747S), "S" in February
+    t = parse_telegram(fixture("dsmrparser_ie_iskra_ie5.txt"))
+    assert t.timestamp == utc(2023, 2, 2, 12, 27, 47)  # CET, not the flag's UTC+2
+    assert t.dst_flag_mismatch is True
+    # the same telegram from the layout cache (second sight) says the same
+    again = parse_telegram(fixture("dsmrparser_ie_iskra_ie5.txt"))
+    assert (again.timestamp, again.dst_flag_mismatch) == (t.timestamp, True)
+
+
+def test_flags_that_agree_with_the_calendar_are_no_mismatch() -> None:
+    for name in ("nodedsmr_v5_nl_iskra_am550.txt", "dsmrparser_v4.2_nl_kaifa.txt"):
+        assert parse_telegram(fixture(name)).dst_flag_mismatch is False
+
+
+def test_m_bus_capture_flag_contradicting_the_calendar() -> None:
+    # AM550 (real): telegram time 181106140429W agrees; its gas capture time made to say S
+    data = AM550.replace(b"(181106140010W)", b"(181106140010S)")
+    t = parse_telegram(with_crc(data[: data.index(b"!") + 1]))
+    assert t.timestamp == utc(2018, 11, 6, 13, 4, 29)
+    assert t.mbus[0].measured_at == utc(2018, 11, 6, 13, 0, 10)  # CET, as the calendar says
+    assert t.dst_flag_mismatch is True
