@@ -42,6 +42,9 @@ Values
     smallest unit (EasyMeter's 7-decimal kWh) are truncated, as a register display does.
     The same full code twice with different values, for a code we interpret, raises
     :class:`ValueFormatError`; otherwise the first occurrence is kept.
+    Energy registers are read on channel B=0 (``1-0:1.8.1``) when it carries any; otherwise on
+    the one other channel B that carries them (the Sagemcom XT211 sends ``1-1:1.8.1``). Energy
+    registers on two channels B and none on B=0 raise :class:`AmbiguousRegistersError`.
 
 Timestamps
     The parser never raises for a timestamp. An unset, placeholder or malformed telegram or
@@ -63,7 +66,14 @@ from typing import Final
 
 from . import obis
 from .crc import crc16_arc
-from .errors import ChecksumError, FrameError, TimestampError, TooLargeError, ValueFormatError
+from .errors import (
+    AmbiguousRegistersError,
+    ChecksumError,
+    FrameError,
+    TimestampError,
+    TooLargeError,
+    ValueFormatError,
+)
 from .telegram import MbusDevice, RawObjects, Telegram
 from .timestamps import TstReading, parse_tst_checked, parse_tst_or_raise
 
@@ -105,6 +115,8 @@ _IDS_MAX: Final = 4096
 _ids: dict[str, str] = {}
 
 _REGISTER_CODES: Final = tuple(code for code, _ in obis.ENERGY_REGISTERS)
+_NO_REGISTERS: Final[list[int | None]] = [None] * len(_REGISTER_CODES)
+_CHANNEL_CODES: Final = frozenset(obis.CHANNEL_OF_ENERGY_CODE)
 _MBUS: Final = tuple(
     (ch, t, ids, readings, legacy, frozenset((t, *ids, *readings, legacy)))
     for ch in obis.MBUS_CHANNELS
@@ -223,23 +235,9 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
             meter_id = _ids.get(first) or decode_equipment_id(first)
             break
 
-    # The energy registers. The common case '003808.351*kWh': Wh = the digits without the dot;
-    # isdecimal() on everything but the dot and unit also rules out a second value ')('.
-    regs: list[int | None] = []
-    for code in _REGISTER_CODES:
-        value = get(code)
-        if value is None:
-            regs.append(None)
-        elif (
-            len(value) > 8
-            and value[-8] == "."
-            and value.endswith("*kWh")
-            and (digits := value[:-8] + value[-7:-4]).isdecimal()
-            and len(digits) <= REGISTER_DIGITS
-        ):
-            regs.append(int(digits))
-        else:
-            regs.append(_energy_wh(value.split(")("), code, text))
+    regs = _registers(values, _REGISTER_CODES, text)
+    if regs == _NO_REGISTERS:
+        regs = _channel_registers(values, text)
 
     mbus: tuple[MbusDevice, ...] = ()
     present = _MBUS_CODES.intersection(values)  # one C-level pass; usually 0-3 codes
@@ -275,6 +273,45 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
         crc_valid,
         dst_flag_mismatch,
     )
+
+
+def _registers(values: dict[str, str], codes: tuple[str, ...], text: str) -> list[int | None]:
+    """The six energy registers (ENERGY_REGISTERS order) read from ``codes``, in Wh."""
+    get = values.get
+    # The common case '003808.351*kWh': Wh = the digits without the dot; isdecimal() on
+    # everything but the dot and unit also rules out a second value ')('.
+    regs: list[int | None] = []
+    for code in codes:
+        value = get(code)
+        if value is None:
+            regs.append(None)
+        elif (
+            len(value) > 8
+            and value[-8] == "."
+            and value.endswith("*kWh")
+            and (digits := value[:-8] + value[-7:-4]).isdecimal()
+            and len(digits) <= REGISTER_DIGITS
+        ):
+            regs.append(int(digits))
+        else:
+            regs.append(_energy_wh(value.split(")("), code, text))
+    return regs
+
+
+def _channel_registers(values: dict[str, str], text: str) -> list[int | None]:
+    """No register on B=0: the registers of the one other channel B that carries them (all
+    None when none does); :class:`AmbiguousRegistersError` when two channels do."""
+    present = _CHANNEL_CODES.intersection(values)  # one C-level pass; usually empty
+    if not present:
+        return _NO_REGISTERS
+    channels = sorted({obis.CHANNEL_OF_ENERGY_CODE[code] for code in present})
+    if len(channels) > 1:
+        raise AmbiguousRegistersError(
+            "energy registers on channels "
+            + " and ".join(f"1-{channel}:" for channel in channels)
+            + " (none on 1-0:): which are the meter's cannot be told"
+        )
+    return _registers(values, obis.ENERGY_CHANNELS[channels[0]], text)
 
 
 def telegram_timestamp_or_raise(telegram: Telegram) -> datetime:
@@ -710,7 +747,7 @@ def _objects_robust(text: str) -> tuple[str, dict[str, list[str]], dict[str, int
         p = stripped.find("(")
         if p < 0:
             skipped += 1
-            if stripped.startswith(_REGISTER_CODES):
+            if stripped.startswith(_REGISTER_CODES) or stripped in _CHANNEL_CODES:
                 raise ValueFormatError(f"line {number}: register line {stripped!r} has no value")
             continue  # not an object: ignored (documented)
         key = codes[stripped[:p]]

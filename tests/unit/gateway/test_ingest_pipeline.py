@@ -12,6 +12,7 @@ from gateway.ingest.best_cache import BestCache
 from gateway.ingest.consent_index import ConsentIndex
 from gateway.ingest.pipeline import IngestPipeline, split_body
 from gateway.ingest.sql import E_P1D, E_P1M, E_PT15M, G_P1D, G_P1M, G_PT1H, merge_into, new_batch
+from p1_reader.crc import crc16_arc
 from tests.support.index_rows import split_rows
 from tests.support.telegram_builder import build_telegram
 
@@ -340,3 +341,30 @@ def test_a_gas_volume_beyond_18_digits_is_refused(pipeline: IngestPipeline) -> N
     bad = build_telegram("ZZ", NOW, gas=("G1", NOW - timedelta(minutes=5), 10**18))
     r = pipeline.process([bad], BOUND, NOW_S)
     assert [x["reason"] for x in r.rejected] == ["bad-value"] and r.rows == 0
+
+
+def _on_channel(telegram: bytes, channel: int) -> bytes:
+    """The telegram with its energy registers moved from B=0 to ``channel`` (CRC redone)."""
+    body = telegram[: telegram.index(b"!")]
+    for code in (b"1.8.1", b"1.8.2", b"2.8.1", b"2.8.2"):
+        body = body.replace(b"\n1-0:" + code + b"(", b"\n1-%d:" % channel + code + b"(")
+    body += b"!"
+    return body + f"{crc16_arc(body):04X}\r\n".encode()
+
+
+def test_registers_on_channel_1_are_readings_and_two_channels_a_reason(
+    pipeline: IngestPipeline,
+) -> None:
+    # an XT211-style telegram (1-1:1.8.1 ...) stores the same rows as its 1-0 twin
+    plain = build_telegram("E1", NOW, import_wh=(1234, 5678), export_wh=(9, 10))
+    twin = pipeline.process([plain], BOUND, NOW_S)
+    channel_1 = IngestPipeline(pipeline.index, BestCache()).process(
+        [_on_channel(plain, 1)], BOUND, NOW_S
+    )
+    assert channel_1.accepted == 1 and channel_1.rows == twin.rows > 0
+    assert channel_1.batch == twin.batch
+    # registers on 1-1: and 1-2: (none on 1-0:): rejected with its own reason
+    both = _on_channel(plain, 1)
+    both = both[: both.index(b"!")] + b"1-2:1.8.1(000001.000*kWh)\r\n!"
+    r = pipeline.process([both + f"{crc16_arc(both):04X}\r\n".encode()], BOUND, NOW_S)
+    assert [x["reason"] for x in r.rejected] == ["ambiguous-registers"] and r.rows == 0
