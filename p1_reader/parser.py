@@ -60,7 +60,7 @@ from binascii import unhexlify
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
-from itertools import repeat
+from itertools import islice, repeat
 from operator import itemgetter
 from typing import Final
 
@@ -110,8 +110,12 @@ class _CodeCache(dict[str, str]):
 
 _codes: Final = _CodeCache()
 
-# Equipment ids repeat in every telegram of a meter: cache the hex decoding (bounded).
-_IDS_MAX: Final = 4096
+# Equipment ids repeat in every telegram of a meter: cache the hex decoding. Sized for a
+# gateway whose every worker sees every meter of a fleet of tens of thousands (with their gas
+# meters); when full the oldest quarter goes (insertion order), not everything, so a fleet that
+# fits stays cached and junk ids from corrupted input cannot grow it.
+_IDS_MAX: Final = 1 << 16
+_IDS_EVICT: Final = _IDS_MAX // 4
 _ids: dict[str, str] = {}
 
 _REGISTER_CODES: Final = tuple(code for code, _ in obis.ENERGY_REGISTERS)
@@ -362,7 +366,8 @@ def decode_equipment_id(raw: str) -> str:
         if not decoded.translate(None, _PRINTABLE_ASCII):  # nothing outside ' '..'~'
             result = decoded.decode("ascii")
     if len(_ids) >= _IDS_MAX:
-        _ids.clear()
+        for old in list(islice(_ids, _IDS_EVICT)):
+            del _ids[old]
     _ids[raw] = result
     return result
 

@@ -593,3 +593,24 @@ def test_a_bad_value_on_channel_1_is_rejected_like_on_channel_0() -> None:
     bad = with_crc(XT211[: XT211.index(b"!") + 1].replace(b"(004512.873*kWh)", b"(0045x2.873*kWh)"))
     with pytest.raises(ValueFormatError, match=r"1-1:1\.8\.1"):
         parse_telegram(bad)
+
+
+def test_equipment_id_cache_holds_a_fleet_of_tens_of_thousands() -> None:
+    """A gateway worker sees every meter of its fleet in turn: 20 000 meters (far above the old
+    bound of 4096, which was cleared when full) stay cached once seen, and the cache stays
+    bounded when junk ids pour in, keeping the newest."""
+    parser_mod._ids.clear()
+    fleet = [f"E{n:016d}".encode().hex().upper() for n in range(20_000)]
+    for raw in fleet:
+        decode_equipment_id(raw)
+    assert len(parser_mod._ids) == len(fleet)
+    for raw in fleet:  # a second round: every id is a hit, nothing is evicted
+        assert parser_mod._ids.get(raw) == decode_equipment_id(raw)
+    assert len(parser_mod._ids) == len(fleet)
+    junk = [f"junk{n}" for n in range(parser_mod._IDS_MAX + 10)]
+    for raw in junk:
+        assert decode_equipment_id(raw) == raw
+    assert len(parser_mod._ids) <= parser_mod._IDS_MAX
+    assert len(parser_mod._ids) >= parser_mod._IDS_MAX * 3 // 4
+    assert junk[-1] in parser_mod._ids and fleet[0] not in parser_mod._ids
+    parser_mod._ids.clear()
