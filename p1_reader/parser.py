@@ -240,7 +240,7 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
             break
 
     regs = _registers(values, _REGISTER_CODES, text)
-    if regs == _NO_REGISTERS:
+    if regs[0] is None and regs[4] is None and regs == _NO_REGISTERS:  # T1 or total: B=0
         regs = _channel_registers(values, text)
 
     mbus: tuple[MbusDevice, ...] = ()
