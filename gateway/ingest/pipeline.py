@@ -76,7 +76,8 @@ EPOCHS_MAX: Final = 65536
 
 
 def split_body(body: bytes, limit: int | None = None) -> list[bytes]:
-    """Cut a request body into telegrams: each ends at the line that starts with ``!``.
+    """Cut a request body into telegrams: each ends at the line that starts with ``!``, or,
+    for one without a ``!`` line (DSMR 2.2), before the next line that starts with ``/``.
 
     With ``limit``, cutting stops after ``limit + 1`` pieces: enough for the caller to know the
     body holds too many, without the work of cutting a flood of junk frames.
@@ -94,6 +95,13 @@ def split_body(body: bytes, limit: int | None = None) -> list[bytes]:
         if pos >= n:
             break
         bang = body.find(b"\n!", pos)
+        if body[pos] == 0x2F:  # '/': a telegram without a '!' line (DSMR 2.2) ends where the
+            # next header starts a line
+            head = body.find(b"\n/", pos, n if bang < 0 else bang)
+            if head >= 0:
+                parts.append(body[pos : head + 1])
+                pos = head + 1
+                continue
         if bang < 0:
             parts.append(body[pos:])
             break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from p1_reader.crc import crc16_arc
 from tests.support.index_rows import split_rows
 from tests.support.telegram_builder import build_telegram
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "telegrams"
 NOW = datetime(2026, 10, 25, 12, 0, tzinfo=UTC)
 NOW_S = int(NOW.timestamp())
 EAN_E, EAN_G, EAN_N, EAN_I = (
@@ -295,6 +297,20 @@ def test_split_body() -> None:
     assert split_body(b"") == [] and split_body(b"\r\n \x00") == []
     lf_only = one.replace(b"\r\n", b"\n")
     assert split_body(lf_only + lf_only) == [lf_only, lf_only]
+
+
+def test_split_body_cuts_telegrams_without_a_bang_line_at_the_next_header() -> None:
+    # a real DSMR 2.2 capture without a '!' line, as the reader now frames and forwards it
+    real = (FIXTURES / "nodedsmr_v2.2_nl_iskra_mt382_real.txt").read_bytes()
+    one = build_telegram("E1", NOW)
+    assert split_body(real + real + one + real) == [real, real, one, real]
+    # each gets its own outcome, not one for the lot (here: a meter nobody registered)
+    r = IngestPipeline(ConsentIndex(), BestCache()).process(
+        split_body(real * 3), frozenset({"00112233445566778899aabbccddeeff"}), NOW_S
+    )
+    assert [(x["index"], x["reason"]) for x in r.rejected] == [
+        (i, "unknown-meter") for i in range(3)
+    ]
 
 
 def test_best_cache_forgets_what_a_registry_change_may_have_undone() -> None:
