@@ -188,7 +188,13 @@ class Framer:
             if ndigits >= 0:
                 self._finish_plain(out, bytes(buf[pos:n]), bang - pos, ndigits, n)
             else:
-                self._finish_unterminated(out, bytes(buf[pos:n]))
+                # a line-start '/' too close to the end to tell whether it is a header: the
+                # telegram before it still ends there, the fragment was cut off
+                header = _line_start_header(buf, max(self._scan - 1, pos + 1), n)
+                end = -header if header < _NO_END else n
+                self._finish_unterminated(out, bytes(buf[pos:end]))
+                if end < n:
+                    self._drop_truncated(n - end)
         self.flush()
         return out
 

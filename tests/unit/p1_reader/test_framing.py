@@ -214,6 +214,15 @@ def test_cut_off_telegrams_stay_truncated(cut: Callable[[bytes], bytes]) -> None
     assert framer.stats.truncated_frames == 1 and framer.stats.skipped_bytes == len(head)
 
 
+@pytest.mark.parametrize("fragment", [b"/", b"/I", b"/ISk"])
+def test_telegram_without_a_bang_line_before_a_header_cut_by_the_end(fragment: bytes) -> None:
+    real = fixture(NO_END_LINE)
+    for frames, framer in (frame_all(real + fragment), frame_chunked(real + fragment, [400])):
+        assert [f.data for f in frames] == [real]
+        assert framer.stats.truncated_frames == 1
+        assert framer.stats.skipped_bytes == len(fragment)
+
+
 def test_crc_less_telegram_cut_mid_line_at_the_end_is_truncated() -> None:
     real = fixture(NO_END_LINE)
     frames, framer = frame_all(real + real[:-5])
