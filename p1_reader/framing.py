@@ -294,16 +294,17 @@ class Framer:
         while True:
             bang = buf.find(_BANG, i, limit)
             # a header at the start of a line before any '!' ends a telegram that has no '!'
-            # line (DSMR 2.2), or one cut at a line end by a restart
-            header = _line_start_header(
-                buf, max(i - 1, pos + 1), bang if bang >= 0 else min(len(buf), limit)
-            )
-            if header >= 0:
-                self._finish_unterminated(out, bytes(buf[pos:header]))
-                return True
-            if header != _NO_END:  # "\n/" at the end of the buffer: is it a header?
-                self._scan = -header
-                return False
+            # line (DSMR 2.2), or one cut at a line end by a restart (one C-level find on the
+            # hot path; the helper only runs on a hit)
+            stop = bang if bang >= 0 else limit
+            if buf.find(b"\n/", i - 1 if i > pos + 1 else pos + 1, stop) >= 0:
+                header = _line_start_header(buf, i - 1 if i > pos + 1 else pos + 1, stop)
+                if header >= 0:
+                    self._finish_unterminated(out, bytes(buf[pos:header]))
+                    return True
+                if header != _NO_END:  # "\n/" at the end of the buffer: is it a header?
+                    self._scan = -header
+                    return False
             if bang < 0:
                 if len(buf) >= limit:
                     self.stats.oversize_frames += 1
