@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 framer = Framer()
                 framer.feed(data)
-                framer.flush()
+                framer.finish()
             except Exception:
                 failures[data] = "Framer: " + traceback.format_exc()
 

@@ -18,7 +18,9 @@ process parsing one meter's telegrams every second does:
   turn; the layout cache stays warm there, since meters of one model share their layouts.
 * per layout (meter model, firmware, text-message length): where the lines of a telegram sit.
   ``--first-sight`` also clears that before every telegram: every telegram is the first of its
-  kind, the worst case, which no real stream stays in.
+  kind, the worst case, which no real stream stays in. (The zone's offset changes per year,
+  ``timestamps._years``, stay: they are zoneinfo's data in another shape, not anything learnt
+  from telegrams.)
 
 With the optional compiled parser built (``scripts/build-mypyc`` or ``METERPOORT_MYPYC=1 pip
 install .``: mypyc extension modules in place of ``p1_reader``'s parser, timestamps and obis),
@@ -174,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
             p1_parser._ids.clear()
             p1_parser._layouts.clear()
             p1_timestamps._cache.clear()
-            p1_timestamps._hour_offsets.clear()
             parse_telegram(raw)
 
     def theirs_once() -> None:

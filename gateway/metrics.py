@@ -191,6 +191,12 @@ READINGS_WITHHELD = Counter(
     ["granularity"],
     registry=REGISTRY,
 )
+TELEGRAM_DST_FLAG_MISMATCH = Counter(
+    "meterpoort_telegram_dst_flag_mismatch_total",
+    "Telegrams whose S/W (summer/winter time) flag contradicts the calendar; their times follow"
+    " the calendar (a meter's faulty flag, not its clock)",
+    registry=REGISTRY,
+)
 TELEGRAMS_REJECTED_BY = Children(TELEGRAMS_REJECTED)
 READINGS_STORED_BY = Children(READINGS_STORED)
 READINGS_WITHHELD_BY = Children(READINGS_WITHHELD)

@@ -23,6 +23,7 @@ commands
 from p1_reader.decrypt import DecryptedFrame, FrameCounterGuard, decrypt_frame
 from p1_reader.encode import GasReading, format_telegram, format_telegram_v22
 from p1_reader.errors import (
+    AmbiguousRegistersError,
     AuthenticationError,
     ChecksumError,
     DecryptionError,
@@ -40,9 +41,10 @@ from p1_reader.errors import (
 from p1_reader.framing import Frame, FrameKind, Framer
 from p1_reader.parser import parse_telegram
 from p1_reader.telegram import MbusDevice, Telegram
-from p1_reader.timestamps import parse_tst
+from p1_reader.timestamps import parse_tst, parse_tst_checked
 
 __all__ = [
+    "AmbiguousRegistersError",
     "AuthenticationError",
     "ChecksumError",
     "DecryptedFrame",
@@ -69,4 +71,5 @@ __all__ = [
     "format_telegram_v22",
     "parse_telegram",
     "parse_tst",
+    "parse_tst_checked",
 ]

@@ -1,7 +1,10 @@
 """The ``decode`` subcommand: telegram files → JSON lines on stdout.
 
 A file may hold several telegrams back to back (a capture): it is cut with the same
-:class:`~p1_reader.framing.Framer` as the serial stream. ``.hex`` files are whitespace-separated
+:class:`~p1_reader.framing.Framer` as the serial stream, and its end is an end of input
+(:meth:`~p1_reader.framing.Framer.finish`): a file that stops right after its last ``!CRC``
+(no final line end) or a DSMR 2.2 telegram without a ``!`` line is complete; ``forward
+--input`` reads files by the same rule. ``.hex`` files are whitespace-separated
 hex (encrypted frames as published); ``.bin`` files and anything else are raw bytes. Encrypted
 DLMS frames need ``--key``.
 
@@ -68,7 +71,7 @@ def decode_bytes(
     """Frame ``data`` and decode every frame; the framer's stats tell what was skipped."""
     framer = Framer()
     frames = framer.feed(data)
-    framer.flush()
+    frames += framer.finish()  # the file ended: its last telegram may lack a final line end
     return list(_decode_frames(frames, require_crc, key, auth_key)), framer
 
 

@@ -8,6 +8,7 @@ The tree::
     ├── ChecksumError            CRC-16 missing where required, or not matching
     ├── TimestampError           a timestamp that cannot be read (unset clock, bad date)
     ├── ValueFormatError         a value that does not match its OBIS object's format
+    │   └── AmbiguousRegistersError  energy registers on two channels B (1-1:… and 1-2:…)
     ├── DecryptionError          a DLMS general-glo-ciphering frame that cannot be opened
     │   ├── AuthenticationError  GCM tag does not verify (wrong key, wrong AAD, tampering)
     │   └── ReplayError          frame counter not above the last one seen
@@ -48,6 +49,13 @@ class TimestampError(P1Error):
 
 class ValueFormatError(P1Error):
     reason = "bad-value"
+
+
+class AmbiguousRegistersError(ValueFormatError):
+    """The telegram carries the energy registers of its meter on two different channels B
+    (e.g. ``1-1:1.8.1`` and ``1-2:1.8.1``, none on B=0): which are the meter's cannot be told."""
+
+    reason = "ambiguous-registers"
 
 
 class DecryptionError(P1Error):

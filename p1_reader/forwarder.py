@@ -539,17 +539,17 @@ async def file_source(
     bad = 0
     while True:
         item = await queue.get()
-        if item is None:
-            break
         if isinstance(item, BaseException):
             raise P1Error(f"cannot read input {path}: {item}") from item
-        for frame in framer.feed(item):
+        # None: the input ended, which completes a last telegram lacking its final line end
+        for frame in framer.feed(item) if item is not None else framer.finish():
             if frame.crc_ok is False:
                 bad += 1
                 log.warning("input %s: telegram with a wrong CRC skipped (%d so far)", path, bad)
                 continue
             yield frame.data, None
-    framer.flush()
+        if item is None:
+            break
 
 
 async def port_source(

@@ -23,6 +23,15 @@ Decisions (see DSMR.md §5, §6 and fixtures/streams/README.md):
 * A CRC-less telegram (DSMR 2.2/3: ``!`` CR LF) cannot be checked; if it contains an inner header
   (``/`` + three letters + a digit, as every DSMR 2.2/3 header has) the framer resyncs at the last
   one.
+* A telegram with no ``!`` line at all (DSMR 2.2 meters and captures that leave it out) ends
+  where the next header starts a line, or at the end of the input. It is a telegram when it
+  needs no CRC (it does not claim DSMR 4+: :func:`p1_reader.obis.claims_dsmr4`), holds a data
+  line and its last line is complete; otherwise it is a truncated frame (a DSMR 4/5 telegram cut
+  at a line end by a restart is still counted as truncated, as before).
+* End of input (:meth:`Framer.finish`: a file, stdin) implies the line end after the last ``!``
+  line: a file that stops right after ``!CRC`` holds a complete telegram. A telegram cut anywhere
+  else is truncated. A port that went away (:meth:`Framer.flush`) is not an end of input: the
+  stream resumes on the next connection, so whatever is pending there was cut off.
 * An encrypted frame that contains another ``DB 08 <same system title>`` was cut short by a
   restart: the prefix is counted as truncated and framing resumes at the inner header. (A frame
   cut so close to its end that the next header is not inside its length window still swallows
@@ -37,6 +46,7 @@ import enum
 from dataclasses import dataclass
 
 from p1_reader.crc import crc16_arc
+from p1_reader.obis import claims_dsmr4
 
 #: largest plaintext telegram accepted (DSMR.md §1: accept ≥ 8 KiB, reject beyond)
 MAX_TELEGRAM_SIZE = 8192
@@ -164,8 +174,33 @@ class Framer:
             self._pos = 0
         return out
 
+    def finish(self) -> list[Frame]:
+        """End of input (a file or stdin ended): return the final telegram when what is
+        pending is a complete one lacking only the line end after its ``!`` line, or a complete
+        telegram with no ``!`` line (see the module docstring); count the rest as
+        :meth:`flush` does, and reset."""
+        out: list[Frame] = []
+        if self._state is _State.PLAIN and self._header_checked:
+            buf, pos = self._buf, self._pos
+            n = len(buf)
+            bang = buf.find(_BANG, self._scan)
+            ndigits = -1 if bang < 0 else _match_end_at_eof(buf, bang)
+            if ndigits >= 0:
+                self._finish_plain(out, bytes(buf[pos:n]), bang - pos, ndigits, n)
+            else:
+                # a line-start '/' too close to the end to tell whether it is a header: the
+                # telegram before it still ends there, the fragment was cut off
+                header = _line_start_header(buf, max(self._scan - 1, pos + 1), n)
+                end = -header if header < _NO_END else n
+                self._finish_unterminated(out, bytes(buf[pos:end]))
+                if end < n:
+                    self._drop_truncated(n - end)
+        self.flush()
+        return out
+
     def flush(self) -> None:
-        """End of stream (or port closed): count whatever is pending as skipped and reset."""
+        """The stream broke off (port closed; a reconnect resumes it): count whatever is
+        pending as skipped or truncated and reset. At the end of a file use :meth:`finish`."""
         rest = len(self._buf) - self._pos
         if rest:
             if self._state is _State.SCAN:
@@ -258,6 +293,18 @@ class Framer:
         i = self._scan
         while True:
             bang = buf.find(_BANG, i, limit)
+            # a header at the start of a line before any '!' ends a telegram that has no '!'
+            # line (DSMR 2.2), or one cut at a line end by a restart (one C-level find on the
+            # hot path; the helper only runs on a hit)
+            stop = bang if bang >= 0 else limit
+            if buf.find(b"\n/", i - 1 if i > pos + 1 else pos + 1, stop) >= 0:
+                header = _line_start_header(buf, i - 1 if i > pos + 1 else pos + 1, stop)
+                if header >= 0:
+                    self._finish_unterminated(out, bytes(buf[pos:header]))
+                    return True
+                if header != _NO_END:  # "\n/" at the end of the buffer: is it a header?
+                    self._scan = -header
+                    return False
             if bang < 0:
                 if len(buf) >= limit:
                     self.stats.oversize_frames += 1
@@ -311,6 +358,25 @@ class Framer:
             frame = frame[inner:]
         stats.telegrams += 1
         self._emit(out, Frame(FrameKind.TELEGRAM, frame, None), end)
+
+    def _finish_unterminated(self, out: list[Frame], frame: bytes) -> None:
+        """Decide on a frame that ends without a ``!`` line (at a line-start header or at the
+        end of input): emit it as a CRC-less telegram, or count it as truncated."""
+        inner = _last_inner_header(frame, len(frame))
+        if inner > 0:  # a restart mid-line: the part before it was cut short
+            self._drop_truncated(inner)
+            frame = frame[inner:]
+        head = frame.find(b"\n")
+        if (
+            frame.endswith(b"\n")
+            and frame.find(b"(", head) > 0
+            and not claims_dsmr4(*_version_objects(frame))
+        ):
+            self.stats.telegrams += 1
+            self._emit(out, Frame(FrameKind.TELEGRAM, frame, None), self._pos + len(frame))
+            return
+        self._drop_truncated(len(frame))
+        self._state = _State.SCAN
 
     def _step_cipher(self, out: list[Frame]) -> bool:
         buf, pos = self._buf, self._pos
@@ -398,6 +464,55 @@ def _match_end(buf: bytearray, bang: int) -> tuple[int, int]:
         if buf[j] == _LF:
             return j + 1, ndigits
     return _NO_END, 0
+
+
+def _match_end_at_eof(buf: bytearray, bang: int) -> int:
+    """At the end of input: the number of CRC digits when ``!`` at ``bang`` starts a valid end
+    line whose line end is missing or complete (``!`` [0-4 hex] [NUL] [CR] [LF] and nothing
+    after), else -1."""
+    n = len(buf)
+    j = bang + 1
+    while j < n and j - bang <= 4 and buf[j] in _HEX:
+        j += 1
+    ndigits = j - bang - 1
+    for optional in (_NUL, _CR, _LF):
+        if j < n and buf[j] == optional:
+            j += 1
+    return ndigits if j == n else -1
+
+
+def _line_start_header(buf: bytearray, start: int, stop: int) -> int:
+    """Index of the first ``/`` + three letters + a digit that starts a line in
+    ``buf[start:stop]``; _NO_END when there is none; ``-(i)`` when the bytes after a
+    ``\\n/`` at ``i - 1`` have not all arrived yet (resume the search at ``i``)."""
+    p = buf.find(b"\n/", start, stop)
+    while p >= 0:
+        head = buf[p + 2 : p + 6]
+        if len(head) < 4 and p + 2 + len(head) == len(buf):
+            return -(p + 1)
+        if (
+            len(head) == 4
+            and head[0] in _LETTERS
+            and head[1] in _LETTERS
+            and head[2] in _LETTERS
+            and head[3] in _DIGITS
+        ):
+            return p + 1
+        p = buf.find(b"\n/", p + 1, stop)
+    return _NO_END
+
+
+def _version_objects(frame: bytes) -> tuple[str | None, bool]:
+    """(the ``1-3:0.2.8`` value or None, whether ``0-0:96.1.4`` is present) of a raw frame:
+    what :func:`p1_reader.obis.claims_dsmr4` decides on (the parser reads the same two objects
+    from its parsed lines)."""
+    version: str | None = None
+    at = frame.find(b"\n1-3:0.2.8(")
+    if at >= 0:
+        start = at + 11
+        stop = frame.find(b")", start)
+        version = frame[start : stop if stop >= 0 else len(frame)].decode("latin-1")
+    return version, b"\n0-0:96.1.4(" in frame
 
 
 def _last_inner_header(frame: bytes, bang: int) -> int:

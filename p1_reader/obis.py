@@ -12,7 +12,9 @@ BE version          0-0:96.1.4                  Fluvius e-MUCS (``50217``, ``502
 telegram time       0-0:1.0.0                   DSMR 4+; ``YYMMDDhhmmssX``, X = S/W
 E-meter id          0-0:96.1.1                  hex-encoded ASCII; fallbacks below for HU
                                                 (0-0:96.1.0), LU Smarty (0-0:42.0.0), Q3D
-energy registers    1-0:1.8.1 .. 1-0:2.8.2      kWh with 3 decimals; AT: integer ``Wh``
+energy registers    1-0:1.8.1 .. 1-0:2.8.2      kWh with 3 decimals; AT: integer ``Wh``;
+                                                on another channel B where B=0 has none
+                                                (XT211 ``1-1:1.8.1``)
 totals              1-0:1.8.0, 1-0:2.8.0        LU, AT, HU, SE, Q3D
 tariff              0-0:96.14.0                 NL 1 = low, 2 = normal; BE swapped
 M-Bus device type   0-n:24.1.0                  3 gas, 4 heat, 6 warm water, 7 water
@@ -55,6 +57,21 @@ ENERGY_REGISTERS: Final = (
     ("1-0:2.8.0", "export_total_wh"),
 )
 
+
+def energy_codes(channel: int) -> tuple[str, ...]:
+    """The energy register codes of channel B = ``channel``, in ENERGY_REGISTERS order."""
+    return tuple(f"1-{channel}:{code[4:]}" for code, _ in ENERGY_REGISTERS)
+
+
+#: the same registers on another channel B (OBIS B is one byte): some meters send theirs there
+#: (Sagemcom XT211: ``1-1:1.8.1``). B=0 is read when it carries any; else the one channel that
+#: does; two such channels in one telegram make it ambiguous (rejected)
+ENERGY_CHANNELS: Final = {channel: energy_codes(channel) for channel in range(1, 256)}
+#: every energy register code on a channel B other than 0 → its channel
+CHANNEL_OF_ENERGY_CODE: Final = {
+    code: channel for channel, codes in ENERGY_CHANNELS.items() for code in codes
+}
+
 #: energy unit (lower case; matched case-insensitively) → decimal places to shift into Wh
 ENERGY_UNIT_DECIMALS: Final = {"kwh": 3, "wh": 0, "mwh": 6}
 
@@ -74,6 +91,23 @@ MBUS_UNITS: Final = {
 #: device types whose unit-less values are volumes in m3 (dead channels send ``(00000000)``,
 #: Smarty water channels ``(00000.000)``): gas, warm water, water
 VOLUME_DEVICE_TYPES: Final = frozenset({3, 6, 7})
+
+#: DSMR 4.0 introduced the P1 version object ``1-3:0.2.8`` and the CRC together
+CRC_FROM_VERSION: Final = 40
+
+
+def claims_dsmr4(version: str | None, belgian: bool) -> bool:
+    """True when a telegram says it is DSMR 4+ and so must carry a CRC: its first
+    ``1-3:0.2.8`` value (``version``, None when absent) is 40 or higher or unreadable (fail
+    towards checking), or it carries the Belgian ``0-0:96.1.4`` (``belgian``). The header's
+    fifth character says nothing: ``/XXX5`` is the IEC 62056-21 baud-rate letter, sent by
+    DSMR 2.2/3 meters too (``/ISk5\\2MT382``)."""
+    if belgian:
+        return True
+    if version is None:
+        return False
+    return not version.isdecimal() or int(version) >= CRC_FROM_VERSION
+
 
 #: M-Bus channels B (DSMR 5.0.2 §7.3: up to 4 devices)
 MBUS_CHANNELS: Final = (1, 2, 3, 4)
@@ -98,6 +132,7 @@ def mbus_codes(channel: int) -> tuple[str, tuple[str, ...], tuple[str, ...], str
 INTERPRETED_CODES: Final = frozenset(
     [VERSION, TIMESTAMP, TARIFF, *METER_ID_CODES]
     + [code for code, _ in ENERGY_REGISTERS]
+    + list(CHANNEL_OF_ENERGY_CODE)
     + [
         code
         for ch in MBUS_CHANNELS

@@ -42,11 +42,16 @@ Values
     smallest unit (EasyMeter's 7-decimal kWh) are truncated, as a register display does.
     The same full code twice with different values, for a code we interpret, raises
     :class:`ValueFormatError`; otherwise the first occurrence is kept.
+    Energy registers are read on channel B=0 (``1-0:1.8.1``) when it carries any; otherwise on
+    the one other channel B that carries them (the Sagemcom XT211 sends ``1-1:1.8.1``). Energy
+    registers on two channels B and none on B=0 raise :class:`AmbiguousRegistersError`.
 
 Timestamps
     The parser never raises for a timestamp. An unset, placeholder or malformed telegram or
     capture time becomes None (see :mod:`p1_reader.timestamps`) while the raw text stays in
-    ``objects``; callers that must have a time use :func:`telegram_timestamp_or_raise`.
+    ``objects``; callers that must have a time use :func:`telegram_timestamp_or_raise`. Times
+    follow the zone rules; ``Telegram.dst_flag_mismatch`` says that the telegram time's or an
+    M-Bus capture time's S/W flag contradicted the calendar (the time is right regardless).
 """
 
 from __future__ import annotations
@@ -55,15 +60,22 @@ from binascii import unhexlify
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
-from itertools import repeat
+from itertools import islice, repeat
 from operator import itemgetter
 from typing import Final
 
 from . import obis
 from .crc import crc16_arc
-from .errors import ChecksumError, FrameError, TimestampError, TooLargeError, ValueFormatError
+from .errors import (
+    AmbiguousRegistersError,
+    ChecksumError,
+    FrameError,
+    TimestampError,
+    TooLargeError,
+    ValueFormatError,
+)
 from .telegram import MbusDevice, RawObjects, Telegram
-from .timestamps import parse_tst, parse_tst_or_raise
+from .timestamps import TstReading, parse_tst_checked, parse_tst_or_raise
 
 __all__ = [
     "MAX_TELEGRAM_BYTES",
@@ -98,17 +110,24 @@ class _CodeCache(dict[str, str]):
 
 _codes: Final = _CodeCache()
 
-# Equipment ids repeat in every telegram of a meter: cache the hex decoding (bounded).
-_IDS_MAX: Final = 4096
+# Equipment ids repeat in every telegram of a meter: cache the hex decoding. Sized for a
+# gateway whose every worker sees every meter of a fleet of tens of thousands (with their gas
+# meters); when full the oldest quarter goes (insertion order), not everything, so a fleet that
+# fits stays cached and junk ids from corrupted input cannot grow it.
+_IDS_MAX: Final = 1 << 16
+_IDS_EVICT: Final = _IDS_MAX // 4
 _ids: dict[str, str] = {}
 
 _REGISTER_CODES: Final = tuple(code for code, _ in obis.ENERGY_REGISTERS)
+_NO_REGISTERS: Final[list[int | None]] = [None] * len(_REGISTER_CODES)
+_CHANNEL_CODES: Final = frozenset(obis.CHANNEL_OF_ENERGY_CODE)
 _MBUS: Final = tuple(
     (ch, t, ids, readings, legacy, frozenset((t, *ids, *readings, legacy)))
     for ch in obis.MBUS_CHANNELS
     for t, ids, readings, legacy in [obis.mbus_codes(ch)]
 )
 _MBUS_CODES: Final = frozenset().union(*(m[-1] for m in _MBUS))
+_NO_TIME: Final[TstReading] = (None, False)
 
 
 def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Telegram:
@@ -206,6 +225,7 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
     stamp = get(obis.TIMESTAMP)
     if stamp is not None and ")(" in stamp:
         stamp = _first(stamp)
+    timestamp, dst_flag_mismatch = _NO_TIME if stamp is None else parse_tst_checked(stamp)
     tariff_raw = get(obis.TARIFF)
     tariff = None if tariff_raw is None else _TARIFFS.get(tariff_raw) or _tariff(_first(tariff_raw))
     meter_id: str | None = None
@@ -219,10 +239,53 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
             meter_id = _ids.get(first) or decode_equipment_id(first)
             break
 
-    # The energy registers. The common case '003808.351*kWh': Wh = the digits without the dot;
-    # isdecimal() on everything but the dot and unit also rules out a second value ')('.
+    regs = _registers(values, _REGISTER_CODES, text)
+    if regs[0] is None and regs[4] is None and regs == _NO_REGISTERS:  # T1 or total: B=0
+        regs = _channel_registers(values, text)
+
+    mbus: tuple[MbusDevice, ...] = ()
+    present = _MBUS_CODES.intersection(values)  # one C-level pass; usually 0-3 codes
+    if present:
+        devices = []
+        for ch, type_code, id_codes, reading_codes, legacy_code, channel_codes in _MBUS:
+            if channel_codes.isdisjoint(present):
+                continue
+            device, flag_wrong = _mbus_device(
+                ch, values, type_code, id_codes, reading_codes, legacy_code, text
+            )
+            if device is not None:
+                devices.append(device)
+            if flag_wrong:
+                dst_flag_mismatch = True
+        mbus = tuple(devices)
+
+    # positional: keyword passing of 15 fields costs measurably more on the hot path
+    return Telegram(
+        header.rstrip("\r"),  # header
+        version or None,  # version
+        timestamp,
+        meter_id,
+        regs[0],  # import_t1_wh
+        regs[1],  # import_t2_wh
+        regs[2],  # export_t1_wh
+        regs[3],  # export_t2_wh
+        regs[4],  # import_total_wh
+        regs[5],  # export_total_wh
+        tariff,
+        mbus,
+        objects,
+        crc_valid,
+        dst_flag_mismatch,
+    )
+
+
+def _registers(values: dict[str, str], codes: tuple[str, ...], text: str) -> list[int | None]:
+    """The six energy registers (ENERGY_REGISTERS order) read from ``codes``, in Wh."""
+    get = values.get
+    # The common case '003808.351*kWh': Wh = the digits without the dot; isdecimal() on
+    # everything but the dot and unit also rules out a second value ')('.
     regs: list[int | None] = []
-    for code in _REGISTER_CODES:
+    for code in codes:
         value = get(code)
         if value is None:
             regs.append(None)
@@ -236,36 +299,23 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
             regs.append(int(digits))
         else:
             regs.append(_energy_wh(value.split(")("), code, text))
+    return regs
 
-    mbus: tuple[MbusDevice, ...] = ()
-    present = _MBUS_CODES.intersection(values)  # one C-level pass; usually 0-3 codes
-    if present:
-        devices = []
-        for ch, type_code, id_codes, reading_codes, legacy_code, channel_codes in _MBUS:
-            if channel_codes.isdisjoint(present):
-                continue
-            device = _mbus_device(ch, values, type_code, id_codes, reading_codes, legacy_code, text)
-            if device is not None:
-                devices.append(device)
-        mbus = tuple(devices)
 
-    # positional: keyword passing of 14 fields costs measurably more on the hot path
-    return Telegram(
-        header.rstrip("\r"),  # header
-        version or None,  # version
-        None if stamp is None else parse_tst(stamp),  # timestamp
-        meter_id,
-        regs[0],  # import_t1_wh
-        regs[1],  # import_t2_wh
-        regs[2],  # export_t1_wh
-        regs[3],  # export_t2_wh
-        regs[4],  # import_total_wh
-        regs[5],  # export_total_wh
-        tariff,
-        mbus,
-        objects,
-        crc_valid,
-    )
+def _channel_registers(values: dict[str, str], text: str) -> list[int | None]:
+    """No register on B=0: the registers of the one other channel B that carries them (all
+    None when none does); :class:`AmbiguousRegistersError` when two channels do."""
+    present = _CHANNEL_CODES.intersection(values)  # one C-level pass; usually empty
+    if not present:
+        return _NO_REGISTERS
+    channels = sorted({obis.CHANNEL_OF_ENERGY_CODE[code] for code in present})
+    if len(channels) > 1:
+        raise AmbiguousRegistersError(
+            "energy registers on channels "
+            + " and ".join(f"1-{channel}:" for channel in channels)
+            + " (none on 1-0:): which are the meter's cannot be told"
+        )
+    return _registers(values, obis.ENERGY_CHANNELS[channels[0]], text)
 
 
 def telegram_timestamp_or_raise(telegram: Telegram) -> datetime:
@@ -316,7 +366,8 @@ def decode_equipment_id(raw: str) -> str:
         if not decoded.translate(None, _PRINTABLE_ASCII):  # nothing outside ' '..'~'
             result = decoded.decode("ascii")
     if len(_ids) >= _IDS_MAX:
-        _ids.clear()
+        for old in list(islice(_ids, _IDS_EVICT)):
+            del _ids[old]
     _ids[raw] = result
     return result
 
@@ -332,14 +383,10 @@ def _first(rest: str) -> str:
 
 def _claims_dsmr4(values: dict[str, str]) -> bool:
     """True when the telegram says it is DSMR 4+ (and so must carry a CRC)."""
-    if obis.BE_VERSION in values:
-        return True
     version = values.get(obis.VERSION)
-    if version is None:
-        return False
-    version = _first(version)
-    # an unreadable version is treated as "claims DSMR 4+": fail towards checking
-    return not version.isdecimal() or int(version) >= 40
+    return obis.claims_dsmr4(
+        None if version is None else _first(version), obis.BE_VERSION in values
+    )
 
 
 def _tariff(raw: str) -> int | None:
@@ -414,8 +461,9 @@ def _mbus_device(
     reading_codes: tuple[str, ...],
     legacy_code: str,
     text: str,
-) -> MbusDevice | None:
-    """The device on one channel; None when the channel says nothing (e.g. only ``96.1.1()``)."""
+) -> tuple[MbusDevice | None, bool]:
+    """The device on one channel, None when the channel says nothing (e.g. only
+    ``96.1.1()``); and whether its capture time's S/W flag contradicts the calendar."""
     get = values.get
     type_raw = get(type_code)
     device_type: int | None = None
@@ -450,11 +498,11 @@ def _mbus_device(
         if len(parts) >= 7:
             stamp, unit, number = parts[0], parts[5], parts[6]
 
-    measured_at = None if stamp is None else parse_tst(stamp)
+    measured_at, flag_wrong = _NO_TIME if stamp is None else parse_tst_checked(stamp)
     if not number:
         if device_type is None and meter_id is None and stamp is None:
-            return None
-        return MbusDevice(channel, device_type, meter_id, measured_at, None, None)
+            return None, flag_wrong
+        return MbusDevice(channel, device_type, meter_id, measured_at, None, None), flag_wrong
     if unit:
         spec = obis.MBUS_UNITS.get(unit) or obis.MBUS_UNITS.get(unit.lower())
         if spec is None:
@@ -464,7 +512,7 @@ def _mbus_device(
     elif device_type is None or device_type in obis.VOLUME_DEVICE_TYPES:
         spec = obis.MBUS_UNITS["m3"]  # unit-less value on a gas/water channel: m3
     else:
-        return MbusDevice(channel, device_type, meter_id, measured_at, None, None)
+        return MbusDevice(channel, device_type, meter_id, measured_at, None, None), flag_wrong
     # the common case: 'ddddd.ddd' m3 → dm3 is the digits without the dot
     if (
         spec[1] == 3
@@ -473,7 +521,8 @@ def _mbus_device(
         and (digits := number[:-4] + number[-3:]).isdecimal()
         and len(digits) <= REGISTER_DIGITS
     ):
-        return MbusDevice(channel, device_type, meter_id, measured_at, int(digits), spec[0])
+        device = MbusDevice(channel, device_type, meter_id, measured_at, int(digits), spec[0])
+        return device, flag_wrong
     amount = _scaled(number, spec[1])
     if amount is None:
         raise ValueFormatError(
@@ -481,7 +530,7 @@ def _mbus_device(
         )
     return MbusDevice(
         channel, device_type, meter_id, measured_at, _in_range(amount, source, text), spec[0]
-    )
+    ), flag_wrong
 
 
 def _line_number(text: str, needle: str) -> int:
@@ -703,7 +752,7 @@ def _objects_robust(text: str) -> tuple[str, dict[str, list[str]], dict[str, int
         p = stripped.find("(")
         if p < 0:
             skipped += 1
-            if stripped.startswith(_REGISTER_CODES):
+            if stripped.startswith(_REGISTER_CODES) or stripped in _CHANNEL_CODES:
                 raise ValueFormatError(f"line {number}: register line {stripped!r} has no value")
             continue  # not an object: ignored (documented)
         key = codes[stripped[:p]]

@@ -132,3 +132,7 @@ class Telegram:
     objects: Mapping[str, list[str]] = field(default_factory=dict)
     #: True when a CRC was present and matched, None when the telegram carries no CRC
     crc_valid: bool | None = None
+    #: True when the S/W flag of the telegram time or of an M-Bus capture time contradicts the
+    #: calendar (``S`` in winter time, ``W`` in summer time, outside the repeated October hour
+    #: where the flag decides). The times follow the calendar regardless; this is for counting.
+    dst_flag_mismatch: bool = False

@@ -81,7 +81,8 @@ EPOCHS_MAX: Final = 65536
 
 
 def split_body(body: bytes, limit: int | None = None) -> list[bytes]:
-    """Cut a request body into telegrams: each ends at the line that starts with ``!``.
+    """Cut a request body into telegrams: each ends at the line that starts with ``!``, or,
+    for one without a ``!`` line (DSMR 2.2), before the next line that starts with ``/``.
 
     With ``limit``, cutting stops after ``limit + 1`` pieces: enough for the caller to know the
     body holds too many, without the work of cutting a flood of junk frames.
@@ -99,6 +100,13 @@ def split_body(body: bytes, limit: int | None = None) -> list[bytes]:
         if pos >= n:
             break
         bang = body.find(b"\n!", pos)
+        if body[pos] == 0x2F:  # '/': a telegram without a '!' line (DSMR 2.2) ends where the
+            # next header starts a line
+            head = body.find(b"\n/", pos, n if bang < 0 else bang)
+            if head >= 0:
+                parts.append(body[pos : head + 1])
+                pos = head + 1
+                continue
         if bang < 0:
             parts.append(body[pos:])
             break
@@ -141,6 +149,8 @@ class IngestResult:
     rows: int = 0
     #: readings per commodity (0 electricity, 1 gas) and policy depth (0 nothing .. 3 interval)
     depths: list[list[int]] = field(default_factory=lambda: [[0, 0, 0, 0], [0, 0, 0, 0]])
+    #: parsed telegrams whose S/W flag contradicts the calendar (``Telegram.dst_flag_mismatch``)
+    dst_flag_mismatches: int = 0
 
     @property
     def withheld(self) -> dict[Granularity, int]:
@@ -304,6 +314,8 @@ class IngestPipeline:
             except P1Error as exc:
                 rejected.append({"index": index, "reason": exc.reason, "detail": str(exc)})
                 continue
+            if telegram.dst_flag_mismatch:
+                result.dst_flag_mismatches += 1
             bound = False
             valid = 0
             problem: tuple[str, str] | None = None

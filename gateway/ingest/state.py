@@ -73,6 +73,7 @@ class IngestState:
                 raise outcome
         total = IngestResult()
         for index, one in enumerate(ones):
+            total.dst_flag_mismatches += one.dst_flag_mismatches  # parsed, refused or not
             if index in refused:
                 total.rejected.append(
                     {"index": index, "reason": "bad-value", "detail": str(refused[index])}

@@ -105,12 +105,41 @@ def test_crc_less_dsmr22_decodes() -> None:
     assert objs[0]["version"] is None
 
 
-def test_truncated_file_has_no_telegram() -> None:
-    truncated = TELEGRAMS / "nodedsmr_v2.2_nl_iskra_mt382_real.txt"  # no '!' line
-    code, objs, err = decode(truncated)
-    assert code == 1
-    assert objs == []
-    assert f"{truncated}: no complete telegram found" in err
+def test_dsmr22_telegram_without_a_bang_line_decodes() -> None:
+    # a real DSMR 2.2 capture with no '!' line at all: complete at the end of the file
+    no_end = TELEGRAMS / "nodedsmr_v2.2_nl_iskra_mt382_real.txt"
+    code, objs, err = decode(no_end)
+    assert code == 0, err
+    assert err == ""
+    [obj] = objs
+    assert obj["import_t1_wh"] == 39837604
+    assert obj["mbus"][0]["value"] == 13032850
+
+
+def test_capture_without_its_final_line_end_decodes_every_telegram(tmp_path: Path) -> None:
+    telegrams = [KAIFA, AM550, TELEGRAMS / "dsmrparser_v5_nl_iskra_am550_two_mbus.txt"] * 4
+    capture = tmp_path / "capture.txt"
+    capture.write_bytes(b"".join(path.read_bytes() for path in telegrams).rstrip(b"\r\n"))
+    code, objs, err = decode(capture)
+    assert code == 0, err
+    assert err == ""
+    assert len(objs) == 12
+    assert objs[-1] == objs[2]  # the last one, whose '!CRC' line has no line end, is whole
+
+
+def test_truly_truncated_files_are_still_rejected(tmp_path: Path) -> None:
+    data = AM550.read_bytes()
+    for name, head in [
+        ("mid-line.txt", data[:300]),
+        ("at-a-line-end.txt", data[: data.index(b"\n1-0:1.8.2") + 1]),  # DSMR 5: needs '!CRC'
+    ]:
+        cut = tmp_path / name
+        cut.write_bytes(head)
+        code, objs, err = decode(cut)
+        assert code == 1
+        assert objs == []
+        assert f"{cut}: no complete telegram found" in err
+        assert f"{cut}: 1 truncated and 0 oversize telegram(s) skipped" in err
 
 
 def test_unreadable_and_non_hex_files(tmp_path: Path) -> None:
@@ -129,7 +158,8 @@ def test_encrypted_hex_and_bin_files() -> None:
     code, [expected], err = decode(ENCRYPTED / "plaintext_sagemcom_t210dr.txt")
     assert code == 0, err
     code, objs, err = decode(
-        "--key", KEY,
+        "--key",
+        KEY,
         ENCRYPTED / "esphome_smarty_style_t210dr.hex",
         ENCRYPTED / "esphome_smarty_style_t210dr.bin",
     )
@@ -151,7 +181,10 @@ def test_encrypted_with_test_auth_key_and_without_aad() -> None:
     assert code == 0, err
     assert objs[0]["header"] == "/Lux5\\253694471_M"
     code, objs, err = decode(
-        "--key", lux_key, "--auth-key", "FFEEDDCCBBAA99887766554433221100",
+        "--key",
+        lux_key,
+        "--auth-key",
+        "FFEEDDCCBBAA99887766554433221100",
         ENCRYPTED / "nodedsmr_lux_spec_example_with_aad.hex",
     )
     assert code == 0, err

@@ -367,3 +367,18 @@ async def test_input_file_with_a_bad_crc_telegram(world: World, tmp_path: Path) 
     s = fwd.stats
     assert (s.read, s.delivered, s.accepted, s.rejected) == (4, 4, 4, 0)
     assert await stored(world.pool) == expected(readings[1:])
+
+
+async def test_input_file_without_its_final_line_end(world: World, tmp_path: Path) -> None:
+    # a capture that stops right after the last '!CRC' (as files are often stored): the end of
+    # the input completes the last telegram, which is delivered like the others
+    times = recent_times(4)
+    readings = [reading(i, t) for i, t in enumerate(times)]
+    source = tmp_path / "p1.txt"
+    source.write_bytes(b"".join(telegram_of(r) for r in readings).rstrip(b"\r\n"))
+    with Spool(tmp_path / "spool", full_policy="drop-newest") as spool:
+        fwd = await forward(config(world), spool, file_source(str(source), chunk_size=97))
+        assert spool.pending == 0
+    s = fwd.stats
+    assert (s.read, s.delivered, s.accepted, s.rejected) == (4, 4, 4, 0)
+    assert await stored(world.pool) == expected(readings)

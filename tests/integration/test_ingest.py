@@ -16,6 +16,7 @@ import io
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consent.levels import Commodity
+from gateway import metrics
 from gateway.api.appkeys import CLOCK_KEY, INGEST_KEY, LISTEN_KEY, SETTINGS_KEY
 from gateway.ingest.consent_index import ConsentIndex
 from gateway.storage.schema import REGISTER_MAX
@@ -37,6 +39,7 @@ Client = TestClient[web.Request, web.Application]
 AMS = ZoneInfo("Europe/Amsterdam")
 UTC = dt.UTC
 PROBLEM = "application/problem+json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TEXT = {"Content-Type": "text/plain"}
 
 E_TABLES = ("readings_e_pt15m", "readings_e_p1d", "readings_e_p1m")
@@ -669,3 +672,37 @@ async def test_a_meter_is_known_to_ingest_when_its_registration_answers(
         assert resp.status == 200, await resp.text()
     finally:
         await client.close()
+
+
+async def test_a_dst_flag_contradicting_the_calendar_is_counted_and_the_calendar_wins(
+    world: World,
+) -> None:
+    """The Iskra IE sample (a real telegram, meter id 09610) says 0-0:1.0.0(230202132747S):
+    "summer time" on 2 February. The reading is measured at 12:27:47Z (CET, the calendar), not
+    at the flag's 11:27:47Z, and the telegram counts in
+    meterpoort_telegram_dst_flag_mismatch_total; a telegram whose flag is right does not."""
+    w = world
+    sample = (FIXTURES / "telegrams" / "dsmrparser_ie_iskra_ie5.txt").read_bytes()
+    w.clock.now = dt.datetime(2023, 2, 2, 12, 30, tzinfo=UTC).timestamp()
+    start = dt.datetime(2023, 1, 1, tzinfo=UTC)
+    ean = await add_meter(w, 120, "electricity", "09610", start)
+    await add_meter(w, 121, "electricity", "E121", start)
+    device = await add_device(w, "09610", "E121")
+
+    def mismatches() -> float:
+        name = "meterpoort_telegram_dst_flag_mismatch_total"
+        return metrics.REGISTRY.get_sample_value(name) or 0.0
+
+    before = mismatches()
+    right = build_telegram("E121", dt.datetime(2023, 2, 2, 12, 0, tzinfo=UTC))
+    resp = await w.client.post("/v1/telegrams", data=right, headers=device)
+    assert resp.status == 200, await resp.text()
+    assert mismatches() == before
+    resp = await w.client.post("/v1/telegrams", data=sample, headers=device)
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": 1, "rejected": []}
+    assert mismatches() == before + 1
+    measured = await w.pool.fetchval(
+        "SELECT measured_at FROM readings_e_p1d WHERE ean = $1", int(ean)
+    )
+    assert measured == dt.datetime(2023, 2, 2, 12, 27, 47, tzinfo=UTC)

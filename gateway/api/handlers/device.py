@@ -87,6 +87,8 @@ async def post_telegrams(request: web.Request) -> web.Response:
         )
     result = await state.ingest(parts, device.meter_ids)
     metrics.TELEGRAMS_RECEIVED.inc(len(parts))
+    if result.dst_flag_mismatches:
+        metrics.TELEGRAM_DST_FLAG_MISMATCH.inc(result.dst_flag_mismatches)
     for rejection in result.rejected:
         metrics.TELEGRAMS_REJECTED_BY(rejection["reason"]).inc()
     for granularity, count in result.withheld.items():

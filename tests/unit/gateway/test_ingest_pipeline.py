@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +14,11 @@ from gateway.ingest.consent_index import ConsentIndex
 from gateway.ingest.pipeline import IngestPipeline, split_body
 from gateway.ingest.sql import E_P1D, E_P1M, E_PT15M, G_P1D, G_P1M, G_PT1H, merge_into, new_batch
 from gateway.storage.schema import REGISTER_MAX
+from p1_reader.crc import crc16_arc
 from tests.support.index_rows import split_rows
 from tests.support.telegram_builder import build_telegram
 
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "telegrams"
 NOW = datetime(2026, 10, 25, 12, 0, tzinfo=UTC)
 NOW_S = int(NOW.timestamp())
 EAN_E, EAN_G, EAN_N, EAN_I = (
@@ -297,6 +300,20 @@ def test_split_body() -> None:
     assert split_body(lf_only + lf_only) == [lf_only, lf_only]
 
 
+def test_split_body_cuts_telegrams_without_a_bang_line_at_the_next_header() -> None:
+    # a real DSMR 2.2 capture without a '!' line, as the reader now frames and forwards it
+    real = (FIXTURES / "nodedsmr_v2.2_nl_iskra_mt382_real.txt").read_bytes()
+    one = build_telegram("E1", NOW)
+    assert split_body(real + real + one + real) == [real, real, one, real]
+    # each gets its own outcome, not one for the lot (here: a meter nobody registered)
+    r = IngestPipeline(ConsentIndex(), BestCache()).process(
+        split_body(real * 3), frozenset({"00112233445566778899aabbccddeeff"}), NOW_S
+    )
+    assert [(x["index"], x["reason"]) for x in r.rejected] == [
+        (i, "unknown-meter") for i in range(3)
+    ]
+
+
 def test_best_cache_forgets_what_a_registry_change_may_have_undone() -> None:
     """A reload of an EAN's routing forgets its entry, and a write routed before that reload
     does not record its rows when it commits after it (the database may have refused them)."""
@@ -362,3 +379,30 @@ def test_a_gas_volume_beyond_what_is_stored_is_refused(
     ok = pipeline.process([top], BOUND, NOW_S)
     assert ok.accepted == 1
     assert {row[3] for row in ok.batch[G_P1D].values()} == {REGISTER_MAX}
+
+
+def _on_channel(telegram: bytes, channel: int) -> bytes:
+    """The telegram with its energy registers moved from B=0 to ``channel`` (CRC redone)."""
+    body = telegram[: telegram.index(b"!")]
+    for code in (b"1.8.1", b"1.8.2", b"2.8.1", b"2.8.2"):
+        body = body.replace(b"\n1-0:" + code + b"(", b"\n1-%d:" % channel + code + b"(")
+    body += b"!"
+    return body + f"{crc16_arc(body):04X}\r\n".encode()
+
+
+def test_registers_on_channel_1_are_readings_and_two_channels_a_reason(
+    pipeline: IngestPipeline,
+) -> None:
+    # an XT211-style telegram (1-1:1.8.1 ...) stores the same rows as its 1-0 twin
+    plain = build_telegram("E1", NOW, import_wh=(1234, 5678), export_wh=(9, 10))
+    twin = pipeline.process([plain], BOUND, NOW_S)
+    channel_1 = IngestPipeline(pipeline.index, BestCache()).process(
+        [_on_channel(plain, 1)], BOUND, NOW_S
+    )
+    assert channel_1.accepted == 1 and channel_1.rows == twin.rows > 0
+    assert channel_1.batch == twin.batch
+    # registers on 1-1: and 1-2: (none on 1-0:): rejected with its own reason
+    both = _on_channel(plain, 1)
+    both = both[: both.index(b"!")] + b"1-2:1.8.1(000001.000*kWh)\r\n!"
+    r = pipeline.process([both + f"{crc16_arc(both):04X}\r\n".encode()], BOUND, NOW_S)
+    assert [x["reason"] for x in r.rejected] == ["ambiguous-registers"] and r.rows == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,10 @@ def hex_fixture(name: str) -> bytes:
 
 
 def frame_all(data: bytes, framer: Framer | None = None) -> tuple[list[Frame], Framer]:
+    """Frame ``data`` as a whole input (a file): ``finish`` at its end."""
     framer = framer or Framer()
     frames = framer.feed(data)
-    framer.flush()
+    frames += framer.finish()
     return frames, framer
 
 
@@ -41,7 +43,7 @@ def frame_chunked(data: bytes, cuts: list[int], **kwargs: bool) -> tuple[list[Fr
         frames += framer.feed(data[last:cut])
         last = cut
     frames += framer.feed(data[last:])
-    framer.flush()
+    frames += framer.finish()
     return frames, framer
 
 
@@ -101,22 +103,131 @@ def test_mixed_stream_fed_byte_by_byte_gives_the_same_result() -> None:
 def test_each_fixture_telegram_frames_to_itself(name: str) -> None:
     data = fixture(name)
     frames, framer = frame_all(data)
-    if name == "nodedsmr_v2.2_nl_iskra_mt382_real.txt":
-        # this sample has no '!' end line at all: a truncated telegram, not a frame
-        assert frames == []
-        assert framer.stats.truncated_frames == 1
-        assert framer.stats.skipped_bytes == len(data)
-        return
     assert len(frames) == 1
     frame = frames[0]
     assert data.startswith(frame.data)
     assert frame.data.startswith(b"/")
     last_line = frame.data.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
-    assert last_line.startswith(b"!")
+    if name == NO_END_LINE:
+        # DSMR 2.2 without a '!' line: complete at the end of the input
+        assert frame.data == data and frame.crc_ok is None
+        assert last_line == b"0-1:24.4.0(1)"
+    else:
+        assert last_line.startswith(b"!")
     # the framer's CRC verdict agrees with the CRC computed when the fixtures were collected
     assert frame.crc_ok == INDEX[name]["crc_valid"]
     # trailing gateway garbage (EasyMeter) is skipped and counted, nothing else
     assert framer.stats.skipped_bytes == len(data) - len(frame.data)
+    assert framer.stats.truncated_frames == 0
+
+
+# -- the end of the input, telegrams without a '!' line -----------------------------------------
+
+#: a real DSMR 2.2 capture with no '!' end line at all
+NO_END_LINE = "nodedsmr_v2.2_nl_iskra_mt382_real.txt"
+#: one meter's telegrams back to back, as a capture file holds them
+CAPTURE_FILES = [
+    "nodedsmr_v5_nl_iskra_am550.txt",
+    "dsmrparser_v5_nl_iskra_am550_two_mbus.txt",
+    "dsmrparser_v4.2_nl_kaifa.txt",
+    "dsmrparser_v5_nl_warmtelink_heat_unpadded_crc.txt",
+]
+
+
+@pytest.mark.parametrize("name", CAPTURE_FILES)
+def test_capture_without_its_final_line_end_yields_every_telegram(name: str) -> None:
+    """A file that stops right after '!CRC' (how projects store samples) is complete."""
+    capture = b"".join(fixture(n) for n in CAPTURE_FILES if n != name) + fixture(name)
+    stripped = capture.rstrip(b"\r\n")
+    assert stripped.endswith(fixture(name).rstrip(b"\r\n"))
+    for frames, framer in (frame_all(stripped), frame_chunked(stripped, [len(stripped) - 2])):
+        assert [f.data for f in frames][:-1] == [f.data for f in frame_all(capture)[0]][:-1]
+        assert frames[-1].data == fixture(name).rstrip(b"\r\n")
+        assert all(f.crc_ok is True for f in frames)
+        assert framer.stats.truncated_frames == 0 and framer.stats.skipped_bytes == 0
+
+
+@pytest.mark.parametrize("ending", [b"", b"\r", b"\x00", b"\x00\r"])
+def test_end_of_input_implies_the_line_end_after_the_crc(ending: bytes) -> None:
+    good = with_crc(SIMPLE)
+    data = good[:-2] + ending
+    frames, framer = frame_all(data)
+    assert [(f.data, f.crc_ok) for f in frames] == [(data, True)]
+    assert framer.stats.truncated_frames == 0
+
+
+def test_end_of_input_after_a_bare_bang_leaves_the_crc_rule_to_the_parser() -> None:
+    # a DSMR 4 telegram without its CRC digits: framed (like '!' CR LF), the parser says bad-crc
+    kaifa = fixture("dsmrparser_v4.2_nl_kaifa.txt")
+    data = kaifa[: kaifa.index(b"!") + 1]
+    frames, _ = frame_all(data)
+    assert [(f.data, f.crc_ok) for f in frames] == [(data, None)]
+
+
+def test_a_port_that_went_away_is_not_an_end_of_input() -> None:
+    # flush (reconnect): the stream resumes elsewhere, so a pending telegram was cut off
+    framer = Framer()
+    good = with_crc(SIMPLE)
+    assert framer.feed(good[:-2]) == []
+    framer.flush()
+    assert framer.stats.truncated_frames == 1
+    assert framer.feed(good[:-2]) == []
+    assert [f.data for f in framer.finish()] == [good[:-2]]
+
+
+def test_telegrams_without_a_bang_line_end_at_the_next_header() -> None:
+    real = fixture(NO_END_LINE)
+    for frames, framer in (
+        frame_all(real * 3),
+        frame_chunked(real * 3, list(range(1, 3 * len(real)))),
+    ):
+        assert [(f.data, f.crc_ok) for f in frames] == [(real, None)] * 3
+        assert framer.stats.truncated_frames == 0 and framer.stats.skipped_bytes == 0
+
+
+def test_telegram_without_a_bang_line_before_a_crc_telegram() -> None:
+    real, am550 = fixture(NO_END_LINE), fixture("nodedsmr_v5_nl_iskra_am550.txt")
+    frames, framer = frame_all(real + am550)
+    assert [(f.data, f.crc_ok) for f in frames] == [(real, None), (am550, True)]
+    assert framer.stats.truncated_frames == 0
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(lambda t: t[:300], id="mid-line"),
+        pytest.param(lambda t: t[: t.index(b"\n1-0:1.8.2") + 1], id="at-a-line-end"),
+        pytest.param(lambda t: t[: t.index(b"\r\n") + 4], id="header-only"),
+        pytest.param(lambda t: t[: t.index(b"!")], id="before-the-bang"),
+    ],
+)
+def test_cut_off_telegrams_stay_truncated(cut: Callable[[bytes], bytes]) -> None:
+    am550 = fixture("nodedsmr_v5_nl_iskra_am550.txt")  # claims DSMR 5: needs its '!CRC' line
+    head = cut(am550)
+    # at the end of the input
+    frames, framer = frame_all(head)
+    assert frames == [] and framer.stats.truncated_frames == 1
+    assert framer.stats.skipped_bytes == len(head)
+    # and followed by a restart
+    frames, framer = frame_all(head + am550)
+    assert [f.data for f in frames] == [am550]
+    assert framer.stats.truncated_frames == 1 and framer.stats.skipped_bytes == len(head)
+
+
+@pytest.mark.parametrize("fragment", [b"/", b"/I", b"/ISk"])
+def test_telegram_without_a_bang_line_before_a_header_cut_by_the_end(fragment: bytes) -> None:
+    real = fixture(NO_END_LINE)
+    for frames, framer in (frame_all(real + fragment), frame_chunked(real + fragment, [400])):
+        assert [f.data for f in frames] == [real]
+        assert framer.stats.truncated_frames == 1
+        assert framer.stats.skipped_bytes == len(fragment)
+
+
+def test_crc_less_telegram_cut_mid_line_at_the_end_is_truncated() -> None:
+    real = fixture(NO_END_LINE)
+    frames, framer = frame_all(real + real[:-5])
+    assert [f.data for f in frames] == [real]
+    assert framer.stats.truncated_frames == 1
 
 
 # -- telegram end and header rules ------------------------------------------------------------
@@ -306,8 +417,8 @@ def test_plaintext_only_framer_ignores_encrypted_frames() -> None:
 # -- chunking invariance (hypothesis) -----------------------------------------------------------
 
 MIXED = (FIXTURES / "streams" / "synthetic_mixed.txt").read_bytes()
-# every fixture telegram with an end line, back to back
-CONCATENATED_NAMES = [n for n in sorted(INDEX) if n != "nodedsmr_v2.2_nl_iskra_mt382_real.txt"]
+# every fixture telegram, back to back (the one without a "!" line ends at the next header)
+CONCATENATED_NAMES = sorted(INDEX)
 CONCATENATED = b"".join(fixture(n) for n in CONCATENATED_NAMES)
 ENCRYPTED_STREAM = (
     b"\xff\xff" + ESPHOME + LUX + b"\x00junk\x00" + GGC + LUX_NO_AAD + ESPHOME[:100] + GGC + b"\xff"
@@ -350,7 +461,9 @@ def test_encrypted_stream_any_chunking_same_frames(cuts: list[int]) -> None:
 @settings(max_examples=100, deadline=None)
 @given(
     parts=st.lists(
-        st.sampled_from(["good", "damaged", "cut", "noise", "crcless"]), min_size=1, max_size=8
+        st.sampled_from(["good", "damaged", "cut", "noise", "crcless", "no-end-line", "no-crlf"]),
+        min_size=1,
+        max_size=8,
     ),
     data=st.data(),
 )
@@ -362,6 +475,8 @@ def test_generated_streams_any_chunking_same_frames(parts: list[str], data: st.D
         "cut": good[:45],
         "noise": b"\xff\x00 stray\r\n",
         "crcless": fixture("dsmrparser_v2.2_nl_iskra_mt382.txt"),
+        "no-end-line": fixture(NO_END_LINE),
+        "no-crlf": good[:-2],
     }
     stream = b"".join(pieces[p] for p in parts)
     whole, framer_whole = frame_all(stream)

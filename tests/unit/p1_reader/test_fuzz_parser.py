@@ -173,7 +173,7 @@ def frame_checked(stream: bytes, cuts: list[int] | None = None) -> None:
     P1Error."""
     whole = Framer()
     frames = whole.feed(stream)
-    whole.flush()
+    frames += whole.finish()  # the end of input, as decode and forward --input see it
     chunked = Framer()
     again = []
     last = 0
@@ -181,7 +181,7 @@ def frame_checked(stream: bytes, cuts: list[int] | None = None) -> None:
         again += chunked.feed(stream[last:cut])
         last = cut
     again += chunked.feed(stream[last:])
-    chunked.flush()
+    again += chunked.finish()
     assert again == frames and chunked.stats == whole.stats
     assert sum(len(f.data) for f in frames) + whole.stats.skipped_bytes == len(stream)
     assert whole.pending == 0

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from p1_reader import parser as parser_mod
 from p1_reader.crc import crc16_arc
 from p1_reader.errors import (
+    AmbiguousRegistersError,
     ChecksumError,
     FrameError,
     TimestampError,
@@ -27,7 +28,7 @@ from p1_reader.parser import (
     parse_telegram,
     telegram_timestamp_or_raise,
 )
-from p1_reader.telegram import DEVICE_TYPE_GAS, DEVICE_TYPE_WATER
+from p1_reader.telegram import DEVICE_TYPE_GAS, DEVICE_TYPE_WATER, Telegram
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 INDEX: list[dict[str, Any]] = json.loads((FIXTURES / "index.json").read_text())
@@ -508,3 +509,108 @@ def test_a_register_has_at_most_18_digits(line: str) -> None:
     fixed = body2 + f"{crc16_arc(body2):04X}\r\n".encode()
     parsed = parser_mod.parse_telegram(fixed)
     assert parsed is not None
+
+
+# -- timestamps follow the zone rules; a contradicting S/W flag is reported --------------------
+
+
+def test_summer_flag_in_february_follows_the_calendar() -> None:
+    # the Iskra IE sample, a real telegram: 0-0:1.0.0(230202132747S), "S" in February
+    t = parse_telegram(fixture("dsmrparser_ie_iskra_ie5.txt"))
+    assert t.timestamp == utc(2023, 2, 2, 12, 27, 47)  # CET, not the flag's UTC+2
+    assert t.dst_flag_mismatch is True
+    # the same telegram from the layout cache (second sight) says the same
+    again = parse_telegram(fixture("dsmrparser_ie_iskra_ie5.txt"))
+    assert (again.timestamp, again.dst_flag_mismatch) == (t.timestamp, True)
+
+
+def test_flags_that_agree_with_the_calendar_are_no_mismatch() -> None:
+    for name in ("nodedsmr_v5_nl_iskra_am550.txt", "dsmrparser_v4.2_nl_kaifa.txt"):
+        assert parse_telegram(fixture(name)).dst_flag_mismatch is False
+
+
+def test_m_bus_capture_flag_contradicting_the_calendar() -> None:
+    # AM550 (real): telegram time 181106140429W agrees; its gas capture time made to say S
+    data = AM550.replace(b"(181106140010W)", b"(181106140010S)")
+    t = parse_telegram(with_crc(data[: data.index(b"!") + 1]))
+    assert t.timestamp == utc(2018, 11, 6, 13, 4, 29)
+    assert t.mbus[0].measured_at == utc(2018, 11, 6, 13, 0, 10)  # CET, as the calendar says
+    assert t.dst_flag_mismatch is True
+
+
+# -- energy registers on a channel B other than 0 ------------------------------------------------
+
+XT211 = fixture("written_v5_sagemcom_xt211_channel1_registers.txt")
+XT211_REGISTERS = (4512873, 3977104, 812330, 1904067)
+
+
+def registers(t: Telegram) -> tuple[int | None, ...]:
+    return (t.import_t1_wh, t.import_t2_wh, t.export_t1_wh, t.export_t2_wh)
+
+
+def test_registers_on_channel_1_are_read() -> None:
+    for _ in range(3):  # first sight, second sight (layout learnt), layout cache
+        t = parse_telegram(XT211)
+        assert registers(t) == XT211_REGISTERS
+        assert (t.import_total_wh, t.export_total_wh) == (None, None)
+        assert t.meter_id == "XT2110000000015"
+
+
+def test_a_real_telegram_moved_to_channel_1_reads_the_same() -> None:
+    # the AM550 capture with its energy registers sent as 1-1:… (as an XT211 does)
+    body = AM550[: AM550.index(b"!") + 1]
+    moved = with_crc(
+        body.replace(b"\n1-0:1.8.", b"\n1-1:1.8.").replace(b"\n1-0:2.8.", b"\n1-1:2.8.")
+    )
+    assert b"1-1:1.8.1(" in moved and b"1-0:1.8.1(" not in moved
+    assert registers(parse_telegram(moved)) == registers(parse_telegram(AM550))
+
+
+def test_channel_0_wins_when_present() -> None:
+    body = XT211[: XT211.index(b"!")]
+    both = with_crc(body + b"1-0:1.8.1(000001.000*kWh)\r\n1-0:1.8.2(000002.000*kWh)\r\n!")
+    t = parse_telegram(both)
+    assert registers(t) == (1000, 2000, None, None)
+    assert t.objects["1-1:1.8.1"] == ["004512.873*kWh"]  # kept raw, not read
+
+
+def test_registers_on_two_channels_are_ambiguous() -> None:
+    body = XT211[: XT211.index(b"!")]
+    two = with_crc(body + b"1-2:1.8.1(000001.000*kWh)\r\n!")
+    with pytest.raises(AmbiguousRegistersError, match=r"channels 1-1: and 1-2:") as info:
+        parse_telegram(two)
+    assert info.value.reason == "ambiguous-registers"
+    assert isinstance(info.value, ValueFormatError)
+
+
+def test_channel_register_line_without_value_is_rejected() -> None:
+    body = XT211[: XT211.index(b"!")]
+    with pytest.raises(ValueFormatError, match=r"register line '1-2:2\.8\.0' has no value"):
+        parse_telegram(with_crc(body + b"1-2:2.8.0\r\n!"))
+
+
+def test_a_bad_value_on_channel_1_is_rejected_like_on_channel_0() -> None:
+    bad = with_crc(XT211[: XT211.index(b"!") + 1].replace(b"(004512.873*kWh)", b"(0045x2.873*kWh)"))
+    with pytest.raises(ValueFormatError, match=r"1-1:1\.8\.1"):
+        parse_telegram(bad)
+
+
+def test_equipment_id_cache_holds_a_fleet_of_tens_of_thousands() -> None:
+    """A gateway worker sees every meter of its fleet in turn: 20 000 meters (far above the old
+    bound of 4096, which was cleared when full) stay cached once seen, and the cache stays
+    bounded when junk ids pour in, keeping the newest."""
+    parser_mod._ids.clear()
+    fleet = [f"E{n:016d}".encode().hex().upper() for n in range(20_000)]
+    for raw in fleet:
+        decode_equipment_id(raw)
+    assert len(parser_mod._ids) == len(fleet)
+    for raw in fleet:  # a second round: every id is a hit, nothing is evicted
+        assert parser_mod._ids.get(raw) == decode_equipment_id(raw)
+    assert len(parser_mod._ids) == len(fleet)
+    junk = [f"junk{n}" for n in range(parser_mod._IDS_MAX + 10)]
+    for raw in junk:
+        assert decode_equipment_id(raw) == raw
+    assert len(parser_mod._ids) <= parser_mod._IDS_MAX
+    assert len(parser_mod._ids) >= parser_mod._IDS_MAX * 3 // 4
+    assert junk[-1] in parser_mod._ids and fleet[0] not in parser_mod._ids
+    parser_mod._ids.clear()

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from p1_reader import timestamps
 from p1_reader.errors import TimestampError
-from p1_reader.timestamps import format_tst, format_tst12, parse_tst, parse_tst_or_raise
+from p1_reader.timestamps import (
+    format_tst,
+    format_tst12,
+    parse_tst,
+    parse_tst_checked,
+    parse_tst_or_raise,
+)
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0) -> datetime:
@@ -37,7 +43,7 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: in
         # local times before 01:00 (W) / 02:00 (S) are on the previous UTC day
         ("200101003000W", utc(2019, 12, 31, 23, 30)),
         ("200701013000S", utc(2020, 6, 30, 23, 30)),
-        ("200301015959S", utc(2020, 2, 29, 23, 59, 59)),
+        ("200401015959S", utc(2020, 3, 31, 23, 59, 59)),
         ("200701020000S", utc(2020, 7, 1, 0, 0)),
         # 12-digit TST12 (DSMR 3): zoneinfo Europe/Amsterdam
         ("090212160000", utc(2009, 2, 12, 15, 0)),
@@ -134,7 +140,7 @@ def test_format_flags() -> None:
 def test_tst12_agrees_with_zoneinfo(local: datetime) -> None:
     """TST12 offsets are cached per local hour; every second of every hour must still come out
     as zoneinfo converts it (fold=0: the first of a repeated hour)."""
-    timestamps._hour_offsets.clear()
+    timestamps._years.clear()
     timestamps._cache.clear()
     # fold=0 as the docstring says: hypothesis also draws fold=1, which TST12 cannot express
     expected = local.replace(microsecond=0, fold=0, tzinfo=timestamps.LOCAL_TZ).astimezone(UTC)
@@ -143,3 +149,73 @@ def test_tst12_agrees_with_zoneinfo(local: datetime) -> None:
     # the same hour again, from the offset cache
     timestamps._cache.clear()
     assert parse_tst(tst) == expected
+
+
+# -- the zone rules decide; the flag picks only in the repeated (and skipped) hour ----------------
+
+
+@pytest.mark.parametrize(
+    ("tst", "expected", "mismatch"),
+    [
+        # the Iskra IE sample (a real telegram): "summer time" in February is winter time
+        ("230202132747S", utc(2023, 2, 2, 12, 27, 47), True),
+        ("230202132747W", utc(2023, 2, 2, 12, 27, 47), False),
+        # "winter time" in July is summer time
+        ("230702132747W", utc(2023, 7, 2, 11, 27, 47), True),
+        ("230702132747S", utc(2023, 7, 2, 11, 27, 47), False),
+        # next to the October change: 01:59:59 is summer time, 03:00:00 winter time
+        ("201025015959W", utc(2020, 10, 24, 23, 59, 59), True),
+        ("201025030000S", utc(2020, 10, 25, 2, 0), True),
+        # the repeated hour: both flags are right, each picks one occurrence
+        ("201025023000S", utc(2020, 10, 25, 0, 30), False),
+        ("201025023000W", utc(2020, 10, 25, 1, 30), False),
+        # the skipped March hour exists in neither offset: the flag picks, as it always did
+        ("210328023000S", utc(2021, 3, 28, 0, 30), False),
+        ("210328023000W", utc(2021, 3, 28, 1, 30), False),
+        ("210328030000W", utc(2021, 3, 28, 1, 0), True),
+        # TST12 has no flag to contradict
+        ("230202132747", utc(2023, 2, 2, 12, 27, 47), False),
+        ("000101010000W", None, False),
+    ],
+)
+def test_flag_contradicting_the_calendar(
+    tst: str, expected: datetime | None, mismatch: bool
+) -> None:
+    timestamps._cache.clear()
+    assert parse_tst_checked(tst) == (expected, mismatch)
+    assert parse_tst_checked(tst) == (expected, mismatch)  # the cached entry carries it
+    assert parse_tst(tst) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    local=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2069, 12, 31, 23, 59, 59))
+    | st.sampled_from(
+        [
+            datetime(2020, 10, 25, 1, 59, 59),
+            datetime(2020, 10, 25, 2, 0),
+            datetime(2020, 10, 25, 2, 59, 59),
+            datetime(2020, 10, 25, 3, 0),
+            datetime(2021, 3, 28, 1, 59, 59),
+            datetime(2021, 3, 28, 3, 0),
+            datetime(2069, 10, 27, 2, 15),
+        ]
+    ),
+    flag=st.sampled_from("SWsw"),
+)
+def test_flagged_tst_agrees_with_zoneinfo(local: datetime, flag: str) -> None:
+    """Whatever the flag, a wall time the zone maps to one instant comes out as that instant;
+    in the repeated hour S is the first occurrence and W the second (zoneinfo's fold)."""
+    timestamps._years.clear()
+    timestamps._cache.clear()
+    local = local.replace(microsecond=0, fold=0)
+    first = local.replace(tzinfo=timestamps.LOCAL_TZ)
+    second = local.replace(fold=1, tzinfo=timestamps.LOCAL_TZ)
+    if first.utcoffset() == second.utcoffset() and first.dst() == second.dst():
+        say_summer = flag in "Ss"
+        expected = (first.astimezone(UTC), say_summer != bool(first.dst()))
+    elif first.astimezone(UTC).astimezone(timestamps.LOCAL_TZ).hour != local.hour:
+        return  # the skipped March hour: covered by the examples above
+    else:
+        expected = ((first if flag in "Ss" else second).astimezone(UTC), False)
+    assert parse_tst_checked(local.strftime("%y%m%d%H%M%S") + flag) == expected
