@@ -46,9 +46,9 @@ async def test_a_full_load_builds_in_a_worker_thread_and_swaps_in_place(
     built_on: list[int] = []
     original = consent_index._CopyBuilder.feed
 
-    def recording(self: consent_index._CopyBuilder, chunk: bytes) -> None:
+    def recording(self: consent_index._CopyBuilder, kind: bytes, data: bytes) -> None:
         built_on.append(threading.get_ident())
-        original(self, chunk)
+        original(self, kind, data)
 
     monkeypatch.setattr(consent_index._CopyBuilder, "feed", recording)
     index = consent_index.ConsentIndex()
