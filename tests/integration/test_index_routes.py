@@ -16,7 +16,6 @@ from consent.retention import RetentionPolicy
 from gateway.ingest import consent_index
 from gateway.services import consents as consent_store
 from gateway.services import erasure, registry
-
 from tests.support import make_ean
 from tests.support.index_view import differences, index_view
 
