@@ -87,8 +87,19 @@ FROM consents c
 WHERE c.data_class = 'interval'
   AND coalesce(least(c.ended_at, c.expires_at), 'infinity') > now()
 """
-#: the plain rows of one commodity ('E' or 'G'): numbers, meter id
-_PLAIN_QUERY = "SELECT numbers, meter_id FROM index_routes WHERE kind = '{}'"
+#: the plain rows of one commodity's partition (migration 0015) on pages [$1, $2): their numbers
+#: (four int8 a row) and their meter ids (one a line), in the same order (two aggregates of one
+#: scan). A few thousand rows come as two values: nothing is done per row on the way, neither
+#: by PostgreSQL's COPY nor by the client's protocol, and the build converts them in bulk.
+_PLAIN_QUERY = """
+SELECT string_agg(numbers, ''::bytea), string_agg(meter_id, E'\\n')
+FROM {} WHERE ctid >= $1::tid AND ctid < $2::tid
+"""
+_PLAIN_TABLES = ((False, "index_routes_e"), (True, "index_routes_g"))
+#: the pages of a partition: any row the load's snapshot sees is on one of them
+_PAGES_QUERY = "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int"
+#: pages read at a time (some 30 000 plain rows, a megabyte or two)
+_PAGES_PER_BATCH = 512
 #: every other row: kind ('R'), meter id, fields
 _OTHER_QUERY = "SELECT kind, meter_id, fields FROM index_routes WHERE kind = 'R'"
 #: the load's "now" in epoch seconds: consents over by then are not loaded
@@ -585,54 +596,45 @@ def join_rows(
     return out
 
 
-def _hex_column(digits: str) -> array[int]:
-    """Numbers written as 16 hex digits each (big-endian ``int8send``) as an array."""
-    column = array("q", bytes.fromhex(digits))
-    if sys.byteorder == "little":  # the hex digits are big-endian
-        column.byteswap()
-    return column
-
-
 class _CopyBuilder:
-    """Builds a fresh index from the load's COPY streams, a batch of lines at a time, in worker
-    threads (each batch is handed over as it arrives: the text of all rows is never held)."""
+    """Builds a fresh index from the load's batches, in a worker thread (each batch is handed
+    over as it arrives: the rows are never all held at once)."""
 
     def __init__(self, now_s: float) -> None:
         self.index = ConsentIndex()
         self.now_s = now_s
         self._pending: _Pending = {}
-        #: CPU seconds the build took (its threads')
+        #: CPU seconds the build took (its thread's)
         self.cpu_s = 0.0
 
-    def feed(self, kind: bytes, data: bytes) -> None:
-        """Add whole lines of one stream: ``E`` or ``G`` (``_PLAIN_QUERY``), ``R``
-        (``_OTHER_QUERY``)."""
+    def feed(self, data: bytes) -> None:
+        """Add whole lines of ``_OTHER_QUERY``'s COPY text."""
+        started = time.thread_time()
+        lines = data.split(b"\n")
+        lines.pop()  # what follows the last newline
+        self.index._add_rows(_copy_rows(lines, self.now_s), self._pending)
+        self.cpu_s += time.thread_time() - started
+
+    def add_plain(self, gas: bool, numbers: bytes | None, meter_ids: str | None) -> None:
+        """Add a batch of plain rows of one commodity (``_PLAIN_QUERY``). Each column is
+        converted in one C-level pass (``array.frombytes``, ``str.split``, ``dict.update``): no
+        Python code runs per row, which is what makes 2 million connections load in seconds."""
+        if numbers is None or meter_ids is None:
+            return  # no rows on these pages
         started = time.thread_time()
         try:
-            self._feed(kind, data)
+            self._plain(self.index.gas if gas else self.index.electricity, numbers, meter_ids)
         finally:
             self.cpu_s += time.thread_time() - started
 
-    def _feed(self, kind: bytes, data: bytes) -> None:
-        if kind == b"R":
-            lines = data.split(b"\n")
-            lines.pop()  # what follows the last newline
-            self.index._add_rows(_copy_rows(lines, self.now_s), self._pending)
-        else:
-            self._plain(self.index.gas if kind == b"G" else self.index.electricity, data)
-
-    def _plain(self, table: dict[str, int], data: bytes) -> None:
-        """Add plain lines (one commodity's). Each column is converted in one C-level pass
-        (split, ``bytes.fromhex``, ``dict.update``): no Python code runs per row, which is what
-        makes 2 million connections load in seconds (parsing each number was most of it)."""
-        if not data:
-            return
-        # numbers, meter id, numbers, meter id, ..., "" (what follows the last newline)
-        fields = data.decode().replace("\n", "\t").split("\t")
-        fields.pop()
-        meter_ids = fields[1::2]
-        numbers = _hex_column("".join(fields[0::2]))
-        del fields
+    def _plain(self, table: dict[str, int], raw: bytes, joined: str) -> None:
+        meter_ids = joined.split("\n")
+        numbers = array("q")
+        numbers.frombytes(raw)
+        if sys.byteorder == "little":  # int8send is big-endian
+            numbers.byteswap()
+        if len(numbers) != 4 * len(meter_ids):
+            raise ValueError("consent index: a batch's numbers and meter ids disagree")
         index = self.index
         first = len(index._depth)
         index.ean_nums.extend(numbers[0::4])
@@ -674,10 +676,9 @@ class _Batcher:
     produces on one core while Python builds on another); at most one batch is being built and
     one collected, so the text held stays about two batches."""
 
-    def __init__(self, builder: _CopyBuilder, kind: bytes, executor: Executor) -> None:
+    def __init__(self, builder: _CopyBuilder, executor: Executor) -> None:
         self._builder = builder
         self._executor = executor
-        self._kind = kind
         self._parts: list[bytes] = []
         self._size = 0
         self._building: asyncio.Future[None] | None = None
@@ -698,7 +699,7 @@ class _Batcher:
         await self._wait()
         if cut:
             self._building = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._builder.feed, self._kind, data[:cut]
+                self._executor, self._builder.feed, data[:cut]
             )
 
     async def _wait(self) -> None:
@@ -727,7 +728,7 @@ class _Batcher:
 class LoadTimes:
     """Where a full load's time went (bench/registry.py prints it)."""
 
-    #: wall seconds from the first COPY to the last row received
+    #: wall seconds from the first query to the last row received
     stream_s: float = 0.0
     #: seconds the stream waited for the build to take a batch
     waited_s: float = 0.0
@@ -760,27 +761,45 @@ async def _stream_all(conn: asyncpg.Connection) -> tuple[ConsentIndex, datetime 
 async def _stream_into(
     conn: asyncpg.Connection, executor: Executor, times: LoadTimes
 ) -> tuple[ConsentIndex, datetime | None]:
+    loop = asyncio.get_running_loop()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         now_s: float = await conn.fetchval(_NOW_QUERY)
         builder = _CopyBuilder(now_s)
         started = time.perf_counter()
-        for kind, query in (
-            (b"E", _PLAIN_QUERY.format("E")),
-            (b"G", _PLAIN_QUERY.format("G")),
-            (b"R", _OTHER_QUERY),
-        ):
-            sink = _Batcher(builder, kind, executor)
-            try:
-                await conn.copy_from_query(query, output=sink)
-                await sink.close()
-            except BaseException:
-                await sink.abandon()
-                raise
-            times.waited_s += sink.waited_s
+        # PostgreSQL reads the next pages while the thread builds the last ones
+        building: asyncio.Future[None] | None = None
+        try:
+            for gas, table in _PLAIN_TABLES:
+                pages: int = await conn.fetchval(_PAGES_QUERY, table)
+                query = _PLAIN_QUERY.format(table)
+                for first in range(0, pages, _PAGES_PER_BATCH):
+                    batch = await conn.fetchrow(query, (first, 0), (first + _PAGES_PER_BATCH, 0))
+                    if building is not None:
+                        waiting = time.perf_counter()
+                        await building
+                        times.waited_s += time.perf_counter() - waiting
+                    building = loop.run_in_executor(
+                        executor, builder.add_plain, gas, batch[0], batch[1]
+                    )
+            if building is not None:
+                await building
+        except BaseException:
+            if building is not None:  # let it end (the executor shuts down after it)
+                with contextlib.suppress(Exception):
+                    await building
+            raise
+        sink = _Batcher(builder, executor)
+        try:
+            await conn.copy_from_query(_OTHER_QUERY, output=sink)
+            await sink.close()
+        except BaseException:
+            await sink.abandon()
+            raise
+        times.waited_s += sink.waited_s
         times.stream_s = time.perf_counter() - started
         newest = await conn.fetchval(_NEWEST_CHANGE_QUERY)
     started = time.perf_counter()
-    fresh = await asyncio.get_running_loop().run_in_executor(executor, builder.finish)
+    fresh = await loop.run_in_executor(executor, builder.finish)
     times.finish_s = time.perf_counter() - started
     times.build_cpu_s = builder.cpu_s
     return fresh, newest

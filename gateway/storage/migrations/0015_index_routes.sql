@@ -26,15 +26,14 @@ FROM (
            AND k.contract_start <= i.installed_from
            AND (k.contract_end IS NULL OR coalesce(k.contract_end >= i.installed_until, false))
            AND i.meter_id !~ '[[:cntrl:]\\]' AS plain,
-         -- EAN number, window start and end (epoch seconds rounded up), level depth: 64 hex
-         -- digits (4 big-endian int8)
-         encode(int8send(i.ean::bigint)
-                || int8send(ceil(date_part('epoch', i.installed_from))::bigint)
-                || int8send(coalesce(ceil(date_part('epoch', i.installed_until))::bigint,
-                                     4611686018427387904))
-                || int8send(coalesce(CASE k.level WHEN 'none' THEN 0 WHEN 'monthly' THEN 1
-                                                  WHEN 'daily' THEN 2 END, 0)::bigint),
-                'hex') AS numbers,
+         -- EAN number, window start and end (epoch seconds rounded up), level depth: four
+         -- big-endian int8
+         int8send(i.ean::bigint)
+           || int8send(ceil(date_part('epoch', i.installed_from))::bigint)
+           || int8send(coalesce(ceil(date_part('epoch', i.installed_until))::bigint,
+                                4611686018427387904))
+           || int8send(coalesce(CASE k.level WHEN 'none' THEN 0 WHEN 'monthly' THEN 1
+                                             WHEN 'daily' THEN 2 END, 0)::bigint) AS numbers,
          -- any other row: its fields space-separated ('-': none), then the consent windows
          concat_ws(' ', i.ean, (i.commodity = 'gas')::int,
                    ceil(date_part('epoch', i.installed_from))::bigint,
@@ -62,15 +61,20 @@ FROM (
 ) x;
 
 -- kind 'E' / 'G': a plain row of that commodity (numbers, meter_id); 'R': any other (meter_id,
--- fields). No key: an EAN's rows are replaced together.
+-- fields). No key: an EAN's rows are replaced together. A partition per kind: the load reads
+-- each kind by itself (the plain ones a range of pages at a time), and each read scans only
+-- its own rows.
 CREATE TABLE index_routes (
     ean      text NOT NULL,
     kind     text NOT NULL CHECK (kind IN ('E', 'G', 'R')),
-    numbers  text,
+    numbers  bytea,
     meter_id text NOT NULL,
     fields   text,
     CHECK ((kind = 'R') = (numbers IS NULL) AND (kind = 'R') = (fields IS NOT NULL))
-);
+) PARTITION BY LIST (kind);
+CREATE TABLE index_routes_e PARTITION OF index_routes FOR VALUES IN ('E');
+CREATE TABLE index_routes_g PARTITION OF index_routes FOR VALUES IN ('G');
+CREATE TABLE index_routes_r PARTITION OF index_routes FOR VALUES IN ('R');
 CREATE INDEX index_routes_ean_idx ON index_routes (ean);
 
 -- Replace the rows of `eans` (NULL: of every EAN) with what the view says now.
