@@ -291,11 +291,25 @@ async def test_a_meter_whose_plain_rows_lie_in_several_batches_keeps_all_its_rou
             eans[:2000],
             start,
         )
-        # the first ten meters leave at moved_at, for connections registered afterwards
+        # the first ten meters leave at moved_at (their rows are written again, at the end of
+        # the table), a thousand other connections follow, then those the ten meters move to
         await conn.execute(
             "UPDATE meter_installations SET installed_until = $2 WHERE meter_id = ANY($1::text[])",
             [f"P{n}" for n in range(1, 11)],
             moved_at,
+        )
+        await conn.execute(
+            "INSERT INTO contracts (ean, customer_id, contract_start)"
+            " SELECT e, 'cust', $2 FROM unnest($1::text[]) e",
+            eans[2000:2990],
+            start,
+        )
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+            " SELECT e, 'electricity', 'Q' || n, $2"
+            " FROM unnest($1::text[]) WITH ORDINALITY AS u(e, n)",
+            eans[2000:2990],
+            start,
         )
         await conn.execute(
             "INSERT INTO contracts (ean, customer_id, contract_start)"
@@ -321,5 +335,5 @@ async def test_a_meter_whose_plain_rows_lie_in_several_batches_keeps_all_its_rou
             await conn.fetch(consent_index._CONSENT_QUERY),
         )
     expected = _dump(by_records)
-    assert len(expected[False, "P1"]) == 2 and len(expected) == 2000
+    assert len(expected[False, "P1"]) == 2 and len(expected) == 2990
     assert _dump(streamed) == expected
