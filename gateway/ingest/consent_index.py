@@ -3,8 +3,9 @@ the contract's compiled storage policy.
 
 The ingest hot path asks it "which granularities may be stored for this meter's reading measured
 at t, processed now" with one dict look-up and a few integer comparisons (bench/consent_check.py).
-It is compact (about 150 bytes a connection) and a full load streams it in with COPY (B5:
-2 million connections per gateway process in seconds and a few hundred MiB).
+It is compact (about 150 bytes a connection) and a full load reads it from a table the database
+keeps in the index's own shape (migration 0015), in batches built as they arrive (B5: 2 million
+connections per gateway process in seconds and a few hundred MiB).
 
 Coherence across gateway processes:
 
@@ -68,10 +69,10 @@ FULL_RELOAD_THRESHOLD = 2000
 # database keeps equal to view ``index_route_lines`` (migration 0015) so that no load joins
 # anything: times as whole epoch seconds, the level as its depth, each contract's consent
 # windows in one field. The common row ("plain": one contract covering the whole installation,
-# no interval consent, a meter id without COPY escapes) is four numbers as 64 hex digits (EAN
-# number, window start and end, level depth) and the meter id: one stream per commodity,
-# converted a batch at a time in C-level passes (``_CopyBuilder``). Any other row is the meter
-# id and its fields space-separated (``_copy_rows``).
+# no interval consent, a meter id without COPY escapes) is four numbers as int8 (EAN number,
+# window start and end, level depth) and the meter id, in a partition per commodity, read a
+# range of pages at a time and converted in C-level passes (``_CopyBuilder``). Any other row
+# is the meter id and its fields space-separated, streamed with COPY (``_copy_rows``).
 _ROUTE_QUERY = """
 SELECT i.ean, n.ean_num, i.commodity, i.meter_id, i.installed_from, i.installed_until,
        k.contract_id, k.contract_start, k.contract_end, k.level

@@ -5,7 +5,7 @@
 -- (gateway.ingest.consent_index). Joining all meter installations with their contracts and
 -- consents and encoding the result took PostgreSQL about 2 µs a connection, half the start-up.
 -- The rows that join yields are kept here instead, one per (installation, overlapping contract),
--- already in the shape the load reads: a full load is then a plain COPY of this table.
+-- already in the shape the load reads: a full load then only reads this table.
 --
 -- `index_route_lines` is that join (the one definition); the statement triggers below refresh
 -- the rows of every EAN a statement touched, in the same transaction, so the table is exactly
