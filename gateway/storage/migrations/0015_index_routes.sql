@@ -47,17 +47,17 @@ FROM (
   LEFT JOIN contracts k ON k.ean = i.ean
    AND k.contract_start < coalesce(i.installed_until, 'infinity')
    AND coalesce(k.contract_end, 'infinity') > i.installed_from
-  LEFT JOIN (
-    SELECT c.contract_id,
-           string_agg(ceil(date_part('epoch', c.granted_at))::bigint || ' '
+  -- per contract (an index look-up): a refresh of a few EANs reads only their consents
+  LEFT JOIN LATERAL (
+    SELECT string_agg(ceil(date_part('epoch', c.granted_at))::bigint || ' '
                       || coalesce(ceil(date_part('epoch', least(c.ended_at, c.expires_at)))
                                   ::bigint::text, '-'),
                       ' ') AS spans
     FROM consents c
-    WHERE c.data_class = 'interval'
+    WHERE c.ean = k.ean AND c.contract_id = k.contract_id
+      AND c.data_class = 'interval'
       AND coalesce(least(c.ended_at, c.expires_at), 'infinity') > now()
-    GROUP BY c.contract_id
-  ) w ON w.contract_id = k.contract_id
+  ) w ON true
 ) x;
 
 -- kind 'E' / 'G': a plain row of that commodity (numbers, meter_id); 'R': any other (meter_id,
