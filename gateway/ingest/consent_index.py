@@ -767,27 +767,43 @@ async def _stream_into(
         now_s: float = await conn.fetchval(_NOW_QUERY)
         builder = _CopyBuilder(now_s)
         started = time.perf_counter()
-        # PostgreSQL reads the next pages while the thread builds the last ones
+        # PostgreSQL reads the next pages while the thread builds the last ones: the query for
+        # batch k + 1 goes out as soon as batch k has arrived, before waiting for the build of
+        # batch k - 1 (at most three batches are alive at a time)
+        batches = [
+            (gas, _PLAIN_QUERY.format(table), first)
+            for gas, table in _PLAIN_TABLES
+            for first in range(0, await conn.fetchval(_PAGES_QUERY, table), _PAGES_PER_BATCH)
+        ]
+
+        def fetch(query: str, first: int) -> asyncio.Task[asyncpg.Record | None]:
+            return asyncio.ensure_future(
+                conn.fetchrow(query, (first, 0), (first + _PAGES_PER_BATCH, 0))
+            )
+
+        fetching = fetch(*batches[0][1:]) if batches else None
         building: asyncio.Future[None] | None = None
         try:
-            for gas, table in _PLAIN_TABLES:
-                pages: int = await conn.fetchval(_PAGES_QUERY, table)
-                query = _PLAIN_QUERY.format(table)
-                for first in range(0, pages, _PAGES_PER_BATCH):
-                    batch = await conn.fetchrow(query, (first, 0), (first + _PAGES_PER_BATCH, 0))
-                    if building is not None:
-                        waiting = time.perf_counter()
-                        await building
-                        times.waited_s += time.perf_counter() - waiting
-                    building = loop.run_in_executor(
-                        executor, builder.add_plain, gas, batch[0], batch[1]
-                    )
+            for n, (gas, _, _) in enumerate(batches):
+                assert fetching is not None
+                batch = await fetching
+                fetching = fetch(*batches[n + 1][1:]) if n + 1 < len(batches) else None
+                if building is not None:
+                    waiting = time.perf_counter()
+                    await building
+                    times.waited_s += time.perf_counter() - waiting
+                assert batch is not None  # an aggregate: one row, NULLs when no rows
+                building = loop.run_in_executor(
+                    executor, builder.add_plain, gas, batch[0], batch[1]
+                )
             if building is not None:
                 await building
         except BaseException:
-            if building is not None:  # let it end (the executor shuts down after it)
-                with contextlib.suppress(Exception):
-                    await building
+            # let what is under way end (the connection and the executor are used after it)
+            for pending in (fetching, building):
+                if pending is not None:
+                    with contextlib.suppress(Exception):
+                        await pending
             raise
         sink = _Batcher(builder, executor)
         try:
