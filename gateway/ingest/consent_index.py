@@ -672,8 +672,8 @@ _BATCH_BYTES = 1 << 20
 
 
 class _Batcher:
-    """A COPY sink handing whole lines to ``_CopyBuilder.feed`` in worker threads, one batch at
-    a time and in order. The build of one batch overlaps the transfer of the next (PostgreSQL
+    """A COPY sink handing whole lines to ``_CopyBuilder.feed`` in the build thread, one batch
+    at a time and in order. The build of one batch overlaps the transfer of the next (PostgreSQL
     produces on one core while Python builds on another); at most one batch is being built and
     one collected, so the text held stays about two batches."""
 
@@ -735,7 +735,7 @@ class LoadTimes:
     waited_s: float = 0.0
     #: wall seconds of the build left after the last row arrived (cutting the odd routes)
     finish_s: float = 0.0
-    #: CPU seconds of the build (the worker threads')
+    #: CPU seconds of the build (its thread's)
     build_cpu_s: float = 0.0
     #: CPU seconds of this process during the load (all threads: the build and receiving)
     cpu_s: float = 0.0
