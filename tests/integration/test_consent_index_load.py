@@ -44,13 +44,15 @@ async def test_a_full_load_builds_in_a_worker_thread_and_swaps_in_place(
         )
 
     built_on: list[int] = []
-    original = consent_index._CopyBuilder.feed
+    original = consent_index._CopyBuilder.add_plain
 
-    def recording(self: consent_index._CopyBuilder, chunk: bytes) -> None:
+    def recording(
+        self: consent_index._CopyBuilder, gas: bool, numbers: bytes | None, meter_ids: str | None
+    ) -> None:
         built_on.append(threading.get_ident())
-        original(self, chunk)
+        original(self, gas, numbers, meter_ids)
 
-    monkeypatch.setattr(consent_index._CopyBuilder, "feed", recording)
+    monkeypatch.setattr(consent_index._CopyBuilder, "add_plain", recording)
     index = consent_index.ConsentIndex()
     before = index.generation
     async with pool.acquire() as conn:
@@ -259,3 +261,79 @@ async def test_the_streamed_load_routes_a_varied_world_as_the_row_by_row_build(
         # readings carry whole seconds, so there is no stretch without contract to route
         assert len(_dump(each)[False, "E7"]) == 1
         assert grans("E7", 20 - 2 / 86400) == {P1M, P1D}
+
+
+async def test_a_meter_whose_plain_rows_lie_in_several_batches_keeps_all_its_routes(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of plain rows read a page at a time: meters that moved to a connection
+    registered later have their two plain rows in different batches, and the load links both
+    routes as the row-by-row build does."""
+    start = dt.datetime.now(UTC) - dt.timedelta(days=100)
+    moved_at = start + dt.timedelta(days=50)
+    eans = [make_ean(10_000 + n) for n in range(3000)]
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO connections (ean, commodity)"
+            " SELECT e, 'electricity' FROM unnest($1::text[]) e",
+            eans,
+        )
+        await conn.execute(
+            "INSERT INTO contracts (ean, customer_id, contract_start)"
+            " SELECT e, 'cust', $2 FROM unnest($1::text[]) e",
+            eans[:2000],
+            start,
+        )
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+            " SELECT e, 'electricity', 'P' || n, $2"
+            " FROM unnest($1::text[]) WITH ORDINALITY AS u(e, n)",
+            eans[:2000],
+            start,
+        )
+        # the first ten meters leave at moved_at (their rows are written again, at the end of
+        # the table), a thousand other connections follow, then those the ten meters move to
+        await conn.execute(
+            "UPDATE meter_installations SET installed_until = $2 WHERE meter_id = ANY($1::text[])",
+            [f"P{n}" for n in range(1, 11)],
+            moved_at,
+        )
+        await conn.execute(
+            "INSERT INTO contracts (ean, customer_id, contract_start)"
+            " SELECT e, 'cust', $2 FROM unnest($1::text[]) e",
+            eans[2000:2990],
+            start,
+        )
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+            " SELECT e, 'electricity', 'Q' || n, $2"
+            " FROM unnest($1::text[]) WITH ORDINALITY AS u(e, n)",
+            eans[2000:2990],
+            start,
+        )
+        await conn.execute(
+            "INSERT INTO contracts (ean, customer_id, contract_start)"
+            " SELECT e, 'cust', $2 FROM unnest($1::text[]) e",
+            eans[2990:],
+            moved_at,
+        )
+        await conn.execute(
+            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+            " SELECT e, 'electricity', 'P' || n, $2"
+            " FROM unnest($1::text[]) WITH ORDINALITY AS u(e, n)",
+            eans[2990:],
+            moved_at,
+        )
+        pages = await conn.fetchval(consent_index._PAGES_QUERY, "index_routes_e")
+        assert pages > 3
+        monkeypatch.setattr(consent_index, "_PAGES_PER_BATCH", 1)
+        streamed = consent_index.ConsentIndex()
+        await consent_index.load_all(conn, streamed)
+        by_records = consent_index.ConsentIndex()
+        by_records.replace_rows(
+            await conn.fetch(consent_index._ROUTE_QUERY),
+            await conn.fetch(consent_index._CONSENT_QUERY),
+        )
+    expected = _dump(by_records)
+    assert len(expected[False, "P1"]) == 2 and len(expected) == 2990
+    assert _dump(streamed) == expected
