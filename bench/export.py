@@ -204,6 +204,30 @@ def sample_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
         stop.wait(0.1)
 
 
+def cpu_seconds(gateway_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the gateway, of every PostgreSQL process and of this process's
+    finished children (the client): figures that hold when the machine is shared or its speed
+    varies, unlike the rate."""
+
+    def used(proc: psutil.Process) -> float:
+        times = proc.cpu_times()
+        return float(times.user + times.system)
+
+    postgres = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "postgres":
+            try:
+                postgres += used(proc)
+            except psutil.Error:
+                pass  # a backend that just ended
+    children = psutil.Process().cpu_times()
+    return {
+        "gateway": used(psutil.Process(gateway_pid)),
+        "postgres": postgres,
+        "client": float(children.children_user + children.children_system),
+    }
+
+
 def measure_stream(
     bench_url: str, data_dir: Path, token: str, query: str, n_eans: int
 ) -> tuple[dict[str, Any], int, list[int]]:
@@ -231,6 +255,7 @@ def measure_stream(
         samples: list[int] = []
         stop = threading.Event()
         sampler = threading.Thread(target=sample_rss, args=(gateway.pid, stop, samples))
+        cpu_before = cpu_seconds(gateway.pid)
         sampler.start()
         try:
             result = subprocess.run(
@@ -240,10 +265,13 @@ def measure_stream(
         finally:
             stop.set()
             sampler.join()
+        cpu_after = cpu_seconds(gateway.pid)
+        pulled = json.loads(result.stdout)
+        pulled["cpu"] = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+        return pulled, baseline, samples
     finally:
         gateway.terminate()
         gateway.wait(30)
-    return json.loads(result.stdout), baseline, samples
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -293,6 +321,14 @@ async def run(args: argparse.Namespace) -> None:
         print(
             f"GET /v1/readings NDJSON : {rate:12,.0f} readings/s  ({pulled['lines']:,} in "
             f"{pulled['seconds']:.2f} s, {pulled['bytes'] / 2**20:,.0f} MiB)   target >= 250,000"
+        )
+        cpu = {k: v / pulled["lines"] * 1e6 for k, v in pulled["cpu"].items()}  # µs/reading
+        # three processes in a pipeline: bounded by the busiest one and by the machine's cores
+        ceiling = 1e6 / max(max(cpu.values()), sum(cpu.values()) / (os.cpu_count() or 1))
+        print(
+            f"   CPU per reading       : gateway {cpu['gateway']:.2f} µs, PostgreSQL "
+            f"{cpu['postgres']:.2f} µs, client {cpu['client']:.2f} µs → ceiling if this run had "
+            f"the machine to itself: {ceiling:,.0f} readings/s"
         )
         print(
             f"plain COPY (reference)  : {ref_rate:12,.0f} rows/s      ({ref_s:.2f} s)  "
