@@ -534,31 +534,12 @@ async def _create_database(base: str, name: str, args: argparse.Namespace) -> st
 
 
 async def seed_registry(dsn: str, count: int) -> None:
-    """``count`` more connections, each with a contract and an installed meter (no consent, no
-    device), generated in SQL; EANs 8710… never collide with ``ean_of``'s 8706…/8716…."""
+    """``count`` more connections, as bench/registry.py seeds them (B5)."""
+    from registry import add_connections  # bench/ is this script's first sys.path entry
+
     conn = await db.connect(dsn)
     try:
-        await conn.execute(
-            "INSERT INTO connections (ean, commodity) SELECT (871000000000000000 + i)::text,"
-            " CASE WHEN i % 2 = 0 THEN 'electricity' ELSE 'gas' END"
-            " FROM generate_series(1, $1::int) i",
-            count,
-        )
-        await conn.execute(
-            "INSERT INTO contracts (ean, customer_id, contract_start)"
-            " SELECT ean, 'r' || (ean_num - 871000000000000000),"
-            " now() - interval '400 days' FROM connections"
-            " WHERE ean_num > 871000000000000000 AND ean_num <= 871000000000000000 + $1::bigint",
-            count,
-        )
-        await conn.execute(
-            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
-            " SELECT k.ean, n.commodity, 'R' || (k.ean_num - 871000000000000000), k.contract_start"
-            " FROM contracts k JOIN connections n ON n.ean = k.ean"
-            " WHERE k.ean_num > 871000000000000000"
-            " AND k.ean_num <= 871000000000000000 + $1::bigint",
-            count,
-        )
+        await add_connections(conn, count)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from pydantic import SecretStr
 
 from gateway.settings import Settings
@@ -57,30 +58,42 @@ async def seed(base: str, name: str, count: int) -> str:
     conn = await db.connect(dsn)
     try:
         await db.prepare_database(conn, Settings(database_url=SecretStr(dsn)))
-        # one contract and one meter installation per connection
-        await conn.execute(
-            "INSERT INTO connections (ean, commodity) SELECT (871000000000000000 + i)::text,"
-            " CASE WHEN i % 2 = 0 THEN 'electricity' ELSE 'gas' END"
-            " FROM generate_series(1, $1::int) i",
-            count,
-        )
-        await conn.execute(
-            "INSERT INTO contracts (ean, customer_id, contract_start)"
-            " SELECT ean, 'c' || ((ean_num - 871000000000000000) / 2),"
-            " now() - interval '400 days' - (ean_num - 871000000000000000) * interval '1 second'"
-            " FROM connections"
-        )
-        # as the registry does: the meter is installed with the first contract
-        await conn.execute(
-            "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
-            " SELECT k.ean, n.commodity, 'M' || (k.ean_num - 871000000000000000), k.contract_start"
-            " FROM contracts k JOIN connections n ON n.ean = k.ean"
-        )
+        await add_connections(conn, count)
         await conn.execute("ANALYZE connections")
         await conn.execute("ANALYZE contracts")
     finally:
         await conn.close()
     return dsn
+
+
+#: the EANs ``add_connections`` numbers from (8710…: never a bench/ingest.py EAN, 8706…/8716…)
+EAN_BASE = 871000000000000000
+
+
+async def add_connections(conn: asyncpg.Connection, count: int) -> None:
+    """``count`` connections (half electricity, half gas), each with one contract (two
+    connections a customer) and the meter installed with it; no consent, no device."""
+    await conn.execute(
+        f"INSERT INTO connections (ean, commodity) SELECT ({EAN_BASE} + i)::text,"
+        " CASE WHEN i % 2 = 0 THEN 'electricity' ELSE 'gas' END"
+        " FROM generate_series(1, $1::int) i",
+        count,
+    )
+    mine = f"BETWEEN {EAN_BASE + 1} AND {EAN_BASE} + $1::bigint"
+    await conn.execute(
+        "INSERT INTO contracts (ean, customer_id, contract_start)"
+        f" SELECT ean, 'c' || ((ean_num - {EAN_BASE}) / 2),"
+        f" now() - interval '400 days' - (ean_num - {EAN_BASE}) * interval '1 second'"
+        f" FROM connections WHERE ean_num {mine}",
+        count,
+    )
+    # as the registry does: the meter is installed with the first contract
+    await conn.execute(
+        "INSERT INTO meter_installations (ean, commodity, meter_id, installed_from)"
+        f" SELECT k.ean, n.commodity, 'M' || (k.ean_num - {EAN_BASE}), k.contract_start"
+        f" FROM contracts k JOIN connections n ON n.ean = k.ean WHERE k.ean_num {mine}",
+        count,
+    )
 
 
 async def measure(dsn: str) -> dict[str, float]:

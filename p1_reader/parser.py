@@ -239,25 +239,7 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
             meter_id = _ids.get(first) or decode_equipment_id(first)
             break
 
-    # The energy registers on B=0, inline: the hot path's own copy of ``_registers`` (a call
-    # per telegram cost a few percent of B1). The common case '003808.351*kWh': Wh = the digits
-    # without the dot; isdecimal() on everything but the dot and unit also rules out a second
-    # value ')('.
-    regs: list[int | None] = []
-    for code in _REGISTER_CODES:
-        value = get(code)
-        if value is None:
-            regs.append(None)
-        elif (
-            len(value) > 8
-            and value[-8] == "."
-            and value.endswith("*kWh")
-            and (digits := value[:-8] + value[-7:-4]).isdecimal()
-            and len(digits) <= REGISTER_DIGITS
-        ):
-            regs.append(int(digits))
-        else:
-            regs.append(_energy_wh(value.split(")("), code, text))
+    regs = _registers(values, _REGISTER_CODES, text)
     if regs[0] is None and regs[4] is None and regs == _NO_REGISTERS:  # T1 or total: B=0
         regs = _channel_registers(values, text)
 
@@ -298,9 +280,10 @@ def parse_telegram(data: bytes | str, *, require_crc: bool | None = None) -> Tel
 
 
 def _registers(values: dict[str, str], codes: tuple[str, ...], text: str) -> list[int | None]:
-    """The six energy registers (ENERGY_REGISTERS order) read from ``codes``, in Wh (what
-    ``parse_telegram`` does inline for B=0)."""
+    """The six energy registers (ENERGY_REGISTERS order) read from ``codes``, in Wh."""
     get = values.get
+    # The common case '003808.351*kWh': Wh = the digits without the dot; isdecimal() on
+    # everything but the dot and unit also rules out a second value ')('.
     regs: list[int | None] = []
     for code in codes:
         value = get(code)
