@@ -2,15 +2,15 @@
 beside the same gateway with a small registry (the reference) measured in the same run.
 
 Seeds two databases (embedded PostgreSQL in a temp dir, or DATABASE_URL): one with ``--small``
-connections, one with ``--connections`` (half electricity, half gas, no consents), generated in
-SQL. Each gateway is started in a fresh process (create_app + a listening site, as ``serve`` does;
+connections, one with ``--connections`` (half electricity, half gas; ``--consent-fraction`` of the
+contracts, 0.3 as in B2, with an open interval consent), generated in SQL. Each gateway is started in a fresh process (create_app + a listening site, as ``serve`` does;
 the consent index loads every connection before the site answers) and reports how long that took
 and its resident memory once up.
 
 Targets (issue 14): start-up ≤ 3 s, RSS ≤ 400 MiB. (B5's third part, B2 within 10 % of its
 10 000-connection figure, is bench/ingest.py run against a database seeded like this one.)
 
-    python bench/registry.py [--connections 2000000] [--small 10000]
+    python bench/registry.py [--connections 2000000] [--small 10000] [--consent-fraction 0.3]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-async def seed(base: str, name: str, count: int) -> str:
+async def seed(base: str, name: str, count: int, consent_fraction: float) -> str:
     admin = await db.connect(base)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -58,7 +58,7 @@ async def seed(base: str, name: str, count: int) -> str:
     conn = await db.connect(dsn)
     try:
         await db.prepare_database(conn, Settings(database_url=SecretStr(dsn)))
-        await add_connections(conn, count)
+        await add_connections(conn, count, consent_fraction)
         await conn.execute("ANALYZE connections")
         await conn.execute("ANALYZE contracts")
     finally:
@@ -70,9 +70,34 @@ async def seed(base: str, name: str, count: int) -> str:
 EAN_BASE = 871000000000000000
 
 
-async def add_connections(conn: asyncpg.Connection, count: int) -> None:
+async def add_connections(
+    conn: asyncpg.Connection, count: int, consent_fraction: float = 0.0
+) -> None:
     """``count`` connections (half electricity, half gas), each with one contract (two
-    connections a customer) and the meter installed with it; no consent, no device."""
+    connections a customer) and the meter installed with it; ``consent_fraction`` of the
+    contracts (every n-th, spread over the range) with an open interval consent; no device.
+
+    The registry's statement triggers would rebuild the whole route table (migration 0015) after
+    each of these inserts and log every EAN: as a superuser the bench skips them
+    (``session_replication_role``) and rebuilds the table once, and vacuums it, as autovacuum
+    soon would after such a bulk import (the load reads it page range by page range)."""
+    async with conn.transaction():
+        skipping = True
+        try:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL session_replication_role = replica")
+        except asyncpg.InsufficientPrivilegeError:
+            skipping = False  # not a superuser (DATABASE_URL): the triggers run, slower
+        await _insert_connections(conn, count, consent_fraction)
+        if skipping:
+            await conn.execute("SET LOCAL session_replication_role = origin")
+            await conn.execute("SELECT meterpoort_refresh_index_routes(NULL)")
+    await conn.execute("VACUUM ANALYZE index_routes")
+
+
+async def _insert_connections(
+    conn: asyncpg.Connection, count: int, consent_fraction: float
+) -> None:
     await conn.execute(
         f"INSERT INTO connections (ean, commodity) SELECT ({EAN_BASE} + i)::text,"
         " CASE WHEN i % 2 = 0 THEN 'electricity' ELSE 'gas' END"
@@ -94,6 +119,17 @@ async def add_connections(conn: asyncpg.Connection, count: int) -> None:
         f" FROM contracts k JOIN connections n ON n.ean = k.ean WHERE k.ean_num {mine}",
         count,
     )
+    if consent_fraction > 0:
+        # a customer consents for both their connections (as bench/ingest.py's do)
+        await conn.execute(
+            "INSERT INTO consents (ean, consent_id, customer_id, purpose, notice_version,"
+            " channel, granted_at, contract_id)"
+            " SELECT ean, gen_random_uuid(), customer_id, 'dynamic-tariff-billing', 'v1', 'api',"
+            " contract_start + interval '1 day', contract_id FROM contracts"
+            f" WHERE ean_num {mine} AND ((ean_num - {EAN_BASE}) / 2) % 1000 < $2::float8 * 1000",
+            count,
+            consent_fraction,
+        )
 
 
 async def measure(dsn: str) -> dict[str, float]:
@@ -142,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=2_000_000)
     parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--consent-fraction", type=float, default=0.3)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -155,10 +192,11 @@ def main() -> None:
     names = [f"meterpoort_b5_small_{os.getpid()}", f"meterpoort_b5_big_{os.getpid()}"]
     try:
         started = time.perf_counter()
-        small = asyncio.run(seed(base, names[0], args.small))
-        big = asyncio.run(seed(base, names[1], args.connections))
+        small = asyncio.run(seed(base, names[0], args.small, args.consent_fraction))
+        big = asyncio.run(seed(base, names[1], args.connections, args.consent_fraction))
         print(
-            f"seeded {args.small:,} and {args.connections:,} connections"
+            f"seeded {args.small:,} and {args.connections:,} connections,"
+            f" {args.consent_fraction:.0%} with interval consent,"
             f" in {time.perf_counter() - started:.0f} s",
             flush=True,
         )

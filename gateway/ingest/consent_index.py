@@ -71,8 +71,10 @@ FULL_RELOAD_THRESHOLD = 2000
 # windows in one field. The common row ("plain": one contract covering the whole installation,
 # no interval consent, a meter id without COPY escapes) is four numbers as int8 (EAN number,
 # window start and end, level depth) and the meter id, in a partition per commodity, read a
-# range of pages at a time and converted in C-level passes (``_CopyBuilder``). Any other row
-# is the meter id and its fields space-separated, streamed with COPY (``_copy_rows``).
+# range of pages at a time and converted in C-level passes (``_CopyBuilder``). The common row
+# with consent ("windowed", migration 0016: the same on a daily contract with one interval
+# consent) is read alike, two more numbers giving its consent window. Any other row is the
+# meter id and its fields space-separated, streamed with COPY (``_copy_rows``).
 _ROUTE_QUERY = """
 SELECT i.ean, n.ean_num, i.commodity, i.meter_id, i.installed_from, i.installed_until,
        k.contract_id, k.contract_start, k.contract_end, k.level
@@ -96,7 +98,13 @@ _PLAIN_QUERY = """
 SELECT string_agg(numbers, ''::bytea), string_agg(meter_id, E'\\n')
 FROM {} WHERE ctid >= $1::tid AND ctid < $2::tid
 """
-_PLAIN_TABLES = ((False, "index_routes_e"), (True, "index_routes_g"))
+#: (gas, the partition, windowed): windowed rows carry six numbers, plain ones four
+_PLAIN_TABLES = (
+    (False, "index_routes_e", False),
+    (True, "index_routes_g", False),
+    (False, "index_routes_ew", True),
+    (True, "index_routes_gw", True),
+)
 #: the pages of a partition: any row the load's snapshot sees is on one of them
 _PAGES_QUERY = "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int"
 #: pages read at a time (some 30 000 plain rows, a megabyte or two)
@@ -108,6 +116,10 @@ _NOW_QUERY = "SELECT date_part('epoch', now())"
 # the time of the newest grant or end a load sees (ended consents are not loaded, but their end
 # is a change the index follows): what tells how far behind the database a process is
 _NEWEST_CHANGE_QUERY = "SELECT max(greatest(c.granted_at, c.ended_at)) FROM consents c"
+#: the same of every consent: two index look-ups (migration 0016) instead of a scan of them all
+_NEWEST_CHANGE_ALL_QUERY = (
+    "SELECT greatest((SELECT max(granted_at) FROM consents), (SELECT max(ended_at) FROM consents))"
+)
 
 #: what ``ConsentIndex.depth_s`` answers besides a storage depth (0 nothing, 1 ``P1M``, 2 also
 #: ``P1D``, 3 also the interval granularity): the reading lies outside the route's window ...
@@ -200,7 +212,10 @@ class ConsentIndex:
         "_hi",
         "_lo",
         "_older",
+        "_wend",
+        "_wfirst",
         "_windows",
+        "_wstart",
         "ean_nums",
         "electricity",
         "gas",
@@ -218,6 +233,12 @@ class ConsentIndex:
         # (a byte a route; the few routes with interval consent have a dict entry)
         self._depth = array("b")
         self._windows: dict[int, tuple[tuple[int, int], ...]] = {}
+        # ... except the windowed routes of a full load (one window each, ``_CopyBuilder``):
+        # route ``_wfirst + i`` has ``[_wstart[i], _wend[i])``, 16 bytes instead of a dict entry
+        # and three tuples. A WINDOWED route without a ``_windows`` entry is one of those.
+        self._wfirst = 0
+        self._wstart = array("q")
+        self._wend = array("q")
         self._older: dict[int, tuple[int, ...]] = {}
         self._free: list[int] = []
         #: bumped by every change; lets callers notice that the index moved on
@@ -234,7 +255,12 @@ class ConsentIndex:
         depth = self._depth[route]
         if depth != _WINDOWED:
             return depth
-        for start, end in self._windows[route]:
+        windows = self._windows.get(route)
+        if windows is None:  # loaded in bulk: one window, in the window arrays
+            i = route - self._wfirst
+            start, end = self._wstart[i], self._wend[i]
+            return 3 if start <= ts < end and start <= now_s < end else 2
+        for start, end in windows:
             if start <= ts < end and start <= now_s < end:
                 return 3
         return 2
@@ -325,6 +351,9 @@ class ConsentIndex:
             self._hi,
             self._depth,
             self._windows,
+            self._wfirst,
+            self._wstart,
+            self._wend,
             self._older,
             self._free,
         ) = (
@@ -335,6 +364,9 @@ class ConsentIndex:
             other._hi,
             other._depth,
             other._windows,
+            other._wfirst,
+            other._wstart,
+            other._wend,
             other._older,
             other._free,
         )
@@ -451,7 +483,13 @@ class ConsentIndex:
     def policy(self, route: int) -> Policy:
         """The policy of ``route``."""
         depth = self._depth[route]
-        return self._windows[route] if depth == _WINDOWED else depth
+        if depth != _WINDOWED:
+            return depth
+        windows = self._windows.get(route)
+        if windows is None:
+            i = route - self._wfirst
+            return ((self._wstart[i], self._wend[i]),)
+        return windows
 
     def _add_rows(self, rows: Iterable[_Row], pending: _Pending | None = None) -> None:
         """Add the routes of joined rows: the common case, one contract covering the whole
@@ -616,32 +654,39 @@ class _CopyBuilder:
         self.index._add_rows(_copy_rows(lines, self.now_s), self._pending)
         self.cpu_s += time.thread_time() - started
 
-    def add_plain(self, gas: bool, numbers: bytes | None, meter_ids: str | None) -> None:
-        """Add a batch of plain rows of one commodity (``_PLAIN_QUERY``). Each column is
-        converted in one C-level pass (``array.frombytes``, ``str.split``, ``dict.update``): no
-        Python code runs per row, which is what makes 2 million connections load in seconds."""
+    def add_plain(
+        self, gas: bool, numbers: bytes | None, meter_ids: str | None, windowed: bool = False
+    ) -> None:
+        """Add a batch of plain or windowed rows of one commodity (``_PLAIN_QUERY``). Each
+        column is converted in one C-level pass (``array.frombytes``, ``str.split``,
+        ``dict.update``): no Python code runs per row, which is what makes 2 million connections
+        load in seconds."""
         if numbers is None or meter_ids is None:
             return  # no rows on these pages
         started = time.thread_time()
         try:
-            self._plain(self.index.gas if gas else self.index.electricity, numbers, meter_ids)
+            table = self.index.gas if gas else self.index.electricity
+            self._plain(table, numbers, meter_ids, 6 if windowed else 4)
         finally:
             self.cpu_s += time.thread_time() - started
 
-    def _plain(self, table: dict[str, int], raw: bytes, joined: str) -> None:
+    def _plain(self, table: dict[str, int], raw: bytes, joined: str, width: int) -> None:
         meter_ids = joined.split("\n")
         numbers = array("q")
         numbers.frombytes(raw)
         if sys.byteorder == "little":  # int8send is big-endian
             numbers.byteswap()
-        if len(numbers) != 4 * len(meter_ids):
+        if len(numbers) != width * len(meter_ids):
             raise ValueError("consent index: a batch's numbers and meter ids disagree")
         index = self.index
         first = len(index._depth)
-        index.ean_nums.extend(numbers[0::4])
-        index._lo.extend(numbers[1::4])
-        index._hi.extend(numbers[2::4])
-        index._depth.extend(array("b", numbers[3::4]))
+        index.ean_nums.extend(numbers[0::width])
+        index._lo.extend(numbers[1::width])
+        index._hi.extend(numbers[2::width])
+        if width == 4:
+            index._depth.extend(array("b", numbers[3::4]))
+        else:
+            self._windowed(first, numbers[4::6], numbers[5::6])
         routes = range(first, len(index._depth))
         if not table.keys().isdisjoint(meter_ids):
             # a meter installed more than once (moved, reinstalled): linked route by route
@@ -658,6 +703,25 @@ class _CopyBuilder:
                 if len(several) > 1:
                     del table[meter_id]
                     index._link(table, meter_id, several)
+
+    def _windowed(self, first: int, starts: array[int], ends: array[int]) -> None:
+        """Routes ``first``… are windowed (one consent window each): their windows go to the
+        window arrays, which the windowed batches fill one after the other (their routes are
+        consecutive: they are loaded after every plain row and before any other)."""
+        index = self.index
+        if not index._wstart:
+            index._wfirst = first
+        if index._wfirst + len(index._wstart) != first:
+            raise ValueError("consent index: windowed routes out of order")
+        index._wstart.extend(starts)
+        index._wend.extend(ends)
+        index._depth.extend(array("b", [_WINDOWED]) * len(starts))
+        if any(map(self.now_s.__ge__, ends)):
+            # a consent that ended since its row was written (rare): it is not loaded, as
+            # ``_copy_rows`` leaves it out, and the route stores as its daily level
+            for i, end in enumerate(ends):
+                if end <= self.now_s:
+                    index._depth[first + i] = 2
 
     def finish(self) -> ConsentIndex:
         started = time.thread_time()
@@ -771,8 +835,8 @@ async def _stream_into(
         # batch k + 1 goes out as soon as batch k has arrived, before waiting for the build of
         # batch k - 1 (at most three batches are alive at a time)
         batches = [
-            (gas, _PLAIN_QUERY.format(table), first)
-            for gas, table in _PLAIN_TABLES
+            (gas, _PLAIN_QUERY.format(table), first, windowed)
+            for gas, table, windowed in _PLAIN_TABLES
             for first in range(0, await conn.fetchval(_PAGES_QUERY, table), _PAGES_PER_BATCH)
         ]
 
@@ -781,20 +845,20 @@ async def _stream_into(
                 conn.fetchrow(query, (first, 0), (first + _PAGES_PER_BATCH, 0))
             )
 
-        fetching = fetch(*batches[0][1:]) if batches else None
+        fetching = fetch(*batches[0][1:3]) if batches else None
         building: asyncio.Future[None] | None = None
         try:
-            for n, (gas, _, _) in enumerate(batches):
+            for n, (gas, _, _, windowed) in enumerate(batches):
                 assert fetching is not None
                 batch = await fetching
-                fetching = fetch(*batches[n + 1][1:]) if n + 1 < len(batches) else None
+                fetching = fetch(*batches[n + 1][1:3]) if n + 1 < len(batches) else None
                 if building is not None:
                     waiting = time.perf_counter()
                     await building
                     times.waited_s += time.perf_counter() - waiting
                 assert batch is not None  # an aggregate: one row, NULLs when no rows
                 building = loop.run_in_executor(
-                    executor, builder.add_plain, gas, batch[0], batch[1]
+                    executor, builder.add_plain, gas, batch[0], batch[1], windowed
                 )
             if building is not None:
                 await building
@@ -814,7 +878,7 @@ async def _stream_into(
             raise
         times.waited_s += sink.waited_s
         times.stream_s = time.perf_counter() - started
-        newest = await conn.fetchval(_NEWEST_CHANGE_QUERY)
+        newest = await conn.fetchval(_NEWEST_CHANGE_ALL_QUERY)
     started = time.perf_counter()
     fresh = await loop.run_in_executor(executor, builder.finish)
     times.finish_s = time.perf_counter() - started

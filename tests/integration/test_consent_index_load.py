@@ -47,10 +47,14 @@ async def test_a_full_load_builds_in_a_worker_thread_and_swaps_in_place(
     original = consent_index._CopyBuilder.add_plain
 
     def recording(
-        self: consent_index._CopyBuilder, gas: bool, numbers: bytes | None, meter_ids: str | None
+        self: consent_index._CopyBuilder,
+        gas: bool,
+        numbers: bytes | None,
+        meter_ids: str | None,
+        windowed: bool = False,
     ) -> None:
         built_on.append(threading.get_ident())
-        original(self, gas, numbers, meter_ids)
+        original(self, gas, numbers, meter_ids, windowed)
 
     monkeypatch.setattr(consent_index._CopyBuilder, "add_plain", recording)
     index = consent_index.ConsentIndex()

@@ -411,3 +411,39 @@ async def test_the_timer_catches_up_and_prunes_without_any_notification(
         await assert_equals_full_build(pool, maintainer.index)
     finally:
         await maintainer.stop()
+
+
+async def test_catch_up_from_a_full_load_with_consent_windows_equals_a_full_build(
+    pool: asyncpg.Pool,
+) -> None:
+    """A full load keeps the one window of a common consenting route in arrays (migration
+    0016); the changes after it free such routes and reuse their slots, and the index still
+    equals a full build after every catch-up."""
+    rng = random.Random(21)
+    async with pool.acquire() as conn:
+        for n in range(6):
+            await add_connection(conn, rng, EANS[n], METERS[n])
+            await conn.execute("UPDATE contracts SET level = 'daily' WHERE ean = $1", EANS[n])
+            await conn.execute(
+                "INSERT INTO consents (ean, consent_id, contract_id, customer_id, purpose,"
+                " notice_version, channel, granted_at)"
+                " SELECT ean, $2, contract_id, customer_id, 'dynamic-tariff-billing', 'v1',"
+                " 'api', contract_start + interval '1 day' FROM contracts WHERE ean = $1",
+                EANS[n],
+                uuid.uuid4(),
+            )
+    maintainer = IndexMaintainer(pool, ConsentIndex(), listen=False, catch_up_interval_s=None)
+    await maintainer.start()
+    try:
+        # the load did take the bulk way for some routes
+        assert len(maintainer.index._wstart) == 6
+        await assert_equals_full_build(pool, maintainer.index)
+        async with pool.acquire() as conn:
+            for _round in range(20):
+                for _ in range(rng.randrange(1, 6)):
+                    await change(conn, rng)
+                await maintainer.catch_up()
+                await assert_equals_full_build(pool, maintainer.index)
+        assert maintainer.full_reloads == 1
+    finally:
+        await maintainer.stop()

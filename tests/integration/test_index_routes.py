@@ -9,6 +9,7 @@ import datetime as dt
 import uuid
 
 import asyncpg
+import pytest
 
 from consent.levels import Commodity
 from consent.model import EndReason
@@ -22,7 +23,7 @@ from tests.support.index_view import differences, index_view
 UTC = dt.UTC
 NOW = dt.datetime.now(UTC).replace(microsecond=0)
 EANS = [make_ean(800 + n) for n in range(4)]
-METERS = ["RT-E1", "RT-G2", "RT-E3", "RT-E4", "RT-E5"]
+METERS = ["RT-E1", "RT-G2", "RT-E3", "RT-E4", "RT-E5", "RT\\E1"]
 PROBES = [NOW - dt.timedelta(hours=6 * h) for h in range(0, 4 * 130)]
 
 #: rows of the table that the view does not give, and the other way round
@@ -135,17 +136,25 @@ async def test_the_route_table_follows_every_kind_of_change(pool: asyncpg.Pool) 
         await assert_current(conn, "installations truncated")
 
 
+@pytest.mark.parametrize(
+    ("meter_id", "kind"),
+    [
+        ("RT-E1", "EW"),  # the common consenting row, loaded in bulk (migration 0016)
+        ("RT\\E1", "R"),  # a meter id with a COPY escape: a row read one by one
+    ],
+)
 async def test_a_consent_that_expires_after_it_was_written_is_not_loaded(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, meter_id: str, kind: str
 ) -> None:
-    """Time moves without a write: the table keeps the consent, the load leaves it out."""
+    """Time moves without a write: the table keeps the consent, the load leaves it out (both
+    ways of loading a consenting row)."""
     async with pool.acquire() as conn:
         await registry.add_connection(
             conn,
             registry.ConnectionIn(
                 ean=EANS[0],
                 commodity="electricity",
-                meter_id="RT-E1",
+                meter_id=meter_id,
                 customer_id="alice",
                 contract_start=ago(30),
             ),
@@ -162,12 +171,12 @@ async def test_a_consent_that_expires_after_it_was_written_is_not_loaded(
         )
         loaded = consent_index.ConsentIndex()
         await consent_index.load_all(conn, loaded)
-        route = loaded.route("RT-E1", Commodity.ELECTRICITY, ago(1))
+        route = loaded.route(meter_id, Commodity.ELECTRICITY, ago(1))
         assert route is not None and route.windows != ()
         await asyncio.sleep((soon - dt.datetime.now(UTC)).total_seconds() + 1.1)
-        assert await conn.fetchval("SELECT count(*) FROM index_routes WHERE kind = 'R'") == 1
+        assert await conn.fetchval("SELECT count(*) FROM index_routes WHERE kind = $1", kind) == 1
         await consent_index.load_all(conn, loaded)
-        route = loaded.route("RT-E1", Commodity.ELECTRICITY, ago(1))
+        route = loaded.route(meter_id, Commodity.ELECTRICITY, ago(1))
         assert route is not None and route.windows == () and route.level_depth == 2
         # the table still has the consent the view no longer gives; the loads agree
         assert await conn.fetchval(_MISMATCH) == 2
