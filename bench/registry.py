@@ -2,10 +2,11 @@
 beside the same gateway with a small registry (the reference) measured in the same run.
 
 Seeds two databases (embedded PostgreSQL in a temp dir, or DATABASE_URL): one with ``--small``
-connections, one with ``--connections`` (half electricity, half gas; ``--consent-fraction`` of the
-contracts, 0.3 as in B2, with an open interval consent), generated in SQL. Each gateway is started in a fresh process (create_app + a listening site, as ``serve`` does;
-the consent index loads every connection before the site answers) and reports how long that took
-and its resident memory once up.
+connections, one with ``--connections`` (half electricity, half gas; ``--consent-fraction`` of
+the contracts, 0.3 as in B2, with an open interval consent), generated in SQL. Each gateway is
+started in a fresh process (create_app + a listening site, as ``serve`` does; the consent index
+loads every connection before the site answers) and reports how long that took and its resident
+memory once up.
 
 Targets (issue 14): start-up ≤ 3 s, RSS ≤ 400 MiB. (B5's third part, B2 within 10 % of its
 10 000-connection figure, is bench/ingest.py run against a database seeded like this one.)
