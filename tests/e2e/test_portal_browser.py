@@ -17,7 +17,7 @@ no bars; the bars and the day picker are driven with the keyboard. axe-core (npm
 tests/package.json) is injected and must report no violation, signed out and in, in both
 languages, and with the charts drawn.
 
-The browser is the distribution's (``.ci/install-browser``); Playwright's browser download is
+The browser is the distribution's (``scripts/install-browser``); Playwright's browser download is
 never used. ``executable_path`` points at it.
 """
 
@@ -128,7 +128,7 @@ async def served(
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     present = await asyncio.to_thread(Path(CHROMIUM).exists)
-    assert present, f"{CHROMIUM} is missing: run .ci/install-browser"
+    assert present, f"{CHROMIUM} is missing: run scripts/install-browser"
     expect.set_options(timeout=STEP_MS)
     async with async_playwright() as pw:
         launched = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
