@@ -589,11 +589,15 @@ def _report(out: dict[str, Any], rows: dict[str, int]) -> None:
     b3, bare = out["b3_gateway"], out["b3_bare"]
     ratio = b3["requests_per_s"] / bare["requests_per_s"]
     print(
-        f"B3 gateway, 1 telegram/request: {b3['requests_per_s']:,.0f} req/s (p99"
-        f" {b3['p99_ms']:.1f} ms); bare aiohttp POST handler: {bare['requests_per_s']:,.0f} req/s"
+        f"B3 gateway, 1 telegram/request: {b3['requests_per_s']:,.0f} req/s (p50"
+        f" {b3['p50_ms']:.2f} ms, p99 {b3['p99_ms']:.1f} ms); bare aiohttp POST handler:"
+        f" {bare['requests_per_s']:,.0f} req/s (p50 {bare['p50_ms']:.2f} ms)"
         f" → ratio {ratio:.2f}   [target ≥ 0.50]"
     )
-    print(f"   gateway CPU per single-telegram request: {b3['cpu_gateway_s']:.0f} µs")
+    print(
+        f"   CPU per single-telegram request: gateway {b3['cpu_gateway_s']:.0f} µs,"
+        f" PostgreSQL {b3['cpu_postgres_s']:.0f} µs, load generator {b3['cpu_driver_s']:.0f} µs"
+    )
     print("rows stored:", ", ".join(f"{k}={v}" for k, v in rows.items()))
 
 
