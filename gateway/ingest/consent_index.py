@@ -1154,8 +1154,12 @@ class IndexMaintainer:
                     changed = {r["ean"] for r in records}
                     devices_changed = DEVICES_CHANGED in changed
                     changed.discard(DEVICES_CHANGED)
-                    if EVERYTHING in changed or len(changed) > max(
-                        FULL_RELOAD_THRESHOLD, len(self.index) // 2
+                    # a full reload when more than half the EANs changed; len(self.index)
+                    # counts them by a scan of every route (a second at 2 M), so it runs only
+                    # for a change set past the threshold, never on an idle round
+                    if EVERYTHING in changed or (
+                        len(changed) > FULL_RELOAD_THRESHOLD
+                        and len(changed) > len(self.index) // 2
                     ):
                         changed = None
                 if changed is None:

@@ -23,6 +23,7 @@ import pytest
 from consent.levels import Commodity, Granularity
 from gateway.ingest.consent_index import (
     EVERYTHING,
+    FULL_RELOAD_THRESHOLD,
     ConsentIndex,
     IndexMaintainer,
     load_all,
@@ -337,6 +338,42 @@ async def test_a_huge_statement_is_one_full_reload_and_a_device_change_reaches_t
         await pool.execute("INSERT INTO index_changes (ean) VALUES ($1)", EVERYTHING)
         await maintainer.catch_up()
         assert maintainer.full_reloads == 2
+    finally:
+        await maintainer.stop()
+
+
+class CountingIndex(ConsentIndex):
+    """The index, counting the calls of its EAN count (a scan of every route)."""
+
+    counted = 0
+
+    def __len__(self) -> int:
+        self.counted += 1
+        return super().__len__()
+
+
+async def test_a_catch_up_counts_the_index_only_for_a_huge_change_set(pool: asyncpg.Pool) -> None:
+    """Every process catches up every 5 s; counting the index's EANs scans all its routes (a
+    second of CPU at 2 million, bench/registry.py's idle figure), so only a change set too big
+    for an EAN reload may ask how many EANs there are."""
+    index = CountingIndex()
+    maintainer = IndexMaintainer(pool, index, listen=False, catch_up_interval_s=None)
+    await maintainer.start()
+    try:
+        async with pool.acquire() as conn:
+            for n in range(3):
+                await add_connection(conn, random.Random(n), EANS[n], METERS[n])
+        await maintainer.catch_up()  # a few changes
+        await maintainer.catch_up()  # none: an idle round
+        assert index.counted == 0 and maintainer.full_reloads == 1  # start's load only
+        # more changed EANs than the threshold and than half the index: one full reload
+        await pool.execute(
+            "INSERT INTO index_changes (ean) SELECT 'X' || n FROM generate_series(0, $1) n",
+            FULL_RELOAD_THRESHOLD,
+        )
+        await maintainer.catch_up()
+        assert index.counted == 1 and maintainer.full_reloads == 2
+        await assert_equals_full_build(pool, index)
     finally:
         await maintainer.stop()
 
