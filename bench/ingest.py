@@ -379,7 +379,8 @@ def driver_main(args: argparse.Namespace) -> None:
             out["b2_gateway"] = asyncio.run(drive(url, batched, args.concurrency, cpu))
             out["b3_gateway"] = asyncio.run(drive(url, single_bodies, args.concurrency, cpu))
         else:
-            out["b3_bare"] = asyncio.run(drive(url, single_bodies, args.concurrency))
+            bare_cpu = CpuMeter([args.bare_pid], 0) if args.bare_pid else None
+            out["b3_bare"] = asyncio.run(drive(url, single_bodies, args.concurrency, bare_cpu))
             out["b2_bare"] = asyncio.run(drive(url, batched[: len(batched) // 3], args.concurrency))
     print(json.dumps(out), flush=True)
 
@@ -431,6 +432,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--gateway-pids", default="", help=argparse.SUPPRESS)
     parser.add_argument("--postmaster", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         profile = os.environ.get("BENCH_PROFILE")  # a path: cProfile the server into it
@@ -482,7 +484,8 @@ def main() -> None:
              "--requests", str(args.requests), "--single", str(args.single),
              "--concurrency", str(args.concurrency),
              "--gateway-pids", ",".join(str(p.pid) for p in procs[:-1]),
-             "--postmaster", str(_postmaster_pid(Path(tmp)) if server is not None else 0)],
+             "--postmaster", str(_postmaster_pid(Path(tmp)) if server is not None else 0),
+             "--bare-pid", str(procs[-1].pid)],
             capture_output=True, text=True, check=True,
         )
         out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -596,7 +599,8 @@ def _report(out: dict[str, Any], rows: dict[str, int]) -> None:
     )
     print(
         f"   CPU per single-telegram request: gateway {b3['cpu_gateway_s']:.0f} µs,"
-        f" PostgreSQL {b3['cpu_postgres_s']:.0f} µs, load generator {b3['cpu_driver_s']:.0f} µs"
+        f" PostgreSQL {b3['cpu_postgres_s']:.0f} µs, load generator {b3['cpu_driver_s']:.0f} µs;"
+        f" the bare handler's server {bare.get('cpu_gateway_s', float('nan')):.0f} µs"
     )
     print("rows stored:", ", ".join(f"{k}={v}" for k, v in rows.items()))
 
