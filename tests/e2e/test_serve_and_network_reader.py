@@ -20,7 +20,9 @@ import asyncpg
 import pytest
 
 from p1_reader.spool import read_all
-from tests.e2e.test_serve_and_reader import (
+from tests.support import free_port
+from tests.support.p1_network import DROP, NO_TELEGRAM, HomeWizardMeter, Script, TcpBridge, telegram
+from tests.support.served_chain import (
     E_EAN,
     E_ID,
     G_EAN,
@@ -29,15 +31,12 @@ from tests.e2e.test_serve_and_reader import (
     Proc,
     eventually,
     expected,
-    free_port,
     process_env,
     readings,
     run_cli,
     stored,
     telegram_of,
-    workdir,  # noqa: F401  (the fixture)
 )
-from tests.support.p1_network import DROP, NO_TELEGRAM, HomeWizardMeter, Script, TcpBridge, telegram
 
 COUNT = 8
 
@@ -46,7 +45,7 @@ COUNT = 8
 async def test_forward_process_reads_a_network_dongle_into_the_serving_gateway(
     database_url: str,
     pool: asyncpg.Pool,
-    workdir: Path,  # noqa: F811
+    workdir: Path,
     kind: str,
 ) -> None:
     env = process_env(database_url)

@@ -31,7 +31,9 @@ import asyncpg
 import pytest
 
 from p1_reader.spool import read_all
-from tests.e2e.test_serve_and_reader import (
+from tests.support import free_port
+from tests.support.pki import CA, Issued
+from tests.support.served_chain import (
     ADMIN,
     E_EAN,
     E_ID,
@@ -40,14 +42,11 @@ from tests.e2e.test_serve_and_reader import (
     Proc,
     eventually,
     expected,
-    free_port,
     process_env,
     readings,
     stored,
     telegram_of,
-    workdir,  # noqa: F401  (a fixture this module uses)
 )
-from tests.support.pki import CA, Issued
 
 UTC = dt.UTC
 STEP = 30.0
@@ -64,7 +63,7 @@ class Pki:
 
 
 @pytest.fixture
-def pki(workdir: Path) -> Pki:  # noqa: F811
+def pki(workdir: Path) -> Pki:
     directory = workdir / "pki"
     directory.mkdir()
     ca = CA.create(directory, "private")
@@ -93,7 +92,7 @@ async def serving(
     request: pytest.FixtureRequest,
     database_url: str,
     pki: Pki,
-    workdir: Path,  # noqa: F811
+    workdir: Path,
 ) -> AsyncIterator[Gateway]:
     """``serve`` with the server certificate; with the client CA (and two workers) when the
     indirect parameter is True."""
@@ -158,7 +157,7 @@ async def register_device(gw: Gateway, pki: Pki) -> str:
 
 
 @pytest.fixture
-def capture(workdir: Path) -> tuple[Path, list[Any]]:  # noqa: F811
+def capture(workdir: Path) -> tuple[Path, list[Any]]:
     """A telegram capture file (back-to-back telegrams, as read from a P1 port) of recent
     readings: the gateway stores them (it refuses telegrams older than its spool horizon)."""
     rs = readings(6)
@@ -242,7 +241,7 @@ async def test_forwarder_delivers_over_https_when_it_trusts_the_private_ca(
     pki: Pki,
     pool: asyncpg.Pool,
     capture: tuple[Path, list[Any]],
-    workdir: Path,  # noqa: F811
+    workdir: Path,
 ) -> None:
     token = await register_device(serving, pki)
     path, rs = capture
@@ -269,7 +268,7 @@ async def test_forwarder_delivers_over_https_when_it_trusts_the_private_ca(
 async def test_serve_refuses_unusable_tls_files(
     database_url: str,
     pki: Pki,
-    workdir: Path,  # noqa: F811
+    workdir: Path,
 ) -> None:
     env = process_env(database_url)
     base = ["-m", "gateway", "serve", "--port", str(free_port())]
@@ -311,7 +310,7 @@ async def test_mutual_tls_needs_the_device_certificate_from_the_client_ca(
     pki: Pki,
     pool: asyncpg.Pool,
     capture: tuple[Path, list[Any]],
-    workdir: Path,  # noqa: F811
+    workdir: Path,
 ) -> None:
     token = await register_device(serving, pki)
     path, rs = capture

@@ -15,22 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from gateway.storage.credentials import Credentials
 from gateway.tokens import hash_token
-from tests.support import make_ean
+from tests.support import make_ean, meter_body
 
 Client = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
-
-
-def meter_body(n: int, **changes: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "ean": make_ean(n),
-        "commodity": "electricity",
-        "meter_id": f"E00{n:014d}",
-        "customer_id": f"cust-{n}",
-        "contract_start": "2024-01-01T00:00:00+01:00",
-    }
-    body.update(changes)
-    return body
 
 
 async def problem(resp: Any, status: int, slug: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from gateway.storage import audit
-from tests.integration.test_admin_api import make_ean, meter_body
+from tests.support import make_ean, meter_body
 
 
 async def test_admin_actions_are_audited(

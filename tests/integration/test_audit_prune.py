@@ -17,7 +17,7 @@ import pytest
 from consent.retention import RetentionPolicy
 from gateway.jobs import retention
 from gateway.storage import audit
-from tests.integration.test_audit import append_n, run_verify, tamper
+from tests.support.audit_chain import append_n, run_verify, tamper
 
 REPO = Path(__file__).resolve().parents[2]
 

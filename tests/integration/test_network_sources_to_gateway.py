@@ -14,20 +14,22 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from p1_reader.forwarder import Forwarder, port_source
 from p1_reader.reader import Backoff, P1Reader
 from p1_reader.spool import Spool
-from tests.integration.test_forward_to_gateway import (
+from tests.support.forward_world import (
+    Client,
     World,
     config,
     expected,
+    make_world,
     reading,
     recent_times,
     stored,
     telegram_of,
-    world,  # noqa: F401  (the fixture)
 )
 from tests.support.p1_network import (
     DROP,
@@ -40,6 +42,11 @@ from tests.support.p1_network import (
 
 FAST = Backoff(initial=0.02, maximum=0.2)
 LIMIT = 30.0
+
+
+@pytest.fixture
+async def world(gateway_client: Client, pool: asyncpg.Pool, admin_headers: dict[str, str]) -> World:
+    return await make_world(gateway_client, pool, admin_headers)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -64,7 +71,7 @@ async def forwarding(w: World, reader: P1Reader, spool: Spool) -> AsyncIterator[
 
 
 async def test_tcp_bridge_drop_mid_telegram_into_the_gateway(
-    world: World,  # noqa: F811
+    world: World,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -98,7 +105,7 @@ async def test_tcp_bridge_drop_mid_telegram_into_the_gateway(
 
 
 async def test_homewizard_repeats_and_outages_into_the_gateway(
-    world: World,  # noqa: F811
+    world: World,
     tmp_path: Path,
 ) -> None:
     readings = [reading(i, t) for i, t in enumerate(recent_times(6))]

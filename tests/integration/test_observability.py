@@ -29,17 +29,8 @@ from gateway.jobs.retention import RETENTION_LOCK_KEY, retention_loop
 from gateway.settings import RetentionSettings, Settings
 from gateway.supervisor import background
 from tests.conftest import GatewayTestServer
-from tests.integration.test_serve import (
-    free_port,
-    get,
-    get_retrying,
-    serve_dir,  # noqa: F401 (a fixture)
-    start_serve,
-    stop,
-    wait_ready,
-    worker_pids,
-)
-from tests.support import make_ean
+from tests.support import free_port, make_ean
+from tests.support.serving import get, get_retrying, start_serve, stop, wait_ready, worker_pids
 
 Client = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
@@ -156,7 +147,7 @@ def check_build_info(found: dict[str, list[Sample]]) -> None:
     assert found["python_info"]
 
 
-def test_served_process_metrics_access_log_and_drain(serve_dir: Path) -> None:  # noqa: F811
+def test_served_process_metrics_access_log_and_drain(serve_dir: Path) -> None:
     """One process: process_* and build info on /metrics; on SIGTERM /readyz turns 503 while
     /healthz still answers, then the process exits 0; every request has its access-log line."""
     proc, base = start_serve(serve_dir, env={"METERPOORT_SHUTDOWN_DRAIN_S": "4"})
@@ -189,7 +180,7 @@ def test_served_process_metrics_access_log_and_drain(serve_dir: Path) -> None:  
     assert any(line["route"] == "/readyz" and line["status"] == 503 for line in access)
 
 
-def test_served_workers_report_every_worker_and_count_restarts(serve_dir: Path) -> None:  # noqa: F811
+def test_served_workers_report_every_worker_and_count_restarts(serve_dir: Path) -> None:
     """``--workers 2``: process_* per live worker (labelled worker_pid), build info once, a
     restarted worker counted; SIGTERM reaches both workers through the supervisor, which drain
     and exit, and serve exits 0."""

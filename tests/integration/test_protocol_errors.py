@@ -22,8 +22,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway import metrics
 from gateway.settings import Settings
-from tests.integration.test_serve import free_port, get, wait_ready
-from tests.support import make_ean
+from tests.support import free_port, make_ean
+from tests.support.serving import get, wait_ready
 
 Client = TestClient[web.Request, web.Application]
 

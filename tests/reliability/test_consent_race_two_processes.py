@@ -38,7 +38,7 @@ import pytest
 from gateway.cli.token import mint_dev_token
 from gateway.tokens import generate_token, hash_token
 from p1_reader.simulate import SimulatedMeter, make_meters
-from tests.support import leak_audit, make_ean
+from tests.support import free_port, leak_audit, make_ean
 from tests.support.telegram_builder import build_telegram
 
 pytestmark = pytest.mark.slow
@@ -65,15 +65,6 @@ class Gateway:
     pump: asyncio.Task[None] | None = None
     #: (newest change loaded, applied at) of each distinct index reload seen on /metrics
     reloads: list[tuple[float, float]] = field(default_factory=list)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def start_gateway(env: dict[str, str], http: aiohttp.ClientSession) -> Gateway:

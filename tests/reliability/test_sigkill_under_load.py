@@ -14,7 +14,6 @@ import datetime as dt
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import asyncpg
 import psutil
 import pytest
 
+from tests.support import free_port
 from tests.support.fleet import Household, expected_rows, missing, register, stored_rows
 from tests.support.load import NO_ANSWER, Load
 
@@ -44,13 +44,6 @@ def workdir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start_serve(

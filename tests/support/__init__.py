@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import uuid
+from typing import Any
 
 import asyncpg
 
 from consent.ean import ean_check_digit
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def make_ean(n: int) -> str:
     """A valid 18-digit EAN (GS1 check digit) numbered ``n``."""
     body = f"8716{n:013d}"
     return body + str(ean_check_digit(body))
+
+
+def meter_body(n: int, **changes: Any) -> dict[str, Any]:
+    """The admin API's body registering connection ``n`` (electricity, one meter, a contract
+    from 2024), with ``changes`` applied."""
+    body: dict[str, Any] = {
+        "ean": make_ean(n),
+        "commodity": "electricity",
+        "meter_id": f"E00{n:014d}",
+        "customer_id": f"cust-{n}",
+        "contract_start": "2024-01-01T00:00:00+01:00",
+    }
+    body.update(changes)
+    return body
 
 
 async def insert_consent(
