@@ -13,8 +13,10 @@ on its own, down to the single request whose rows the database refuses: that req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Final, Protocol
 
 import asyncpg
@@ -56,6 +58,10 @@ class RowWriter(Protocol):
 
     async def write(self, batch: Batch) -> None: ...
 
+    def arriving(self) -> contextlib.AbstractContextManager[None]:
+        """Around a request's work before it may ``write`` (its token, its body)."""
+        ...
+
 
 class BatchWriter:
     """Group commit: merges concurrent requests' rows and writes them in one transaction.
@@ -89,6 +95,8 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._conn: asyncpg.Connection | None = None
+        # requests past the door that have not queued their rows yet (see arriving)
+        self._arriving = 0
         self.flushes = 0
 
     def start(self) -> None:
@@ -107,6 +115,25 @@ class BatchWriter:
             finally:
                 self._task = None
                 await self._release()
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around a request's work before its ``write`` (authentication, reading the body).
+
+        A flush gathers for up to ``max_delay_s`` only while some request is inside such a
+        block: its rows are on their way. Once none is, nothing else can join but a request
+        not yet received, and the queued requests are flushed at once: a lone request waits
+        for one commit, not a commit plus the whole gather (B3, one telegram per request).
+        Leaving the block and calling ``write`` happen without an await in between (the
+        pipeline is synchronous), so the flush this may start finds the request's rows queued.
+        """
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            if not self._arriving and self._full is not None and not self._full.done():
+                self._full.set_result(None)
 
     async def write(self, batch: Batch) -> None:
         """Queue ``batch`` and wait until it is committed."""
@@ -133,8 +160,14 @@ class BatchWriter:
                 self._wake.clear()
                 if not self._waiters:
                     continue
-                if self._rows < self.max_rows and self.max_delay_s > 0 and not self._closing:
-                    # gather concurrent requests for a few ms (or until the batch is full)
+                if (
+                    self._arriving
+                    and self._rows < self.max_rows
+                    and self.max_delay_s > 0
+                    and not self._closing
+                ):
+                    # gather the requests on their way for a few ms (until none is left or
+                    # the batch is full)
                     self._full = loop.create_future()
                     await asyncio.wait((self._full,), timeout=self.max_delay_s)
                     self._full = None

@@ -70,13 +70,15 @@ async def post_telegrams(request: web.Request) -> web.Response:
     """Ingest the body's telegrams; answer ``{accepted, rejected:[{index, reason, detail}]}``
     after every reading to be stored has been committed."""
     state = request.app[INGEST_KEY]
-    device = await device_of(request)
-    if request.content_type not in ACCEPTED_TYPES:
-        raise UnsupportedMediaTypeError(
-            f"expected raw telegrams as text/plain, got {request.content_type!r}"
-        )
-    # aiohttp enforces client_max_size (413) while reading
-    body = await read_body(request)
+    # on its way to the writer: a flush gathering requests waits for this one (BatchWriter)
+    with state.writer.arriving():
+        device = await device_of(request)
+        if request.content_type not in ACCEPTED_TYPES:
+            raise UnsupportedMediaTypeError(
+                f"expected raw telegrams as text/plain, got {request.content_type!r}"
+            )
+        # aiohttp enforces client_max_size (413) while reading
+        body = await read_body(request)
     limit = request.app[SETTINGS_KEY].max_telegrams_per_request
     parts = split_body(body, limit)
     if not parts:
