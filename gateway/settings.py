@@ -268,7 +268,8 @@ class Settings(BaseSettings):
     strings or bodies.
     """
     ingest_batch_max_delay_ms: int = Field(default=5, ge=0)
-    """ms the ingest writer waits to group readings into one commit"""
+    """most ms the ingest writer waits to group readings into one commit, and only while other
+    requests are still on their way to it (authenticating, sending their body)"""
     ingest_batch_max_rows: int = Field(default=5000, ge=1)
     """most readings the ingest writer commits at once"""
     future_tolerance_s: int = Field(default=300, ge=0)

@@ -35,8 +35,9 @@ Totals-only electricity meters (``1.8.0``/``2.8.0`` without the T1/T2 split) sto
 ``import_t1_wh``/``export_t1_wh`` and NULL in the T2 columns.
 
 Writes (``BatchWriter``): requests enqueue their candidate rows; one writer task merges them
-(earliest per period) and flushes every ``ingest_batch_max_delay_ms`` or ``ingest_batch_max_rows``
-rows in ONE statement, hence one implicit transaction and one round trip — a data-modifying CTE
+(earliest per period) and flushes them, after gathering for at most ``ingest_batch_max_delay_ms``
+while other requests are still on their way (or at ``ingest_batch_max_rows`` rows), in ONE
+statement, hence one implicit transaction and one round trip — a data-modifying CTE
 per table, each ``INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE … WHERE
 excluded.measured_at < t.measured_at`` — and each request awaits the commit of its rows before it
 answers (group commit): every acknowledged reading is durable.
