@@ -6,6 +6,15 @@ B2  batched pushes: 100 telegrams per request, 10 000 meters (≈80 % with gas),
     Target ≥ 40 000 telegrams/s, p99 ≤ 100 ms.
 B3  one telegram per request, gateway requests/s ÷ a bare aiohttp POST handler (reads the body,
     answers a small JSON) driven by the same client with the same bodies. Target ≥ 0.50.
+    Like with like: the gateway in one process, as `python -m gateway serve` runs by default,
+    against the bare handler in one process. With --gateway-procs N > 1 (B2's default: both
+    cores), a one-process gateway is started for B3 and first takes the last window of B2's
+    bodies, untimed, so that it has seen every meter as a serving process has; B3 is then also
+    run against the N-process gateway and N bare processes and printed below. (Two gateway
+    processes and the load generator on two cores contend for them: the gateway's CPU per
+    request rises by half there, the bare handler's far less.)
+    The telegrams' times start at a quarter hour, so B2 and B3 lie in one period whatever the
+    time of the run: a single telegram commits only for a meter the process has not seen in it.
 
 The gateway logs as `serve` does (JSON lines on stderr, one access-log line per request; here
 into a file in the bench's temp dir): that is part of what a request costs in production.
@@ -366,22 +375,42 @@ async def drive(
 
 
 def driver_main(args: argparse.Namespace) -> None:
-    t0 = int(time.time()) - 3 * 3600
-    batched, singles = make_bodies(args.meters, args.requests, args.single, t0)
+    # three hours ago, at the start of a quarter hour: B2's stream (150 s at the defaults) and
+    # B3's telegrams right after it lie in one quarter hour, hour and day, whatever the time of
+    # the run. A boundary between them made a run's single telegrams start new periods for
+    # every meter, and B3 measured commits for most requests in some runs and none in others.
+    t0 = (int(time.time()) - 3 * 3600) // 900 * 900
+    procs = args.gateway_procs
+    # B3 runs twice when the gateway runs several processes: each run gets its own meters
+    batched, singles = make_bodies(args.meters, args.requests, args.single * min(procs, 2), t0)
     single_bodies = [(g, 1, b) for g, b in singles]
-    out: dict[str, Any] = {}
-    gateway_pids = [int(p) for p in args.gateway_pids.split(",") if p]
-    for target in args.targets.split(","):
-        kind, _, port = target.partition(":")
-        url = f"http://127.0.0.1:{port}/v1/telegrams"
-        if kind == "gateway":
-            cpu = CpuMeter(gateway_pids, args.postmaster)
-            out["b2_gateway"] = asyncio.run(drive(url, batched, args.concurrency, cpu))
-            out["b3_gateway"] = asyncio.run(drive(url, single_bodies, args.concurrency, cpu))
-        else:
-            bare_cpu = CpuMeter([args.bare_pid], 0) if args.bare_pid else None
-            out["b3_bare"] = asyncio.run(drive(url, single_bodies, args.concurrency, bare_cpu))
-            out["b2_bare"] = asyncio.run(drive(url, batched[: len(batched) // 3], args.concurrency))
+    one, many = single_bodies[: args.single], single_bodies[args.single :]
+    ports = dict(kind_port.split(":") for kind_port in args.targets.split(","))
+    pids = {kind: [int(p) for p in value.split(",") if p] for kind, value in args.pids.items()}
+
+    def run(kind: str, bodies: list[tuple[int, int, bytes]], timed: bool = True) -> dict[str, Any]:
+        """Drive the ``kind`` server with ``bodies``; ``timed``: with its CPU (and, for a
+        gateway, PostgreSQL's) measured."""
+        url = f"http://127.0.0.1:{ports[kind]}/v1/telegrams"
+        postgres = args.postmaster if kind.startswith("gateway") else 0
+        meter = CpuMeter(pids[kind], postgres) if timed else None
+        return asyncio.run(drive(url, bodies, args.concurrency, meter))
+
+    out: dict[str, Any] = {"b2_gateway": run("gateway", batched)}
+    if procs > 1:
+        # B3 with both servers in one process. The single-process gateway takes the last
+        # window of B2's bodies first (untimed, nothing new to store): it has then seen every
+        # meter in its current period, as a process that has been serving them has, so a
+        # single telegram commits only when it starts a new period (1 in 90 at this cadence)
+        groups = (args.meters + METERS_PER_DEVICE - 1) // METERS_PER_DEVICE
+        run("gateway1", batched[-groups:], timed=False)
+        out["b3_gateway"] = run("gateway1", one)
+        out["b3_gateway_n"] = run("gateway", many)
+        out["b3_bare_n"] = run("bare_n", many)
+    else:
+        out["b3_gateway"] = run("gateway", one)
+    out["b3_bare"] = run("bare", one)
+    out["b2_bare"] = run("bare", batched[: len(batched) // 3], timed=False)
     print(json.dumps(out), flush=True)
 
 
@@ -430,9 +459,14 @@ def main() -> None:
     parser.add_argument("--targets", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--gateway-pids", default="", help=argparse.SUPPRESS)
+    # the driver's server pids by kind: "gateway=1,2;gateway1=3;bare=4;bare_n=5,6"
+    parser.add_argument(
+        "--pids",
+        type=lambda text: dict(part.split("=") for part in text.split(";")),
+        default={},
+        help=argparse.SUPPRESS,
+    )
     parser.add_argument("--postmaster", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--bare-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         profile = os.environ.get("BENCH_PROFILE")  # a path: cProfile the server into it
@@ -465,10 +499,19 @@ def main() -> None:
     name = f"meterpoort_bench_{os.getpid()}"
     try:
         dsn = asyncio.run(_create_database(base, name, args))
-        gw_port, bare_port = free_port(), free_port()
-        for _ in range(args.gateway_procs):
-            procs.append(start_server("gateway", dsn, gw_port, Path(tmp) / "gateway.log"))
-        procs.append(start_server("bare", dsn, bare_port, Path(tmp) / "bare.log"))
+        # kind → (server, processes): the gateway as measured for B2 (--gateway-procs) and the
+        # bare handler in one process; with several gateway processes, also a one-process
+        # gateway and a bare handler with as many processes, so that B3 compares like with like
+        servers = {"gateway": ("gateway", args.gateway_procs), "bare": ("bare", 1)}
+        if args.gateway_procs > 1:
+            servers["gateway1"] = ("gateway", 1)
+            servers["bare_n"] = ("bare", args.gateway_procs)
+        ports = {kind: free_port() for kind in servers}
+        pids: dict[str, list[int]] = {}
+        for kind, (program, count) in servers.items():
+            for _ in range(count):
+                procs.append(start_server(program, dsn, ports[kind], Path(tmp) / f"{kind}.log"))
+                pids.setdefault(kind, []).append(procs[-1].pid)
         print(
             f"seeded {args.meters} meters, {args.consent_fraction:.0%} interval consent"
             + (f", {args.registry:,} silent connections besides" if args.registry else "")
@@ -479,13 +522,13 @@ def main() -> None:
             flush=True,
         )
         result = subprocess.run(
-            [sys.executable, __file__, "--drive", "--targets",
-             f"gateway:{gw_port},bare:{bare_port}", "--meters", str(args.meters),
+            [sys.executable, __file__, "--drive",
+             "--targets", ",".join(f"{kind}:{port}" for kind, port in ports.items()),
+             "--meters", str(args.meters),
              "--requests", str(args.requests), "--single", str(args.single),
-             "--concurrency", str(args.concurrency),
-             "--gateway-pids", ",".join(str(p.pid) for p in procs[:-1]),
-             "--postmaster", str(_postmaster_pid(Path(tmp)) if server is not None else 0),
-             "--bare-pid", str(procs[-1].pid)],
+             "--concurrency", str(args.concurrency), "--gateway-procs", str(args.gateway_procs),
+             "--pids", ";".join(f"{kind}={','.join(map(str, p))}" for kind, p in pids.items()),
+             "--postmaster", str(_postmaster_pid(Path(tmp)) if server is not None else 0)],
             capture_output=True, text=True, check=True,
         )
         out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -592,16 +635,27 @@ def _report(out: dict[str, Any], rows: dict[str, int]) -> None:
     b3, bare = out["b3_gateway"], out["b3_bare"]
     ratio = b3["requests_per_s"] / bare["requests_per_s"]
     print(
-        f"B3 gateway, 1 telegram/request: {b3['requests_per_s']:,.0f} req/s (p50"
-        f" {b3['p50_ms']:.2f} ms, p99 {b3['p99_ms']:.1f} ms); bare aiohttp POST handler:"
+        f"B3 gateway in one process (as `serve` runs by default), 1 telegram/request:"
+        f" {b3['requests_per_s']:,.0f} req/s (p50 {b3['p50_ms']:.2f} ms, p99"
+        f" {b3['p99_ms']:.1f} ms); bare aiohttp POST handler, one process:"
         f" {bare['requests_per_s']:,.0f} req/s (p50 {bare['p50_ms']:.2f} ms)"
         f" → ratio {ratio:.2f}   [target ≥ 0.50]"
     )
     print(
         f"   CPU per single-telegram request: gateway {b3['cpu_gateway_s']:.0f} µs,"
         f" PostgreSQL {b3['cpu_postgres_s']:.0f} µs, load generator {b3['cpu_driver_s']:.0f} µs;"
-        f" the bare handler's server {bare.get('cpu_gateway_s', float('nan')):.0f} µs"
+        f" the bare handler's server {bare['cpu_gateway_s']:.0f} µs"
     )
+    if "b3_gateway_n" in out:
+        b3n, baren = out["b3_gateway_n"], out["b3_bare_n"]
+        print(
+            f"   with the B2 gateway's processes and as many bare ones: gateway"
+            f" {b3n['requests_per_s']:,.0f} req/s (p99 {b3n['p99_ms']:.1f} ms), bare"
+            f" {baren['requests_per_s']:,.0f} req/s → ratio"
+            f" {b3n['requests_per_s'] / baren['requests_per_s']:.2f}; CPU per request: gateway"
+            f" {b3n['cpu_gateway_s']:.0f} µs, PostgreSQL {b3n['cpu_postgres_s']:.0f} µs,"
+            f" load generator {b3n['cpu_driver_s']:.0f} µs, bare {baren['cpu_gateway_s']:.0f} µs"
+        )
     print("rows stored:", ", ".join(f"{k}={v}" for k, v in rows.items()))
 
 
