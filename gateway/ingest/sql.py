@@ -59,36 +59,6 @@ def _unnest(first: int, count: int, aliases: str) -> str:
     return f"unnest({params}) AS {aliases}"
 
 
-def _improving(table: str, source: str, ps: int) -> str:
-    """The rows of ``source`` (aliased ``v``) that can improve what ``table`` stores: their
-    period is not stored yet, or stored with a later measured time. ``$ps`` is the array of
-    period starts, in ascending order (the writer sorts each table's rows period first).
-
-    Why this check comes before the storage rules, behind a fence (OFFSET 0 keeps the planner
-    from merging the two filters and ordering them by its cost estimate): a row that cannot
-    improve its period would end in the upsert's no-op branch anyway, but the storage rules
-    take row locks on its contract and consent first, and a row lock is a write. A flush of
-    only such rows (readings a process's BestCache has not seen: after a restart, with several
-    workers, with more EANs than the cache holds) then got a transaction id, wrote WAL and
-    waited for the WAL flush at commit, for nothing stored; now it commits like a read.
-    The first and last period start bound the partitions the check reads, so PostgreSQL prunes
-    the others before it opens them (without the bound every monthly partition of an interval
-    table was opened per flush: +300 µs at 4 years' retention). Rows out of order only make the
-    check find less, and a row it misses is still caught by ON CONFLICT. A stored row deleted
-    meanwhile (erasure, retention) is not offered again: that can only store less, as with
-    BestCache, never more.
-    """
-    first, last = f"to_timestamp(${ps}[1])", f"to_timestamp(${ps}[cardinality(${ps})])"
-    # A scalar subquery, not NOT EXISTS: the planner turns NOT EXISTS into an anti join, and a
-    # generic plan made while a partition was small hashes a sequential scan of it, per flush,
-    # however large it grows; a scalar subquery stays one primary-key probe per row.
-    return (
-        f"(SELECT * FROM {source} WHERE coalesce((SELECT s.measured_at > to_timestamp(v.ma)"
-        f" FROM {table} s WHERE s.ean = v.ean AND s.period_start = to_timestamp(v.ps)"
-        f" AND s.period_start BETWEEN {first} AND {last}), true) OFFSET 0) AS v"
-    )
-
-
 # The database's half of the SPEC §3 invariant, evaluated per row IN THE INSERT STATEMENT:
 # an interval row is written only while a consent row says granted_at <= measured_at < end and
 # the consent is still in force now, end = least(ended_at, expires_at, contract_end), the
@@ -168,8 +138,7 @@ _XID: Final = "(SELECT pg_current_xact_id()::text::bigint)"
 
 
 def _insert_sql(table: int, first: int = 1) -> str:
-    """The upsert of one table's rows, its column arrays being parameters ``$first``… (ordered
-    by period start, then EAN: see ``_improving``)"""
+    """The upsert of one table's rows, its column arrays being parameters ``$first``…"""
     electricity = table in ELECTRICITY_TABLES
     columns = _E_COLUMNS if electricity else _G_COLUMNS
     values = _E_VALUES if electricity else _G_VALUES
@@ -187,8 +156,7 @@ def _insert_sql(table: int, first: int = 1) -> str:
     return (
         f"INSERT INTO {TABLE_NAMES[table]} AS t"
         f" (ean, period_start, measured_at, {columns}, changed_xid)"
-        f" SELECT v.ean, to_timestamp(v.ps), to_timestamp(v.ma), {values}, {_XID}"
-        f" FROM {_improving(TABLE_NAMES[table], source, first + 1)}"
+        f" SELECT v.ean, to_timestamp(v.ps), to_timestamp(v.ma), {values}, {_XID} FROM {source}"
         f"{where}"
         f" ON CONFLICT (ean, period_start) DO UPDATE SET {updates}"
         " WHERE excluded.measured_at < t.measured_at"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import time
 from collections.abc import Iterator
 from typing import Final, Protocol
@@ -39,8 +38,6 @@ log = logging.getLogger(__name__)
 
 # --- the writer ---------------------------------------------------------------------------------
 
-#: a row key (ean, period_start) → (period_start, ean)
-_PERIOD_FIRST: Final = operator.itemgetter(1, 0)
 #: errors after which a batch is simply tried again (another process held conflicting locks)
 _RETRYABLE: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _MAX_ATTEMPTS: Final = 5
@@ -49,17 +46,13 @@ _DATA_ERRORS: Final = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationEr
 
 
 #: Run on the writer's connection when it is acquired (the pool's reset on release undoes it).
-#: * Generic plans: the flush statements' parameters are column arrays, and the planner
-#:   estimates a custom plan from the arrays it is given: for the few rows of a small flush
-#:   (one telegram's day and month rows) a custom plan always looked cheaper than the generic
-#:   one, estimated for 10 rows, so PostgreSQL planned such a flush afresh every time
-#:   (pg_prepared_statements: 105 custom plans and no generic one over a B3 run), about a third
-#:   of its CPU per flush. The plan is the same for any batch: per row, key look-ups.
-#: * No sequential scans: every look-up of a flush is by key, but a plan is made from the
-#:   statistics of the moment and then kept. One made while a table was empty (a fresh
-#:   install, a new month's partition) scanned it whole for every row, however large it grew,
-#:   until the next ANALYZE replaced it (300 ms for a 100-row flush over 100,000 rows).
-_SESSION_SETUP: Final = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
+#: The flush statements' parameters are column arrays, and the planner estimates a custom plan
+#: from the arrays it is given: for the few rows of a small flush (one telegram's day and month
+#: rows) a custom plan always looks cheaper than the generic one, estimated for 10 rows, so
+#: PostgreSQL planned such a flush afresh every time (pg_prepared_statements: 105 custom plans
+#: and no generic one over a B3 run), about a third of its CPU per flush. The plan is the same
+#: for any batch: per row, index look-ups of the contract, the consent and the conflicting row.
+_GENERIC_PLANS: Final = "SET plan_cache_mode = force_generic_plan"
 
 
 class RowsRefusedError(Exception):
@@ -279,7 +272,7 @@ class BatchWriter:
                 raise DatabaseUnavailableError(
                     "the database is busy: no connection came free in time"
                 ) from exc
-            await conn.execute(_SESSION_SETUP)
+            await conn.execute(_GENERIC_PLANS)
         return self._conn
 
     async def _release(self) -> None:
@@ -295,9 +288,8 @@ class BatchWriter:
             rows = batch[table]
             if not rows:
                 continue
-            # a fixed order (table, period, ean) keeps concurrent writers from deadlocking;
-            # period first, as the statement's improvement check wants (sql._improving)
-            ordered = [rows[k] for k in sorted(rows, key=_PERIOD_FIRST)]
+            # a fixed order (table, ean, period) keeps concurrent writers from deadlocking
+            ordered = [rows[k] for k in sorted(rows)]
             tables.append(table)
             args.extend(list(col) for col in zip(*ordered, strict=True))
         if not tables:
