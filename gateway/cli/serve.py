@@ -68,6 +68,17 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str) -> None:
     """Structured (JSON lines) logs on stderr."""
+    # The lines never carry the caller's file, line and function, nor thread or process names,
+    # so the logging module is told not to collect them for each record: the switches of the
+    # Python logging HOWTO's "Optimization" section. The access log writes a record per
+    # request, and finding the caller's frame alone was half of what a line cost (25.7 → 12.0
+    # µs per access-log line with all four, about a twentieth of a one-telegram push).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    if hasattr(logging, "logAsyncioTasks"):  # Python 3.12+: the asyncio task's name
+        setattr(logging, "logAsyncioTasks", False)  # noqa: B010 (not in 3.11's stubs)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -1,20 +1,24 @@
 """The single-telegram path's cheap forms keep the behaviour of what they replaced: the
-hand-formatted request id, memoised metric series, the withheld counts, the shared encoder."""
+hand-formatted request id, memoised metric series, the withheld counts, the shared encoder, the
+log records without caller frames."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import uuid
 from collections import Counter
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from consent.levels import Granularity
 from gateway import metrics
 from gateway.api.middleware import new_request_id
+from gateway.cli.serve import configure_logging
 from gateway.ingest.best_cache import BestCache
 from gateway.ingest.consent_index import ConsentIndex
 from gateway.ingest.pipeline import EPOCHS_MAX, IngestPipeline, IngestResult
@@ -105,3 +109,39 @@ def test_pipeline_epochs_are_the_timestamps_and_bounded() -> None:
     # an equal instant in another zone is the same key and the same seconds
     amsterdam = base.astimezone(dt.timezone(dt.timedelta(hours=2)))
     assert pipeline._epochs.get(amsterdam, pipeline._epoch(amsterdam)) == int(base.timestamp())
+
+
+def test_logging_collects_no_caller_frame_and_lines_stay_the_same(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``configure_logging`` turns off what no JSON line shows (the caller's frame, thread and
+    process names), and a line keeps every field it had."""
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    if hasattr(logging, "logAsyncioTasks"):
+        monkeypatch.setattr(logging, "logAsyncioTasks", logging.logAsyncioTasks)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    configure_logging("info")
+    root.addHandler(Keep())
+    logging.getLogger("gateway.access").info("request", extra={"status": 200, "route": "/x"})
+    (record,) = records
+    assert (record.pathname, record.lineno, record.funcName) == ("(unknown file)", 0, "(unknown function)")
+    assert record.threadName is None and record.processName is None
+    (line,) = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry.pop("ts")
+    assert entry == {
+        "level": "INFO",
+        "logger": "gateway.access",
+        "msg": "request",
+        "status": 200,
+        "route": "/x",
+    }
