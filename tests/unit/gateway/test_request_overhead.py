@@ -133,7 +133,8 @@ def test_logging_collects_no_caller_frame_and_lines_stay_the_same(
     root.addHandler(Keep())
     logging.getLogger("gateway.access").info("request", extra={"status": 200, "route": "/x"})
     (record,) = records
-    assert (record.pathname, record.lineno, record.funcName) == ("(unknown file)", 0, "(unknown function)")
+    caller = (record.pathname, record.lineno, record.funcName)
+    assert caller == ("(unknown file)", 0, "(unknown function)")
     assert record.threadName is None and record.processName is None
     (line,) = capsys.readouterr().err.splitlines()
     entry = json.loads(line)
