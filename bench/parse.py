@@ -49,7 +49,12 @@ from typing import Any
 from dsmr_parser import telegram_specifications as specs
 from dsmr_parser.parsers import TelegramParser
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+# this checkout first: `scripts/build-mypyc` builds the compiled parser in place, and its shared
+# runtime module (p1_reader_core__mypyc) sits at the root, which `python bench/parse.py` would
+# not otherwise have on its path
+sys.path.insert(0, str(ROOT))
+FIXTURES = ROOT / "tests" / "fixtures"
 #: SPEC §6 B1: warm caches, and every telegram the first of its kind (the cold run has no
 #: target of its own: it is held to the warm one)
 TARGET_WARM = 40.0
