@@ -287,13 +287,47 @@ def new_request_id() -> str:
     Hand-formatted: ``str(uuid.uuid4())`` builds a UUID object (an int from the bytes, the
     version bits set by integer arithmetic, then text from the int) and cost a tenth of the
     middleware's time on a single-telegram request. The same 122 random bits from
-    ``os.urandom``; the version nibble is ``4`` and the variant nibble one of ``89ab``."""
-    h = os.urandom(16).hex()
+    ``os.urandom``, drawn for 256 ids at a time (``_RandomHex``); the version nibble is ``4``
+    and the variant nibble one of ``89ab``."""
+    h = _random_hex.take32()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 # the RFC 9562 variant (binary 10xx) of a random hex digit, keeping its two low bits
 _VARIANT: dict[str, str] = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
+class _RandomHex:
+    """Hex digits of ``os.urandom``, drawn 4 KiB at a time: one ``getrandom`` system call per
+    256 request ids instead of one per request (a system call costs more than the formatting
+    on a loaded virtual machine). A forked child starts with an empty pool, so no two processes
+    hand out the same digits."""
+
+    __slots__ = ("_hex", "_pos")
+
+    _BYTES = 4096
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+
+    def take32(self) -> str:
+        """32 hex digits (16 random bytes) no caller got before."""
+        pos = self._pos
+        if pos >= len(self._hex):
+            self._hex = os.urandom(self._BYTES).hex()
+            pos = 0
+        self._pos = pos + 32
+        return self._hex[pos : pos + 32]
+
+    def drop(self) -> None:
+        """Forget the drawn digits (in a forked child: they are the parent's too)."""
+        self._hex = ""
+        self._pos = 0
+
+
+_random_hex = _RandomHex()
+os.register_at_fork(after_in_child=_random_hex.drop)
 
 
 def request_id(request: web.BaseRequest) -> str:

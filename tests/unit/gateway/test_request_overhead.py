@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import uuid
 from collections import Counter
@@ -37,6 +38,23 @@ def test_request_ids_are_canonical_random_uuid4s() -> None:
     # every variant digit and every digit of a random position turn up: the bits are random
     assert {rid[19] for rid in ids} == set("89ab")
     assert {rid[0] for rid in ids} == set("0123456789abcdef")
+
+
+def test_a_forked_child_draws_its_own_request_ids() -> None:
+    # the random digits are drawn for many ids at once; a worker forked after its parent drew
+    # them must not hand out the parent's next ids
+    new_request_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id to the parent, then out without pytest's teardown
+        os.write(write_end, new_request_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        child_id = pipe.read()
+    assert UUID4.fullmatch(child_id)
+    assert child_id != new_request_id()
 
 
 def test_children_are_prometheus_own_series() -> None:
