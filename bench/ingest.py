@@ -63,9 +63,14 @@ import asyncpg
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from pydantic import SecretStr
 
-from gateway.settings import Settings
-from gateway.storage import db
-from gateway.tokens import hash_token
+# this checkout first, as bench/storage.py: the in-place compiled parser (scripts/build-mypyc)
+# has its runtime module at the root, and the gateway processes import the parser from here
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.settings import Settings  # noqa: E402
+from gateway.storage import db  # noqa: E402
+from gateway.tokens import hash_token  # noqa: E402
 
 METERS_PER_DEVICE = 25
 TELEGRAMS_PER_METER_PER_BODY = 4  # 25 × 4 = 100 telegrams per request
@@ -420,6 +425,17 @@ def driver_main(args: argparse.Namespace) -> None:
 # --- orchestration ------------------------------------------------------------------------------
 
 
+def parser_build() -> str:
+    """Which telegram parser the gateway processes import: the optional compiled build
+    (``scripts/build-mypyc``) or the pure-Python one."""
+    import importlib.machinery
+
+    from p1_reader import parser
+
+    compiled = str(parser.__file__).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    return "compiled (mypyc)" if compiled else "pure Python"
+
+
 def with_database(url: str, name: str) -> str:
     """``url`` pointing at database ``name`` instead."""
     from urllib.parse import urlsplit, urlunsplit
@@ -521,7 +537,7 @@ def main() -> None:
             + ";"
             f" driving {args.requests} × 100-telegram and {args.single} × 1-telegram requests,"
             f" concurrency {args.concurrency}, {args.gateway_procs} gateway process(es)"
-            f" (cores: {os.cpu_count()})",
+            f" (cores: {os.cpu_count()}); parser: {parser_build()}",
             flush=True,
         )
         result = subprocess.run(
