@@ -32,7 +32,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from pydantic import SecretStr
 
+from gateway.ingest.best_cache import MAX_ENTRIES, BestCache
+from gateway.ingest.periods import AMSTERDAM, Bucketer
 from gateway.ingest.pipeline import IngestPipeline
+from gateway.ingest.sql import E_P1D, E_P1M, E_PT15M
 from gateway.settings import Settings
 from gateway.storage import db
 
@@ -157,6 +160,11 @@ async def measure(dsn: str, meters: int) -> dict[str, float]:
     cpu_before = time.process_time()
     await asyncio.sleep(IDLE_S)
     idle_cpu_s = time.process_time() - cpu_before
+    # serving its meters, a process learns their newest stored periods (BestCache, bounded):
+    # what that adds once the cache is at its bound
+    full_before = rss_mib()
+    remembered = _fill_best_cache(runner.app[INGEST_KEY].pipeline.best)
+    best_cache_mib = rss_mib() - full_before
     await runner.cleanup()
     load = consent_index.last_load
     return {
@@ -164,6 +172,8 @@ async def measure(dsn: str, meters: int) -> dict[str, float]:
         "rss_mib": up,
         "pipeline_us": pipeline_us,
         "idle_cpu_ms_per_s": idle_cpu_s / IDLE_S * 1000,
+        "best_cache_mib": best_cache_mib,
+        "best_cache_eans": remembered,
         "rss_before_mib": before,
         "stream_s": load.stream_s,
         "waited_s": load.waited_s,
@@ -175,6 +185,22 @@ async def measure(dsn: str, meters: int) -> dict[str, float]:
 
 #: how long a started gateway is watched idle
 IDLE_S = 11.0
+
+
+def _fill_best_cache(best: BestCache) -> int:
+    """Commit-time records for as many EANs as ``best`` keeps, as B2's mix brings them: the day
+    and month of every EAN, the quarter hour of 30 %, measured times spread over the quarter,
+    each time a fresh integer (as the rows of a flush bring them). Returns the EANs held."""
+    quarter = int(time.time()) // 900 * 900
+    day_start, _, month_start, _ = Bucketer(AMSTERDAM).bounds(quarter)
+    for i in range(MAX_ENTRIES):
+        ean = EAN_BASE + i
+        measured = quarter + i % 900
+        best.lower((ean, E_P1D, day_start + i - i), measured + i - i)
+        best.lower((ean, E_P1M, month_start + i - i), measured + i - i)
+        if i % 10 < 3:
+            best.lower((ean, E_PT15M, quarter + i - i), measured + i - i)
+    return len(best)
 
 
 def _pipeline_us_per_telegram(pipeline: IngestPipeline, meters: int) -> float:
@@ -284,6 +310,13 @@ def main() -> None:
             f"   idle once up, over {IDLE_S:g} s (two catch-up rounds):"
             f" {got['idle_cpu_ms_per_s']:.1f} ms CPU per second at {args.connections:,},"
             f" {ref['idle_cpu_ms_per_s']:.1f} at {args.small:,} (no periodic full reload)"
+        )
+        per_ean = got["best_cache_mib"] * 1024 * 1024 / got["best_cache_eans"]
+        print(
+            f"   serving: the committed-period cache (BestCache) at its bound of"
+            f" {got['best_cache_eans']:,.0f} EANs adds {got['best_cache_mib']:,.0f} MiB"
+            f" ({per_ean:,.0f} bytes per EAN) → RSS {got['rss_mib'] + got['best_cache_mib']:,.0f}"
+            f" MiB once it is full"
         )
     finally:
 

@@ -10,6 +10,8 @@ from typing import Final
 from gateway.ingest.periods import AMSTERDAM, Bucketer
 from gateway.ingest.sql import E_P1D, E_PT15M, G_P1D, G_PT1H
 
+#: the EANs one process remembers at most (``BestCache(max_entries)``'s default)
+MAX_ENTRIES: Final = 400_000
 _EMPTY_SLOTS: Final = (0,) * 9
 _DAY_TABLES: Final = frozenset((E_P1D, G_P1D))
 
@@ -28,7 +30,10 @@ class BestCache:
     miss, i.e. simply offered to the database again, which decides.
 
     Bounded: two generations of at most ``max_entries // 2`` EANs; the older one is dropped
-    whole.
+    whole. The times an entry holds are shared objects (``_shared``): every EAN of a period has
+    the same bounds, and thousands of meters send in the same second, so an entry is its key,
+    its tuple and its dict slot, about 200 bytes instead of 416 with nine integers of its own
+    (at the 400 000 bound: 80 MB instead of 166 per process).
 
     An entry is only as good as the registry it was made under. A change of an EAN's contracts,
     meters, level or consents can delete stored rows (a move-out deletes what was measured after
@@ -41,12 +46,24 @@ class BestCache:
     then only make the gateway store *less* for that period, never more.
     """
 
-    __slots__ = ("_bucketer", "_cleared", "_cur", "_epoch", "_forgotten", "_half", "_old")
+    __slots__ = (
+        "_bucketer",
+        "_cleared",
+        "_cur",
+        "_epoch",
+        "_forgotten",
+        "_half",
+        "_old",
+        "_shared",
+    )
 
     #: EANs remembered as forgotten before the record falls back to "everything forgotten"
     FORGOTTEN_LIMIT: Final = 10_000
+    #: distinct times kept for sharing before the record starts afresh (a quarter hour's
+    #: seconds and bounds are about a thousand)
+    SHARED_LIMIT: Final = 100_000
 
-    def __init__(self, max_entries: int = 400_000, bucketer: Bucketer | None = None) -> None:
+    def __init__(self, max_entries: int = MAX_ENTRIES, bucketer: Bucketer | None = None) -> None:
         self._half = max(1, max_entries // 2)
         self._bucketer = bucketer or Bucketer(AMSTERDAM)
         self._cur: dict[int, tuple[int, ...]] = {}
@@ -56,6 +73,8 @@ class BestCache:
         self._epoch = 0
         self._forgotten: dict[int, int] = {}
         self._cleared = 0
+        # one int object per distinct time: what entries refer to instead of copies
+        self._shared: dict[int, int] = {}
 
     def mark(self) -> int:
         """A marker of "now" for ``lower(…, since=…)``: taken when rows are routed."""
@@ -110,14 +129,22 @@ class BestCache:
         if value[slot + 1] and value[slot] == start:
             if measured_at >= value[slot + 2]:
                 return
-            end = value[slot + 1]
+            start, end = value[slot], value[slot + 1]
         elif value[slot + 1] and start < value[slot]:
             return
         else:
             end = self._end(table, start)
+            start, end = self._share(start), self._share(end)
         updated = list(value)
-        updated[slot : slot + 3] = (start, end, measured_at)
+        updated[slot : slot + 3] = (start, end, self._share(measured_at))
         self._put(ean, tuple(updated))
+
+    def _share(self, t: int) -> int:
+        """The one object this cache holds for the time ``t``."""
+        shared = self._shared
+        if len(shared) >= self.SHARED_LIMIT:
+            shared.clear()  # entries keep their objects; new ones share from here on
+        return shared.setdefault(t, t)
 
     def _end(self, table: int, start: int) -> int:
         if table == E_PT15M:

@@ -267,6 +267,27 @@ def test_best_cache_keeps_the_newest_period_per_table() -> None:
     assert cache.get((2, E_P1D, nxt)) is None
 
 
+def test_best_cache_entries_share_their_times() -> None:
+    # the times of a period are the same for every EAN: an entry refers to one shared object
+    # per distinct time instead of holding copies (int(str(x)): a fresh object, as rows bring)
+    cache = BestCache()
+    day = ts(datetime(2026, 10, 24, 22, tzinfo=UTC))
+    for ean in (1, 2):
+        cache.lower((ean, E_PT15M, int(str(day))), int(str(day + 7)))
+        cache.lower((ean, E_P1D, int(str(day))), int(str(day + 7)))
+    one, two = cache.entry(1), cache.entry(2)
+    assert one is not None and two is not None
+    assert one == two == (day, day + 900, day + 7, day, day + 25 * 3600, day + 7, 0, 0, 0)
+    assert all(a is b for a, b in zip(one, two, strict=True))
+    # the record of shared times is bounded; entries made before a restart keep their values
+    for i in range(BestCache.SHARED_LIMIT + 10):
+        cache.lower((10 + i, E_PT15M, day), day + i % 900)
+    assert len(cache._shared) <= BestCache.SHARED_LIMIT
+    assert cache.entry(1) == one
+    last = BestCache.SHARED_LIMIT + 9
+    assert cache.get((10 + last, E_PT15M, day)) == day + last % 900
+
+
 def test_best_cache_does_not_skip_the_next_period(pipeline: IngestPipeline) -> None:
     t = datetime(2026, 10, 25, 11, 44, 50, tzinfo=UTC)  # quarter 11:30
     first = pipeline.process([build_telegram("I1", t)], BOUND, NOW_S)
