@@ -32,8 +32,8 @@ class BestCache:
     Bounded: two generations of at most ``max_entries // 2`` EANs; the older one is dropped
     whole. The times an entry holds are shared objects (``_shared``): every EAN of a period has
     the same bounds, and thousands of meters send in the same second, so an entry is its key,
-    its tuple and its dict slot, about 200 bytes instead of 416 with nine integers of its own
-    (at the 400 000 bound: 80 MB instead of 166 per process).
+    its tuple and its dict slot: 239 bytes instead of 383 with nine integers of its own (at the
+    400 000 bound, 91 MiB instead of 146 per process; bench/registry.py prints it).
 
     An entry is only as good as the registry it was made under. A change of an EAN's contracts,
     meters, level or consents can delete stored rows (a move-out deletes what was measured after
