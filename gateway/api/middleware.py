@@ -38,6 +38,10 @@ from gateway.storage.db import CONNECTION_ERRORS
 log = logging.getLogger(__name__)
 #: one line per request (``make_metrics_middleware``); its own logger so operators can route it
 access_log = logging.getLogger("gateway.access")
+#: the fields of an access-log record, in the order ``make_metrics_middleware`` passes them:
+#: method and route template (text), status (int), duration_ms (float), request_id (text) and
+#: client (text, or None without an address)
+ACCESS_FIELDS = ("method", "route", "status", "duration_ms", "request_id", "client")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 #: the request's id (the client's, when acceptable, or a fresh one), set by the metrics middleware

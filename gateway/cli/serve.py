@@ -10,7 +10,9 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import multiprocessing
+import operator
 import os
 import shutil
 import signal
@@ -26,6 +28,7 @@ from pydantic import SecretStr
 from gateway import metrics
 from gateway.api.app import create_app
 from gateway.api.appkeys import DRAINING_KEY
+from gateway.api.middleware import ACCESS_FIELDS, access_log
 from gateway.api.protocol import make_runner
 from gateway.api.tls import server_context
 from gateway.cli.common import data_dir_arg, setting_type, with_data_dir
@@ -41,6 +44,9 @@ log = logging.getLogger("gateway.cli")
 # one encoder for every line (json.dumps(default=...) builds a new one per call; the access
 # log writes a line per request)
 _LOG_ENCODER = json.JSONEncoder(default=str)
+# what that encoder writes a string as (ensure_ascii, its default): the C function it calls
+_json_text = json.encoder.encode_basestring_ascii
+_access_values = operator.itemgetter(*ACCESS_FIELDS)
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,10 +56,16 @@ class JsonFormatter(logging.Formatter):
     """
 
     _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+    # an access-log record holds the standard attributes and the access fields, nothing else
+    _ACCESS_SIZE = len(logging.makeLogRecord({}).__dict__) + len(ACCESS_FIELDS)
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.name == access_log.name:
+            line = self._access_line(record)
+            if line is not None:
+                return line
         entry: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "ts": _timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -64,6 +76,42 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _LOG_ENCODER.encode(entry)
+
+    def _access_line(self, record: logging.LogRecord) -> str | None:
+        """The line of a request's access-log record, written field by field: the same text
+        as the general path, without its scan of the record and its encoder run, which were
+        a third of what a line cost, a line per request. None when the record is not exactly
+        an access record of known types (anything more or different): the general path then
+        writes it."""
+        values = record.__dict__
+        if len(values) != self._ACCESS_SIZE or record.exc_info or record.args:
+            return None
+        try:
+            method, route, status, duration, request_id, client = _access_values(values)
+        except KeyError:
+            return None
+        if not (
+            type(method) is str
+            and type(route) is str
+            and type(status) is int
+            and type(duration) is float
+            and math.isfinite(duration)
+            and type(request_id) is str
+            and (client is None or type(client) is str)
+        ):
+            return None
+        return (
+            f'{{"ts": "{_timestamp(record)}", "level": {_json_text(record.levelname)},'
+            f' "logger": {_json_text(record.name)}, "msg": {_json_text(str(record.msg))},'
+            f' "method": {_json_text(method)}, "route": {_json_text(route)},'
+            f' "status": {status!r}, "duration_ms": {duration!r},'
+            f' "request_id": {_json_text(request_id)},'
+            f' "client": {"null" if client is None else _json_text(client)}}}'
+        )
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat()
 
 
 def configure_logging(level: str) -> None:

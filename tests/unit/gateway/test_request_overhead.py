@@ -19,7 +19,7 @@ from prometheus_client import Counter as PromCounter
 from consent.levels import Granularity
 from gateway import metrics
 from gateway.api.middleware import new_request_id
-from gateway.cli.serve import configure_logging
+from gateway.cli.serve import _LOG_ENCODER, JsonFormatter, configure_logging
 from gateway.ingest.best_cache import BestCache
 from gateway.ingest.consent_index import ConsentIndex
 from gateway.ingest.pipeline import EPOCHS_MAX, IngestPipeline, IngestResult
@@ -164,3 +164,63 @@ def test_logging_collects_no_caller_frame_and_lines_stay_the_same(
         "status": 200,
         "route": "/x",
     }
+
+
+def _access_record(**fields: object) -> logging.LogRecord:
+    """A record as the metrics middleware's ``access_log.info("request", extra=...)`` makes."""
+    logger = logging.getLogger("gateway.access")
+    return logger.makeRecord(logger.name, logging.INFO, "", 0, "request", (), None, extra=fields)
+
+
+ACCESS = {
+    "method": "POST",
+    "route": "/v1/admin/meters/{ean}",
+    "status": 200,
+    "duration_ms": 0.41,
+    "request_id": "0b1c6f0e-1d2a-4c5b-9e7f-0123456789ab",
+    "client": "2001:db8::1",
+}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ACCESS,
+        {**ACCESS, "client": None, "duration_ms": 1234.5, "status": 499},
+        # text the encoder escapes: quotes, backslashes, control and non-ASCII characters
+        {**ACCESS, "method": 'GE"T\\', "route": "/é\n\t\x00"},
+    ],
+)
+def test_access_lines_are_what_the_general_path_writes(fields: dict[str, object]) -> None:
+    formatter = JsonFormatter()
+    record = _access_record(**fields)
+    line = formatter.format(record)
+    assert formatter._access_line(record) == line  # the short path wrote it
+    entry = json.loads(line)
+    assert entry.pop("ts") == dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat()
+    assert entry == {"level": "INFO", "logger": "gateway.access", "msg": "request", **fields}
+    # the same text, byte for byte, as the general encoder's for the same fields in this order
+    assert line == _LOG_ENCODER.encode(json.loads(line))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        _access_record(**{**ACCESS, "extra_field": 1}),  # more than the access fields
+        _access_record(**{k: v for k, v in ACCESS.items() if k != "client"}),  # fewer
+        _access_record(**{**ACCESS, "status": "200"}),  # another type
+        _access_record(**{**ACCESS, "duration_ms": float("nan")}),  # not finite
+        _access_record(**{**ACCESS, "client": ("127.0.0.1",)}),  # not text
+    ],
+)
+def test_other_access_records_take_the_general_path(record: logging.LogRecord) -> None:
+    formatter = JsonFormatter()
+    assert formatter._access_line(record) is None
+    extras = {k: v for k, v in record.__dict__.items() if k not in JsonFormatter._STANDARD}
+    head = {
+        "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+        "level": "INFO",
+        "logger": "gateway.access",
+        "msg": "request",
+    }
+    assert formatter.format(record) == _LOG_ENCODER.encode({**head, **extras})
