@@ -82,3 +82,11 @@ def parse_address(text: str | None) -> IPAddress | None:
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+@functools.lru_cache(maxsize=4096)
+def address_text(address: IPAddress) -> str:
+    """``str(address)``, remembered as ``parse_address`` is: ``ipaddress`` builds the text in
+    Python on every call (0.7 µs for IPv4, 3.5 for IPv6), and the access log writes the
+    client of every request."""
+    return str(address)

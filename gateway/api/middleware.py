@@ -32,7 +32,7 @@ from aiohttp import web
 
 from consent.errors import ConsentEndedError, ConsentError
 from gateway import errors, metrics
-from gateway.api.client_address import IPNetwork, client_address
+from gateway.api.client_address import IPNetwork, address_text, client_address
 from gateway.storage.db import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ def make_metrics_middleware(
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 2),
                         "request_id": rid,
-                        "client": None if client is None else str(client),
+                        "client": None if client is None else address_text(client),
                     },
                 )
 

@@ -18,6 +18,7 @@ from prometheus_client import Counter as PromCounter
 
 from consent.levels import Granularity
 from gateway import metrics
+from gateway.api.client_address import address_text, parse_address
 from gateway.api.middleware import new_request_id
 from gateway.cli.serve import _LOG_ENCODER, JsonFormatter, configure_logging
 from gateway.ingest.best_cache import BestCache
@@ -224,3 +225,15 @@ def test_other_access_records_take_the_general_path(record: logging.LogRecord) -
         "msg": "request",
     }
     assert formatter.format(record) == _LOG_ENCODER.encode({**head, **extras})
+
+
+def test_client_address_text_is_the_addresses_own_and_remembered() -> None:
+    for text in ("127.0.0.1", "2001:0db8:0000:0000:0000:0000:0000:0001", "::ffff:192.0.2.7"):
+        address = parse_address(text)
+        assert address is not None
+        assert address_text(address) == str(address)
+        assert address_text(address) is address_text(address)  # built once
+    v6 = parse_address("2001:0db8:0000:0000:0000:0000:0000:0001")
+    mapped = parse_address("::ffff:192.0.2.7")
+    assert v6 is not None and mapped is not None
+    assert (address_text(v6), address_text(mapped)) == ("2001:db8::1", "192.0.2.7")
