@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import os
+import random
 import re
 import uuid
 from collections import Counter
@@ -20,7 +21,7 @@ from consent.levels import Granularity
 from gateway import metrics
 from gateway.api.client_address import address_text, parse_address
 from gateway.api.middleware import new_request_id
-from gateway.cli.serve import _LOG_ENCODER, JsonFormatter, configure_logging
+from gateway.cli.serve import _LOG_ENCODER, JsonFormatter, _timestamp, configure_logging
 from gateway.ingest.best_cache import BestCache
 from gateway.ingest.consent_index import ConsentIndex
 from gateway.ingest.pipeline import EPOCHS_MAX, IngestPipeline, IngestResult
@@ -237,3 +238,19 @@ def test_client_address_text_is_the_addresses_own_and_remembered() -> None:
     mapped = parse_address("::ffff:192.0.2.7")
     assert v6 is not None and mapped is not None
     assert (address_text(v6), address_text(mapped)) == ("2001:db8::1", "192.0.2.7")
+
+
+def test_log_times_are_what_datetime_writes() -> None:
+    # the text of datetime.fromtimestamp(created, UTC).isoformat(), its rounding included:
+    # whole seconds (no fraction), halves of a microsecond, a fraction that rounds up into the
+    # next second, and a sample of times from 1970 to 2096
+    rng = random.Random(14)
+    edges = [0.5, 1.0, 86399.9999999, 1796000000.0, 1796000000.5]
+    edges += [1796000000 + f for f in (0.0000004, 0.0000005, 0.0000015, 0.9999995, 0.9999996)]
+    sample = [rng.uniform(0, 4e9) for _ in range(20_000)]
+    sample += [1796000000 + rng.randrange(10**6) / 1e6 for _ in range(20_000)]
+    record = logging.makeLogRecord({})
+    for created in edges + sample:
+        record.created = created
+        expected = dt.datetime.fromtimestamp(created, dt.UTC).isoformat()
+        assert _timestamp(record) == expected, created
