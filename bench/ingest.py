@@ -428,12 +428,11 @@ def driver_main(args: argparse.Namespace) -> None:
 def parser_build() -> str:
     """Which telegram parser the gateway processes import: the optional compiled build
     (``scripts/build-mypyc``) or the pure-Python one."""
-    import importlib.machinery
+    from parse import compiled  # bench/parse.py, which tells the builds apart for B1
 
     from p1_reader import parser
 
-    compiled = str(parser.__file__).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-    return "compiled (mypyc)" if compiled else "pure Python"
+    return "compiled (mypyc)" if compiled(parser) else "pure Python"
 
 
 def with_database(url: str, name: str) -> str:
